@@ -1,0 +1,97 @@
+import CCrypto
+
+/// The relay's only door to OpenSSL's libcrypto: HMAC, constant-time comparison, random bytes
+/// and public-key inspection. No OpenSSL pointer leaves this type.
+public enum LibCrypto {
+    /// HMAC-SHA256 of `message` under `key`.
+    public static func hmacSHA256(key: some Collection<UInt8>, message: some Collection<UInt8>) -> [UInt8] {
+        hmac(EVP_sha256(), key: Array(key), message: Array(message))
+    }
+
+    /// HMAC-SHA1 of `message` under `key` (the TURN REST API's credential).
+    public static func hmacSHA1(key: some Collection<UInt8>, message: some Collection<UInt8>) -> [UInt8] {
+        hmac(EVP_sha1(), key: Array(key), message: Array(message))
+    }
+
+    private static func hmac(_ digest: OpaquePointer?, key: [UInt8], message: [UInt8]) -> [UInt8] {
+        var output = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        let result = key.withUnsafeBufferPointer { keyBytes in
+            message.withUnsafeBufferPointer { messageBytes in
+                output.withUnsafeMutableBufferPointer { out in
+                    HMAC(digest, keyBytes.baseAddress, Int32(keyBytes.count), messageBytes.baseAddress, messageBytes.count, out.baseAddress, &length)
+                }
+            }
+        }
+        // HMAC only fails on allocation failure; there is no safe way to go on without a MAC.
+        precondition(result != nil, "OpenSSL HMAC failed: \(drainErrorQueue())")
+        return Array(output.prefix(Int(length)))
+    }
+
+    /// Compares two byte strings in time that depends only on their length.
+    public static func constantTimeEquals(_ lhs: [UInt8], _ rhs: [UInt8]) -> Bool {
+        guard lhs.count == rhs.count else { return false }
+        guard !lhs.isEmpty else { return true }
+        return lhs.withUnsafeBytes { l in
+            rhs.withUnsafeBytes { r in CRYPTO_memcmp(l.baseAddress, r.baseAddress, l.count) == 0 }
+        }
+    }
+
+    /// `count` bytes from OpenSSL's CSPRNG.
+    public static func randomBytes(_ count: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let result = bytes.withUnsafeMutableBufferPointer { RAND_bytes($0.baseAddress, Int32(count)) }
+        precondition(result == 1, "OpenSSL RAND_bytes failed: \(drainErrorQueue())")
+        return bytes
+    }
+
+    /// The kind of public key a PEM document holds.
+    public enum PublicKeyKind: Sendable, Equatable {
+        case rsa
+        case ec
+    }
+
+    /// Reads a PEM `PUBLIC KEY` and tells its kind, or nil when OpenSSL cannot read it as RSA or EC.
+    public static func publicKeyKind(pem: String) -> PublicKeyKind? {
+        let bytes = Array(pem.utf8)
+        return bytes.withUnsafeBytes { raw -> PublicKeyKind? in
+            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }
+            defer { BIO_free(bio) }
+            guard let key = PEM_read_bio_PUBKEY(bio, nil, nil, nil) else {
+                _ = drainErrorQueue()
+                return nil
+            }
+            defer { EVP_PKEY_free(key) }
+            switch EVP_PKEY_get_base_id(key) {
+            case EVP_PKEY_RSA: return .rsa
+            case EVP_PKEY_EC: return .ec
+            default: return nil
+            }
+        }
+    }
+
+    /// Empties OpenSSL's thread-local error queue, returning its first entry as text.
+    @discardableResult
+    static func drainErrorQueue() -> String {
+        let code = ERR_get_error()
+        defer { ERR_clear_error() }
+        guard code != 0 else { return "no OpenSSL error" }
+        var buffer = [CChar](repeating: 0, count: 256)
+        ERR_error_string_n(code, &buffer, buffer.count)
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+extension Collection<UInt8> {
+    /// Lowercase hexadecimal.
+    public var hexString: String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        out.reserveCapacity(count * 2)
+        for byte in self {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 0x0f)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}

@@ -1,0 +1,226 @@
+import DeviceAuth
+import Foundation
+import TURNBroker
+
+/// A message a client sent, validated: only the fields the contract names survive.
+enum ClientMessage: Sendable {
+    case webrtcRequest(deviceID: String, ttl: Int?, metadata: JSONValue?)
+    /// `webrtc_offer`, `webrtc_answer` or `webrtc_ice`, with the fields to forward.
+    case negotiation(type: String, sessionID: String, fields: [(String, JSONValue?)])
+    case close(sessionID: String, reason: String)
+    case reject(sessionID: String, reason: String?)
+    case ping
+    case ack(seq: Int)
+    case auth(token: String)
+    case watch(deviceIDs: [String])
+    case deviceInfo(capabilities: JSONValue)
+}
+
+/// A client message with the `request_id` to echo on whatever it causes.
+struct ClientEnvelope: Sendable {
+    var message: ClientMessage
+    var requestID: String?
+}
+
+/// The error codes of contract §3.6.
+enum ErrorCode: String, Sendable {
+    case badRequest = "bad_request"
+    case unauthorized
+    case deviceOffline = "device_offline"
+    case deviceBusy = "device_busy"
+    case unknownSession = "unknown_session"
+    case turnError = "turn_error"
+    case rateLimited = "rate_limited"
+}
+
+/// An error answered on the link; the socket stays open.
+struct SignalingError: Error, Sendable {
+    var code: ErrorCode
+    var message: String
+    var sessionID: String?
+    var requestID: String?
+
+    init(_ code: ErrorCode, _ message: String, sessionID: String? = nil, requestID: String? = nil) {
+        self.code = code
+        self.message = message
+        self.sessionID = sessionID
+        self.requestID = requestID
+    }
+
+    var outbound: OutboundMessage {
+        OutboundMessage("error", [
+            "code": .string(code.rawValue),
+            "message": .string(message),
+            "session_id": sessionID.map(JSONValue.string),
+            "request_id": requestID.map(JSONValue.string),
+        ])
+    }
+}
+
+/// Field limits of contract §3.
+enum MessageLimits {
+    static let requestIDLength = 64
+    static let sessionIDLength = 64
+    static let sdpBytes = 64 * 1024
+    static let candidateBytes = 1024
+    static let sdpMidLength = 64
+    static let usernameFragmentBytes = 256
+    static let objectBytes = 4 * 1024
+    static let reasonLength = 256
+    static let watchedDevices = 256
+}
+
+extension ClientEnvelope {
+    /// Decodes and validates one text frame.
+    init(text: String) throws(SignalingError) {
+        guard let object = try? JSONDecoder().decode([String: JSONValue].self, from: Data(text.utf8)) else {
+            throw SignalingError(.badRequest, "Message must be a JSON object")
+        }
+        var requestID: String?
+        if let value = object["request_id"] {
+            guard let id = value.stringValue, id.count <= MessageLimits.requestIDLength else {
+                throw SignalingError(.badRequest, "request_id must be a string of at most \(MessageLimits.requestIDLength) characters")
+            }
+            requestID = id
+        }
+        let fields = Fields(object: object, requestID: requestID)
+        guard let type = object["type"] else { throw fields.error("type is required") }
+        guard let type = type.stringValue else { throw fields.error("type must be a string") }
+        self.requestID = requestID
+        switch type {
+        case "webrtc_request":
+            let deviceID = try fields.string("device_id")
+            var ttl: Int?
+            if let value = object["ttl"] {
+                guard let seconds = value.intValue, TURNLimits.ttlRange.contains(seconds) else {
+                    throw fields.error("ttl must be an integer from \(TURNLimits.ttlRange.lowerBound) to \(TURNLimits.ttlRange.upperBound)")
+                }
+                ttl = seconds
+            }
+            let metadata = try fields.smallObject("metadata", required: false)
+            message = .webrtcRequest(deviceID: deviceID, ttl: ttl, metadata: metadata)
+        case "webrtc_offer", "webrtc_answer":
+            let sessionID = try fields.sessionID()
+            let sdp = try fields.string("sdp", maxBytes: MessageLimits.sdpBytes)
+            message = .negotiation(type: type, sessionID: sessionID, fields: [("session_id", .string(sessionID)), ("sdp", .string(sdp))])
+        case "webrtc_ice":
+            let sessionID = try fields.sessionID()
+            message = .negotiation(type: type, sessionID: sessionID, fields: try fields.candidates(sessionID: sessionID))
+        case "webrtc_close":
+            let sessionID = try fields.sessionID()
+            message = .close(sessionID: sessionID, reason: try fields.optionalString("reason", maxLength: MessageLimits.reasonLength, sessionID: sessionID) ?? "normal")
+        case "webrtc_reject":
+            let sessionID = try fields.sessionID()
+            message = .reject(sessionID: sessionID, reason: try fields.optionalString("reason", maxLength: MessageLimits.reasonLength, sessionID: sessionID))
+        case "ping":
+            message = .ping
+        case "ack":
+            guard let seq = object["seq"]?.intValue, seq >= 0 else { throw fields.error("seq must be a non-negative integer") }
+            message = .ack(seq: seq)
+        case "auth":
+            message = .auth(token: try fields.string("token"))
+        case "watch":
+            guard case .array(let values)? = object["device_ids"], values.count <= MessageLimits.watchedDevices else {
+                throw fields.error("device_ids must be an array of at most \(MessageLimits.watchedDevices) device ids")
+            }
+            let ids = values.compactMap(\.stringValue)
+            guard ids.count == values.count else { throw fields.error("device_ids must hold strings") }
+            message = .watch(deviceIDs: ids)
+        case "device_info":
+            message = .deviceInfo(capabilities: try fields.smallObject("capabilities", required: true)!)
+        default:
+            throw fields.error("Unknown message type '\(type.prefix(64))'")
+        }
+    }
+}
+
+/// Typed, bounded access to a message's fields; every failure is a `bad_request` naming the field.
+private struct Fields {
+    let object: [String: JSONValue]
+    let requestID: String?
+
+    func error(_ message: String, sessionID: String? = nil) -> SignalingError {
+        SignalingError(.badRequest, message, sessionID: sessionID, requestID: requestID)
+    }
+
+    func string(_ name: String, maxBytes: Int = 4096) throws(SignalingError) -> String {
+        guard let value = object[name] else { throw error("\(name) is required") }
+        guard let string = value.stringValue else { throw error("\(name) must be a string") }
+        guard string.utf8.count <= maxBytes else { throw error("\(name) is longer than \(maxBytes) bytes") }
+        return string
+    }
+
+    func optionalString(_ name: String, maxLength: Int, sessionID: String?) throws(SignalingError) -> String? {
+        guard let value = object[name], value != .null else { return nil }
+        guard let string = value.stringValue, string.count <= maxLength else {
+            throw error("\(name) must be a string of at most \(maxLength) characters", sessionID: sessionID)
+        }
+        return string
+    }
+
+    func sessionID() throws(SignalingError) -> String {
+        guard let value = object["session_id"] else { throw error("session_id is required") }
+        guard let id = value.stringValue, (1...MessageLimits.sessionIDLength).contains(id.count) else {
+            throw error("session_id must be a string of 1 to \(MessageLimits.sessionIDLength) characters")
+        }
+        return id
+    }
+
+    func smallObject(_ name: String, required: Bool) throws(SignalingError) -> JSONValue? {
+        guard let value = object[name] else {
+            if required { throw error("\(name) is required") }
+            return nil
+        }
+        guard case .object = value else { throw error("\(name) must be an object") }
+        guard value.serialized.utf8.count <= MessageLimits.objectBytes else { throw error("\(name) is larger than \(MessageLimits.objectBytes) bytes") }
+        return value
+    }
+
+    /// `candidate` (an object, or null for end of candidates), or a batch `candidates` with `complete`.
+    func candidates(sessionID: String) throws(SignalingError) -> [(String, JSONValue?)] {
+        var forwarded: [(String, JSONValue?)] = [("session_id", .string(sessionID))]
+        if let value = object["candidate"] {
+            forwarded.append(("candidate", value == .null ? .null : try candidate(value, sessionID: sessionID)))
+        }
+        if let value = object["candidates"] {
+            guard case .array(let items) = value else { throw error("candidates must be an array", sessionID: sessionID) }
+            var checked: [JSONValue] = []
+            for item in items { checked.append(try candidate(item, sessionID: sessionID)) }
+            forwarded.append(("candidates", .array(checked)))
+        }
+        if let value = object["complete"] {
+            guard case .bool = value else { throw error("complete must be true or false", sessionID: sessionID) }
+            forwarded.append(("complete", value))
+        }
+        guard forwarded.count > 1 else { throw error("webrtc_ice needs candidate, candidates or complete", sessionID: sessionID) }
+        return forwarded
+    }
+
+    private func candidate(_ value: JSONValue, sessionID: String) throws(SignalingError) -> JSONValue {
+        guard let fields = value.objectValue else { throw error("a candidate must be an object", sessionID: sessionID) }
+        var checked: [String: JSONValue] = [:]
+        guard let text = fields["candidate"]?.stringValue, text.utf8.count <= MessageLimits.candidateBytes else {
+            throw error("candidate.candidate must be a string of at most \(MessageLimits.candidateBytes) bytes", sessionID: sessionID)
+        }
+        checked["candidate"] = .string(text)
+        if let mid = fields["sdpMid"], mid != .null {
+            guard let string = mid.stringValue, string.count <= MessageLimits.sdpMidLength else {
+                throw error("sdpMid must be a string of at most \(MessageLimits.sdpMidLength) characters", sessionID: sessionID)
+            }
+            checked["sdpMid"] = mid
+        }
+        if let index = fields["sdpMLineIndex"], index != .null {
+            guard let number = index.intValue, (0...255).contains(number) else {
+                throw error("sdpMLineIndex must be an integer from 0 to 255", sessionID: sessionID)
+            }
+            checked["sdpMLineIndex"] = .number(Double(number))
+        }
+        if let fragment = fields["usernameFragment"], fragment != .null {
+            guard let string = fragment.stringValue, string.utf8.count <= MessageLimits.usernameFragmentBytes else {
+                throw error("usernameFragment must be a string of at most \(MessageLimits.usernameFragmentBytes) bytes", sessionID: sessionID)
+            }
+            checked["usernameFragment"] = fragment
+        }
+        return .object(checked)
+    }
+}

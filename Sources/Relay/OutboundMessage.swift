@@ -1,0 +1,31 @@
+/// A relay → client message: its `type` and named fields in a fixed order. The link adds `seq`
+/// when it queues the message, so the body is serialized once, without its closing brace.
+public struct OutboundMessage: Sendable {
+    public let type: String
+    /// `{"type":"...",...` without the closing brace.
+    let openBody: String
+
+    init(_ type: String, _ fields: KeyValuePairs<String, JSONValue?>) {
+        self.init(type, fields: fields.map { ($0.key, $0.value) })
+    }
+
+    init(_ type: String, fields: [(String, JSONValue?)]) {
+        var body = "{\"type\":"
+        JSONValue.writeString(type, to: &body)
+        for (key, value) in fields {
+            guard let value else { continue }
+            body += ","
+            JSONValue.writeString(key, to: &body)
+            body += ":"
+            value.write(to: &body)
+        }
+        self.type = type
+        self.openBody = body
+    }
+
+    /// The text frame carrying this message as number `seq` on its link (nil only for `hello`).
+    func text(seq: Int?) -> String {
+        guard let seq else { return openBody + "}" }
+        return openBody + ",\"seq\":\(seq)}"
+    }
+}

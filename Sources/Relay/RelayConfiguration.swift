@@ -1,0 +1,207 @@
+import Configuration
+import DeviceAuth
+import Foundation
+import Logging
+import TURNBroker
+
+/// Everything `relay serve` reads, from the environment, a `.env` file and flags.
+///
+/// Keys (environment spelling; `.env.example` lists them all with their defaults):
+/// - `RELAY_HOST` (string, `127.0.0.1`), `RELAY_PORT` (int, `8080`)
+/// - `RELAY_JWT_SECRET` (secret, ≥ 32 bytes), `RELAY_JWT_SECRETS` (secret, `kid=secret,...`),
+///   `RELAY_JWT_PUBLIC_KEY_FILE` (`path` or `kid=path,...`), `RELAY_JWT_ALGORITHMS` (`HS256`),
+///   `RELAY_JWT_ISSUER`, `RELAY_JWT_AUDIENCE` (checked when set)
+/// - `RELAY_DEVICE_MASTER_KEY` (secret, ≥ 32 bytes), `RELAY_DEVICE_SIG_WINDOW_S` (int, 300)
+/// - `RELAY_MAX_MESSAGE_BYTES` (65536), `RELAY_MAX_SESSIONS_PER_DEVICE` (4), `RELAY_MAX_SESSIONS_PER_APP` (8)
+/// - `RELAY_HEARTBEAT_S` (20), `RELAY_RESUME_GRACE_S` (30), `RELAY_RESUME_BUFFER_MESSAGES` (256),
+///   `RELAY_RESUME_BUFFER_BYTES` (1048576)
+/// - `RELAY_TURN_PROVIDER` (`static`), `STUN_URIS` (comma separated)
+/// - `RELAY_LOG_LEVEL` (`info`)
+///
+/// With no app-token key and no device master key at all, the relay runs in development mode:
+/// it makes random ones and says so loudly.
+public struct RelayConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 8080
+    public var tokens = AppTokenVerifier.Configuration()
+    public var deviceMasterKey: String?
+    public var deviceSignatureWindowSeconds = 300
+    public var maxMessageBytes = 64 * 1024
+    public var maxSessionsPerDevice = 4
+    public var maxSessionsPerApp = 8
+    public var heartbeatSeconds = 20
+    public var resumeGraceSeconds = 30
+    public var resumeBufferMessages = 256
+    public var resumeBufferBytes = 1024 * 1024
+    public var stunURIs = StaticProvider.defaultSTUNURIs
+    public var logLevel = Logger.Level.info
+    /// Set when nothing was configured and the relay made its own secrets.
+    public var development: DevelopmentSecrets?
+
+    /// Secrets made up for development mode; printed once at start-up.
+    public struct DevelopmentSecrets: Sendable {
+        public var jwtSecret: String
+        public var deviceMasterKey: String
+    }
+
+    /// Every problem found, one line each; start-up stops when there is any.
+    public struct Invalid: Error, CustomStringConvertible {
+        public var problems: [String]
+        public var description: String { problems.joined(separator: "\n") }
+    }
+
+    public init() {}
+
+    /// Reads and checks the configuration, collecting every problem before failing.
+    public init(reader: ConfigReader) throws(Invalid) {
+        var read = Reader(reader: reader)
+        host = read.string("RELAY_HOST") ?? host
+        port = read.int("RELAY_PORT", in: 0...65535) ?? port
+
+        let algorithms = read.list("RELAY_JWT_ALGORITHMS") ?? ["HS256"]
+        var allowed = Set<JWTAlgorithm>()
+        for name in algorithms {
+            if name == "none" || name.lowercased() == "none" {
+                read.problem("RELAY_JWT_ALGORITHMS: 'none' can never be allowed")
+            } else if let algorithm = JWTAlgorithm(rawValue: name) {
+                allowed.insert(algorithm)
+            } else {
+                read.problem("RELAY_JWT_ALGORITHMS: unknown algorithm '\(name)' (use HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384 or ES512)")
+            }
+        }
+        tokens.algorithms = allowed
+
+        var secretKeys: [AppTokenVerifier.SecretKey] = []
+        if let secret = read.string("RELAY_JWT_SECRET", isSecret: true) {
+            if read.strongEnough(secret, name: "RELAY_JWT_SECRET") { secretKeys.append(.init(secret: Array(secret.utf8))) }
+        }
+        for (kid, secret) in read.keyed("RELAY_JWT_SECRETS", isSecret: true) {
+            if read.strongEnough(secret, name: "RELAY_JWT_SECRETS (kid \(kid ?? "-"))") { secretKeys.append(.init(id: kid, secret: Array(secret.utf8))) }
+        }
+        tokens.secretKeys = secretKeys
+        var publicKeys: [AppTokenVerifier.PublicKey] = []
+        for (kid, path) in read.keyed("RELAY_JWT_PUBLIC_KEY_FILE", isSecret: false) {
+            guard let pem = try? String(contentsOfFile: path, encoding: .utf8) else {
+                read.problem("RELAY_JWT_PUBLIC_KEY_FILE: cannot read '\(path)'")
+                continue
+            }
+            guard let key = AppTokenVerifier.PublicKey(id: kid, pem: pem) else {
+                read.problem("RELAY_JWT_PUBLIC_KEY_FILE: '\(path)' is not a PEM RSA or EC public key")
+                continue
+            }
+            publicKeys.append(key)
+        }
+        tokens.publicKeys = publicKeys
+        tokens.issuer = read.string("RELAY_JWT_ISSUER")
+        tokens.audience = read.string("RELAY_JWT_AUDIENCE")
+
+        if let key = read.string("RELAY_DEVICE_MASTER_KEY", isSecret: true), read.strongEnough(key, name: "RELAY_DEVICE_MASTER_KEY") {
+            deviceMasterKey = key
+        }
+        deviceSignatureWindowSeconds = read.int("RELAY_DEVICE_SIG_WINDOW_S", in: 10...3600) ?? deviceSignatureWindowSeconds
+        maxMessageBytes = read.int("RELAY_MAX_MESSAGE_BYTES", in: 1024...(16 * 1024 * 1024)) ?? maxMessageBytes
+        maxSessionsPerDevice = read.int("RELAY_MAX_SESSIONS_PER_DEVICE", in: 1...1000) ?? maxSessionsPerDevice
+        maxSessionsPerApp = read.int("RELAY_MAX_SESSIONS_PER_APP", in: 1...1000) ?? maxSessionsPerApp
+        heartbeatSeconds = read.int("RELAY_HEARTBEAT_S", in: 1...3600) ?? heartbeatSeconds
+        resumeGraceSeconds = read.int("RELAY_RESUME_GRACE_S", in: 0...3600) ?? resumeGraceSeconds
+        resumeBufferMessages = read.int("RELAY_RESUME_BUFFER_MESSAGES", in: 1...100_000) ?? resumeBufferMessages
+        resumeBufferBytes = read.int("RELAY_RESUME_BUFFER_BYTES", in: 1024...(256 * 1024 * 1024)) ?? resumeBufferBytes
+
+        switch read.string("RELAY_TURN_PROVIDER") ?? "static" {
+        case "static": break
+        case "cloudflare", "coturn":
+            read.problem("RELAY_TURN_PROVIDER: '\(read.string("RELAY_TURN_PROVIDER")!)' is not available in this build yet; use 'static'")
+        case let other:
+            read.problem("RELAY_TURN_PROVIDER: unknown provider '\(other)' (use static, cloudflare or coturn)")
+        }
+        if let uris = read.list("STUN_URIS") {
+            for uri in uris where !(uri.hasPrefix("stun:") || uri.hasPrefix("stuns:")) {
+                read.problem("STUN_URIS: '\(uri)' is not a stun: or stuns: URI")
+            }
+            stunURIs = uris
+        }
+        if let level = read.string("RELAY_LOG_LEVEL") {
+            if let parsed = Logger.Level(rawValue: level.lowercased()) {
+                logLevel = parsed
+            } else {
+                read.problem("RELAY_LOG_LEVEL: '\(level)' is not one of trace, debug, info, notice, warning, error, critical")
+            }
+        }
+
+        let anyTokenKey = !secretKeys.isEmpty || !publicKeys.isEmpty
+        let nothingConfigured = read.absent(["RELAY_JWT_SECRET", "RELAY_JWT_SECRETS", "RELAY_JWT_PUBLIC_KEY_FILE", "RELAY_DEVICE_MASTER_KEY"])
+        if nothingConfigured {
+            let secrets = DevelopmentSecrets(jwtSecret: LibCrypto.randomBytes(32).hexString, deviceMasterKey: LibCrypto.randomBytes(32).hexString)
+            development = secrets
+            tokens.secretKeys = [.init(secret: Array(secrets.jwtSecret.utf8))]
+            deviceMasterKey = secrets.deviceMasterKey
+        } else if !anyTokenKey && read.problems.isEmpty {
+            read.problem("RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY_FILE is required to verify app tokens")
+        }
+        if anyTokenKey || nothingConfigured {
+            let families = Set(tokens.algorithms.map(\.family))
+            let keyed = Set((tokens.secretKeys.isEmpty ? [] : [JWTAlgorithm.Family.hmac]) + tokens.publicKeys.map { $0.kind == .rsa ? .rsa : .ec })
+            if families.isDisjoint(with: keyed) && !tokens.algorithms.isEmpty {
+                read.problem("RELAY_JWT_ALGORITHMS: no configured key verifies any of \(tokens.algorithms.map(\.rawValue).sorted().joined(separator: ", "))")
+            }
+        }
+        guard read.problems.isEmpty else { throw Invalid(problems: read.problems) }
+    }
+
+    /// Reads raw strings and turns each bad value into one line naming the variable.
+    private struct Reader {
+        let reader: ConfigReader
+        var problems: [String] = []
+
+        static func key(_ name: String) -> ConfigKey {
+            ConfigKey(name.lowercased().split(separator: "_").map(String.init))
+        }
+
+        mutating func problem(_ line: String) {
+            problems.append(line)
+        }
+
+        func string(_ name: String, isSecret: Bool = false) -> String? {
+            guard let value = reader.string(forKey: Self.key(name), isSecret: isSecret)?.trimmingCharacters(in: .whitespaces), !value.isEmpty else {
+                return nil
+            }
+            return value
+        }
+
+        func absent(_ names: [String]) -> Bool {
+            names.allSatisfy { string($0) == nil }
+        }
+
+        mutating func int(_ name: String, in range: ClosedRange<Int>) -> Int? {
+            guard let text = string(name) else { return nil }
+            guard let value = Int(text), range.contains(value) else {
+                problem("\(name) must be an integer from \(range.lowerBound) to \(range.upperBound) (got '\(text.prefix(32))')")
+                return nil
+            }
+            return value
+        }
+
+        func list(_ name: String) -> [String]? {
+            string(name).map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+        }
+
+        /// `value` or `kid=value,kid2=value2`.
+        func keyed(_ name: String, isSecret: Bool) -> [(String?, String)] {
+            guard let text = string(name, isSecret: isSecret) else { return [] }
+            let entries = text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard entries.count > 1 || entries.first?.contains("=") == true else { return [(nil, text)] }
+            return entries.map { entry in
+                guard let equals = entry.firstIndex(of: "=") else { return (nil, entry) }
+                return (String(entry[..<equals]), String(entry[entry.index(after: equals)...]))
+            }
+        }
+
+        mutating func strongEnough(_ secret: String, name: String) -> Bool {
+            guard secret.utf8.count >= 32 else {
+                problem("\(name) must be at least 32 bytes (try: openssl rand -hex 32)")
+                return false
+            }
+            return true
+        }
+    }
+}

@@ -1,0 +1,34 @@
+import DeviceAuth
+import Foundation
+import HTTPTypes
+import Hummingbird
+
+/// An HTTP error answered as `{"detail": "..."}` with one status.
+public struct RelayHTTPError: HTTPResponseError, Sendable {
+    public let status: HTTPResponse.Status
+    public let detail: String
+    public let headers: HTTPFields
+
+    public init(_ status: HTTPResponse.Status, _ detail: String, headers: HTTPFields = [:]) {
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+    }
+
+    init(_ failure: AuthFailure) {
+        switch failure.status {
+        case .unauthenticated: self.init(.unauthorized, failure.detail)
+        case .forbidden: self.init(.forbidden, failure.detail)
+        case .unavailable: self.init(.serviceUnavailable, failure.detail, headers: [.retryAfter: "5"])
+        }
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        var body = "{\"detail\":"
+        JSONValue.writeString(detail, to: &body)
+        body += "}"
+        var headers = self.headers
+        headers[.contentType] = "application/json; charset=utf-8"
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))
+    }
+}

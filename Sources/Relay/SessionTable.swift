@@ -1,0 +1,127 @@
+import Synchronization
+
+/// Why a session could not be reserved.
+enum SessionRefusal: Error, Sendable {
+    case deviceOffline
+    case deviceBusy(limit: Int)
+    case appLimit(limit: Int)
+}
+
+/// The table of live links and sessions: the one interface the rest of the relay uses to find
+/// a device's link, reserve and find sessions, and forget them. This implementation keeps them
+/// in this process; a shared implementation (several relay nodes) conforms to the same protocol.
+protocol SessionTable: Sendable {
+    /// Makes `link` live. For a device, returns the link it replaces, if any.
+    func register(_ link: Link) -> Link?
+    /// Forgets `link` if it is still the live one for its principal.
+    func unregister(_ link: Link)
+    /// The live link of a device.
+    func deviceLink(_ deviceID: String) -> Link?
+    /// Reserves a session between `app` and the live link of `deviceID`, within the limits.
+    func reserveSession(app: Link, deviceID: String, maxPerDevice: Int, maxPerApp: Int) -> Result<Session, SessionRefusal>
+    /// Removes a session from the table and from both parties.
+    func remove(_ session: Session)
+    /// Live links and sessions, for health and metrics.
+    var counts: (links: Int, sessions: Int) { get }
+}
+
+/// An in-process `SessionTable`. No global lock: devices and sessions live in hash-sharded maps,
+/// and the hot path (routing inside a session) touches only the two links' own state.
+final class LocalSessionTable: SessionTable {
+    private let devices = ShardedMap<String, Link>()
+    private let sessions = ShardedMap<String, Session>()
+    private let appLinks = Atomic<Int>(0)
+
+    func register(_ link: Link) -> Link? {
+        switch link.party {
+        case .app:
+            appLinks.add(1, ordering: .relaxed)
+            return nil
+        case .device:
+            return devices.update(link.principal) { current in
+                defer { current = link }
+                return current
+            }
+        }
+    }
+
+    func unregister(_ link: Link) {
+        switch link.party {
+        case .app:
+            appLinks.subtract(1, ordering: .relaxed)
+        case .device:
+            devices.update(link.principal) { current in
+                if current === link { current = nil }
+            }
+        }
+    }
+
+    func deviceLink(_ deviceID: String) -> Link? {
+        devices[deviceID]
+    }
+
+    func reserveSession(app: Link, deviceID: String, maxPerDevice: Int, maxPerApp: Int) -> Result<Session, SessionRefusal> {
+        guard let device = devices[deviceID], !device.mailbox.isClosing else { return .failure(.deviceOffline) }
+        let session = Session(app: app, device: device)
+        guard device.join(session, limit: maxPerDevice) else { return .failure(.deviceBusy(limit: maxPerDevice)) }
+        guard app.join(session, limit: maxPerApp) else {
+            device.leave(session)
+            return .failure(.appLimit(limit: maxPerApp))
+        }
+        sessions.update(session.id) { $0 = session }
+        // The device may have been replaced or gone while we joined it: re-check.
+        guard devices[deviceID] === device, !device.mailbox.isClosing else {
+            remove(session)
+            return .failure(.deviceOffline)
+        }
+        return .success(session)
+    }
+
+    func remove(_ session: Session) {
+        sessions.update(session.id) { current in
+            if current === session { current = nil }
+        }
+        session.app.leave(session)
+        session.device.leave(session)
+    }
+
+    var counts: (links: Int, sessions: Int) {
+        (appLinks.load(ordering: .relaxed) + devices.count, sessions.count)
+    }
+}
+
+/// A dictionary split into independently locked shards, so unrelated keys never contend.
+final class ShardedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
+    private final class Shard: Sendable {
+        let map = Mutex<[Key: Value]>([:])
+    }
+
+    private let shards: [Shard]
+
+    init(shardCount: Int = 16) {
+        shards = (0..<shardCount).map { _ in Shard() }
+    }
+
+    private func shard(_ key: Key) -> Shard {
+        shards[Int(UInt(bitPattern: key.hashValue) % UInt(shards.count))]
+    }
+
+    subscript(key: Key) -> Value? {
+        shard(key).map.withLock { $0[key] }
+    }
+
+    /// Reads and changes the value for `key` under its shard's lock.
+    @discardableResult
+    func update<Result: Sendable>(_ key: Key, _ body: (inout Value?) -> Result) -> Result {
+        shard(key).map.withLock { map in
+            var value = map[key]
+            let result = body(&value)
+            map[key] = value
+            return result
+        }
+    }
+
+    var count: Int {
+        shards.reduce(0) { total, shard in total + shard.map.withLock { $0.count } }
+    }
+}

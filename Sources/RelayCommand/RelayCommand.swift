@@ -1,0 +1,160 @@
+import ArgumentParser
+import Configuration
+import DeviceAuth
+import Foundation
+import Hummingbird
+import Logging
+import Relay
+import SystemPackage
+
+@main
+struct RelayCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "relay",
+        abstract: "WebRTC signaling relay between mobile apps and robots.",
+        subcommands: [Serve.self, Token.self, SignURL.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+/// Environment variables, then `.env` in the working directory; `overrides` (from flags) win.
+func configReader(overrides: [String: String] = [:]) async throws -> ConfigReader {
+    var providers: [any ConfigProvider] = []
+    if !overrides.isEmpty { providers.append(EnvironmentVariablesProvider(environmentVariables: overrides)) }
+    providers.append(EnvironmentVariablesProvider())
+    providers.append(try await EnvironmentVariablesProvider(environmentFilePath: ".env", allowMissing: true))
+    return ConfigReader(providers: providers)
+}
+
+func printError(_ line: String) {
+    FileHandle.standardError.write(Data((line + "\n").utf8))
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the relay.")
+
+    @Option(help: "Address to listen on (overrides RELAY_HOST).") var host: String?
+    @Option(help: "Port to listen on (overrides RELAY_PORT).") var port: Int?
+
+    func run() async throws {
+        var overrides: [String: String] = [:]
+        if let host { overrides["RELAY_HOST"] = host }
+        if let port { overrides["RELAY_PORT"] = String(port) }
+        let configuration: RelayConfiguration
+        do {
+            configuration = try RelayConfiguration(reader: try await configReader(overrides: overrides))
+        } catch let invalid as RelayConfiguration.Invalid {
+            for problem in invalid.problems { printError("relay: configuration: \(problem)") }
+            throw ExitCode(78)
+        }
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        if let development = configuration.development {
+            printDevelopmentBanner(development, configuration: configuration)
+        }
+        let app = buildApplication(configuration: configuration, logger: Logger(label: "relay"))
+        try await app.runService()
+    }
+
+    private func printDevelopmentBanner(_ secrets: RelayConfiguration.DevelopmentSecrets, configuration: RelayConfiguration) {
+        let now = Date().timeIntervalSince1970
+        let token = (try? AppTokenSigner(secret: Array(secrets.jwtSecret.utf8)).token(userID: "dev-user", devices: ["robot-1"], now: now, lifetime: 86_400)) ?? "?"
+        let deviceSecret = DeviceSignature.derivedSecret(deviceID: "robot-1", masterKey: secrets.deviceMasterKey)
+        let signature = DeviceSignature.sign(deviceID: "robot-1", timestamp: Int(now), nonce: DeviceSignature.makeNonce(), secret: deviceSecret)
+        let base = "ws://\(configuration.host):\(configuration.port)"
+        let rule = String(repeating: "!", count: 78)
+        printError("""
+            \(rule)
+            DEVELOPMENT MODE: nothing is configured, so this relay made up its own secrets.
+            They change on every start. Do not use this relay for anything real: set
+            RELAY_JWT_SECRET and RELAY_DEVICE_MASTER_KEY (see .env.example).
+
+              RELAY_JWT_SECRET=\(secrets.jwtSecret)
+              RELAY_DEVICE_MASTER_KEY=\(secrets.deviceMasterKey)
+              TURN provider: static (STUN only)
+
+            Try it (app 'dev-user' may reach device 'robot-1'):
+              app:    \(base)/ws/app?token=\(token)
+              device: \(base)/ws/device?\(signature.query)
+                      (the device URL works once, within \(configuration.deviceSignatureWindowSeconds) s; make more with
+                       relay sign-url robot-1 --master-key <RELAY_DEVICE_MASTER_KEY>)
+            \(rule)
+            """)
+    }
+}
+
+struct Token: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print an HS256 app token signed with RELAY_JWT_SECRET.")
+
+    @Option(help: "The user id (sub).") var sub: String
+    @Option(name: .customLong("device"), help: "A device id the token may reach (repeat for several).") var devices: [String] = []
+    @Option(help: "Lifetime in seconds.") var ttl: Int = 3600
+    @Option(help: "Sign with this secret instead of RELAY_JWT_SECRET.") var secret: String?
+    @Option(help: "Put this kid in the token's header.") var kid: String?
+
+    func run() async throws {
+        let reader = try await configReader()
+        guard let secret = secret ?? reader.string(forKey: ["relay", "jwt", "secret"], isSecret: true), !secret.isEmpty else {
+            printError("relay token: RELAY_JWT_SECRET is not set (in the environment or .env); pass --secret")
+            throw ExitCode(2)
+        }
+        guard ttl > 0 else {
+            printError("relay token: --ttl must be positive")
+            throw ExitCode(2)
+        }
+        for device in devices where !DeviceSignature.isValidDeviceID(device) {
+            printError("relay token: '\(device)' is not a valid device id (1-128 characters of [A-Za-z0-9._:-])")
+            throw ExitCode(2)
+        }
+        let token = try AppTokenSigner(secret: Array(secret.utf8), keyID: kid).token(
+            userID: sub,
+            devices: devices.isEmpty ? nil : devices,
+            now: Date().timeIntervalSince1970,
+            lifetime: Double(ttl),
+            issuer: reader.string(forKey: ["relay", "jwt", "issuer"]),
+            audience: reader.string(forKey: ["relay", "jwt", "audience"])
+        )
+        print(token)
+    }
+}
+
+struct SignURL: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sign-url",
+        abstract: "Print a signed device URL (valid once, within the signature window)."
+    )
+
+    @Argument(help: "The device id.") var deviceID: String
+    @Option(help: "The device's own secret.") var secret: String?
+    @Option(name: .customLong("master-key"), help: "Derive the device secret from this master key (default: RELAY_DEVICE_MASTER_KEY).") var masterKey: String?
+    @Option(help: "The relay's base URL (default: ws://RELAY_HOST:RELAY_PORT).") var url: String?
+
+    func run() async throws {
+        guard DeviceSignature.isValidDeviceID(deviceID) else {
+            printError("relay sign-url: '\(deviceID)' is not a valid device id (1-128 characters of [A-Za-z0-9._:-])")
+            throw ExitCode(2)
+        }
+        let reader = try await configReader()
+        let deviceSecret: String
+        if let secret {
+            deviceSecret = secret
+        } else if let masterKey = masterKey ?? reader.string(forKey: ["relay", "device", "master", "key"], isSecret: true), !masterKey.isEmpty {
+            deviceSecret = DeviceSignature.derivedSecret(deviceID: deviceID, masterKey: masterKey)
+        } else {
+            printError("relay sign-url: pass --secret, or --master-key, or set RELAY_DEVICE_MASTER_KEY")
+            throw ExitCode(2)
+        }
+        let base = url ?? "ws://\(reader.string(forKey: ["relay", "host"], default: "127.0.0.1")):\(reader.string(forKey: ["relay", "port"], default: "8080"))"
+        let signature = DeviceSignature.sign(
+            deviceID: deviceID,
+            timestamp: Int(Date().timeIntervalSince1970),
+            nonce: DeviceSignature.makeNonce(),
+            secret: deviceSecret
+        )
+        print("\(base.hasSuffix("/") ? String(base.dropLast()) : base)/ws/device?\(signature.query)")
+    }
+}

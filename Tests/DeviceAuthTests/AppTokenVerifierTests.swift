@@ -1,0 +1,172 @@
+import Foundation
+import Testing
+
+@testable import DeviceAuth
+
+/// What an app sees when it presents a token: accepted with its identity, or refused with a reason.
+@Suite struct AppTokenVerifierTests {
+    static let secret = Array("0123456789abcdef0123456789abcdef".utf8)
+    let now = 1_800_000_000.0
+
+    func verifier(_ configure: (inout AppTokenVerifier.Configuration) -> Void = { _ in }) -> AppTokenVerifier {
+        var configuration = AppTokenVerifier.Configuration(secretKeys: [.init(secret: Self.secret)])
+        configure(&configuration)
+        return AppTokenVerifier(configuration: configuration)
+    }
+
+    func claims(_ extra: [String: Any] = [:]) -> [String: Any] {
+        var claims: [String: Any] = ["sub": "alice", "exp": Int(now) + 600, "iat": Int(now)]
+        claims.merge(extra) { _, new in new }
+        return claims
+    }
+
+    /// A token with any header and payload, HMAC-SHA256-signed by hand (libjwt would refuse to make most of these).
+    func forge(header: [String: Any], claims: [String: Any], key: [UInt8] = secret) throws -> String {
+        let head = Base64URL.encode(try JSONSerialization.data(withJSONObject: header))
+        let body = Base64URL.encode(try JSONSerialization.data(withJSONObject: claims))
+        let mac = LibCrypto.hmacSHA256(key: key, message: Array("\(head).\(body)".utf8))
+        return "\(head).\(body).\(Base64URL.encode(mac))"
+    }
+
+    func sign(_ algorithm: JWTAlgorithm, key: [UInt8], claims: [String: Any], kid: String? = nil) throws -> String {
+        let json = String(decoding: try JSONSerialization.data(withJSONObject: claims), as: UTF8.self)
+        return try LibJWT.encode(algorithm: algorithm, key: key, claimsJSON: json, headers: kid.map { ["kid": $0] } ?? [:])
+    }
+
+    func refusal(_ verifier: AppTokenVerifier, _ token: String) -> AuthFailure? {
+        do {
+            _ = try verifier.verify(token, now: now)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    @Test func validTokenGivesUserAndDevices() throws {
+        let token = try sign(.hs256, key: Self.secret, claims: claims(["devices": ["robot-1", "robot-2"]]))
+        let identity = try verifier().verify(token, now: now)
+        #expect(identity == AppIdentity(userID: "alice", expiresAt: now + 600, devices: ["robot-1", "robot-2"]))
+    }
+
+    @Test func tokenFromTheSignerVerifies() throws {
+        let token = try AppTokenSigner(secret: Self.secret).token(userID: "bob", devices: ["robot-1"], now: now, lifetime: 60)
+        #expect(try verifier().verify(token, now: now).userID == "bob")
+    }
+
+    @Test func expiredTokenIsRefusedAfterLeeway() throws {
+        let token = try sign(.hs256, key: Self.secret, claims: claims(["exp": Int(now) - 31]))
+        #expect(refusal(verifier(), token) == .expired)
+        let withinLeeway = try sign(.hs256, key: Self.secret, claims: claims(["exp": Int(now) - 29]))
+        #expect(refusal(verifier(), withinLeeway) == nil)
+    }
+
+    @Test func tokenNotYetValidIsRefused() throws {
+        #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["nbf": Int(now) + 31]))) == .notYetValid)
+        #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["nbf": Int(now) + 29]))) == nil)
+    }
+
+    @Test func tokenIssuedInTheFutureIsRefused() throws {
+        #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["iat": Int(now) + 120]))) == .issuedInFuture)
+    }
+
+    @Test func wrongSignatureIsRefused() throws {
+        let token = try sign(.hs256, key: Array("another-secret-another-secret-xx".utf8), claims: claims())
+        #expect(refusal(verifier(), token) == .badSignature)
+    }
+
+    @Test func algorithmsOutsideTheAllowlistAreRefused() throws {
+        let hs512 = try sign(.hs512, key: Self.secret, claims: claims())
+        #expect(refusal(verifier(), hs512) == .algorithmNotAllowed("HS512"))
+        // libjwt 1.10 itself accepts a lower-case algorithm name.
+        let lowercase = try forge(header: ["alg": "hs256", "typ": "JWT"], claims: claims())
+        #expect(refusal(verifier(), lowercase) == .algorithmNotAllowed("hs256"))
+        // ...and HS512 is accepted once allowed.
+        #expect(refusal(verifier { $0.algorithms = [.hs256, .hs512] }, hs512) == nil)
+    }
+
+    @Test func algNoneIsRefused() throws {
+        let head = Base64URL.encode(Array(#"{"alg":"none","typ":"JWT"}"#.utf8))
+        let body = Base64URL.encode(try JSONSerialization.data(withJSONObject: claims()))
+        #expect(refusal(verifier(), "\(head).\(body).") == .malformedToken)
+        #expect(refusal(verifier(), "\(head).\(body).c2ln") == .algorithmNotAllowed("none"))
+    }
+
+    @Test func hs256TokenSignedWithTheRSAPublicKeyIsRefused() throws {
+        let rsa = try #require(AppTokenVerifier.PublicKey(pem: TestKeys.rsaPublic))
+        let verifier = verifier {
+            $0.algorithms = [.hs256, .rs256]
+            $0.secretKeys = []
+            $0.publicKeys = [rsa]
+        }
+        // The classic confusion: HMAC keyed with the PEM text the relay holds as a public key.
+        let confused = try forge(header: ["alg": "HS256", "typ": "JWT"], claims: claims(), key: Array(TestKeys.rsaPublic.utf8))
+        #expect(refusal(verifier, confused) == .unknownKey)
+        // The real RS256 token is fine.
+        let genuine = try sign(.rs256, key: Array(TestKeys.rsaPrivate.utf8), claims: claims())
+        #expect(refusal(verifier, genuine) == nil)
+    }
+
+    @Test func ecTokensVerifyWithTheECKeyOnly() throws {
+        let ec = try #require(AppTokenVerifier.PublicKey(pem: TestKeys.ecPublic))
+        let rsa = try #require(AppTokenVerifier.PublicKey(pem: TestKeys.rsaPublic))
+        #expect(ec.kind == .ec && rsa.kind == .rsa)
+        let verifier = verifier {
+            $0.algorithms = [.es256, .rs256]
+            $0.publicKeys = [rsa, ec]
+        }
+        let token = try sign(.es256, key: Array(TestKeys.ecPrivate.utf8), claims: claims())
+        #expect(try verifier.verify(token, now: now).userID == "alice")
+        // An ES256 header over an RS256 signature does not verify with the EC key.
+        let rsSigned = try sign(.rs256, key: Array(TestKeys.rsaPrivate.utf8), claims: claims())
+        let parts = rsSigned.split(separator: ".")
+        let relabelled = Base64URL.encode(Array(#"{"alg":"ES256","typ":"JWT"}"#.utf8)) + ".\(parts[1]).\(parts[2])"
+        #expect(refusal(verifier, relabelled) == .badSignature)
+    }
+
+    @Test func kidSelectsAmongSeveralKeys() throws {
+        let old = Array("old-secret-old-secret-old-secret".utf8)
+        let new = Array("new-secret-new-secret-new-secret".utf8)
+        let verifier = verifier { $0.secretKeys = [.init(id: "2025", secret: old), .init(id: "2026", secret: new)] }
+        #expect(refusal(verifier, try sign(.hs256, key: old, claims: claims(), kid: "2025")) == nil)
+        #expect(refusal(verifier, try sign(.hs256, key: new, claims: claims(), kid: "2026")) == nil)
+        #expect(refusal(verifier, try sign(.hs256, key: old, claims: claims(), kid: "2026")) == .badSignature)
+        #expect(refusal(verifier, try sign(.hs256, key: new, claims: claims(), kid: "1999")) == .unknownKey)
+        // Two named keys and no kid: which one is meant is unknown.
+        #expect(refusal(verifier, try sign(.hs256, key: new, claims: claims())) == .unknownKey)
+    }
+
+    @Test func megabyteTokenIsRefusedBeforeLibjwtSeesIt() throws {
+        let huge = try forge(header: ["alg": "HS256", "typ": "JWT"], claims: claims(["pad": String(repeating: "x", count: 1 << 20)]))
+        #expect(refusal(verifier(), huge) == .tokenTooLong)
+    }
+
+    @Test func claimsOfTheWrongTypeAreRefused() throws {
+        #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["exp": "\(Int(now) + 600)"]))) == .invalidClaims("exp has the wrong type"))
+        #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["sub": 42]))) == .invalidClaims("sub has the wrong type"))
+        #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["devices": "robot-1"]))) == .invalidClaims("devices has the wrong type"))
+        var noExp = claims()
+        noExp["exp"] = nil
+        #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: noExp)) == .invalidClaims("exp is required"))
+        var noSub = claims()
+        noSub["sub"] = nil
+        #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: noSub)) == .invalidClaims("sub is required"))
+    }
+
+    @Test func issuerAndAudienceAreCheckedWhenConfigured() throws {
+        let verifier = verifier {
+            $0.issuer = "https://auth.example"
+            $0.audience = "relay"
+        }
+        #expect(refusal(verifier, try sign(.hs256, key: Self.secret, claims: claims(["iss": "https://auth.example", "aud": ["relay", "x"]]))) == nil)
+        #expect(refusal(verifier, try sign(.hs256, key: Self.secret, claims: claims(["iss": "https://auth.example", "aud": "relay"]))) == nil)
+        #expect(refusal(verifier, try sign(.hs256, key: Self.secret, claims: claims(["iss": "https://evil.example", "aud": "relay"]))) == .wrongIssuer)
+        #expect(refusal(verifier, try sign(.hs256, key: Self.secret, claims: claims(["iss": "https://auth.example", "aud": "other"]))) == .wrongAudience)
+        #expect(refusal(verifier, try sign(.hs256, key: Self.secret, claims: claims())) == .wrongIssuer)
+    }
+
+    @Test func garbageIsRefused() {
+        #expect(refusal(verifier(), "not-a-token") == .malformedToken)
+        #expect(refusal(verifier(), "a.b.c") == .malformedHeader)
+        #expect(refusal(verifier(), "") == .malformedToken)
+    }
+}

@@ -1,0 +1,126 @@
+import Testing
+
+@testable import DeviceAuth
+
+@Suite struct DeviceSignatureTests {
+    let now = 1_800_000_000
+
+    func parameters(_ signature: DeviceSignature) -> [String: String] {
+        ["device_id": signature.deviceID, "ts": String(signature.timestamp), "nonce": signature.nonce, "sig": signature.signature]
+    }
+
+    func authenticate(_ signature: DeviceSignature, with authenticator: DeviceAuthenticator, at time: Int? = nil) async -> Result<DeviceRecord, AuthFailure> {
+        do {
+            return .success(try await authenticator.authenticate(signature, now: time ?? now))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    @Test func signatureMatchesTheContractsFormula() {
+        // sig = hex(HMAC-SHA256(secret, device_id \n ts \n nonce)), checked against openssl:
+        // printf 'robot-1\n1800000000\nnonce-0123456789' | openssl dgst -sha256 -hmac s3cret
+        let signature = DeviceSignature.sign(deviceID: "robot-1", timestamp: 1_800_000_000, nonce: "nonce-0123456789", secret: "s3cret")
+        #expect(signature.signature == "9ad22307242ed2a9d1a040ba76b53a0adf30e5d2ebeec52f2d44b4570bfd4bcc")
+        #expect(signature.query == "device_id=robot-1&ts=1800000000&nonce=nonce-0123456789&sig=\(signature.signature)")
+    }
+
+    @Test func seedFormNamesTheMissingParameters() {
+        let query = ["device_id": "robot-1", "sig": String(repeating: "a", count: 64)]
+        #expect(throws: AuthFailure.missingDeviceParameters(["ts", "nonce"])) { try DeviceSignature { query[$0] } }
+        #expect(AuthFailure.missingDeviceParameters(["ts", "nonce"]).detail.hasPrefix("Missing ts and nonce"))
+    }
+
+    @Test func malformedParametersAreRefused() {
+        let good = ["device_id": "robot-1", "ts": "1800000000", "nonce": "0123456789abcdef", "sig": String(repeating: "a", count: 64)]
+        func parse(_ change: [String: String]) -> AuthFailure? {
+            let query = good.merging(change) { _, new in new }
+            do {
+                _ = try DeviceSignature { query[$0] }
+                return nil
+            } catch {
+                return error
+            }
+        }
+        #expect(parse([:]) == nil)
+        #expect(parse(["device_id": "robot 1"]) == .malformedDeviceID)
+        #expect(parse(["device_id": String(repeating: "r", count: 129)]) == .malformedDeviceID)
+        #expect(parse(["ts": "soon"]) == .malformedTimestamp)
+        #expect(parse(["ts": "-5"]) == .malformedTimestamp)
+        #expect(parse(["nonce": "short"]) == .malformedNonce)
+        #expect(parse(["nonce": "0123456789abcdef!"]) == .malformedNonce)
+        #expect(parse(["sig": String(repeating: "A", count: 64)]) == .malformedSignature)
+        #expect(parse(["sig": "abc"]) == .malformedSignature)
+    }
+
+    @Test func registeredDeviceConnectsWithEitherOfItsTwoSecrets() async {
+        let directory = StaticDirectory(records: ["robot-1": DeviceRecord(deviceID: "robot-1", secrets: ["old-secret", "new-secret"])])
+        let authenticator = DeviceAuthenticator(directory: directory, masterKey: nil)
+        let withOld = DeviceSignature.sign(deviceID: "robot-1", timestamp: now, nonce: "nonce-aaaaaaaaaaaa", secret: "old-secret")
+        let withNew = DeviceSignature.sign(deviceID: "robot-1", timestamp: now, nonce: "nonce-bbbbbbbbbbbb", secret: "new-secret")
+        let withWrong = DeviceSignature.sign(deviceID: "robot-1", timestamp: now, nonce: "nonce-cccccccccccc", secret: "guess")
+        #expect(await authenticate(withOld, with: authenticator).map(\.deviceID) == .success("robot-1"))
+        #expect(await authenticate(withNew, with: authenticator).map(\.deviceID) == .success("robot-1"))
+        #expect(await authenticate(withWrong, with: authenticator) == .failure(.badDeviceSignature))
+    }
+
+    @Test func masterKeyDerivesSecretsForUnregisteredDevices() async {
+        let authenticator = DeviceAuthenticator(directory: StaticDirectory(records: [:]), masterKey: "master-key-master-key-master-key")
+        let derived = DeviceSignature.derivedSecret(deviceID: "robot-9", masterKey: "master-key-master-key-master-key")
+        #expect(derived == LibCrypto.hmacSHA256(key: Array("master-key-master-key-master-key".utf8), message: Array("robot-9".utf8)).hexString)
+        let signature = DeviceSignature.sign(deviceID: "robot-9", timestamp: now, nonce: "nonce-dddddddddddd", secret: derived)
+        #expect(await authenticate(signature, with: authenticator).map(\.deviceID) == .success("robot-9"))
+        let unknown = DeviceAuthenticator(directory: StaticDirectory(records: [:]), masterKey: nil)
+        #expect(await authenticate(signature, with: unknown) == .failure(.unknownDevice))
+    }
+
+    @Test func staleOrFutureTimestampIsRefused() async {
+        let authenticator = DeviceAuthenticator(directory: StaticDirectory(records: [:]), masterKey: "master-key-master-key-master-key")
+        let secret = DeviceSignature.derivedSecret(deviceID: "robot-1", masterKey: "master-key-master-key-master-key")
+        let old = DeviceSignature.sign(deviceID: "robot-1", timestamp: now - 301, nonce: "nonce-eeeeeeeeeeee", secret: secret)
+        let future = DeviceSignature.sign(deviceID: "robot-1", timestamp: now + 301, nonce: "nonce-ffffffffffff", secret: secret)
+        let edge = DeviceSignature.sign(deviceID: "robot-1", timestamp: now - 300, nonce: "nonce-gggggggggggg", secret: secret)
+        #expect(await authenticate(old, with: authenticator) == .failure(.staleTimestamp(window: 300, now: now)))
+        #expect(await authenticate(future, with: authenticator) == .failure(.staleTimestamp(window: 300, now: now)))
+        #expect(await authenticate(edge, with: authenticator).map(\.deviceID) == .success("robot-1"))
+    }
+
+    @Test func nonceIsAcceptedOnce() async {
+        let authenticator = DeviceAuthenticator(directory: StaticDirectory(records: [:]), masterKey: "master-key-master-key-master-key")
+        let secret = DeviceSignature.derivedSecret(deviceID: "robot-1", masterKey: "master-key-master-key-master-key")
+        let signature = DeviceSignature.sign(deviceID: "robot-1", timestamp: now, nonce: "nonce-hhhhhhhhhhhh", secret: secret)
+        #expect(await authenticate(signature, with: authenticator).map(\.deviceID) == .success("robot-1"))
+        #expect(await authenticate(signature, with: authenticator) == .failure(.replayedNonce))
+        // A failed attempt does not spend the nonce.
+        let forged = DeviceSignature(deviceID: "robot-1", timestamp: now, nonce: "nonce-iiiiiiiiiiii", signature: String(repeating: "0", count: 64))
+        #expect(await authenticate(forged, with: authenticator) == .failure(.badDeviceSignature))
+        let genuine = DeviceSignature.sign(deviceID: "robot-1", timestamp: now, nonce: "nonce-iiiiiiiiiiii", secret: secret)
+        #expect(await authenticate(genuine, with: authenticator).map(\.deviceID) == .success("robot-1"))
+    }
+
+    @Test func revokedDeviceIsForbiddenEvenWithAValidSignature() async {
+        let directory = StaticDirectory(records: ["robot-1": DeviceRecord(deviceID: "robot-1", secrets: ["secret"], revoked: true)])
+        let authenticator = DeviceAuthenticator(directory: directory, masterKey: nil)
+        let signature = DeviceSignature.sign(deviceID: "robot-1", timestamp: now, nonce: "nonce-jjjjjjjjjjjj", secret: "secret")
+        #expect(await authenticate(signature, with: authenticator) == .failure(.deviceRevoked))
+        #expect(AuthFailure.deviceRevoked.status == .forbidden)
+    }
+
+    @Test func replayCacheStaysBoundedAndForgetsExpiredNonces() {
+        let cache = NonceCache(capacity: 3)
+        for index in 0..<3 {
+            #expect(cache.insert(deviceID: "d", nonce: "n\(index)", expiresAt: now + 10, now: now) == .accepted)
+        }
+        // Full of live nonces: refuse rather than forget one that could be replayed.
+        #expect(cache.insert(deviceID: "d", nonce: "n3", expiresAt: now + 10, now: now) == .full)
+        #expect(cache.insert(deviceID: "d", nonce: "n0", expiresAt: now + 10, now: now) == .replayed)
+        // Once they expire there is room again.
+        #expect(cache.insert(deviceID: "d", nonce: "n3", expiresAt: now + 30, now: now + 11) == .accepted)
+        #expect(cache.count == 1)
+    }
+}
+
+struct StaticDirectory: DeviceDirectory {
+    var records: [String: DeviceRecord]
+    func device(_ deviceID: String) async throws -> DeviceRecord? { records[deviceID] }
+}

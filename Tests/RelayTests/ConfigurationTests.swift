@@ -1,0 +1,81 @@
+import Configuration
+import Relay
+import Testing
+
+/// Start-up configuration: one clear line per problem, and a loud development mode.
+@Suite struct ConfigurationTests {
+    func read(_ variables: [String: String]) -> Result<RelayConfiguration, RelayConfiguration.Invalid> {
+        do {
+            return .success(try RelayConfiguration(reader: ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: variables))))
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    @Test func nothingConfiguredMeansDevelopmentModeWithFreshSecrets() throws {
+        let first = try read([:]).get()
+        let second = try read([:]).get()
+        let development = try #require(first.development)
+        #expect(development.jwtSecret.count == 64)
+        #expect(development.jwtSecret != second.development?.jwtSecret)
+        #expect(first.deviceMasterKey == development.deviceMasterKey)
+        #expect(first.host == "127.0.0.1" && first.port == 8080)
+    }
+
+    @Test func configuredRelayIsNotInDevelopmentMode() throws {
+        let configuration = try read(["RELAY_JWT_SECRET": String(repeating: "s", count: 32), "RELAY_PORT": "9000", "RELAY_HOST": "0.0.0.0"]).get()
+        #expect(configuration.development == nil)
+        #expect(configuration.deviceMasterKey == nil)
+        #expect(configuration.port == 9000 && configuration.host == "0.0.0.0")
+    }
+
+    @Test func everyProblemIsReportedOnItsOwnLine() {
+        let result = read([
+            "RELAY_PORT": "eighty",
+            "RELAY_JWT_SECRET": "short",
+            "RELAY_JWT_ALGORITHMS": "HS256,none,XX1",
+            "RELAY_MAX_SESSIONS_PER_DEVICE": "0",
+            "RELAY_TURN_PROVIDER": "carrier-pigeon",
+            "STUN_URIS": "http://stun.example",
+            "RELAY_LOG_LEVEL": "loud",
+        ])
+        guard case .failure(let invalid) = result else {
+            Issue.record("configuration was accepted")
+            return
+        }
+        #expect(invalid.problems == [
+            "RELAY_PORT must be an integer from 0 to 65535 (got 'eighty')",
+            "RELAY_JWT_ALGORITHMS: 'none' can never be allowed",
+            "RELAY_JWT_ALGORITHMS: unknown algorithm 'XX1' (use HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384 or ES512)",
+            "RELAY_JWT_SECRET must be at least 32 bytes (try: openssl rand -hex 32)",
+            "RELAY_MAX_SESSIONS_PER_DEVICE must be an integer from 1 to 1000 (got '0')",
+            "RELAY_TURN_PROVIDER: unknown provider 'carrier-pigeon' (use static, cloudflare or coturn)",
+            "STUN_URIS: 'http://stun.example' is not a stun: or stuns: URI",
+            "RELAY_LOG_LEVEL: 'loud' is not one of trace, debug, info, notice, warning, error, critical",
+        ])
+    }
+
+    @Test func deviceKeyWithoutAnyAppTokenKeyIsAProblem() {
+        guard case .failure(let invalid) = read(["RELAY_DEVICE_MASTER_KEY": String(repeating: "m", count: 32)]) else {
+            Issue.record("configuration was accepted")
+            return
+        }
+        #expect(invalid.problems == ["RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY_FILE is required to verify app tokens"])
+    }
+
+    @Test func allowedAlgorithmsNeedAKey() {
+        guard case .failure(let invalid) = read(["RELAY_JWT_SECRET": String(repeating: "s", count: 32), "RELAY_JWT_ALGORITHMS": "RS256"]) else {
+            Issue.record("configuration was accepted")
+            return
+        }
+        #expect(invalid.problems == ["RELAY_JWT_ALGORITHMS: no configured key verifies any of RS256"])
+    }
+
+    @Test func unreadablePublicKeyFileIsAProblem() {
+        guard case .failure(let invalid) = read(["RELAY_JWT_PUBLIC_KEY_FILE": "/nonexistent/key.pem", "RELAY_JWT_ALGORITHMS": "RS256"]) else {
+            Issue.record("configuration was accepted")
+            return
+        }
+        #expect(invalid.problems.first == "RELAY_JWT_PUBLIC_KEY_FILE: cannot read '/nonexistent/key.pem'")
+    }
+}

@@ -1,0 +1,106 @@
+import Configuration
+import DeviceAuth
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import Logging
+import NIOCore
+import Relay
+import TURNBroker
+import Testing
+
+/// The real relay application on a loopback port, configured as an operator would (environment
+/// variables), with helpers to mint credentials and connect real clients.
+struct TestRelay: Sendable {
+    static let jwtSecret = "test-jwt-secret-test-jwt-secret-00"
+    static let masterKey = "test-master-key-test-master-key-00"
+
+    let port: Int
+    let http: any TestClientProtocol
+
+    static func configuration(_ environment: [String: String]) throws -> RelayConfiguration {
+        var variables = ["RELAY_JWT_SECRET": jwtSecret, "RELAY_DEVICE_MASTER_KEY": masterKey, "RELAY_PORT": "0"]
+        variables.merge(environment) { _, new in new }
+        return try RelayConfiguration(reader: ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: variables)))
+    }
+
+    /// Runs `body` against a live relay.
+    static func run(
+        _ environment: [String: String] = [:],
+        devices: InMemoryDeviceRegistry = InMemoryDeviceRegistry(),
+        turn: (any TURNProvider)? = nil,
+        _ body: @Sendable (TestRelay) async throws -> Void
+    ) async throws {
+        var logger = Logger(label: "relay-test")
+        logger.logLevel = .warning
+        let app = buildApplication(
+            configuration: try configuration(environment),
+            dependencies: RelayDependencies(devices: devices, turn: turn),
+            logger: logger
+        )
+        try await app.test(.live) { client in
+            try await body(TestRelay(port: client.port!, http: client))
+        }
+    }
+
+    func appToken(_ sub: String = "alice", devices: [String]? = ["robot-1"], lifetime: Double = 600, secret: String = TestRelay.jwtSecret) -> String {
+        try! AppTokenSigner(secret: Array(secret.utf8)).token(userID: sub, devices: devices, now: Date().timeIntervalSince1970, lifetime: lifetime)
+    }
+
+    func deviceQuery(_ deviceID: String = "robot-1", secret: String? = nil, timestamp: Int? = nil, nonce: String = DeviceSignature.makeNonce()) -> String {
+        let secret = secret ?? DeviceSignature.derivedSecret(deviceID: deviceID, masterKey: TestRelay.masterKey)
+        return DeviceSignature.sign(deviceID: deviceID, timestamp: timestamp ?? Int(Date().timeIntervalSince1970), nonce: nonce, secret: secret).query
+    }
+
+    /// An app connected with its token in the Authorization header.
+    func app(_ sub: String = "alice", devices: [String]? = ["robot-1"]) async throws -> TestSocket {
+        try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/app", headers: [.authorization: "Bearer \(appToken(sub, devices: devices))"])
+    }
+
+    func device(_ deviceID: String = "robot-1") async throws -> TestSocket {
+        try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/device?\(deviceQuery(deviceID))")
+    }
+
+    /// An app asks for a session; returns the app's `webrtc_credentials` and the device's `webrtc_request`.
+    func openSession(app: TestSocket, device: TestSocket, deviceID: String = "robot-1") async throws -> (credentials: JSONObject, request: JSONObject) {
+        try app.send(["type": "webrtc_request", "device_id": deviceID])
+        let credentials = try await app.next("webrtc_credentials")
+        let request = try await device.next("webrtc_request")
+        return (credentials, request)
+    }
+
+    /// The body of `GET /healthz`.
+    func healthz() async throws -> String {
+        try await http.execute(uri: "/healthz", method: .get) { response in
+            #expect(response.status == .ok)
+            return String(buffer: response.body)
+        }
+    }
+
+    /// A plain GET, for its status and body.
+    func get(_ pathAndQuery: String) async throws -> (status: HTTPResponse.Status, body: String) {
+        try await http.execute(uri: pathAndQuery, method: .get) { ($0.status, String(buffer: $0.body)) }
+    }
+
+    /// A WebSocket upgrade request sent as plain HTTP, to read a refusal's status and body.
+    func upgrade(_ pathAndQuery: String, headers: HTTPFields = [:]) async throws -> (status: HTTPResponse.Status, detail: String?) {
+        var all: HTTPFields = [
+            .upgrade: "websocket", .connection: "Upgrade", .secWebSocketVersion: "13", .secWebSocketKey: "dGhlIHNhbXBsZSBub25jZQ==",
+        ]
+        all.append(contentsOf: headers)
+        return try await http.execute(uri: pathAndQuery, method: .get, headers: all) { response in
+            let body = String(buffer: response.body)
+            let detail = (try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])?["detail"] as? String
+            return (response.status, detail)
+        }
+    }
+}
+
+/// Stands in for a TURN service that cannot be reached: the outside world failing, not our code.
+struct UnreachableTURNService: TURNProvider {
+    var name: String { "unreachable" }
+    func mint(ttl: Int, identifier: String) async throws(TURNError) -> CredentialDocument {
+        throw TURNError(.upstreamFailed, "upstream unreachable")
+    }
+}

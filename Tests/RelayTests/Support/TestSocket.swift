@@ -1,0 +1,204 @@
+import Foundation
+import HTTPTypes
+import HummingbirdWSClient
+import Logging
+import NIOCore
+import NIOWebSocket
+import Synchronization
+import Testing
+
+/// A decoded JSON object received on a socket.
+typealias JSONObject = [String: Any]
+
+/// A real WebSocket client driven step by step: send, await the next message, await the close.
+final class TestSocket: Sendable {
+    enum Outgoing: Sendable {
+        case text(String)
+        /// A message split into continuation frames of at most `frameSize` bytes.
+        case fragmented(String, frameSize: Int)
+        case binary([UInt8])
+        case close
+    }
+
+    private let inbox: Inbox
+    private let outgoing: AsyncStream<Outgoing>.Continuation
+    private let connection: Task<WebSocketCloseFrame?, any Error>
+    /// The `hello` the relay sent first. Written once in `connect`, before the socket is handed out.
+    private(set) nonisolated(unsafe) var hello: JSONObject = [:]
+
+    private init(inbox: Inbox, outgoing: AsyncStream<Outgoing>.Continuation, connection: Task<WebSocketCloseFrame?, any Error>) {
+        self.inbox = inbox
+        self.outgoing = outgoing
+        self.connection = connection
+    }
+
+    /// Connects and reads the relay's `hello`; throws when the relay refuses the upgrade.
+    static func connect(_ url: String, headers: HTTPFields = [:]) async throws -> TestSocket {
+        let (stream, continuation) = AsyncStream.makeStream(of: Outgoing.self, bufferingPolicy: .bufferingOldest(10_000))
+        let inbox = Inbox()
+        let logger = Logger(label: "test-client")
+        let connection = Task {
+            defer { inbox.finish() }
+            return try await WebSocketClient.connect(
+                url: url,
+                configuration: .init(maxFrameSize: 1 << 20, additionalHeaders: headers, autoPing: .disabled),
+                logger: logger
+            ) { inbound, outbound, _ in
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        for await item in stream {
+                            switch item {
+                            case .text(let text): try await outbound.write(.text(text))
+                            case .fragmented(let text, let frameSize):
+                                var bytes = ByteBuffer(string: text)
+                                var first = true
+                                while bytes.readableBytes > 0 {
+                                    let slice = bytes.readSlice(length: min(frameSize, bytes.readableBytes))!
+                                    let frame = WebSocketFrame(fin: bytes.readableBytes == 0, opcode: first ? .text : .continuation, data: slice)
+                                    try await outbound.write(.custom(frame))
+                                    first = false
+                                }
+                            case .binary(let bytes): try await outbound.write(.binary(ByteBuffer(bytes: bytes)))
+                            case .close:
+                                try await outbound.close(.normalClosure, reason: nil)
+                                return
+                            }
+                        }
+                    }
+                    for try await message in inbound.messages(maxSize: 1 << 22) {
+                        if case .text(let text) = message { inbox.append(text) }
+                    }
+                    group.cancelAll()
+                }
+            }
+        }
+        let socket = TestSocket(inbox: inbox, outgoing: continuation, connection: connection)
+        guard let first = await socket.inbox.next() else {
+            _ = try await connection.value
+            throw SocketClosedBeforeHello()
+        }
+        socket.hello = try Self.decode(first)
+        return socket
+    }
+
+    struct SocketClosedBeforeHello: Error {}
+
+    func send(_ object: JSONObject) throws {
+        outgoing.yield(.text(String(decoding: try JSONSerialization.data(withJSONObject: object), as: UTF8.self)))
+    }
+
+    func send(raw: Outgoing) {
+        outgoing.yield(raw)
+    }
+
+    /// The next message, decoded; fails the test if the socket closes first.
+    func next(sourceLocation: SourceLocation = #_sourceLocation) async throws -> JSONObject {
+        guard let text = await inbox.next() else {
+            Issue.record("socket closed while a message was expected", sourceLocation: sourceLocation)
+            throw SocketClosedBeforeHello()
+        }
+        return try Self.decode(text)
+    }
+
+    /// The next message, which must have `type`.
+    func next(_ type: String, sourceLocation: SourceLocation = #_sourceLocation) async throws -> JSONObject {
+        let message = try await next(sourceLocation: sourceLocation)
+        #expect(message["type"] as? String == type, "expected \(type), got \(message)", sourceLocation: sourceLocation)
+        return message
+    }
+
+    /// Proves the link is idle: a `ping` is answered by the very next message.
+    func expectNothingPending(sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        try send(["type": "ping"])
+        _ = try await next("pong", sourceLocation: sourceLocation)
+    }
+
+    /// Starts a clean close from the client side.
+    func close() {
+        outgoing.yield(.close)
+    }
+
+    /// The close frame the relay sent, once the connection has ended.
+    func closeCode() async throws -> Int? {
+        try await connection.value?.closeCode.code
+    }
+
+    /// Whatever was received and not yet read, until the socket ends.
+    func drain() async -> [String] {
+        var rest: [String] = []
+        while let text = await inbox.next() { rest.append(text) }
+        return rest
+    }
+
+    static func decode(_ text: String) throws -> JSONObject {
+        guard let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? JSONObject else {
+            throw NotAnObject(text: text)
+        }
+        return object
+    }
+
+    struct NotAnObject: Error {
+        var text: String
+    }
+}
+
+extension WebSocketErrorCode {
+    var code: Int {
+        switch self {
+        case .normalClosure: 1000
+        case .goingAway: 1001
+        case .protocolError: 1002
+        case .unacceptableData: 1003
+        case .dataInconsistentWithMessage: 1007
+        case .policyViolation: 1008
+        case .messageTooLarge: 1009
+        case .missingExtension: 1010
+        case .unexpectedServerError: 1011
+        case .unknown(let code): Int(code)
+        }
+    }
+}
+
+/// Received frames, in order, for one reader.
+private final class Inbox: Sendable {
+    private struct State {
+        var messages: [String] = []
+        var finished = false
+        var waiter: CheckedContinuation<String?, Never>?
+    }
+
+    private let state = Mutex(State())
+
+    func append(_ text: String) {
+        let waiter = state.withLock { state -> CheckedContinuation<String?, Never>? in
+            if let waiter = state.waiter {
+                state.waiter = nil
+                return waiter
+            }
+            state.messages.append(text)
+            return nil
+        }
+        waiter?.resume(returning: text)
+    }
+
+    func finish() {
+        let waiter = state.withLock { state -> CheckedContinuation<String?, Never>? in
+            state.finished = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(returning: nil)
+    }
+
+    func next() async -> String? {
+        await withCheckedContinuation { continuation in
+            let ready: String?? = state.withLock { state in
+                if !state.messages.isEmpty { return .some(state.messages.removeFirst()) }
+                if state.finished { return .some(nil) }
+                state.waiter = continuation
+                return .none
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
+}

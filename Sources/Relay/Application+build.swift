@@ -1,6 +1,7 @@
 import DeviceAuth
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import HummingbirdWebSocket
 import Logging
 import TURNBroker
@@ -40,11 +41,30 @@ public func buildApplication(
         heartbeatMilliseconds: configuration.heartbeatSeconds * 1000,
         resumeGraceMilliseconds: configuration.resumeGraceSeconds * 1000
     )
-    let deviceAuthenticator = DeviceAuthenticator(
-        directory: dependencies.devices,
-        masterKey: configuration.deviceMasterKey,
-        windowSeconds: configuration.deviceSignatureWindowSeconds
+    let authenticator = ClientAuthenticator(
+        tokens: verifier,
+        devices: DeviceAuthenticator(
+            directory: dependencies.devices,
+            masterKey: configuration.deviceMasterKey,
+            windowSeconds: configuration.deviceSignatureWindowSeconds
+        )
     )
+    // Authentication happens here, before the upgrade, so a refusal is an HTTP answer.
+    let gate = UpgradeGate { request, logger in
+        let identity: ClientIdentity
+        do throws(RelayHTTPError) {
+            switch request.uri.path {
+            case "/ws/app": identity = .app(try authenticator.app(request, logger: logger))
+            case "/ws/device": identity = .device(try await authenticator.device(request, logger: logger))
+            default: return .refuse(RelayHTTPError(.notFound, "No WebSocket endpoint at this path"))
+            }
+        } catch {
+            return .refuse(error)
+        }
+        return .accept { inbound, outbound, context in
+            try await connection.run(identity: identity, inbound: inbound, outbound: outbound, logger: context.logger)
+        }
+    }
 
     let router = Router(context: RelayRequestContext.self)
     router.get("/healthz") { _, _ in
@@ -55,40 +75,24 @@ public func buildApplication(
             body: .init(byteBuffer: ByteBuffer(string: "{\"status\":\"ok\",\"links\":\(counts.links),\"sessions\":\(counts.sessions)}"))
         )
     }
-    router.group("ws/app")
-        .add(middleware: AppAuthenticationMiddleware(verifier: verifier))
-        .ws(shouldUpgrade: requireUpgrade) { inbound, outbound, context in
-            guard let identity = context.requestContext.identity else { return }
-            try await connection.run(identity: identity, inbound: inbound, outbound: outbound, logger: context.logger)
+    // A plain GET on a WebSocket path (no upgrade asked for) gets 426 rather than a 404.
+    for path in ["/ws/app", "/ws/device"] {
+        router.get(RouterPath(path)) { _, _ -> Response in
+            throw RelayHTTPError(.upgradeRequired, "Connect with a WebSocket upgrade")
         }
-    router.group("ws/device")
-        .add(middleware: DeviceAuthenticationMiddleware(authenticator: deviceAuthenticator))
-        .ws(shouldUpgrade: requireUpgrade) { inbound, outbound, context in
-            guard let identity = context.requestContext.identity else { return }
-            try await connection.run(identity: identity, inbound: inbound, outbound: outbound, logger: context.logger)
-        }
+    }
 
+    let webSocket = WebSocketServerConfiguration(
+        maxFrameSize: configuration.maxMessageBytes,
+        autoPing: .enabled(timePeriod: .seconds(configuration.heartbeatSeconds)),
+        validateUTF8: true
+    )
     return Application(
         router: router,
-        server: .http1WebSocketUpgrade(
-            webSocketRouter: router,
-            configuration: .init(
-                ws: .init(
-                    maxFrameSize: configuration.maxMessageBytes,
-                    autoPing: .enabled(timePeriod: .seconds(configuration.heartbeatSeconds)),
-                    validateUTF8: true
-                )
-            )
-        ),
+        server: HTTPServerBuilder { responder in
+            RelayServerChannel(responder: responder, gate: gate, webSocket: webSocket, idleTimeout: nil)
+        },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "relay"),
         logger: logger
     )
-}
-
-/// A plain GET on a WebSocket path (no upgrade asked for) gets 426 instead of an empty 200.
-@Sendable private func requireUpgrade(_ request: Request, _ context: RelayRequestContext) async throws -> RouterShouldUpgrade {
-    guard request.headers[.upgrade]?.lowercased() == "websocket" else {
-        throw RelayHTTPError(.upgradeRequired, "Connect with a WebSocket upgrade")
-    }
-    return .upgrade()
 }

@@ -1,6 +1,7 @@
 import DeviceAuth
 import Hummingbird
 import HummingbirdWebSocket
+import WSCore
 import Logging
 import NIOWebSocket
 

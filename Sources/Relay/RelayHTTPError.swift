@@ -23,10 +23,14 @@ public struct RelayHTTPError: HTTPResponseError, Sendable {
         }
     }
 
-    public func response(from request: Request, context: some RequestContext) throws -> Response {
+    /// `{"detail": "..."}`
+    var body: String {
         var body = "{\"detail\":"
         JSONValue.writeString(detail, to: &body)
-        body += "}"
+        return body + "}"
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
         var headers = self.headers
         headers[.contentType] = "application/json; charset=utf-8"
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: body)))

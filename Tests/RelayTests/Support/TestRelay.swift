@@ -83,17 +83,20 @@ struct TestRelay: Sendable {
         try await http.execute(uri: pathAndQuery, method: .get) { ($0.status, String(buffer: $0.body)) }
     }
 
-    /// A WebSocket upgrade request sent as plain HTTP, to read a refusal's status and body.
+    /// A WebSocket upgrade request sent as plain HTTP on a connection of its own (a refused
+    /// upgrade closes its connection), to read a refusal's status and body.
     func upgrade(_ pathAndQuery: String, headers: HTTPFields = [:]) async throws -> (status: HTTPResponse.Status, detail: String?) {
         var all: HTTPFields = [
             .upgrade: "websocket", .connection: "Upgrade", .secWebSocketVersion: "13", .secWebSocketKey: "dGhlIHNhbXBsZSBub25jZQ==",
         ]
         all.append(contentsOf: headers)
-        return try await http.execute(uri: pathAndQuery, method: .get, headers: all) { response in
-            let body = String(buffer: response.body)
-            let detail = (try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])?["detail"] as? String
-            return (response.status, detail)
+        let request = all
+        let response = try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
+            try await client.get(pathAndQuery, headers: request)
         }
+        let detail = (try? JSONSerialization.jsonObject(with: Data(String(buffer: response.body ?? ByteBuffer()).utf8)) as? [String: Any])?["detail"] as? String
+        #expect(response.headers[.contentType] == "application/json; charset=utf-8")
+        return (response.status, detail)
     }
 }
 

@@ -1,0 +1,49 @@
+import DeviceAuth
+import Foundation
+import Hummingbird
+import Logging
+
+/// Authenticates apps (JWT from `Authorization: Bearer` or the `token` query parameter) and
+/// devices (the HMAC-signed query of contract §1.2). Failures become a status and a `detail`;
+/// neither the log nor the answer ever holds the token, the signature or the nonce.
+struct ClientAuthenticator: Sendable {
+    let tokens: AppTokenVerifier
+    let devices: DeviceAuthenticator
+
+    func app(_ request: Request, logger: Logger) throws(RelayHTTPError) -> AppIdentity {
+        do throws(AuthFailure) {
+            guard let token = Self.bearerToken(in: request) else { throw AuthFailure.missingToken }
+            return try tokens.verify(token, now: Date().timeIntervalSince1970)
+        } catch {
+            logger.info("App refused", metadata: ["auth.reason": "\(error.detail)"])
+            throw RelayHTTPError(error)
+        }
+    }
+
+    func device(_ request: Request, logger: Logger) async throws(RelayHTTPError) -> DeviceRecord {
+        let query = request.uri.queryParameters
+        do {
+            let signature = try DeviceSignature { query.get($0) }
+            return try await devices.authenticate(signature, now: Int(Date().timeIntervalSince1970))
+        } catch {
+            let deviceID = query.get("device_id").flatMap { DeviceSignature.isValidDeviceID($0) ? $0 : nil } ?? "-"
+            logger.info("Device refused", metadata: ["auth.reason": "\(error.detail)", "device.id": "\(deviceID)"])
+            throw RelayHTTPError(error)
+        }
+    }
+
+    static func bearerToken(in request: Request) -> String? {
+        if let header = request.headers[.authorization] {
+            let parts = header.split(separator: " ", maxSplits: 1)
+            guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
+            return parts[1].trimmingCharacters(in: .whitespaces)
+        }
+        return request.uri.queryParameters.get("token")
+    }
+}
+
+/// Who a connection was authenticated as.
+public enum ClientIdentity: Sendable {
+    case app(AppIdentity)
+    case device(DeviceRecord)
+}

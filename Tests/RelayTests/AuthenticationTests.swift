@@ -78,3 +78,46 @@ import Testing
         }
     }
 }
+
+/// Operators read logs; credentials must never be in them, whether a client is admitted or refused.
+@Suite(.timeLimit(.minutes(1))) struct LogSecrecyTests {
+    @Test func tokensSignaturesAndNoncesNeverReachTheLog() async throws {
+        let logs = LogCapture()
+        try await TestRelay.run(logs: logs) { relay in
+            let token = relay.appToken()
+            let expired = relay.appToken(lifetime: -120)
+            let nonce = "nonce-for-log-test-0001"
+            let query = relay.deviceQuery(nonce: nonce)
+            let signature = String(query.split(separator: "sig=").last!)
+            let badQuery = relay.deviceQuery(secret: "wrong-secret", nonce: "nonce-for-log-test-0002")
+            let badSignature = String(badQuery.split(separator: "sig=").last!)
+            let secrets = [token, expired, nonce, signature, "nonce-for-log-test-0002", badSignature]
+
+            let device = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(query)")
+            let app = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/app?token=\(token)")
+            _ = try await relay.openSession(app: app, device: device)
+            _ = try await relay.upgrade("/ws/app?token=\(expired)")
+            _ = try await relay.upgrade("/ws/device?\(badQuery)")
+            _ = try await relay.upgrade("/ws/device?\(query)")
+            try app.send(["type": "auth", "token": expired])
+            _ = try await app.next("error")
+            app.close()
+            device.close()
+            _ = try await app.closeCode()
+            _ = try await device.closeCode()
+
+            let lines = logs.all
+            #expect(lines.contains { $0.contains("App refused") })
+            #expect(lines.contains { $0.contains("Device refused") })
+            #expect(lines.contains { $0.contains("Session opened") })
+            for line in lines {
+                for secret in secrets {
+                    #expect(!line.contains(secret), "a credential reached the log: \(line)")
+                }
+                // No signature-sized hex or JWT-shaped text at all.
+                #expect(line.range(of: "[0-9a-f]{64}", options: .regularExpression) == nil, "\(line)")
+                #expect(line.range(of: "eyJ[A-Za-z0-9_-]+\\.", options: .regularExpression) == nil, "\(line)")
+            }
+        }
+    }
+}

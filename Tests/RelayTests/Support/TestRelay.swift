@@ -30,10 +30,11 @@ struct TestRelay: Sendable {
         _ environment: [String: String] = [:],
         devices: InMemoryDeviceRegistry = InMemoryDeviceRegistry(),
         turn: (any TURNProvider)? = nil,
+        logs: LogCapture? = nil,
         _ body: @Sendable (TestRelay) async throws -> Void
     ) async throws {
-        var logger = Logger(label: "relay-test")
-        logger.logLevel = .warning
+        var logger = logs?.logger() ?? Logger(label: "relay-test")
+        if logs == nil { logger.logLevel = .warning }
         let app = buildApplication(
             configuration: try configuration(environment),
             dependencies: RelayDependencies(devices: devices, turn: turn),

@@ -1,0 +1,86 @@
+import DeviceAuth
+import Foundation
+import Testing
+
+/// The `relay` executable as a robot developer uses it.
+@Suite(.timeLimit(.minutes(1))) struct CommandLineTests {
+    /// The `relay` binary SwiftPM built beside this test bundle.
+    static var relayBinary: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("relay")
+    }
+
+    struct Run {
+        var status: Int32
+        var stdout: String
+        var stderr: String
+    }
+
+    static func relay(_ arguments: [String], environment: [String: String] = [:]) throws -> Run {
+        let process = Process()
+        process.executableURL = relayBinary
+        process.arguments = arguments
+        // Only what the test sets: no developer's RELAY_* leaks in. The working directory holds no .env.
+        process.environment = environment.merging(["PATH": "/usr/bin:/bin"]) { old, _ in old }
+        process.currentDirectoryURL = FileManager.default.temporaryDirectory
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Run(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self))
+    }
+
+    @Test func relayBinaryIsBuilt() {
+        #expect(FileManager.default.isExecutableFile(atPath: Self.relayBinary.path), "build the package first (swift build)")
+    }
+
+    @Test func tokenAndSignURLGetARobotAndAnAppIntoASession() async throws {
+        let environment = ["RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey]
+        let token = try Self.relay(["token", "--sub", "alice", "--device", "robot-1"], environment: environment)
+        #expect(token.status == 0)
+        try await TestRelay.run { relay in
+            let signed = try Self.relay(["sign-url", "robot-1", "--url", "ws://127.0.0.1:\(relay.port)"], environment: environment)
+            #expect(signed.status == 0)
+            let url = signed.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(url.hasPrefix("ws://127.0.0.1:\(relay.port)/ws/device?device_id=robot-1&ts="))
+            let device = try await TestSocket.connect(url)
+            let app = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/app?token=\(token.stdout.trimmingCharacters(in: .whitespacesAndNewlines))")
+            let (_, request) = try await relay.openSession(app: app, device: device)
+            #expect(request["user_id"] as? String == "alice")
+        }
+    }
+
+    @Test func signURLWithTheDevicesOwnSecretMatchesTheContract() throws {
+        let signed = try Self.relay(["sign-url", "robot-7", "--secret", "s3cret"])
+        #expect(signed.status == 0)
+        let query = try #require(URLComponents(string: signed.stdout.trimmingCharacters(in: .whitespacesAndNewlines))?.queryItems)
+        let value = { (name: String) in query.first { $0.name == name }?.value ?? "" }
+        let expected = DeviceSignature.sign(deviceID: "robot-7", timestamp: Int(value("ts"))!, nonce: value("nonce"), secret: "s3cret")
+        #expect(value("sig") == expected.signature)
+        #expect(signed.stdout.hasPrefix("ws://127.0.0.1:8080/ws/device?"))
+    }
+
+    @Test func commandsExplainWhatIsMissing() throws {
+        let token = try Self.relay(["token", "--sub", "alice"])
+        #expect(token.status == 2)
+        #expect(token.stderr.contains("RELAY_JWT_SECRET is not set"))
+        let signed = try Self.relay(["sign-url", "robot-1"])
+        #expect(signed.status == 2)
+        #expect(signed.stderr.contains("pass --secret, or --master-key, or set RELAY_DEVICE_MASTER_KEY"))
+        let badDevice = try Self.relay(["sign-url", "robot 1", "--secret", "s"])
+        #expect(badDevice.status == 2)
+    }
+
+    @Test func invalidConfigurationStopsStartUpWithOneLinePerProblem() throws {
+        let run = try Self.relay(["serve"], environment: ["RELAY_PORT": "http", "RELAY_JWT_SECRET": "short", "RELAY_TURN_PROVIDER": "nope"])
+        #expect(run.status == 78)
+        #expect(run.stderr.split(separator: "\n") == [
+            "relay: configuration: RELAY_PORT must be an integer from 0 to 65535 (got 'http')",
+            "relay: configuration: RELAY_JWT_SECRET must be at least 32 bytes (try: openssl rand -hex 32)",
+            "relay: configuration: RELAY_TURN_PROVIDER: unknown provider 'nope' (use static, cloudflare or coturn)",
+        ])
+    }
+}

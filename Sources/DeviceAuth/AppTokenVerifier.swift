@@ -191,7 +191,14 @@ public struct AppTokenSigner: Sendable {
     }
 
     /// An HS256 token for `userID`, valid from `now` for `lifetime` seconds, granting `devices` when given.
-    public func token(userID: String, devices: [String]?, now: Double, lifetime: Double, issuer: String? = nil, audience: String? = nil) throws -> String {
+    public func token(
+        userID: String,
+        devices: [String]?,
+        now: Double,
+        lifetime: Double,
+        issuer: String? = nil,
+        audience: String? = nil
+    ) throws -> String {
         var claims: [String: Any] = ["sub": userID, "iat": Int(now), "exp": Int(now + lifetime)]
         if let devices { claims["devices"] = devices }
         if let issuer { claims["iss"] = issuer }

@@ -21,7 +21,10 @@ public struct AuthFailure: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String { detail }
 
     // App tokens
-    public static let missingToken = AuthFailure(.unauthenticated, "Missing app token: send 'Authorization: Bearer <jwt>' or the 'token' query parameter")
+    public static let missingToken = AuthFailure(
+        .unauthenticated,
+        "Missing app token: send 'Authorization: Bearer <jwt>' or the 'token' query parameter"
+    )
     public static let tokenTooLong = AuthFailure(.unauthenticated, "App token is too long")
     public static let malformedToken = AuthFailure(.unauthenticated, "Malformed app token: expected three base64url segments")
     public static let malformedHeader = AuthFailure(.unauthenticated, "Malformed app token header")

@@ -103,7 +103,10 @@ public struct DeviceAuthenticator: Sendable {
         if let registered {
             record = registered
         } else if let masterKey {
-            record = DeviceRecord(deviceID: signature.deviceID, secrets: [DeviceSignature.derivedSecret(deviceID: signature.deviceID, masterKey: masterKey)])
+            record = DeviceRecord(
+                deviceID: signature.deviceID,
+                secrets: [DeviceSignature.derivedSecret(deviceID: signature.deviceID, masterKey: masterKey)]
+            )
         } else {
             throw .unknownDevice
         }

@@ -48,12 +48,15 @@ struct SignalingError: Error, Sendable {
     }
 
     var outbound: OutboundMessage {
-        OutboundMessage("error", [
-            "code": .string(code.rawValue),
-            "message": .string(message),
-            "session_id": sessionID.map(JSONValue.string),
-            "request_id": requestID.map(JSONValue.string),
-        ])
+        OutboundMessage(
+            "error",
+            [
+                "code": .string(code.rawValue),
+                "message": .string(message),
+                "session_id": sessionID.map(JSONValue.string),
+                "request_id": requestID.map(JSONValue.string),
+            ]
+        )
     }
 }
 
@@ -108,10 +111,16 @@ extension ClientEnvelope {
             message = .negotiation(type: type, sessionID: sessionID, fields: try fields.candidates(sessionID: sessionID))
         case "webrtc_close":
             let sessionID = try fields.sessionID()
-            message = .close(sessionID: sessionID, reason: try fields.optionalString("reason", maxLength: MessageLimits.reasonLength, sessionID: sessionID) ?? "normal")
+            message = .close(
+                sessionID: sessionID,
+                reason: try fields.optionalString("reason", maxLength: MessageLimits.reasonLength, sessionID: sessionID) ?? "normal"
+            )
         case "webrtc_reject":
             let sessionID = try fields.sessionID()
-            message = .reject(sessionID: sessionID, reason: try fields.optionalString("reason", maxLength: MessageLimits.reasonLength, sessionID: sessionID))
+            message = .reject(
+                sessionID: sessionID,
+                reason: try fields.optionalString("reason", maxLength: MessageLimits.reasonLength, sessionID: sessionID)
+            )
         case "ping":
             message = .ping
         case "ack":
@@ -172,7 +181,9 @@ private struct Fields {
             return nil
         }
         guard case .object = value else { throw error("\(name) must be an object") }
-        guard value.serialized.utf8.count <= MessageLimits.objectBytes else { throw error("\(name) is larger than \(MessageLimits.objectBytes) bytes") }
+        guard value.serialized.utf8.count <= MessageLimits.objectBytes else {
+            throw error("\(name) is larger than \(MessageLimits.objectBytes) bytes")
+        }
         return value
     }
 

@@ -90,4 +90,3 @@ public final class Link: Sendable {
 
     var sessionCount: Int { state.withLock { $0.sessions.count } }
 }
-

@@ -1,9 +1,9 @@
 import DeviceAuth
 import Hummingbird
 import HummingbirdWebSocket
-import WSCore
 import Logging
 import NIOWebSocket
+import WSCore
 
 /// Runs one WebSocket as the transport of a link: `hello` first, then one task writes what the
 /// link's mailbox holds while this one reads and hands frames to the switchboard.
@@ -22,13 +22,16 @@ struct LinkConnection {
         case .app(let app): link = .app(app, mailbox: mailbox)
         case .device(let device): link = .device(device.deviceID, mailbox: mailbox)
         }
-        let hello = OutboundMessage("hello", [
-            "link_id": .string(link.id),
-            "resume_token": .string(link.resumeToken),
-            "heartbeat_ms": .number(Double(heartbeatMilliseconds)),
-            "resume_grace_ms": .number(Double(resumeGraceMilliseconds)),
-            "resumed": .bool(false),
-        ])
+        let hello = OutboundMessage(
+            "hello",
+            [
+                "link_id": .string(link.id),
+                "resume_token": .string(link.resumeToken),
+                "heartbeat_ms": .number(Double(heartbeatMilliseconds)),
+                "resume_grace_ms": .number(Double(resumeGraceMilliseconds)),
+                "resumed": .bool(false),
+            ]
+        )
         try await outbound.write(.text(hello.text(seq: nil)))
         switchboard.attach(link)
         defer { switchboard.detach(link) }

@@ -66,7 +66,9 @@ public struct RelayConfiguration: Sendable {
             } else if let algorithm = JWTAlgorithm(rawValue: name) {
                 allowed.insert(algorithm)
             } else {
-                read.problem("RELAY_JWT_ALGORITHMS: unknown algorithm '\(name)' (use HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384 or ES512)")
+                read.problem(
+                    "RELAY_JWT_ALGORITHMS: unknown algorithm '\(name)' (use HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384 or ES512)"
+                )
             }
         }
         tokens.algorithms = allowed
@@ -76,7 +78,9 @@ public struct RelayConfiguration: Sendable {
             if read.strongEnough(secret, name: "RELAY_JWT_SECRET") { secretKeys.append(.init(secret: Array(secret.utf8))) }
         }
         for (kid, secret) in read.keyed("RELAY_JWT_SECRETS", isSecret: true) {
-            if read.strongEnough(secret, name: "RELAY_JWT_SECRETS (kid \(kid ?? "-"))") { secretKeys.append(.init(id: kid, secret: Array(secret.utf8))) }
+            if read.strongEnough(secret, name: "RELAY_JWT_SECRETS (kid \(kid ?? "-"))") {
+                secretKeys.append(.init(id: kid, secret: Array(secret.utf8)))
+            }
         }
         tokens.secretKeys = secretKeys
         var publicKeys: [AppTokenVerifier.PublicKey] = []
@@ -142,7 +146,9 @@ public struct RelayConfiguration: Sendable {
             let families = Set(tokens.algorithms.map(\.family))
             let keyed = Set((tokens.secretKeys.isEmpty ? [] : [JWTAlgorithm.Family.hmac]) + tokens.publicKeys.map { $0.kind == .rsa ? .rsa : .ec })
             if families.isDisjoint(with: keyed) && !tokens.algorithms.isEmpty {
-                read.problem("RELAY_JWT_ALGORITHMS: no configured key verifies any of \(tokens.algorithms.map(\.rawValue).sorted().joined(separator: ", "))")
+                read.problem(
+                    "RELAY_JWT_ALGORITHMS: no configured key verifies any of \(tokens.algorithms.map(\.rawValue).sorted().joined(separator: ", "))"
+                )
             }
         }
         guard read.problems.isEmpty else { throw Invalid(problems: read.problems) }

@@ -32,7 +32,10 @@ final class Switchboard: Sendable {
     /// Makes a newly connected link live. A device's older link is ended (close 4002).
     func attach(_ link: Link) {
         if let replaced = table.register(link) {
-            logger.info("Device connected again; replacing its older link", metadata: ["device.id": "\(link.principal)", "link.id": "\(replaced.id)"])
+            logger.info(
+                "Device connected again; replacing its older link",
+                metadata: ["device.id": "\(link.principal)", "link.id": "\(replaced.id)"]
+            )
             replaced.mailbox.close(code: RelayCloseCode.replaced, reason: "Replaced by a newer connection")
             endSessions(of: replaced)
         }
@@ -84,7 +87,12 @@ final class Switchboard: Sendable {
 
         case .reject(let sessionID, let reason):
             guard link.party == .device else {
-                throw SignalingError(.badRequest, "webrtc_reject is for devices; apps end a session with webrtc_close", sessionID: sessionID, requestID: requestID)
+                throw SignalingError(
+                    .badRequest,
+                    "webrtc_reject is for devices; apps end a session with webrtc_close",
+                    sessionID: sessionID,
+                    requestID: requestID
+                )
             }
             let session = try openSession(sessionID, of: link, requestID: requestID)
             close(session, reason: "rejected", by: "device", detail: reason)
@@ -145,23 +153,36 @@ final class Switchboard: Sendable {
             document = try await turn.mint(ttl: ttl ?? TURNLimits.defaultTTL, identifier: session.id)
         } catch {
             close(session, reason: "turn_error", by: "relay")
-            logger.warning("Minting ICE servers failed", metadata: ["session.id": "\(session.id)", "turn.provider": "\(turn.name)", "error": "\(error.detail)"])
+            logger.warning(
+                "Minting ICE servers failed",
+                metadata: ["session.id": "\(session.id)", "turn.provider": "\(turn.name)", "error": "\(error.detail)"]
+            )
             throw SignalingError(.turnError, "TURN error: \(error.detail)", requestID: requestID)
         }
         let iceServers = JSONValue.raw(Self.encode(document))
         let opened = session.open {
-            link.send(OutboundMessage("webrtc_credentials", [
-                "session_id": .string(session.id),
-                "device_id": .string(deviceID),
-                "ice_servers": iceServers,
-                "request_id": requestID.map(JSONValue.string),
-            ]))
-            session.device.send(OutboundMessage("webrtc_request", [
-                "session_id": .string(session.id),
-                "user_id": .string(identity.userID),
-                "ice_servers": iceServers,
-                "metadata": metadata,
-            ]))
+            link.send(
+                OutboundMessage(
+                    "webrtc_credentials",
+                    [
+                        "session_id": .string(session.id),
+                        "device_id": .string(deviceID),
+                        "ice_servers": iceServers,
+                        "request_id": requestID.map(JSONValue.string),
+                    ]
+                )
+            )
+            session.device.send(
+                OutboundMessage(
+                    "webrtc_request",
+                    [
+                        "session_id": .string(session.id),
+                        "user_id": .string(identity.userID),
+                        "ice_servers": iceServers,
+                        "metadata": metadata,
+                    ]
+                )
+            )
         }
         guard opened else {
             // The device left while ICE servers were minted.
@@ -186,12 +207,15 @@ final class Switchboard: Sendable {
         guard let previous = session.markClosed() else { return }
         table.remove(session)
         guard previous == .open else { return }
-        let message = OutboundMessage("webrtc_close", [
-            "session_id": .string(session.id),
-            "reason": .string(reason),
-            "by": .string(closer),
-            "detail": detail.map(JSONValue.string),
-        ])
+        let message = OutboundMessage(
+            "webrtc_close",
+            [
+                "session_id": .string(session.id),
+                "reason": .string(reason),
+                "by": .string(closer),
+                "detail": detail.map(JSONValue.string),
+            ]
+        )
         session.app.send(message)
         session.device.send(message)
         logger.info("Session closed", metadata: ["session.id": "\(session.id)", "session.reason": "\(reason)", "session.closed_by": "\(closer)"])

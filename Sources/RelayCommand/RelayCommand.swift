@@ -62,12 +62,15 @@ struct Serve: AsyncParsableCommand {
 
     private func printDevelopmentBanner(_ secrets: RelayConfiguration.DevelopmentSecrets, configuration: RelayConfiguration) {
         let now = Date().timeIntervalSince1970
-        let token = (try? AppTokenSigner(secret: Array(secrets.jwtSecret.utf8)).token(userID: "dev-user", devices: ["robot-1"], now: now, lifetime: 86_400)) ?? "?"
+        let token =
+            (try? AppTokenSigner(secret: Array(secrets.jwtSecret.utf8)).token(userID: "dev-user", devices: ["robot-1"], now: now, lifetime: 86_400))
+            ?? "?"
         let deviceSecret = DeviceSignature.derivedSecret(deviceID: "robot-1", masterKey: secrets.deviceMasterKey)
         let signature = DeviceSignature.sign(deviceID: "robot-1", timestamp: Int(now), nonce: DeviceSignature.makeNonce(), secret: deviceSecret)
         let base = "ws://\(configuration.host):\(configuration.port)"
         let rule = String(repeating: "!", count: 78)
-        printError("""
+        printError(
+            """
             \(rule)
             DEVELOPMENT MODE: nothing is configured, so this relay made up its own secrets.
             They change on every start. Do not use this relay for anything real: set
@@ -83,7 +86,8 @@ struct Serve: AsyncParsableCommand {
                       (the device URL works once, within \(configuration.deviceSignatureWindowSeconds) s; make more with
                        relay sign-url robot-1 --master-key <RELAY_DEVICE_MASTER_KEY>)
             \(rule)
-            """)
+            """
+        )
     }
 }
 
@@ -130,7 +134,8 @@ struct SignURL: AsyncParsableCommand {
 
     @Argument(help: "The device id.") var deviceID: String
     @Option(help: "The device's own secret.") var secret: String?
-    @Option(name: .customLong("master-key"), help: "Derive the device secret from this master key (default: RELAY_DEVICE_MASTER_KEY).") var masterKey: String?
+    @Option(name: .customLong("master-key"), help: "Derive the device secret from this master key (default: RELAY_DEVICE_MASTER_KEY).") var masterKey:
+        String?
     @Option(help: "The relay's base URL (default: ws://RELAY_HOST:RELAY_PORT).") var url: String?
 
     func run() async throws {
@@ -148,7 +153,9 @@ struct SignURL: AsyncParsableCommand {
             printError("relay sign-url: pass --secret, or --master-key, or set RELAY_DEVICE_MASTER_KEY")
             throw ExitCode(2)
         }
-        let base = url ?? "ws://\(reader.string(forKey: ["relay", "host"], default: "127.0.0.1")):\(reader.string(forKey: ["relay", "port"], default: "8080"))"
+        let base =
+            url
+            ?? "ws://\(reader.string(forKey: ["relay", "host"], default: "127.0.0.1")):\(reader.string(forKey: ["relay", "port"], default: "8080"))"
         let signature = DeviceSignature.sign(
             deviceID: deviceID,
             timestamp: Int(Date().timeIntervalSince1970),

@@ -141,9 +141,15 @@ import Testing
     }
 
     @Test func claimsOfTheWrongTypeAreRefused() throws {
-        #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["exp": "\(Int(now) + 600)"]))) == .invalidClaims("exp has the wrong type"))
+        #expect(
+            refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["exp": "\(Int(now) + 600)"])))
+                == .invalidClaims("exp has the wrong type")
+        )
         #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["sub": 42]))) == .invalidClaims("sub has the wrong type"))
-        #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["devices": "robot-1"]))) == .invalidClaims("devices has the wrong type"))
+        #expect(
+            refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["devices": "robot-1"])))
+                == .invalidClaims("devices has the wrong type")
+        )
         var noExp = claims()
         noExp["exp"] = nil
         #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: noExp)) == .invalidClaims("exp is required"))
@@ -157,10 +163,16 @@ import Testing
             $0.issuer = "https://auth.example"
             $0.audience = "relay"
         }
-        #expect(refusal(verifier, try sign(.hs256, key: Self.secret, claims: claims(["iss": "https://auth.example", "aud": ["relay", "x"]]))) == nil)
+        #expect(
+            refusal(verifier, try sign(.hs256, key: Self.secret, claims: claims(["iss": "https://auth.example", "aud": ["relay", "x"]]))) == nil
+        )
         #expect(refusal(verifier, try sign(.hs256, key: Self.secret, claims: claims(["iss": "https://auth.example", "aud": "relay"]))) == nil)
-        #expect(refusal(verifier, try sign(.hs256, key: Self.secret, claims: claims(["iss": "https://evil.example", "aud": "relay"]))) == .wrongIssuer)
-        #expect(refusal(verifier, try sign(.hs256, key: Self.secret, claims: claims(["iss": "https://auth.example", "aud": "other"]))) == .wrongAudience)
+        #expect(
+            refusal(verifier, try sign(.hs256, key: Self.secret, claims: claims(["iss": "https://evil.example", "aud": "relay"]))) == .wrongIssuer
+        )
+        #expect(
+            refusal(verifier, try sign(.hs256, key: Self.secret, claims: claims(["iss": "https://auth.example", "aud": "other"]))) == .wrongAudience
+        )
         #expect(refusal(verifier, try sign(.hs256, key: Self.secret, claims: claims())) == .wrongIssuer)
     }
 

@@ -9,7 +9,11 @@ import Testing
         ["device_id": signature.deviceID, "ts": String(signature.timestamp), "nonce": signature.nonce, "sig": signature.signature]
     }
 
-    func authenticate(_ signature: DeviceSignature, with authenticator: DeviceAuthenticator, at time: Int? = nil) async -> Result<DeviceRecord, AuthFailure> {
+    func authenticate(
+        _ signature: DeviceSignature,
+        with authenticator: DeviceAuthenticator,
+        at time: Int? = nil
+    ) async -> Result<DeviceRecord, AuthFailure> {
         do {
             return .success(try await authenticator.authenticate(signature, now: time ?? now))
         } catch {

@@ -30,7 +30,11 @@ import Testing
         let stdout = out.fileHandleForReading.readDataToEndOfFile()
         let stderr = err.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        return Run(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self), stderr: String(decoding: stderr, as: UTF8.self))
+        return Run(
+            status: process.terminationStatus,
+            stdout: String(decoding: stdout, as: UTF8.self),
+            stderr: String(decoding: stderr, as: UTF8.self)
+        )
     }
 
     @Test func relayBinaryIsBuilt() {
@@ -47,7 +51,9 @@ import Testing
             let url = signed.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             #expect(url.hasPrefix("ws://127.0.0.1:\(relay.port)/ws/device?device_id=robot-1&ts="))
             let device = try await TestSocket.connect(url)
-            let app = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/app?token=\(token.stdout.trimmingCharacters(in: .whitespacesAndNewlines))")
+            let app = try await TestSocket.connect(
+                "ws://127.0.0.1:\(relay.port)/ws/app?token=\(token.stdout.trimmingCharacters(in: .whitespacesAndNewlines))"
+            )
             let (_, request) = try await relay.openSession(app: app, device: device)
             #expect(request["user_id"] as? String == "alice")
         }
@@ -77,10 +83,12 @@ import Testing
     @Test func invalidConfigurationStopsStartUpWithOneLinePerProblem() throws {
         let run = try Self.relay(["serve"], environment: ["RELAY_PORT": "http", "RELAY_JWT_SECRET": "short", "RELAY_TURN_PROVIDER": "nope"])
         #expect(run.status == 78)
-        #expect(run.stderr.split(separator: "\n") == [
-            "relay: configuration: RELAY_PORT must be an integer from 0 to 65535 (got 'http')",
-            "relay: configuration: RELAY_JWT_SECRET must be at least 32 bytes (try: openssl rand -hex 32)",
-            "relay: configuration: RELAY_TURN_PROVIDER: unknown provider 'nope' (use static, cloudflare or coturn)",
-        ])
+        #expect(
+            run.stderr.split(separator: "\n") == [
+                "relay: configuration: RELAY_PORT must be an integer from 0 to 65535 (got 'http')",
+                "relay: configuration: RELAY_JWT_SECRET must be at least 32 bytes (try: openssl rand -hex 32)",
+                "relay: configuration: RELAY_TURN_PROVIDER: unknown provider 'nope' (use static, cloudflare or coturn)",
+            ]
+        )
     }
 }

@@ -43,16 +43,18 @@ import Testing
             Issue.record("configuration was accepted")
             return
         }
-        #expect(invalid.problems == [
-            "RELAY_PORT must be an integer from 0 to 65535 (got 'eighty')",
-            "RELAY_JWT_ALGORITHMS: 'none' can never be allowed",
-            "RELAY_JWT_ALGORITHMS: unknown algorithm 'XX1' (use HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384 or ES512)",
-            "RELAY_JWT_SECRET must be at least 32 bytes (try: openssl rand -hex 32)",
-            "RELAY_MAX_SESSIONS_PER_DEVICE must be an integer from 1 to 1000 (got '0')",
-            "RELAY_TURN_PROVIDER: unknown provider 'carrier-pigeon' (use static, cloudflare or coturn)",
-            "STUN_URIS: 'http://stun.example' is not a stun: or stuns: URI",
-            "RELAY_LOG_LEVEL: 'loud' is not one of trace, debug, info, notice, warning, error, critical",
-        ])
+        #expect(
+            invalid.problems == [
+                "RELAY_PORT must be an integer from 0 to 65535 (got 'eighty')",
+                "RELAY_JWT_ALGORITHMS: 'none' can never be allowed",
+                "RELAY_JWT_ALGORITHMS: unknown algorithm 'XX1' (use HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384 or ES512)",
+                "RELAY_JWT_SECRET must be at least 32 bytes (try: openssl rand -hex 32)",
+                "RELAY_MAX_SESSIONS_PER_DEVICE must be an integer from 1 to 1000 (got '0')",
+                "RELAY_TURN_PROVIDER: unknown provider 'carrier-pigeon' (use static, cloudflare or coturn)",
+                "STUN_URIS: 'http://stun.example' is not a stun: or stuns: URI",
+                "RELAY_LOG_LEVEL: 'loud' is not one of trace, debug, info, notice, warning, error, critical",
+            ]
+        )
     }
 
     @Test func deviceKeyWithoutAnyAppTokenKeyIsAProblem() {

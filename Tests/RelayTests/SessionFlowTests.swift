@@ -55,12 +55,24 @@ import Testing
             let answer = try await device.next("webrtc_answer")
             #expect(answer as NSDictionary == ["type": "webrtc_answer", "session_id": sessionID, "sdp": "v=0 answer", "seq": 2] as NSDictionary)
 
-            let candidate: JSONObject = ["candidate": "candidate:1 1 udp 2122260223 192.0.2.1 54400 typ host", "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "abcd", "extra": true]
+            let candidate: JSONObject = [
+                "candidate": "candidate:1 1 udp 2122260223 192.0.2.1 54400 typ host", "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "abcd",
+                "extra": true,
+            ]
             try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": candidate])
             let ice = try await device.next("webrtc_ice")
-            #expect(ice["candidate"] as? NSDictionary == ["candidate": candidate["candidate"]!, "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "abcd"] as NSDictionary)
+            #expect(
+                ice["candidate"] as? NSDictionary == [
+                    "candidate": candidate["candidate"]!, "sdpMid": "0", "sdpMLineIndex": 0, "usernameFragment": "abcd",
+                ] as NSDictionary
+            )
 
-            try device.send(["type": "webrtc_ice", "session_id": sessionID, "candidates": [["candidate": "c1", "sdpMid": "0", "sdpMLineIndex": 0], ["candidate": "c2", "sdpMid": NSNull(), "sdpMLineIndex": NSNull()]], "complete": true])
+            try device.send([
+                "type": "webrtc_ice", "session_id": sessionID,
+                "candidates": [
+                    ["candidate": "c1", "sdpMid": "0", "sdpMLineIndex": 0], ["candidate": "c2", "sdpMid": NSNull(), "sdpMLineIndex": NSNull()],
+                ], "complete": true,
+            ])
             let batch = try await app.next("webrtc_ice")
             #expect((batch["candidates"] as? [JSONObject])?.compactMap { $0["candidate"] as? String } == ["c1", "c2"])
             #expect(batch["complete"] as? Bool == true)
@@ -112,7 +124,10 @@ import Testing
             let sessionID = credentials["session_id"] as! String
             let count = 200
             for index in 0..<count {
-                try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "candidate:\(index)", "sdpMid": "0", "sdpMLineIndex": 0]])
+                try app.send([
+                    "type": "webrtc_ice", "session_id": sessionID,
+                    "candidate": ["candidate": "candidate:\(index)", "sdpMid": "0", "sdpMLineIndex": 0],
+                ])
             }
             var previousSeq = 1
             for index in 0..<count {

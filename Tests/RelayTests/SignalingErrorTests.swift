@@ -5,7 +5,12 @@ import Testing
 
 /// Bad input gets a clear error on the link, loses nothing, and leaves the socket open.
 @Suite(.timeLimit(.minutes(1))) struct SignalingErrorTests {
-    func expectError(_ socket: TestSocket, _ code: String, message: String? = nil, sourceLocation: SourceLocation = #_sourceLocation) async throws -> JSONObject {
+    func expectError(
+        _ socket: TestSocket,
+        _ code: String,
+        message: String? = nil,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) async throws -> JSONObject {
         let error = try await socket.next("error", sourceLocation: sourceLocation)
         #expect(error["code"] as? String == code, "\(error)", sourceLocation: sourceLocation)
         if let message { #expect(error["message"] as? String == message, sourceLocation: sourceLocation) }
@@ -94,7 +99,9 @@ import Testing
             // Registry owners may reach a device their token does not list.
             try app.send(["type": "webrtc_request", "device_id": "robot-owned"])
             _ = try await expectError(app, "device_offline", message: "Device offline")
-            let owned = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-owned", secret: "owned-secret"))")
+            let owned = try await TestSocket.connect(
+                "ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-owned", secret: "owned-secret"))"
+            )
             _ = try await relay.openSession(app: app, device: owned, deviceID: "robot-owned")
             // 4. not busy
             let device = try await relay.device()
@@ -149,7 +156,9 @@ import Testing
             #expect(try await app.closeCode() == 1009)
             // Also when the message comes in fragments.
             let fragmented = try await relay.app()
-            fragmented.send(raw: .fragmented("{\"type\":\"ping\",\"pad\":\"" + String(repeating: "x", count: 70 * 1024) + "\"}", frameSize: 16 * 1024))
+            fragmented.send(
+                raw: .fragmented("{\"type\":\"ping\",\"pad\":\"" + String(repeating: "x", count: 70 * 1024) + "\"}", frameSize: 16 * 1024)
+            )
             #expect(try await fragmented.closeCode() == 1009)
         }
     }

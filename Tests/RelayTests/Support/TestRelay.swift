@@ -49,7 +49,12 @@ struct TestRelay: Sendable {
         try! AppTokenSigner(secret: Array(secret.utf8)).token(userID: sub, devices: devices, now: Date().timeIntervalSince1970, lifetime: lifetime)
     }
 
-    func deviceQuery(_ deviceID: String = "robot-1", secret: String? = nil, timestamp: Int? = nil, nonce: String = DeviceSignature.makeNonce()) -> String {
+    func deviceQuery(
+        _ deviceID: String = "robot-1",
+        secret: String? = nil,
+        timestamp: Int? = nil,
+        nonce: String = DeviceSignature.makeNonce()
+    ) -> String {
         let secret = secret ?? DeviceSignature.derivedSecret(deviceID: deviceID, masterKey: TestRelay.masterKey)
         return DeviceSignature.sign(deviceID: deviceID, timestamp: timestamp ?? Int(Date().timeIntervalSince1970), nonce: nonce, secret: secret).query
     }
@@ -64,7 +69,8 @@ struct TestRelay: Sendable {
     }
 
     /// An app asks for a session; returns the app's `webrtc_credentials` and the device's `webrtc_request`.
-    func openSession(app: TestSocket, device: TestSocket, deviceID: String = "robot-1") async throws -> (credentials: JSONObject, request: JSONObject) {
+    func openSession(app: TestSocket, device: TestSocket, deviceID: String = "robot-1") async throws -> (credentials: JSONObject, request: JSONObject)
+    {
         try app.send(["type": "webrtc_request", "device_id": deviceID])
         let credentials = try await app.next("webrtc_credentials")
         let request = try await device.next("webrtc_request")
@@ -95,7 +101,9 @@ struct TestRelay: Sendable {
         let response = try await TestClient.withClient(host: "127.0.0.1", port: port) { client in
             try await client.get(pathAndQuery, headers: request)
         }
-        let detail = (try? JSONSerialization.jsonObject(with: Data(String(buffer: response.body ?? ByteBuffer()).utf8)) as? [String: Any])?["detail"] as? String
+        let detail =
+            (try? JSONSerialization.jsonObject(with: Data(String(buffer: response.body ?? ByteBuffer()).utf8)) as? [String: Any])?["detail"]
+            as? String
         #expect(response.headers[.contentType] == "application/json; charset=utf-8")
         return (response.status, detail)
     }

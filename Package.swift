@@ -20,6 +20,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
         .package(url: "https://github.com/hummingbird-project/swift-websocket.git", from: "1.6.2"),
@@ -32,10 +33,16 @@ let package = Package(
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CJWT", pkgConfig: "libjwt", providers: [.apt(["libjwt-dev"])]),
 
+        // OpenSSL's libcrypto behind one small Swift type, shared by DeviceAuth and TURNBroker.
+        .target(
+            name: "OpenSSLCrypto",
+            dependencies: ["CCrypto"],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "DeviceAuth",
             dependencies: [
-                "CCrypto", "CJWT",
+                "CJWT", "OpenSSLCrypto",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -43,15 +50,18 @@ let package = Package(
         .target(
             name: "TURNBroker",
             dependencies: [
-                "CCurl",
+                "CCurl", "OpenSSLCrypto",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),
         .target(
             name: "Relay",
             dependencies: [
-                "DeviceAuth", "TURNBroker",
+                "DeviceAuth", "OpenSSLCrypto", "TURNBroker",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdWebSocket", package: "hummingbird-websocket"),
                 .product(name: "Configuration", package: "swift-configuration"),
@@ -77,15 +87,27 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // A local stand-in for Cloudflare's TURN API, for tests and benchmarks only.
+        .target(
+            name: "FakeCloudflareTURN",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            path: "Tests/Support/FakeCloudflareTURN",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "DeviceAuthTests",
-            dependencies: ["DeviceAuth"],
+            dependencies: ["DeviceAuth", "OpenSSLCrypto"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "RelayTests",
             dependencies: [
-                "Relay", "DeviceAuth", "TURNBroker",
+                "Relay", "DeviceAuth", "OpenSSLCrypto", "TURNBroker", "FakeCloudflareTURN",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

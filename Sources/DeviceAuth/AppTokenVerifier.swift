@@ -1,4 +1,5 @@
 import Foundation
+import OpenSSLCrypto
 
 /// Verifies app JWTs: algorithm allowlist, key chosen by algorithm family and `kid`, signature
 /// through libjwt, then strict claim checks with leeway.

@@ -1,3 +1,5 @@
+import OpenSSLCrypto
+
 /// The signed query parameters a device connects with (contract §1.2):
 /// `device_id`, `ts`, `nonce` and `sig` = hex(HMAC-SHA256(secret, device_id + "\n" + ts + "\n" + nonce)).
 public struct DeviceSignature: Sendable, Equatable {

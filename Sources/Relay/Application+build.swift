@@ -4,17 +4,26 @@ import Hummingbird
 import HummingbirdCore
 import HummingbirdWebSocket
 import Logging
+import ServiceLifecycle
 import TURNBroker
 
 /// What the application is built from besides its configuration: the parts tests and other
 /// deployments may swap.
 public struct RelayDependencies: Sendable {
     public var devices: any DeviceDirectory
+    /// Replaces the provider the configuration names.
     public var turn: (any TURNProvider)?
+    /// When to refresh a session's ICE servers, given their ttl in seconds (contract: at 80 %).
+    public var refreshDelay: @Sendable (Int) -> Duration
 
-    public init(devices: any DeviceDirectory = InMemoryDeviceRegistry(), turn: (any TURNProvider)? = nil) {
+    public init(
+        devices: any DeviceDirectory = InMemoryDeviceRegistry(),
+        turn: (any TURNProvider)? = nil,
+        refreshDelay: @escaping @Sendable (Int) -> Duration = { .milliseconds($0 * 800) }
+    ) {
         self.devices = devices
         self.turn = turn
+        self.refreshDelay = refreshDelay
     }
 }
 
@@ -25,12 +34,33 @@ public func buildApplication(
     logger: Logger = Logger(label: "relay")
 ) -> some ApplicationProtocol {
     let verifier = AppTokenVerifier(configuration: configuration.tokens)
+    var services: [any Service] = []
+    let turn: any TURNProvider
+    if let provided = dependencies.turn {
+        turn = provided
+    } else {
+        switch configuration.turn {
+        case .staticSTUN:
+            turn = StaticProvider(stunURIs: configuration.stunURIs)
+        case .cloudflare(let settings, let connectTimeout, let timeout):
+            var curl = CurlClient.Configuration()
+            curl.connectTimeoutMilliseconds = connectTimeout
+            curl.totalTimeoutMilliseconds = timeout
+            curl.allowPlainHTTP = RelayConfiguration.isLoopbackHTTP(settings.baseURL)
+            let client = CurlClient(configuration: curl)
+            services.append(CurlClientService(client: client))
+            turn = CloudflareProvider(configuration: settings, client: client, logger: logger)
+        case .coturn(let secret, let uris):
+            turn = CoturnProvider(sharedSecret: secret, turnURIs: uris, stunURIs: configuration.stunURIs)
+        }
+    }
     let switchboard = Switchboard(
         table: LocalSessionTable(),
-        turn: dependencies.turn ?? StaticProvider(stunURIs: configuration.stunURIs),
+        turn: turn,
         directory: dependencies.devices,
         tokens: verifier,
         limits: .init(maxSessionsPerDevice: configuration.maxSessionsPerDevice, maxSessionsPerApp: configuration.maxSessionsPerApp),
+        refreshDelay: dependencies.refreshDelay,
         logger: logger
     )
     let connection = LinkConnection(
@@ -75,6 +105,11 @@ public func buildApplication(
             body: .init(byteBuffer: ByteBuffer(string: "{\"status\":\"ok\",\"links\":\(counts.links),\"sessions\":\(counts.sessions)}"))
         )
     }
+    router.post("/api/turn/credentials", use: TURNCredentialsRoute(
+        authenticator: authenticator,
+        turn: turn,
+        limiter: RateLimiter(capacity: configuration.turnRatePerMinute, perSecond: Double(configuration.turnRatePerMinute) / 60)
+    ).respond)
     // A plain GET on a WebSocket path (no upgrade asked for) gets 426 rather than a 404.
     for path in ["/ws/app", "/ws/device"] {
         router.get(RouterPath(path)) { _, _ -> Response in
@@ -93,6 +128,7 @@ public func buildApplication(
             RelayServerChannel(responder: responder, gate: gate, webSocket: webSocket, idleTimeout: nil)
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "relay"),
+        services: services,
         logger: logger
     )
 }

@@ -1,5 +1,6 @@
 import DeviceAuth
 import Foundation
+import OpenSSLCrypto
 import Synchronization
 
 /// Who is at the other end of a link.

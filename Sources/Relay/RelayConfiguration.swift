@@ -1,6 +1,7 @@
 import Configuration
 import DeviceAuth
 import Foundation
+import OpenSSLCrypto
 import Logging
 import TURNBroker
 
@@ -15,7 +16,12 @@ import TURNBroker
 /// - `RELAY_MAX_MESSAGE_BYTES` (65536), `RELAY_MAX_SESSIONS_PER_DEVICE` (4), `RELAY_MAX_SESSIONS_PER_APP` (8)
 /// - `RELAY_HEARTBEAT_S` (20), `RELAY_RESUME_GRACE_S` (30), `RELAY_RESUME_BUFFER_MESSAGES` (256),
 ///   `RELAY_RESUME_BUFFER_BYTES` (1048576)
-/// - `RELAY_TURN_PROVIDER` (`static`), `STUN_URIS` (comma separated)
+/// - `RELAY_TURN_PROVIDER` (`static`, `cloudflare` or `coturn`), `STUN_URIS` (comma separated),
+///   `RELAY_TURN_RATE_PER_MIN` (20)
+/// - `cloudflare`: `CLOUDFLARE_TURN_KEY_ID`, `CLOUDFLARE_TURN_API_TOKEN` (secret),
+///   `CLOUDFLARE_TURN_API_BASE` (`https://rtc.live.cloudflare.com/v1`), `CLOUDFLARE_TURN_KEEP_PORT_53` (0),
+///   `CLOUDFLARE_TURN_CONNECT_TIMEOUT_MS` (2000), `CLOUDFLARE_TURN_TIMEOUT_MS` (5000)
+/// - `coturn`: `TURN_SHARED_SECRET` (secret), `TURN_URIS` (comma separated `turn:`/`turns:` URIs)
 /// - `RELAY_LOG_LEVEL` (`info`)
 ///
 /// With no app-token key and no device master key at all, the relay runs in development mode:
@@ -34,9 +40,27 @@ public struct RelayConfiguration: Sendable {
     public var resumeBufferMessages = 256
     public var resumeBufferBytes = 1024 * 1024
     public var stunURIs = StaticProvider.defaultSTUNURIs
+    public var turn = TURNSettings.staticSTUN
+    /// `POST /api/turn/credentials` calls allowed per user per minute.
+    public var turnRatePerMinute = 20
     public var logLevel = Logger.Level.info
     /// Set when nothing was configured and the relay made its own secrets.
     public var development: DevelopmentSecrets?
+
+    /// Which provider mints ICE servers, with its settings.
+    public enum TURNSettings: Sendable {
+        case staticSTUN
+        case cloudflare(CloudflareProvider.Configuration, connectTimeoutMilliseconds: Int, timeoutMilliseconds: Int)
+        case coturn(sharedSecret: String, turnURIs: [String])
+
+        public var name: String {
+            switch self {
+            case .staticSTUN: "static"
+            case .cloudflare: "cloudflare"
+            case .coturn: "coturn"
+            }
+        }
+    }
 
     /// Secrets made up for development mode; printed once at start-up.
     public struct DevelopmentSecrets: Sendable {
@@ -111,18 +135,47 @@ public struct RelayConfiguration: Sendable {
         resumeBufferMessages = read.int("RELAY_RESUME_BUFFER_MESSAGES", in: 1...100_000) ?? resumeBufferMessages
         resumeBufferBytes = read.int("RELAY_RESUME_BUFFER_BYTES", in: 1024...(256 * 1024 * 1024)) ?? resumeBufferBytes
 
-        switch read.string("RELAY_TURN_PROVIDER") ?? "static" {
-        case "static": break
-        case "cloudflare", "coturn":
-            read.problem("RELAY_TURN_PROVIDER: '\(read.string("RELAY_TURN_PROVIDER")!)' is not available in this build yet; use 'static'")
-        case let other:
-            read.problem("RELAY_TURN_PROVIDER: unknown provider '\(other)' (use static, cloudflare or coturn)")
-        }
         if let uris = read.list("STUN_URIS") {
             for uri in uris where !(uri.hasPrefix("stun:") || uri.hasPrefix("stuns:")) {
                 read.problem("STUN_URIS: '\(uri)' is not a stun: or stuns: URI")
             }
             stunURIs = uris
+        }
+        turnRatePerMinute = read.int("RELAY_TURN_RATE_PER_MIN", in: 1...100_000) ?? turnRatePerMinute
+        switch read.string("RELAY_TURN_PROVIDER") ?? "static" {
+        case "static":
+            turn = .staticSTUN
+        case "cloudflare":
+            let keyID = read.string("CLOUDFLARE_TURN_KEY_ID")
+            let token = read.string("CLOUDFLARE_TURN_API_TOKEN", isSecret: true)
+            if keyID == nil { read.problem("RELAY_TURN_PROVIDER=cloudflare needs CLOUDFLARE_TURN_KEY_ID") }
+            if token == nil { read.problem("RELAY_TURN_PROVIDER=cloudflare needs CLOUDFLARE_TURN_API_TOKEN") }
+            let base = read.string("CLOUDFLARE_TURN_API_BASE") ?? "https://rtc.live.cloudflare.com/v1"
+            if !(base.hasPrefix("https://") || Self.isLoopbackHTTP(base)) {
+                read.problem("CLOUDFLARE_TURN_API_BASE must be an https:// URL (plain http only on 127.0.0.1 or localhost)")
+            }
+            let keep = read.string("CLOUDFLARE_TURN_KEEP_PORT_53")
+            if let keep, !["0", "1"].contains(keep) { read.problem("CLOUDFLARE_TURN_KEEP_PORT_53 must be 0 or 1") }
+            let connect = read.int("CLOUDFLARE_TURN_CONNECT_TIMEOUT_MS", in: 50...60_000) ?? 2000
+            let total = read.int("CLOUDFLARE_TURN_TIMEOUT_MS", in: 50...120_000) ?? 5000
+            if let keyID, let token {
+                turn = .cloudflare(
+                    CloudflareProvider.Configuration(keyID: keyID, apiToken: token, baseURL: base, keepPort53: keep == "1"),
+                    connectTimeoutMilliseconds: connect,
+                    timeoutMilliseconds: total
+                )
+            }
+        case "coturn":
+            let secret = read.string("TURN_SHARED_SECRET", isSecret: true)
+            let uris = read.list("TURN_URIS") ?? []
+            if secret == nil { read.problem("RELAY_TURN_PROVIDER=coturn needs TURN_SHARED_SECRET (coturn's static-auth-secret)") }
+            if uris.isEmpty { read.problem("RELAY_TURN_PROVIDER=coturn needs TURN_URIS (comma separated turn: or turns: URIs)") }
+            for uri in uris where !(uri.hasPrefix("turn:") || uri.hasPrefix("turns:")) {
+                read.problem("TURN_URIS: '\(uri)' is not a turn: or turns: URI")
+            }
+            if let secret, !uris.isEmpty { turn = .coturn(sharedSecret: secret, turnURIs: uris) }
+        case let other:
+            read.problem("RELAY_TURN_PROVIDER: unknown provider '\(other)' (use static, cloudflare or coturn)")
         }
         if let level = read.string("RELAY_LOG_LEVEL") {
             if let parsed = Logger.Level(rawValue: level.lowercased()) {
@@ -152,6 +205,11 @@ public struct RelayConfiguration: Sendable {
             }
         }
         guard read.problems.isEmpty else { throw Invalid(problems: read.problems) }
+    }
+
+    /// Plain http is allowed only towards this machine (a local stand-in for the TURN API).
+    static func isLoopbackHTTP(_ url: String) -> Bool {
+        url.hasPrefix("http://127.0.0.1:") || url.hasPrefix("http://127.0.0.1/") || url.hasPrefix("http://localhost:") || url.hasPrefix("http://localhost/")
     }
 
     /// Reads raw strings and turns each bad value into one line naming the variable.

@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import TURNBroker
 
 /// One WebRTC call between one app link and one device link.
 public final class Session: Sendable {
@@ -17,7 +18,16 @@ public final class Session: Sendable {
     let app: Link
     let device: Link
     let createdAt: Date
-    private let phase = Mutex(Phase.reserved)
+
+    private struct State {
+        var phase = Phase.reserved
+        /// Every credential document minted for the session and not yet expired: all of them
+        /// may still be in use by the call, so all are revoked when it closes.
+        var credentials: [CredentialDocument] = []
+        var refresh: Task<Void, Never>?
+    }
+
+    private let state = Mutex(State())
 
     init(app: Link, device: Link) {
         self.id = UUID().uuidString.lowercased()
@@ -28,7 +38,7 @@ public final class Session: Sendable {
         self.createdAt = Date()
     }
 
-    var currentPhase: Phase { phase.withLock { $0 } }
+    var currentPhase: Phase { state.withLock { $0.phase } }
 
     /// The party of the session other than `link`, or nil when `link` is not a party.
     func peer(of link: Link) -> Link? {
@@ -39,10 +49,33 @@ public final class Session: Sendable {
 
     /// Moves a reserved session to open and runs `announce` (which only queues messages) under
     /// the same lock, so no close can slip between the two; false when it was closed meanwhile.
-    func open(announce: () -> Void) -> Bool {
-        phase.withLock { phase in
-            guard phase == .reserved else { return false }
-            phase = .open
+    func open(with credentials: CredentialDocument, announce: () -> Void) -> Bool {
+        state.withLock { state in
+            guard state.phase == .reserved else { return false }
+            state.phase = .open
+            state.credentials = [credentials]
+            announce()
+            return true
+        }
+    }
+
+    /// Keeps `task` (the credential refresh) to cancel it on close; false (and the task is
+    /// cancelled) when the session closed meanwhile.
+    func setRefresh(_ task: Task<Void, Never>) {
+        let closed = state.withLock { state in
+            guard state.phase != .closed else { return true }
+            state.refresh = task
+            return false
+        }
+        if closed { task.cancel() }
+    }
+
+    /// Adds freshly minted credentials and runs `announce` under the lock; false when the
+    /// session closed meanwhile (the caller then revokes what it minted).
+    func refreshCredentials(_ fresh: CredentialDocument, now: Date = Date(), announce: () -> Void) -> Bool {
+        state.withLock { state in
+            guard state.phase == .open else { return false }
+            state.credentials = state.credentials.filter { !$0.hasExpired(at: now) } + [fresh]
             announce()
             return true
         }
@@ -50,11 +83,18 @@ public final class Session: Sendable {
 
     /// Marks the session closed; returns the phase it was in, or nil when it was already closed,
     /// so exactly one caller carries out a close.
-    func markClosed() -> Phase? {
-        phase.withLock { phase in
-            guard phase != .closed else { return nil }
-            defer { phase = .closed }
-            return phase
+    func markClosed() -> (previous: Phase, credentials: [CredentialDocument])? {
+        let closed: (Phase, [CredentialDocument], Task<Void, Never>?)? = state.withLock { state in
+            guard state.phase != .closed else { return nil }
+            defer {
+                state.phase = .closed
+                state.credentials = []
+                state.refresh = nil
+            }
+            return (state.phase, state.credentials, state.refresh)
         }
+        guard let closed else { return nil }
+        closed.2?.cancel()
+        return (closed.0, closed.1)
     }
 }

@@ -16,14 +16,25 @@ final class Switchboard: Sendable {
     let directory: any DeviceDirectory
     let tokens: AppTokenVerifier
     let limits: Limits
+    /// How long after minting a session's credentials (of the given ttl) to mint fresh ones.
+    let refreshDelay: @Sendable (Int) -> Duration
     let logger: Logger
 
-    init(table: any SessionTable, turn: any TURNProvider, directory: any DeviceDirectory, tokens: AppTokenVerifier, limits: Limits, logger: Logger) {
+    init(
+        table: any SessionTable,
+        turn: any TURNProvider,
+        directory: any DeviceDirectory,
+        tokens: AppTokenVerifier,
+        limits: Limits,
+        refreshDelay: @escaping @Sendable (Int) -> Duration,
+        logger: Logger
+    ) {
         self.table = table
         self.turn = turn
         self.directory = directory
         self.tokens = tokens
         self.limits = limits
+        self.refreshDelay = refreshDelay
         self.logger = logger
     }
 
@@ -149,7 +160,7 @@ final class Switchboard: Sendable {
         }
 
         let document: CredentialDocument
-        do {
+        do throws(TURNError) {
             document = try await turn.mint(ttl: ttl ?? TURNLimits.defaultTTL, identifier: session.id)
         } catch {
             close(session, reason: "turn_error", by: "relay")
@@ -160,7 +171,7 @@ final class Switchboard: Sendable {
             throw SignalingError(.turnError, "TURN error: \(error.detail)", requestID: requestID)
         }
         let iceServers = JSONValue.raw(Self.encode(document))
-        let opened = session.open {
+        let opened = session.open(with: document) {
             link.send(
                 OutboundMessage(
                     "webrtc_credentials",
@@ -186,8 +197,10 @@ final class Switchboard: Sendable {
         }
         guard opened else {
             // The device left while ICE servers were minted.
+            revokeLater([document])
             throw SignalingError(.deviceOffline, "Device offline", requestID: requestID)
         }
+        scheduleRefresh(session, ttl: document.ttl)
         logger.info("Session opened", metadata: ["session.id": "\(session.id)", "user.id": "\(identity.userID)", "device.id": "\(deviceID)"])
     }
 
@@ -204,8 +217,9 @@ final class Switchboard: Sendable {
 
     /// Ends a session once, telling both parties who ended it and why.
     func close(_ session: Session, reason: String, by closer: String, detail: String? = nil) {
-        guard let previous = session.markClosed() else { return }
+        guard let (previous, credentials) = session.markClosed() else { return }
         table.remove(session)
+        revokeLater(credentials)
         guard previous == .open else { return }
         let message = OutboundMessage(
             "webrtc_close",
@@ -219,6 +233,52 @@ final class Switchboard: Sendable {
         session.app.send(message)
         session.device.send(message)
         logger.info("Session closed", metadata: ["session.id": "\(session.id)", "session.reason": "\(reason)", "session.closed_by": "\(closer)"])
+    }
+
+    /// Revokes credentials off the caller's path: a close never waits on the TURN provider.
+    private func revokeLater(_ documents: [CredentialDocument]) {
+        guard !documents.isEmpty else { return }
+        let turn = turn
+        Task {
+            for document in documents { await turn.revoke(document) }
+        }
+    }
+
+    /// Contract §3.4: at 80 % of the credentials' ttl, mint fresh ones and send both parties
+    /// `ice_servers_refresh`, until the session closes (which cancels this task).
+    private func scheduleRefresh(_ session: Session, ttl: Int) {
+        let turn = turn
+        let logger = logger
+        let delay = refreshDelay(ttl)
+        session.setRefresh(
+            Task {
+                var wait = delay
+                while !Task.isCancelled {
+                    do { try await Task.sleep(for: wait) } catch { return }
+                    let fresh: CredentialDocument
+                    do throws(TURNError) {
+                        fresh = try await turn.mint(ttl: ttl, identifier: session.id)
+                    } catch {
+                        logger.warning("Refreshing ICE servers failed; retrying", metadata: ["session.id": "\(session.id)", "error": "\(error.detail)"])
+                        wait = min(delay, .seconds(30))
+                        continue
+                    }
+                    let message = OutboundMessage(
+                        "ice_servers_refresh",
+                        ["session_id": .string(session.id), "ice_servers": .raw(Self.encode(fresh))]
+                    )
+                    let delivered = session.refreshCredentials(fresh) {
+                        session.app.send(message)
+                        session.device.send(message)
+                    }
+                    guard delivered else {
+                        await turn.revoke(fresh)
+                        return
+                    }
+                    wait = delay
+                }
+            }
+        )
     }
 
     /// `auth`: a fresh token for the same user keeps an app link authorized.

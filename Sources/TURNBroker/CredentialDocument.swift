@@ -57,6 +57,18 @@ public struct CredentialDocument: Sendable, Equatable, Codable {
         self.expiresAt = Self.format(issuedAt.addingTimeInterval(TimeInterval(ttl)))
     }
 
+    /// True once `expiresAt` has passed.
+    public func hasExpired(at now: Date) -> Bool {
+        guard let expiry = Self.parse(expiresAt) else { return true }
+        return expiry <= now
+    }
+
+    static func parse(_ text: String) -> Date? {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.date(from: text)
+    }
+
     static func format(_ date: Date) -> String {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime]

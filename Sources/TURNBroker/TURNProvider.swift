@@ -8,6 +8,14 @@ public protocol TURNProvider: Sendable {
     /// Mints a credential document valid for `ttl` seconds. `identifier` names who it is for
     /// (the session id, or `user:<sub>`), for providers that record it.
     func mint(ttl: Int, identifier: String) async throws(TURNError) -> CredentialDocument
+
+    /// Withdraws a document's credentials early, where the provider supports it. Best effort:
+    /// failures are counted and logged, never thrown.
+    func revoke(_ document: CredentialDocument) async
+}
+
+extension TURNProvider {
+    public func revoke(_ document: CredentialDocument) async {}
 }
 
 /// Why ICE servers could not be minted. `detail` is safe to show a client: it never holds a

@@ -1,4 +1,5 @@
 import Foundation
+import OpenSSLCrypto
 import Testing
 
 @testable import DeviceAuth

@@ -1,3 +1,4 @@
+import OpenSSLCrypto
 import Testing
 
 @testable import DeviceAuth

@@ -50,8 +50,8 @@ import Testing
                 "RELAY_JWT_ALGORITHMS: unknown algorithm 'XX1' (use HS256, HS384, HS512, RS256, RS384, RS512, ES256, ES384 or ES512)",
                 "RELAY_JWT_SECRET must be at least 32 bytes (try: openssl rand -hex 32)",
                 "RELAY_MAX_SESSIONS_PER_DEVICE must be an integer from 1 to 1000 (got '0')",
-                "RELAY_TURN_PROVIDER: unknown provider 'carrier-pigeon' (use static, cloudflare or coturn)",
                 "STUN_URIS: 'http://stun.example' is not a stun: or stuns: URI",
+                "RELAY_TURN_PROVIDER: unknown provider 'carrier-pigeon' (use static, cloudflare or coturn)",
                 "RELAY_LOG_LEVEL: 'loud' is not one of trace, debug, info, notice, warning, error, critical",
             ]
         )
@@ -79,5 +79,35 @@ import Testing
             return
         }
         #expect(invalid.problems.first == "RELAY_JWT_PUBLIC_KEY_FILE: cannot read '/nonexistent/key.pem'")
+    }
+}
+
+@Suite struct TURNConfigurationTests {
+    func problems(_ variables: [String: String]) -> [String] {
+        do {
+            _ = try RelayConfiguration(reader: ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: variables)))
+            return []
+        } catch {
+            return error.problems
+        }
+    }
+
+    @Test func providerWithoutItsSettingsStopsStartUp() {
+        let secret = ["RELAY_JWT_SECRET": String(repeating: "s", count: 32)]
+        #expect(problems(secret.merging(["RELAY_TURN_PROVIDER": "cloudflare"]) { $1 }) == [
+            "RELAY_TURN_PROVIDER=cloudflare needs CLOUDFLARE_TURN_KEY_ID",
+            "RELAY_TURN_PROVIDER=cloudflare needs CLOUDFLARE_TURN_API_TOKEN",
+        ])
+        #expect(problems(secret.merging(["RELAY_TURN_PROVIDER": "coturn"]) { $1 }) == [
+            "RELAY_TURN_PROVIDER=coturn needs TURN_SHARED_SECRET (coturn's static-auth-secret)",
+            "RELAY_TURN_PROVIDER=coturn needs TURN_URIS (comma separated turn: or turns: URIs)",
+        ])
+        #expect(problems(secret.merging(["RELAY_TURN_PROVIDER": "coturn", "TURN_SHARED_SECRET": "x", "TURN_URIS": "stun:a:3478"]) { $1 }) == [
+            "TURN_URIS: 'stun:a:3478' is not a turn: or turns: URI"
+        ])
+        #expect(problems(secret.merging([
+            "RELAY_TURN_PROVIDER": "cloudflare", "CLOUDFLARE_TURN_KEY_ID": "k", "CLOUDFLARE_TURN_API_TOKEN": "t",
+            "CLOUDFLARE_TURN_API_BASE": "http://turn.example.com/v1",
+        ]) { $1 }) == ["CLOUDFLARE_TURN_API_BASE must be an https:// URL (plain http only on 127.0.0.1 or localhost)"])
     }
 }

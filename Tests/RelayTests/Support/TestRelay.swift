@@ -31,13 +31,15 @@ struct TestRelay: Sendable {
         devices: InMemoryDeviceRegistry = InMemoryDeviceRegistry(),
         turn: (any TURNProvider)? = nil,
         logs: LogCapture? = nil,
+        refreshDelay: (@Sendable (Int) -> Duration)? = nil,
         _ body: @Sendable (TestRelay) async throws -> Void
     ) async throws {
         var logger = logs?.logger() ?? Logger(label: "relay-test")
         if logs == nil { logger.logLevel = .warning }
         let app = buildApplication(
             configuration: try configuration(environment),
-            dependencies: RelayDependencies(devices: devices, turn: turn),
+            dependencies: refreshDelay.map { RelayDependencies(devices: devices, turn: turn, refreshDelay: $0) }
+                ?? RelayDependencies(devices: devices, turn: turn),
             logger: logger
         )
         try await app.test(.live) { client in
@@ -88,6 +90,21 @@ struct TestRelay: Sendable {
     /// A plain GET, for its status and body.
     func get(_ pathAndQuery: String) async throws -> (status: HTTPResponse.Status, body: String) {
         try await http.execute(uri: pathAndQuery, method: .get) { ($0.status, String(buffer: $0.body)) }
+    }
+
+    /// `POST /api/turn/credentials` with `token` (none: no Authorization header) and `body`.
+    func mintCredentials(token: String?, body: String? = nil) async throws -> (status: HTTPResponse.Status, headers: HTTPFields, json: [String: Any]) {
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let token { headers[.authorization] = "Bearer \(token)" }
+        return try await http.execute(
+            uri: "/api/turn/credentials",
+            method: .post,
+            headers: headers,
+            body: body.map { ByteBuffer(string: $0) }
+        ) { response in
+            let json = (try? JSONSerialization.jsonObject(with: Data(String(buffer: response.body).utf8)) as? [String: Any]) ?? [:]
+            return (response.status, response.headers, json)
+        }
     }
 
     /// A WebSocket upgrade request sent as plain HTTP on a connection of its own (a refused

@@ -72,7 +72,7 @@ public enum LibCrypto {
 
     /// Empties OpenSSL's thread-local error queue, returning its first entry as text.
     @discardableResult
-    static func drainErrorQueue() -> String {
+    public static func drainErrorQueue() -> String {
         let code = ERR_get_error()
         defer { ERR_clear_error() }
         guard code != 0 else { return "no OpenSSL error" }

@@ -1,0 +1,54 @@
+import DeviceAuth
+import Foundation
+import Hummingbird
+import Logging
+import TURNBroker
+
+/// `POST /api/turn/credentials` (contract §6): an app mints ICE servers outside a session.
+struct TURNCredentialsRoute: Sendable {
+    let authenticator: ClientAuthenticator
+    let turn: any TURNProvider
+    let limiter: RateLimiter
+
+    @Sendable func respond(_ request: Request, context: RelayRequestContext) async throws -> Response {
+        let identity = try authenticator.app(request, logger: context.logger)
+        if case .denied(let retryAfter) = limiter.take(identity.userID) {
+            throw RelayHTTPError(.tooManyRequests, "Too many TURN credential requests; retry in \(retryAfter) s", headers: [.retryAfter: String(retryAfter)])
+        }
+        let ttl = try await Self.ttl(in: request)
+        let document: CredentialDocument
+        do throws(TURNError) {
+            document = try await turn.mint(ttl: ttl, identifier: "user:\(identity.userID)")
+        } catch {
+            context.logger.warning("Minting ICE servers failed", metadata: ["turn.provider": "\(turn.name)", "error": "\(error.detail)"])
+            switch error.kind {
+            case .upstreamTimedOut: throw RelayHTTPError(.gatewayTimeout, error.detail)
+            case .upstreamFailed: throw RelayHTTPError(.badGateway, error.detail)
+            }
+        }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/json", .cacheControl: "no-store"],
+            body: .init(byteBuffer: ByteBuffer(string: Switchboard.encode(document)))
+        )
+    }
+
+    /// The optional `{"ttl": N}` body: 60-172800, default 3600; anything else is a 400.
+    static func ttl(in request: Request) async throws -> Int {
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: 4096)
+        } catch {
+            throw RelayHTTPError(.contentTooLarge, "Body must be at most 4096 bytes")
+        }
+        guard body.readableBytes > 0 else { return TURNLimits.defaultTTL }
+        guard let object = try? JSONDecoder().decode([String: JSONValue].self, from: Data(body.readableBytesView)) else {
+            throw RelayHTTPError(.badRequest, "Body must be a JSON object such as {\"ttl\": 3600}")
+        }
+        guard let value = object["ttl"] else { return TURNLimits.defaultTTL }
+        guard let ttl = value.intValue, TURNLimits.ttlRange.contains(ttl) else {
+            throw RelayHTTPError(.badRequest, "ttl must be an integer from \(TURNLimits.ttlRange.lowerBound) to \(TURNLimits.ttlRange.upperBound)")
+        }
+        return ttl
+    }
+}

@@ -1,0 +1,193 @@
+import CCurl
+import DequeModule
+import NIOPosix
+import Synchronization
+
+/// The relay's only door to libcurl: HTTPS POSTs for TURN providers, run on a small thread pool
+/// (never an event loop), with warm connections, hard timeouts and a bound on waiting calls.
+public final class CurlClient: Sendable {
+    public struct Configuration: Sendable {
+        public var connectTimeoutMilliseconds = 2000
+        public var totalTimeoutMilliseconds = 5000
+        /// Transfers running at once (one thread each).
+        public var maxConcurrent = 8
+        /// Calls waiting for a free transfer slot before new ones fail fast.
+        public var maxQueued = 256
+        /// Larger response bodies abort the transfer.
+        public var maxResponseBytes = 256 * 1024
+        /// Allow plain `http` (only for a loopback base URL that tests configure).
+        public var allowPlainHTTP = false
+
+        public init() {}
+    }
+
+    public struct Response: Sendable {
+        public var status: Int
+        public var body: [UInt8]
+    }
+
+    public enum Failure: Error, Sendable, Equatable {
+        case timedOut
+        case transport(String)
+        case overloaded
+    }
+
+    public let configuration: Configuration
+    private let pool: NIOThreadPool
+    private let idleHandles = Mutex<[EasyHandle]>([])
+    private let slots: Slots
+
+    private static let globalInit: Void = {
+        curl_global_init(Int(CURL_GLOBAL_SSL | CURL_GLOBAL_WIN32))
+    }()
+
+    public init(configuration: Configuration = .init()) {
+        _ = Self.globalInit
+        self.configuration = configuration
+        self.pool = NIOThreadPool(numberOfThreads: configuration.maxConcurrent)
+        self.slots = Slots(limit: configuration.maxConcurrent, maxWaiting: configuration.maxQueued)
+        pool.start()
+    }
+
+    /// Stops the worker threads; call once no transfer is in flight.
+    public func shutdown() async throws {
+        try await pool.shutdownGracefully()
+    }
+
+    /// POSTs `body` to `url` with `headers` (`Name: value` lines).
+    public func post(url: String, headers: [String], body: [UInt8]) async throws(Failure) -> Response {
+        guard await slots.acquire() else { throw .overloaded }
+        defer { slots.release() }
+        let configuration = configuration
+        let handle = idleHandles.withLock { $0.popLast() } ?? EasyHandle()
+        let result: Result<Response, Failure>
+        do {
+            result = try await pool.runIfActive {
+                handle.perform(url: url, headers: headers, body: body, configuration: configuration)
+            }
+        } catch {
+            throw .transport("transfer pool stopped")
+        }
+        // A handle keeps its connection alive for the next transfer to the same host.
+        idleHandles.withLock { handles in
+            if handles.count < configuration.maxConcurrent { handles.append(handle) }
+        }
+        return try result.get()
+    }
+}
+
+/// One libcurl easy handle. Used by one thread at a time: it is taken out of the idle list for
+/// exactly one transfer, so sharing it as Sendable is safe.
+private final class EasyHandle: @unchecked Sendable {
+    let curl: UnsafeMutableRawPointer
+
+    init() {
+        guard let curl = curl_easy_init() else { fatalError("curl_easy_init failed") }
+        self.curl = curl
+    }
+
+    deinit {
+        curl_easy_cleanup(curl)
+    }
+
+    /// The body received so far, with its cap; reached through the write callback's userdata.
+    final class Sink {
+        var bytes: [UInt8] = []
+        let limit: Int
+        init(limit: Int) { self.limit = limit }
+    }
+
+    func perform(url: String, headers: [String], body: [UInt8], configuration: CurlClient.Configuration) -> Result<CurlClient.Response, CurlClient.Failure> {
+        // Reset options but keep the connection cache.
+        curl_easy_reset(curl)
+        var headerList: UnsafeMutablePointer<curl_slist>?
+        for header in headers { headerList = curl_slist_append(headerList, header) }
+        defer { curl_slist_free_all(headerList) }
+        let sink = Sink(limit: configuration.maxResponseBytes)
+        let code: CURLcode = withExtendedLifetime(sink) {
+            _ = relay_curl_setopt_string(curl, CURLOPT_URL, url)
+            _ = relay_curl_setopt_long(curl, CURLOPT_NOSIGNAL, 1)
+            _ = relay_curl_setopt_long(curl, CURLOPT_FOLLOWLOCATION, 0)
+            _ = relay_curl_setopt_string(curl, CURLOPT_PROTOCOLS_STR, configuration.allowPlainHTTP ? "http,https" : "https")
+            _ = relay_curl_setopt_long(curl, CURLOPT_SSL_VERIFYPEER, 1)
+            _ = relay_curl_setopt_long(curl, CURLOPT_SSL_VERIFYHOST, 2)
+            _ = relay_curl_setopt_long(curl, CURLOPT_CONNECTTIMEOUT_MS, configuration.connectTimeoutMilliseconds)
+            _ = relay_curl_setopt_long(curl, CURLOPT_TIMEOUT_MS, configuration.totalTimeoutMilliseconds)
+            _ = relay_curl_setopt_long(curl, CURLOPT_POST, 1)
+            _ = relay_curl_setopt_pointer(curl, CURLOPT_HTTPHEADER, UnsafeMutableRawPointer(headerList))
+            // COPYPOSTFIELDS copies the body (plain POSTFIELDS would not); its size goes first.
+            _ = relay_curl_setopt_long(curl, CURLOPT_POSTFIELDSIZE, body.count)
+            if body.isEmpty {
+                _ = relay_curl_setopt_string(curl, CURLOPT_COPYPOSTFIELDS, "")
+            } else {
+                _ = body.withUnsafeBufferPointer { bytes in
+                    relay_curl_setopt_pointer(curl, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress!))
+                }
+            }
+            _ = relay_curl_setopt_write_function(curl) { pointer, size, count, userdata in
+                guard let pointer, let userdata else { return 0 }
+                let sink = Unmanaged<Sink>.fromOpaque(userdata).takeUnretainedValue()
+                let length = size * count
+                // Returning less than given aborts the transfer: the body cap.
+                guard sink.bytes.count + length <= sink.limit else { return 0 }
+                sink.bytes.append(contentsOf: UnsafeRawBufferPointer(start: pointer, count: length))
+                return length
+            }
+            _ = relay_curl_setopt_pointer(curl, CURLOPT_WRITEDATA, Unmanaged.passUnretained(sink).toOpaque())
+            return curl_easy_perform(curl)
+        }
+        switch code {
+        case CURLE_OK:
+            var status = 0
+            _ = relay_curl_getinfo_long(curl, CURLINFO_RESPONSE_CODE, &status)
+            return .success(.init(status: status, body: sink.bytes))
+        case CURLE_OPERATION_TIMEDOUT:
+            return .failure(.timedOut)
+        default:
+            return .failure(.transport(String(cString: curl_easy_strerror(code))))
+        }
+    }
+}
+
+/// A counting semaphore with a bounded waiting line.
+private final class Slots: Sendable {
+    private struct State {
+        var inUse = 0
+        var waiting: Deque<CheckedContinuation<Bool, Never>> = []
+    }
+
+    private let state = Mutex(State())
+    private let limit: Int
+    private let maxWaiting: Int
+
+    init(limit: Int, maxWaiting: Int) {
+        self.limit = limit
+        self.maxWaiting = maxWaiting
+    }
+
+    /// Waits for a slot; false at once when the waiting line is full.
+    func acquire() async -> Bool {
+        await withCheckedContinuation { continuation in
+            let immediate: Bool? = state.withLock { state in
+                if state.inUse < limit {
+                    state.inUse += 1
+                    return true
+                }
+                guard state.waiting.count < maxWaiting else { return false }
+                state.waiting.append(continuation)
+                return nil
+            }
+            if let immediate { continuation.resume(returning: immediate) }
+        }
+    }
+
+    func release() {
+        let next = state.withLock { state -> CheckedContinuation<Bool, Never>? in
+            // The slot passes straight to the next waiter, if any.
+            if let next = state.waiting.popFirst() { return next }
+            state.inUse -= 1
+            return nil
+        }
+        next?.resume(returning: true)
+    }
+}

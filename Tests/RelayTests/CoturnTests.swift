@@ -1,0 +1,124 @@
+import Foundation
+import HTTPTypes
+import OpenSSLCrypto
+import Testing
+import TURNBroker
+
+/// The coturn provider's credentials against a real coturn (`use-auth-secret`) on loopback.
+@Suite(.timeLimit(.minutes(1))) struct CoturnTests {
+    static let secret = "coturn-shared-secret-for-tests"
+
+    @Test func credentialFollowsTheTURNRestAPI() async throws {
+        let provider = CoturnProvider(sharedSecret: "s3cret", turnURIs: ["turn:127.0.0.1:3478?transport=udp"], stunURIs: ["stun:127.0.0.1:3478"])
+        let document = try await provider.mint(ttl: 600, identifier: "session-1")
+        let turn = try #require(document.iceServers.last)
+        let username = try #require(turn.username)
+        let parts = username.split(separator: ":", maxSplits: 1)
+        #expect(parts.count == 2 && parts[1] == "session-1")
+        let expiry = try #require(Int(parts[0]))
+        #expect(abs(expiry - (Int(Date().timeIntervalSince1970) + 600)) <= 2)
+        // base64(HMAC-SHA1(secret, username)), as `openssl dgst -sha1 -hmac s3cret -binary | base64` prints.
+        #expect(turn.credential == Data(LibCrypto.hmacSHA1(key: Array("s3cret".utf8), message: Array(username.utf8))).base64EncodedString())
+        #expect(CoturnProvider.credential(username: "1800000000:alice", secret: "s3cret") == "3i66Yob+5ER4xVxIRXhvnAp6moo=")
+        #expect(document.iceServers.first?.urls == .many(["stun:127.0.0.1:3478"]))
+    }
+
+    @Test func realCoturnAllocatesWithMintedCredentialsAndRefusesTamperedOnes() async throws {
+        let coturn = try await Coturn.start(secret: Self.secret)
+        defer { coturn.stop() }
+        let environment = [
+            "RELAY_TURN_PROVIDER": "coturn",
+            "TURN_SHARED_SECRET": Self.secret,
+            "TURN_URIS": "turn:127.0.0.1:\(coturn.port)?transport=udp",
+        ]
+        try await TestRelay.run(environment) { relay in
+            let minted = try await relay.mintCredentials(token: relay.appToken("alice"))
+            #expect(minted.status == .ok)
+            let servers = try #require(minted.json["iceServers"] as? [[String: Any]])
+            let turn = try #require(servers.last)
+            let username = try #require(turn["username"] as? String)
+            let credential = try #require(turn["credential"] as? String)
+            #expect(username.hasSuffix(":user:alice"))
+            #expect(turn["urls"] as? [String] == ["turn:127.0.0.1:\(coturn.port)?transport=udp"])
+
+            let accepted = try coturn.allocate(username: username, credential: credential)
+            #expect(accepted.status == 0, "turnutils_uclient: \(accepted.output.suffix(400))")
+            let tampered = try coturn.allocate(username: username, credential: "x" + credential.dropFirst())
+            #expect(tampered.status != 0)
+            #expect(tampered.output.contains("Cannot complete Allocation"))
+            let otherUser = try coturn.allocate(username: username.replacingOccurrences(of: "alice", with: "mallory"), credential: credential)
+            #expect(otherUser.status != 0)
+        }
+    }
+}
+
+/// A coturn server this test starts on 127.0.0.1 and ends by its PID.
+struct Coturn {
+    let process: Process
+    let port: Int
+
+    static func start(secret: String) async throws -> Coturn {
+        let port = Int.random(in: 20_000...29_999)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("relay-coturn-\(port)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/turnserver")
+        process.arguments = [
+            "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", "--listening-port=\(port)",
+            "--min-port=\(port + 10_000)", "--max-port=\(port + 10_100)",
+            "--use-auth-secret", "--static-auth-secret=\(secret)", "--realm=relay.test",
+            "--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers", "--log-file=stdout", "--simple-log",
+            "--pidfile=\(directory.appendingPathComponent("turnserver.pid").path)", "--db=\(directory.appendingPathComponent("turndb").path)",
+        ]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        // Ready once its listening servers exist (their UDP sockets are bound by then).
+        let ready = await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                var seen = ""
+                while true {
+                    let chunk = output.fileHandleForReading.availableData
+                    if chunk.isEmpty { return continuation.resume(returning: false) }
+                    seen += String(decoding: chunk, as: UTF8.self)
+                    if seen.contains("Total General servers") {
+                        return continuation.resume(returning: true)
+                    }
+                }
+            }
+        }
+        guard ready else {
+            process.terminate()
+            throw CoturnDidNotStart()
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        Thread.detachNewThread {
+            while !output.fileHandleForReading.availableData.isEmpty {}
+        }
+        return Coturn(process: process, port: port)
+    }
+
+    struct CoturnDidNotStart: Error {}
+
+    /// Ends the server (SIGKILL: coturn takes its time over SIGTERM) and reaps it.
+    func stop() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// One TURN allocation (and a short exchange) with coturn's own client.
+    func allocate(username: String, credential: String) throws -> (status: Int32, output: String) {
+        let client = Process()
+        // `timeout` bounds a client that would keep retrying.
+        client.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
+        client.arguments = ["-s", "KILL", "15", "/usr/bin/turnutils_uclient", "-y", "-n", "1", "-c", "-u", username, "-w", credential, "-p", String(port), "127.0.0.1"]
+        let output = Pipe()
+        client.standardOutput = output
+        client.standardError = output
+        try client.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        client.waitUntilExit()
+        return (client.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+}

@@ -87,16 +87,17 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        // A local stand-in for Cloudflare's TURN API, for tests and benchmarks only.
+        // Tests and benchmarks only: a local stand-in for Cloudflare's TURN API, a WebSocket client.
         .target(
-            name: "FakeCloudflareTURN",
+            name: "RelayTestSupport",
             dependencies: [
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdWSClient", package: "hummingbird-websocket"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            path: "Tests/Support/FakeCloudflareTURN",
+            path: "Tests/Support/RelayTestSupport",
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -107,7 +108,7 @@ let package = Package(
         .testTarget(
             name: "RelayTests",
             dependencies: [
-                "Relay", "DeviceAuth", "OpenSSLCrypto", "TURNBroker", "FakeCloudflareTURN",
+                "Relay", "DeviceAuth", "OpenSSLCrypto", "TURNBroker", "RelayTestSupport",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

@@ -1,5 +1,6 @@
 import DeviceAuth
 import Foundation
+import RelayTestSupport
 import HTTPTypes
 import Relay
 import Testing

@@ -1,5 +1,6 @@
 import DeviceAuth
 import Foundation
+import RelayTestSupport
 import Testing
 
 /// The `relay` executable as a robot developer uses it.

@@ -1,3 +1,4 @@
+import RelayTestSupport
 import Configuration
 import Relay
 import Testing

@@ -1,5 +1,6 @@
 import DeviceAuth
 import Foundation
+import RelayTestSupport
 import Relay
 import Testing
 
@@ -11,7 +12,7 @@ import Testing
         message: String? = nil,
         sourceLocation: SourceLocation = #_sourceLocation
     ) async throws -> JSONObject {
-        let error = try await socket.next("error", sourceLocation: sourceLocation)
+        let error = try await socket.next("error")
         #expect(error["code"] as? String == code, "\(error)", sourceLocation: sourceLocation)
         if let message { #expect(error["message"] as? String == message, sourceLocation: sourceLocation) }
         #expect(error["seq"] is Int, sourceLocation: sourceLocation)

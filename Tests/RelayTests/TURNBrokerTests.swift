@@ -1,5 +1,5 @@
-import FakeCloudflareTURN
 import Foundation
+import RelayTestSupport
 import HTTPTypes
 import Relay
 import Testing

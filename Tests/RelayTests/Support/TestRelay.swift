@@ -1,6 +1,7 @@
 import Configuration
 import DeviceAuth
 import Foundation
+import RelayTestSupport
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting

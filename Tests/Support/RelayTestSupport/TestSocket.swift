@@ -5,14 +5,13 @@ import Logging
 import NIOCore
 import NIOWebSocket
 import Synchronization
-import Testing
 
 /// A decoded JSON object received on a socket.
-typealias JSONObject = [String: Any]
+public typealias JSONObject = [String: Any]
 
 /// A real WebSocket client driven step by step: send, await the next message, await the close.
-final class TestSocket: Sendable {
-    enum Outgoing: Sendable {
+public final class TestSocket: Sendable {
+    public enum Outgoing: Sendable {
         case text(String)
         /// A message split into continuation frames of at most `frameSize` bytes.
         case fragmented(String, frameSize: Int)
@@ -24,7 +23,7 @@ final class TestSocket: Sendable {
     private let outgoing: AsyncStream<Outgoing>.Continuation
     private let connection: Task<WebSocketCloseFrame?, any Error>
     /// The `hello` the relay sent first. Written once in `connect`, before the socket is handed out.
-    private(set) nonisolated(unsafe) var hello: JSONObject = [:]
+    public private(set) nonisolated(unsafe) var hello: JSONObject = [:]
 
     private init(inbox: Inbox, outgoing: AsyncStream<Outgoing>.Continuation, connection: Task<WebSocketCloseFrame?, any Error>) {
         self.inbox = inbox
@@ -33,7 +32,7 @@ final class TestSocket: Sendable {
     }
 
     /// Connects and reads the relay's `hello`; throws when the relay refuses the upgrade.
-    static func connect(_ url: String, headers: HTTPFields = [:]) async throws -> TestSocket {
+    public static func connect(_ url: String, headers: HTTPFields = [:]) async throws -> TestSocket {
         let (stream, continuation) = AsyncStream.makeStream(of: Outgoing.self, bufferingPolicy: .bufferingOldest(10_000))
         let inbox = Inbox()
         let logger = Logger(label: "test-client")
@@ -81,69 +80,74 @@ final class TestSocket: Sendable {
         return socket
     }
 
-    struct SocketClosedBeforeHello: Error {}
+    public struct SocketClosedBeforeHello: Error {}
 
-    func send(_ object: JSONObject) throws {
+    public struct SocketClosed: Error {}
+
+    public struct UnexpectedMessage: Error, CustomStringConvertible {
+        public var expected: String
+        public var received: String
+        public var description: String { "expected a \(expected) message, received \(received)" }
+    }
+
+    public func send(_ object: JSONObject) throws {
         outgoing.yield(.text(String(decoding: try JSONSerialization.data(withJSONObject: object), as: UTF8.self)))
     }
 
-    func send(raw: Outgoing) {
+    public func send(raw: Outgoing) {
         outgoing.yield(raw)
     }
 
-    /// The next message, decoded; fails the test if the socket closes first.
-    func next(sourceLocation: SourceLocation = #_sourceLocation) async throws -> JSONObject {
-        guard let text = await inbox.next() else {
-            Issue.record("socket closed while a message was expected", sourceLocation: sourceLocation)
-            throw SocketClosedBeforeHello()
-        }
+    /// The next message, decoded; throws if the socket closes first.
+    public func next() async throws -> JSONObject {
+        guard let text = await inbox.next() else { throw SocketClosed() }
         return try Self.decode(text)
     }
 
-    /// The next message, which must have `type`.
-    func next(_ type: String, sourceLocation: SourceLocation = #_sourceLocation) async throws -> JSONObject {
-        let message = try await next(sourceLocation: sourceLocation)
-        #expect(message["type"] as? String == type, "expected \(type), got \(message)", sourceLocation: sourceLocation)
+    /// The next message, which must have `type` (else this throws, naming what came instead).
+    public func next(_ type: String) async throws -> JSONObject {
+        let message = try await next()
+        guard message["type"] as? String == type else { throw UnexpectedMessage(expected: type, received: "\(message)") }
         return message
     }
 
     /// Proves the link is idle: a `ping` is answered by the very next message.
-    func expectNothingPending(sourceLocation: SourceLocation = #_sourceLocation) async throws {
+    public func expectNothingPending() async throws {
         try send(["type": "ping"])
-        _ = try await next("pong", sourceLocation: sourceLocation)
+        _ = try await next("pong")
     }
 
     /// Starts a clean close from the client side.
-    func close() {
+    public func close() {
         outgoing.yield(.close)
     }
 
     /// The close frame the relay sent, once the connection has ended.
-    func closeCode() async throws -> Int? {
+    public func closeCode() async throws -> Int? {
         try await connection.value?.closeCode.code
     }
 
     /// Whatever was received and not yet read, until the socket ends.
-    func drain() async -> [String] {
+    public func drain() async -> [String] {
         var rest: [String] = []
         while let text = await inbox.next() { rest.append(text) }
         return rest
     }
 
-    static func decode(_ text: String) throws -> JSONObject {
+    public static func decode(_ text: String) throws -> JSONObject {
         guard let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? JSONObject else {
             throw NotAnObject(text: text)
         }
         return object
     }
 
-    struct NotAnObject: Error {
+    public struct NotAnObject: Error {
         var text: String
     }
 }
 
 extension WebSocketErrorCode {
-    var code: Int {
+    public var code: Int {
         switch self {
         case .normalClosure: 1000
         case .goingAway: 1001

@@ -11,6 +11,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "relay", targets: ["RelayCommand"]),
+        .executable(name: "relay-bench", targets: ["RelayBench"]),
         .library(name: "Relay", targets: ["Relay"]),
     ],
     dependencies: [
@@ -98,6 +99,18 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Tests/Support/RelayTestSupport",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "RelayBench",
+            dependencies: [
+                "Relay", "DeviceAuth", "TURNBroker", "RelayTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Benchmarks/RelayBench",
             swiftSettings: swiftSettings
         ),
         .testTarget(

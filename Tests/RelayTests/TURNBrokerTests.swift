@@ -209,6 +209,34 @@ import Testing
     }
 }
 
+extension CloudflareTURNTests {
+    @Test func apiTokenAndMintedCredentialsNeverReachTheLog() async throws {
+        let fake = FakeCloudflareTURN()
+        fake.script(.created, .status(500))
+        let logs = LogCapture()
+        try await fake.run { base in
+            try await TestRelay.run(Self.environment(base), logs: logs) { relay in
+                let device = try await relay.device()
+                let app = try await relay.app()
+                let (credentials, _) = try await relay.openSession(app: app, device: device)
+                try app.send(["type": "webrtc_close", "session_id": credentials["session_id"] as! String])
+                _ = try await app.next("webrtc_close")
+                // The revocation is refused (500), which the relay logs with the status only.
+                var arrivals = fake.arrivingRequests.makeAsyncIterator()
+                while let request = await arrivals.next(), !request.path.hasSuffix("/revoke") {}
+                fake.script(.status(403))
+                #expect(try await relay.mintCredentials(token: relay.appToken()).status == .badGateway)
+            }
+        }
+        let lines = logs.all
+        #expect(lines.contains { $0.contains("Minting ICE servers failed") })
+        for line in lines {
+            #expect(!line.contains("test-api-token"), "\(line)")
+            #expect(!line.contains("fake-turn-credential"), "\(line)")
+        }
+    }
+}
+
 /// `POST /api/turn/credentials` rules that do not depend on the provider.
 @Suite(.timeLimit(.minutes(1))) struct TURNCredentialsEndpointTests {
     @Test func staticProviderGivesSTUNOnlyWithTheDefaultTTL() async throws {

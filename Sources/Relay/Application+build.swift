@@ -27,12 +27,22 @@ public struct RelayDependencies: Sendable {
     }
 }
 
-/// Builds the relay: routes, authentication, the switchboard and the server.
+/// Builds the relay application (tests run it as is).
 public func buildApplication(
     configuration: RelayConfiguration,
     dependencies: RelayDependencies = .init(),
     logger: Logger = Logger(label: "relay")
 ) -> some ApplicationProtocol {
+    buildRelay(configuration: configuration, dependencies: dependencies, logger: logger).application
+}
+
+/// Builds the relay: routes, authentication, the switchboard and the server, and the service
+/// that drains links on shutdown.
+public func buildRelay(
+    configuration: RelayConfiguration,
+    dependencies: RelayDependencies = .init(),
+    logger: Logger = Logger(label: "relay")
+) -> (application: some ApplicationProtocol, shutdown: ShutdownService) {
     let verifier = AppTokenVerifier(configuration: configuration.tokens)
     var services: [any Service] = []
     let turn: any TURNProvider
@@ -59,17 +69,30 @@ public func buildApplication(
         turn: turn,
         directory: dependencies.devices,
         tokens: verifier,
-        limits: .init(maxSessionsPerDevice: configuration.maxSessionsPerDevice, maxSessionsPerApp: configuration.maxSessionsPerApp),
+        limits: .init(
+            maxSessionsPerDevice: configuration.maxSessionsPerDevice,
+            maxSessionsPerApp: configuration.maxSessionsPerApp,
+            keptMessages: configuration.resumeBufferMessages,
+            keptBytes: configuration.resumeBufferBytes,
+            rateBurst: configuration.rateBurst,
+            ratePerSecond: configuration.ratePerSecond,
+            maxRefusedInARow: 100,
+            resumeGrace: .seconds(configuration.resumeGraceSeconds),
+            setupTimeout: .seconds(configuration.setupTimeoutSeconds)
+        ),
         refreshDelay: dependencies.refreshDelay,
         logger: logger
     )
     let connection = LinkConnection(
         switchboard: switchboard,
         maxMessageBytes: configuration.maxMessageBytes,
-        mailboxMessages: configuration.resumeBufferMessages,
-        mailboxBytes: configuration.resumeBufferBytes,
         heartbeatMilliseconds: configuration.heartbeatSeconds * 1000,
-        resumeGraceMilliseconds: configuration.resumeGraceSeconds * 1000
+        resumeGraceMilliseconds: configuration.resumeGraceSeconds * 1000,
+        tokenLeeway: .seconds(configuration.tokens.leewaySeconds)
+    )
+    let connectionAttempts = RateLimiter(
+        capacity: configuration.connectBurst,
+        perSecond: Double(configuration.connectRatePerMinute) / 60
     )
     let authenticator = ClientAuthenticator(
         tokens: verifier,
@@ -80,9 +103,15 @@ public func buildApplication(
         )
     )
     // Authentication happens here, before the upgrade, so a refusal is an HTTP answer.
-    let gate = UpgradeGate { request, logger in
+    let gate = UpgradeGate { request, remoteIP, logger in
+        if case .denied(let retryAfter) = connectionAttempts.take(remoteIP ?? "unknown") {
+            logger.info("Too many connection attempts", metadata: ["client.ip": "\(remoteIP ?? "unknown")"])
+            return .refuse(RelayHTTPError(.tooManyRequests, "Too many connection attempts; retry in \(retryAfter) s", headers: [.retryAfter: String(retryAfter)]))
+        }
         let identity: ClientIdentity
+        let resume: LinkConnection.Resume?
         do throws(RelayHTTPError) {
+            resume = try resumeRequest(in: request)
             switch request.uri.path {
             case "/ws/app": identity = .app(try authenticator.app(request, logger: logger))
             case "/ws/device": identity = .device(try await authenticator.device(request, logger: logger))
@@ -92,7 +121,7 @@ public func buildApplication(
             return .refuse(error)
         }
         return .accept { inbound, outbound, context in
-            try await connection.run(identity: identity, inbound: inbound, outbound: outbound, logger: context.logger)
+            try await connection.run(identity: identity, resume: resume, inbound: inbound, outbound: outbound, logger: context.logger)
         }
     }
 
@@ -122,7 +151,7 @@ public func buildApplication(
         autoPing: .enabled(timePeriod: .seconds(configuration.heartbeatSeconds)),
         validateUTF8: true
     )
-    return Application(
+    let application = Application(
         router: router,
         server: HTTPServerBuilder { responder in
             RelayServerChannel(responder: responder, gate: gate, webSocket: webSocket, idleTimeout: nil)
@@ -131,4 +160,27 @@ public func buildApplication(
         services: services,
         logger: logger
     )
+    return (application, ShutdownService(switchboard: switchboard, drain: .seconds(configuration.shutdownDrainSeconds)))
+}
+
+/// `resume_token` and `last_seq` (default 0) when the client asks to resume a link.
+private func resumeRequest(in request: Request) throws(RelayHTTPError) -> LinkConnection.Resume? {
+    let query = request.uri.queryParameters
+    guard let token = query.get("resume_token") else { return nil }
+    guard token.utf8.count <= 128 else { throw RelayHTTPError(.badRequest, "resume_token is malformed") }
+    guard let text = query.get("last_seq") else { return .init(token: token, lastSeq: 0) }
+    guard let lastSeq = Int(text), lastSeq >= 0 else { throw RelayHTTPError(.badRequest, "last_seq must be a non-negative integer") }
+    return .init(token: token, lastSeq: lastSeq)
+}
+
+/// Graceful shutdown (SIGTERM/SIGINT): `go_away` to every link, a drain, then 1001. Run it in
+/// the same service group as the application, after it, so it is shut down first.
+public struct ShutdownService: Service {
+    let switchboard: Switchboard
+    let drain: Duration
+
+    public func run() async throws {
+        try? await gracefulShutdown()
+        await switchboard.shutdown(drain: drain)
+    }
 }

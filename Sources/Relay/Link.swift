@@ -9,40 +9,45 @@ public enum Party: String, Sendable {
     case device
 }
 
-/// One logical client connection: an identity, the link's own `seq` numbering and mailbox, and
-/// the sessions it takes part in. A transport (today a WebSocket) attaches to it; keeping the
-/// link separate from the socket is what lets a later resume re-attach a new socket to it.
+/// One logical client connection (contract §4): an identity, the link's own `seq` numbering and
+/// kept messages (its `Outbox`), and the sessions it takes part in. Transports (WebSockets)
+/// attach to it one after another: when one drops, the link is detached for the resume grace
+/// and a new transport can resume it without losing a message.
 public final class Link: Sendable {
     public let id: String
+    /// 256 random bits, base64url; proves a resume comes from whoever got this link's `hello`.
     public let resumeToken: String
     public let party: Party
     /// The user id for an app, the device id for a device.
     public let principal: String
-    let mailbox: Mailbox
+    let outbox: Outbox
+
+    enum Attachment: Sendable {
+        /// A transport serves the link; its writer is of this outbox generation.
+        case attached(generation: Int)
+        /// No transport since this moment; the grace timer runs.
+        case detached(since: ContinuousClock.Instant, grace: Task<Void, Never>?)
+        /// Gone for good.
+        case ended
+    }
 
     private struct State {
         var app: AppIdentity?
         var sessions: [String: Session] = [:]
         var capabilities: JSONValue?
+        var attachment = Attachment.ended
+        var rate: TokenBucket
     }
 
     private let state: Mutex<State>
 
-    init(party: Party, principal: String, app: AppIdentity?, mailbox: Mailbox) {
+    init(party: Party, principal: String, app: AppIdentity?, outbox: Outbox, rate: TokenBucket) {
         self.id = UUID().uuidString.lowercased()
         self.resumeToken = Base64URL.encode(LibCrypto.randomBytes(32))
         self.party = party
         self.principal = principal
-        self.mailbox = mailbox
-        self.state = Mutex(State(app: app))
-    }
-
-    static func app(_ identity: AppIdentity, mailbox: Mailbox) -> Link {
-        Link(party: .app, principal: identity.userID, app: identity, mailbox: mailbox)
-    }
-
-    static func device(_ deviceID: String, mailbox: Mailbox) -> Link {
-        Link(party: .device, principal: deviceID, app: nil, mailbox: mailbox)
+        self.outbox = outbox
+        self.state = Mutex(State(app: app, rate: rate))
     }
 
     /// The app's current token identity (nil for devices).
@@ -57,15 +62,80 @@ public final class Link: Sendable {
         set { state.withLock { $0.capabilities = newValue } }
     }
 
-    /// Queues a message for the client; never waits.
-    @discardableResult
-    func send(_ message: OutboundMessage) -> Mailbox.Offer {
-        mailbox.offer(message)
+    /// Constant-time check of a presented resume token.
+    func accepts(resumeToken presented: String) -> Bool {
+        LibCrypto.constantTimeEquals(Array(resumeToken.utf8), Array(presented.utf8))
     }
 
-    /// Adds `session` unless the link already takes part in `limit` sessions.
+    /// Queues a message for the client; never waits. Kept while the link is detached.
+    @discardableResult
+    func send(_ message: OutboundMessage) -> Outbox.Offer {
+        outbox.offer(message)
+    }
+
+    /// Spends a token of the link's message budget: whether the message may pass, and how many
+    /// were refused in a row (0 when it passes).
+    func takeMessageToken(now: ContinuousClock.Instant = .now) -> (allowed: Bool, refusedInARow: Int) {
+        state.withLock { state in
+            let allowed = state.rate.take(now: now)
+            return (allowed, state.rate.refusedInARow)
+        }
+    }
+
+    // MARK: Attachment
+
+    var attachment: Attachment { state.withLock { $0.attachment } }
+
+    var isEnded: Bool {
+        if case .ended = attachment { return true }
+        return false
+    }
+
+    /// Records a new transport; returns the grace timer it makes unnecessary.
+    func markAttached(generation: Int) -> Task<Void, Never>? {
+        state.withLock { state in
+            defer { state.attachment = .attached(generation: generation) }
+            if case .detached(_, let grace) = state.attachment { return grace }
+            return nil
+        }
+    }
+
+    /// Detaches the transport of `generation`, if it is still the current one.
+    func markDetached(generation: Int, grace: () -> Task<Void, Never>?) -> Bool {
+        state.withLock { state in
+            guard case .attached(let current) = state.attachment, current == generation else { return false }
+            state.attachment = .detached(since: .now, grace: grace())
+            return true
+        }
+    }
+
+    /// Ends the link (only when detached, with `onlyIfDetached`); `ended` is false when it had
+    /// already ended or was not detached. Returns its sessions (now left) and its grace timer.
+    func markEnded(onlyIfDetached: Bool = false) -> (ended: Bool, sessions: [Session], grace: Task<Void, Never>?) {
+        state.withLock { state in
+            var grace: Task<Void, Never>?
+            switch state.attachment {
+            case .ended: return (false, [], nil)
+            case .detached(_, let timer): grace = timer
+            case .attached: if onlyIfDetached { return (false, [], nil) }
+            }
+            state.attachment = .ended
+            defer { state.sessions.removeAll() }
+            return (true, Array(state.sessions.values), grace)
+        }
+    }
+
+    var isAttached: Bool {
+        if case .attached = attachment { return true }
+        return false
+    }
+
+    // MARK: Sessions
+
+    /// Adds `session` unless the link ended or already takes part in `limit` sessions.
     func join(_ session: Session, limit: Int) -> Bool {
         state.withLock { state in
+            if case .ended = state.attachment { return false }
             guard state.sessions.count < limit else { return false }
             state.sessions[session.id] = session
             return true
@@ -81,13 +151,39 @@ public final class Link: Sendable {
         state.withLock { $0.sessions[id] }
     }
 
-    /// Removes and returns every session of the link (when the link ends).
-    func leaveAll() -> [Session] {
-        state.withLock { state in
-            defer { state.sessions.removeAll() }
-            return Array(state.sessions.values)
-        }
-    }
+    var sessions: [Session] { state.withLock { Array($0.sessions.values) } }
 
     var sessionCount: Int { state.withLock { $0.sessions.count } }
+}
+
+/// A token bucket: `burst` at once, refilled at `perSecond`; counts refusals in a row.
+struct TokenBucket: Sendable {
+    let burst: Double
+    let perSecond: Double
+    var tokens: Double
+    var updatedAt: ContinuousClock.Instant?
+    /// Messages refused since the last one let through.
+    var refusedInARow = 0
+
+    init(burst: Int, perSecond: Double) {
+        self.burst = Double(burst)
+        self.perSecond = perSecond
+        self.tokens = Double(burst)
+    }
+
+    mutating func take(now: ContinuousClock.Instant) -> Bool {
+        if let updatedAt {
+            let elapsed = now - updatedAt
+            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            tokens = min(burst, tokens + seconds * perSecond)
+        }
+        updatedAt = now
+        guard tokens >= 1 else {
+            refusedInARow += 1
+            return false
+        }
+        tokens -= 1
+        refusedInARow = 0
+        return true
+    }
 }

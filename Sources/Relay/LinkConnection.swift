@@ -1,27 +1,31 @@
 import DeviceAuth
+import Foundation
 import Hummingbird
 import HummingbirdWebSocket
 import Logging
 import NIOWebSocket
 import WSCore
 
-/// Runs one WebSocket as the transport of a link: `hello` first, then one task writes what the
-/// link's mailbox holds while this one reads and hands frames to the switchboard.
+/// Runs one WebSocket as a transport of a link: `hello` first, then one task writes what the
+/// link's outbox holds (replaying what a resumed link missed), one reads and hands frames to
+/// the switchboard, and for apps one closes the socket (4001) when the token expires.
 struct LinkConnection {
     let switchboard: Switchboard
     let maxMessageBytes: Int
-    let mailboxMessages: Int
-    let mailboxBytes: Int
     let heartbeatMilliseconds: Int
     let resumeGraceMilliseconds: Int
+    /// Clock skew tolerated on `exp` before closing with 4001.
+    let tokenLeeway: Duration
 
-    func run(identity: ClientIdentity, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, logger: Logger) async throws {
-        let mailbox = Mailbox(maxMessages: mailboxMessages, maxBytes: mailboxBytes)
-        let link: Link
-        switch identity {
-        case .app(let app): link = .app(app, mailbox: mailbox)
-        case .device(let device): link = .device(device.deviceID, mailbox: mailbox)
-        }
+    /// What a client asks for when it resumes: `resume_token` and `last_seq` query parameters.
+    struct Resume: Sendable {
+        var token: String
+        var lastSeq: Int
+    }
+
+    func run(identity: ClientIdentity, resume: Resume?, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, logger: Logger) async throws {
+        let admission = switchboard.admit(identity, resume: resume.map { ($0.token, $0.lastSeq) })
+        let link = admission.link
         let hello = OutboundMessage(
             "hello",
             [
@@ -29,32 +33,56 @@ struct LinkConnection {
                 "resume_token": .string(link.resumeToken),
                 "heartbeat_ms": .number(Double(heartbeatMilliseconds)),
                 "resume_grace_ms": .number(Double(resumeGraceMilliseconds)),
-                "resumed": .bool(false),
+                "resumed": .bool(admission.resumed),
             ]
         )
+        defer { switchboard.transportEnded(link, generation: admission.generation) }
         try await outbound.write(.text(hello.text(seq: nil)))
-        switchboard.attach(link)
-        defer { switchboard.detach(link) }
 
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
-                while let event = await mailbox.next() {
+                while let event = await link.outbox.next(generation: admission.generation) {
                     switch event {
                     case .send(let frames):
                         for frame in frames { try await outbound.write(.text(frame)) }
                     case .close(let code, let reason):
                         try await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason)
-                        return
+                        // The client answers the close; the reader then ends.
+                        try await Task.sleep(for: .seconds(3600))
+                    }
+                }
+                // A newer transport took the link over: this socket is done.
+            }
+            if link.party == .app {
+                group.addTask { try await closeAtTokenExpiry(link) }
+            }
+            group.addTask {
+                for try await message in inbound.messages(maxSize: maxMessageBytes) {
+                    switch message {
+                    case .text(let text): await switchboard.handle(text: text, from: link)
+                    case .binary: switchboard.handleBinary(from: link)
                     }
                 }
             }
             defer { group.cancelAll() }
-            for try await message in inbound.messages(maxSize: maxMessageBytes) {
-                switch message {
-                case .text(let text): await switchboard.handle(text: text, from: link)
-                case .binary: switchboard.handleBinary(from: link)
-                }
+            // The first to finish (reader at end of input, writer superseded) ends the socket;
+            // a reader's error (1009, 1007) propagates so the handler closes with its code.
+            try await group.next()
+        }
+    }
+
+    /// Contract §1.1: without a fresh token (`auth`) by `exp` + leeway, close with 4001.
+    private func closeAtTokenExpiry(_ link: Link) async throws {
+        while let identity = link.appIdentity {
+            let deadline = Date(timeIntervalSince1970: identity.expiresAt) + TimeInterval(tokenLeeway.components.seconds)
+            let remaining = deadline.timeIntervalSinceNow
+            if remaining <= 0 {
+                link.outbox.close(code: RelayCloseCode.tokenExpired, reason: "Token expired")
+                try await Task.sleep(for: .seconds(3600))
+                return
             }
+            // An `auth` may move `exp` while this sleeps; the loop reads it again.
+            try await Task.sleep(for: .milliseconds(Int(remaining * 1000) + 1))
         }
     }
 }

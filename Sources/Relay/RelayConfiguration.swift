@@ -15,7 +15,10 @@ import TURNBroker
 /// - `RELAY_DEVICE_MASTER_KEY` (secret, ≥ 32 bytes), `RELAY_DEVICE_SIG_WINDOW_S` (int, 300)
 /// - `RELAY_MAX_MESSAGE_BYTES` (65536), `RELAY_MAX_SESSIONS_PER_DEVICE` (4), `RELAY_MAX_SESSIONS_PER_APP` (8)
 /// - `RELAY_HEARTBEAT_S` (20), `RELAY_RESUME_GRACE_S` (30), `RELAY_RESUME_BUFFER_MESSAGES` (256),
-///   `RELAY_RESUME_BUFFER_BYTES` (1048576)
+///   `RELAY_RESUME_BUFFER_BYTES` (1048576), `RELAY_SETUP_TIMEOUT_S` (30)
+/// - `RELAY_RATE_BURST` (50), `RELAY_RATE_PER_S` (10): messages per link;
+///   `RELAY_CONNECT_BURST` (30), `RELAY_CONNECT_RATE_PER_MIN` (120): connection attempts per IP
+/// - `RELAY_SHUTDOWN_DRAIN_S` (10): how long clients get to leave after `go_away`
 /// - `RELAY_TURN_PROVIDER` (`static`, `cloudflare` or `coturn`), `STUN_URIS` (comma separated),
 ///   `RELAY_TURN_RATE_PER_MIN` (20)
 /// - `cloudflare`: `CLOUDFLARE_TURN_KEY_ID`, `CLOUDFLARE_TURN_API_TOKEN` (secret),
@@ -39,6 +42,12 @@ public struct RelayConfiguration: Sendable {
     public var resumeGraceSeconds = 30
     public var resumeBufferMessages = 256
     public var resumeBufferBytes = 1024 * 1024
+    public var setupTimeoutSeconds = 30
+    public var rateBurst = 50
+    public var ratePerSecond = 10.0
+    public var connectBurst = 30
+    public var connectRatePerMinute = 120
+    public var shutdownDrainSeconds = 10
     public var stunURIs = StaticProvider.defaultSTUNURIs
     public var turn = TURNSettings.staticSTUN
     /// `POST /api/turn/credentials` calls allowed per user per minute.
@@ -134,6 +143,12 @@ public struct RelayConfiguration: Sendable {
         resumeGraceSeconds = read.int("RELAY_RESUME_GRACE_S", in: 0...3600) ?? resumeGraceSeconds
         resumeBufferMessages = read.int("RELAY_RESUME_BUFFER_MESSAGES", in: 1...100_000) ?? resumeBufferMessages
         resumeBufferBytes = read.int("RELAY_RESUME_BUFFER_BYTES", in: 1024...(256 * 1024 * 1024)) ?? resumeBufferBytes
+        setupTimeoutSeconds = read.int("RELAY_SETUP_TIMEOUT_S", in: 1...3600) ?? setupTimeoutSeconds
+        rateBurst = read.int("RELAY_RATE_BURST", in: 1...100_000) ?? rateBurst
+        ratePerSecond = Double(read.int("RELAY_RATE_PER_S", in: 1...100_000) ?? Int(ratePerSecond))
+        connectBurst = read.int("RELAY_CONNECT_BURST", in: 1...100_000) ?? connectBurst
+        connectRatePerMinute = read.int("RELAY_CONNECT_RATE_PER_MIN", in: 1...1_000_000) ?? connectRatePerMinute
+        shutdownDrainSeconds = read.int("RELAY_SHUTDOWN_DRAIN_S", in: 0...600) ?? shutdownDrainSeconds
 
         if let uris = read.list("STUN_URIS") {
             for uri in uris where !(uri.hasPrefix("stun:") || uri.hasPrefix("stuns:")) {

@@ -25,7 +25,8 @@ struct UpgradeGate: Sendable {
         case refuse(RelayHTTPError)
     }
 
-    let decide: @Sendable (Request, Logger) async -> Decision
+    /// Decides for a request from a client at an IP address (nil when unknown).
+    let decide: @Sendable (Request, String?, Logger) async -> Decision
 }
 
 /// The context a relay WebSocket handler runs with.
@@ -73,7 +74,7 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
                         guard let request = try? HTTPRequest(head, secure: false, splitCookie: false) else {
                             return .refuse(RelayHTTPError(.badRequest, "Malformed upgrade request"))
                         }
-                        return await gate.decide(Request(head: request, body: .init(buffer: .init())), logger)
+                        return await gate.decide(Request(head: request, body: .init(buffer: .init())), channel.remoteAddress?.ipAddress, logger)
                     }
                     return promise.futureResult.hop(to: channel.eventLoop).map { decision -> HTTPHeaders? in
                         switch decision {

@@ -24,7 +24,9 @@ public final class Session: Sendable {
         /// Every credential document minted for the session and not yet expired: all of them
         /// may still be in use by the call, so all are revoked when it closes.
         var credentials: [CredentialDocument] = []
-        var refresh: Task<Void, Never>?
+        /// Timers (credential refresh, set-up timeout), cancelled when the session closes.
+        var timers: [Task<Void, Never>] = []
+        var answered = false
     }
 
     private let state = Mutex(State())
@@ -59,16 +61,23 @@ public final class Session: Sendable {
         }
     }
 
-    /// Keeps `task` (the credential refresh) to cancel it on close; false (and the task is
-    /// cancelled) when the session closed meanwhile.
-    func setRefresh(_ task: Task<Void, Never>) {
+    /// Keeps `task` (a timer of the session) to cancel it on close; it is cancelled at once
+    /// when the session closed meanwhile.
+    func addTimer(_ task: Task<Void, Never>) {
         let closed = state.withLock { state in
             guard state.phase != .closed else { return true }
-            state.refresh = task
+            state.timers.append(task)
             return false
         }
         if closed { task.cancel() }
     }
+
+    /// Records that an answer went through (the call is set up).
+    func markAnswered() {
+        state.withLock { $0.answered = true }
+    }
+
+    var isAnswered: Bool { state.withLock { $0.answered } }
 
     /// Adds freshly minted credentials and runs `announce` under the lock; false when the
     /// session closed meanwhile (the caller then revokes what it minted).
@@ -84,17 +93,17 @@ public final class Session: Sendable {
     /// Marks the session closed; returns the phase it was in, or nil when it was already closed,
     /// so exactly one caller carries out a close.
     func markClosed() -> (previous: Phase, credentials: [CredentialDocument])? {
-        let closed: (Phase, [CredentialDocument], Task<Void, Never>?)? = state.withLock { state in
+        let closed: (Phase, [CredentialDocument], [Task<Void, Never>])? = state.withLock { state in
             guard state.phase != .closed else { return nil }
             defer {
                 state.phase = .closed
                 state.credentials = []
-                state.refresh = nil
+                state.timers = []
             }
-            return (state.phase, state.credentials, state.refresh)
+            return (state.phase, state.credentials, state.timers)
         }
         guard let closed else { return nil }
-        closed.2?.cancel()
+        for timer in closed.2 { timer.cancel() }
         return (closed.0, closed.1)
     }
 }

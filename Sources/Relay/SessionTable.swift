@@ -15,6 +15,10 @@ protocol SessionTable: Sendable {
     func register(_ link: Link) -> Link?
     /// Forgets `link` if it is still the live one for its principal.
     func unregister(_ link: Link)
+    /// The links a resume by `principal` may be for (an app user may have several).
+    func links(of party: Party, principal: String) -> [Link]
+    /// Every link (for shutdown).
+    var allLinks: [Link] { get }
     /// The live link of a device.
     func deviceLink(_ deviceID: String) -> Link?
     /// Reserves a session between `app` and the live link of `deviceID`, within the limits.
@@ -30,12 +34,13 @@ protocol SessionTable: Sendable {
 final class LocalSessionTable: SessionTable {
     private let devices = ShardedMap<String, Link>()
     private let sessions = ShardedMap<String, Session>()
-    private let appLinks = Atomic<Int>(0)
+    /// App links by user id.
+    private let appLinks = ShardedMap<String, [Link]>()
 
     func register(_ link: Link) -> Link? {
         switch link.party {
         case .app:
-            appLinks.add(1, ordering: .relaxed)
+            appLinks.update(link.principal) { links in links = (links ?? []) + [link] }
             return nil
         case .device:
             return devices.update(link.principal) { current in
@@ -48,7 +53,10 @@ final class LocalSessionTable: SessionTable {
     func unregister(_ link: Link) {
         switch link.party {
         case .app:
-            appLinks.subtract(1, ordering: .relaxed)
+            appLinks.update(link.principal) { links in
+                links = links?.filter { $0 !== link }
+                if links?.isEmpty == true { links = nil }
+            }
         case .device:
             devices.update(link.principal) { current in
                 if current === link { current = nil }
@@ -56,12 +64,23 @@ final class LocalSessionTable: SessionTable {
         }
     }
 
+    func links(of party: Party, principal: String) -> [Link] {
+        switch party {
+        case .app: appLinks[principal] ?? []
+        case .device: devices[principal].map { [$0] } ?? []
+        }
+    }
+
+    var allLinks: [Link] {
+        appLinks.values.flatMap { $0 } + devices.values
+    }
+
     func deviceLink(_ deviceID: String) -> Link? {
         devices[deviceID]
     }
 
     func reserveSession(app: Link, deviceID: String, maxPerDevice: Int, maxPerApp: Int) -> Result<Session, SessionRefusal> {
-        guard let device = devices[deviceID], !device.mailbox.isClosing else { return .failure(.deviceOffline) }
+        guard let device = devices[deviceID], device.isAttached else { return .failure(.deviceOffline) }
         let session = Session(app: app, device: device)
         guard device.join(session, limit: maxPerDevice) else { return .failure(.deviceBusy(limit: maxPerDevice)) }
         guard app.join(session, limit: maxPerApp) else {
@@ -70,7 +89,7 @@ final class LocalSessionTable: SessionTable {
         }
         sessions.update(session.id) { $0 = session }
         // The device may have been replaced or gone while we joined it: re-check.
-        guard devices[deviceID] === device, !device.mailbox.isClosing else {
+        guard devices[deviceID] === device, device.isAttached else {
             remove(session)
             return .failure(.deviceOffline)
         }
@@ -86,7 +105,7 @@ final class LocalSessionTable: SessionTable {
     }
 
     var counts: (links: Int, sessions: Int) {
-        (appLinks.load(ordering: .relaxed) + devices.count, sessions.count)
+        (appLinks.values.reduce(0) { $0 + $1.count } + devices.count, sessions.count)
     }
 }
 
@@ -123,5 +142,9 @@ final class ShardedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
 
     var count: Int {
         shards.reduce(0) { total, shard in total + shard.map.withLock { $0.count } }
+    }
+
+    var values: [Value] {
+        shards.flatMap { shard in shard.map.withLock { Array($0.values) } }
     }
 }

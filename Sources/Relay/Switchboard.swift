@@ -9,6 +9,14 @@ final class Switchboard: Sendable {
     struct Limits: Sendable {
         var maxSessionsPerDevice: Int
         var maxSessionsPerApp: Int
+        var keptMessages: Int
+        var keptBytes: Int
+        var rateBurst: Int
+        var ratePerSecond: Double
+        /// Messages refused in a row before the socket closes with 1008.
+        var maxRefusedInARow: Int
+        var resumeGrace: Duration
+        var setupTimeout: Duration
     }
 
     let table: any SessionTable
@@ -40,36 +48,127 @@ final class Switchboard: Sendable {
 
     // MARK: Links
 
-    /// Makes a newly connected link live. A device's older link is ended (close 4002).
-    func attach(_ link: Link) {
-        if let replaced = table.register(link) {
-            logger.info(
-                "Device connected again; replacing its older link",
-                metadata: ["device.id": "\(link.principal)", "link.id": "\(replaced.id)"]
-            )
-            replaced.mailbox.close(code: RelayCloseCode.replaced, reason: "Replaced by a newer connection")
-            endSessions(of: replaced)
-        }
-        logger.debug("Link attached", metadata: ["link.id": "\(link.id)", "link.party": "\(link.party.rawValue)"])
+    /// A transport admitted onto a link.
+    struct Admission: Sendable {
+        var link: Link
+        /// The outbox generation the transport's writer serves.
+        var generation: Int
+        var resumed: Bool
     }
 
-    /// Forgets a link whose transport ended; its sessions close with `peer_disconnected`.
-    func detach(_ link: Link) {
-        table.unregister(link)
-        endSessions(of: link)
+    /// Admits a new transport: onto the client's detached link when it resumes with that link's
+    /// token and the replay can be complete, else onto a fresh link. A device's fresh link ends
+    /// its older link (close 4002 on a socket still open).
+    func admit(_ identity: ClientIdentity, resume: (token: String, lastSeq: Int)?) -> Admission {
+        let party: Party
+        let principal: String
+        var app: AppIdentity?
+        switch identity {
+        case .app(let identity):
+            (party, principal, app) = (.app, identity.userID, identity)
+        case .device(let record):
+            (party, principal) = (.device, record.deviceID)
+        }
+        if let resume, let link = table.links(of: party, principal: principal).first(where: { $0.accepts(resumeToken: resume.token) }) {
+            let wasAttached = link.isAttached
+            if !link.isEnded, let generation = link.outbox.attach(resumingAfter: resume.lastSeq) {
+                link.markAttached(generation: generation)?.cancel()
+                if let app { link.replaceAppIdentity(app) }
+                if !wasAttached { announce(link, status: "connected") }
+                logger.info("Link resumed", metadata: ["link.id": "\(link.id)", "link.party": "\(party.rawValue)"])
+                return Admission(link: link, generation: generation, resumed: true)
+            }
+            // The replay cannot be complete: this link is over; the client starts afresh.
+            logger.info("Link cannot be resumed; starting a fresh one", metadata: ["link.id": "\(link.id)"])
+            end(link)
+        }
+        let link = Link(
+            party: party,
+            principal: principal,
+            app: app,
+            outbox: Outbox(maxMessages: limits.keptMessages, maxBytes: limits.keptBytes),
+            rate: TokenBucket(burst: limits.rateBurst, perSecond: limits.ratePerSecond)
+        )
+        let generation = link.outbox.attach(resumingAfter: nil)!
+        _ = link.markAttached(generation: generation)
+        if let replaced = table.register(link) {
+            logger.info("Device connected again; replacing its older link", metadata: ["device.id": "\(principal)", "link.id": "\(replaced.id)"])
+            replaced.outbox.close(code: RelayCloseCode.replaced, reason: "Replaced by a newer connection")
+            end(replaced)
+        }
+        logger.debug("Link attached", metadata: ["link.id": "\(link.id)", "link.party": "\(party.rawValue)"])
+        return Admission(link: link, generation: generation, resumed: false)
+    }
+
+    /// The transport of `generation` is gone. The link detaches for the resume grace (its
+    /// messages are kept; the other parties hear `reconnecting`), then ends.
+    func transportEnded(_ link: Link, generation: Int) {
+        let grace = limits.resumeGrace
+        guard grace > .zero else {
+            if case .attached(let current) = link.attachment, current == generation { end(link) }
+            return
+        }
+        let detached = link.markDetached(generation: generation) {
+            Task { [weak self] in
+                do { try await Task.sleep(for: grace) } catch { return }
+                self?.end(link, onlyIfDetached: true)
+            }
+        }
+        guard detached else { return }
+        link.outbox.detach(generation: generation)
+        announce(link, status: "reconnecting")
         logger.debug("Link detached", metadata: ["link.id": "\(link.id)", "link.party": "\(link.party.rawValue)"])
     }
 
-    private func endSessions(of link: Link) {
-        for session in link.leaveAll() {
+    /// Ends a link for good: its sessions close with `peer_disconnected`.
+    func end(_ link: Link, onlyIfDetached: Bool = false) {
+        let (ended, sessions, grace) = link.markEnded(onlyIfDetached: onlyIfDetached)
+        guard ended else { return }
+        grace?.cancel()
+        link.outbox.end()
+        table.unregister(link)
+        for session in sessions {
             close(session, reason: "peer_disconnected", by: "relay")
         }
+        logger.debug("Link ended", metadata: ["link.id": "\(link.id)", "link.party": "\(link.party.rawValue)"])
+    }
+
+    /// Tells the other party of each of the link's sessions that the link is `status`.
+    private func announce(_ link: Link, status: String) {
+        for session in link.sessions where session.currentPhase == .open {
+            session.peer(of: link)?.send(OutboundMessage("peer_status", ["session_id": .string(session.id), "status": .string(status)]))
+        }
+    }
+
+    /// Graceful shutdown: `go_away` to every link, up to `drain` for clients to leave, then every
+    /// session closes (`shutdown`) and every remaining socket closes with 1001.
+    func shutdown(drain: Duration) async {
+        let links = table.allLinks
+        logger.info("Shutting down: telling clients to go away", metadata: ["links": "\(links.count)"])
+        for link in links {
+            link.send(OutboundMessage("go_away", ["reconnect_after_ms": .number(Double(Int.random(in: 1000...5000)))]))
+        }
+        let deadline = ContinuousClock.now + drain
+        while ContinuousClock.now < deadline, table.allLinks.contains(where: \.isAttached) {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        for link in table.allLinks {
+            for session in link.sessions { close(session, reason: "shutdown", by: "relay") }
+            link.outbox.close(code: RelayCloseCode.goingAway, reason: "Relay shutting down")
+        }
+        // Let the writers put the close frames out.
+        let closing = ContinuousClock.now + .seconds(2)
+        while ContinuousClock.now < closing, table.allLinks.contains(where: \.isAttached) {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        for link in table.allLinks { end(link) }
     }
 
     // MARK: Messages
 
     /// Handles one text frame from `link`; errors go back on the link, which stays open.
     func handle(text: String, from link: Link) async {
+        guard admitMessage(from: link) else { return }
         do {
             let envelope = try ClientEnvelope(text: text)
             try await dispatch(envelope, from: link)
@@ -79,7 +178,21 @@ final class Switchboard: Sendable {
     }
 
     func handleBinary(from link: Link) {
+        guard admitMessage(from: link) else { return }
         link.send(SignalingError(.badRequest, "Messages must be JSON in text frames").outbound)
+    }
+
+    /// Contract §5: a token bucket per link. Over it the message is dropped with `rate_limited`;
+    /// after `maxRefusedInARow` drops in a row the socket closes with 1008.
+    private func admitMessage(from link: Link) -> Bool {
+        let (allowed, refused) = link.takeMessageToken()
+        if allowed { return true }
+        if refused >= limits.maxRefusedInARow {
+            link.outbox.close(code: RelayCloseCode.policyViolation, reason: "Too many messages")
+        } else {
+            link.send(SignalingError(.rateLimited, "Too many messages; this one was dropped").outbound)
+        }
+        return false
     }
 
     private func dispatch(_ envelope: ClientEnvelope, from link: Link) async throws(SignalingError) {
@@ -90,6 +203,7 @@ final class Switchboard: Sendable {
 
         case .negotiation(let type, let sessionID, let fields):
             let session = try openSession(sessionID, of: link, requestID: requestID)
+            if type == "webrtc_answer" { session.markAnswered() }
             session.peer(of: link)?.send(OutboundMessage(type, fields: fields))
 
         case .close(let sessionID, let reason):
@@ -111,9 +225,8 @@ final class Switchboard: Sendable {
         case .ping:
             link.send(OutboundMessage("pong", ["request_id": requestID.map(JSONValue.string)]))
 
-        case .ack:
-            // Nothing is kept for replay yet, so there is nothing to release.
-            break
+        case .ack(let seq):
+            link.outbox.acknowledge(through: seq)
 
         case .auth(let token):
             try refreshToken(token, on: link, requestID: requestID)
@@ -201,6 +314,7 @@ final class Switchboard: Sendable {
             throw SignalingError(.deviceOffline, "Device offline", requestID: requestID)
         }
         scheduleRefresh(session, ttl: document.ttl)
+        scheduleSetupTimeout(session)
         logger.info("Session opened", metadata: ["session.id": "\(session.id)", "user.id": "\(identity.userID)", "device.id": "\(deviceID)"])
     }
 
@@ -244,13 +358,25 @@ final class Switchboard: Sendable {
         }
     }
 
+    /// Contract §3.3: a session not answered within the set-up timeout closes (`setup_timeout`).
+    private func scheduleSetupTimeout(_ session: Session) {
+        let timeout = limits.setupTimeout
+        session.addTimer(
+            Task { [weak self] in
+                do { try await Task.sleep(for: timeout) } catch { return }
+                guard !session.isAnswered else { return }
+                self?.close(session, reason: "setup_timeout", by: "relay")
+            }
+        )
+    }
+
     /// Contract §3.4: at 80 % of the credentials' ttl, mint fresh ones and send both parties
     /// `ice_servers_refresh`, until the session closes (which cancels this task).
     private func scheduleRefresh(_ session: Session, ttl: Int) {
         let turn = turn
         let logger = logger
         let delay = refreshDelay(ttl)
-        session.setRefresh(
+        session.addTimer(
             Task {
                 var wait = delay
                 while !Task.isCancelled {

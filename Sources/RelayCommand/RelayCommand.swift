@@ -5,7 +5,9 @@ import Foundation
 import Hummingbird
 import Logging
 import Relay
+import ServiceLifecycle
 import SystemPackage
+import UnixSignals
 
 @main
 struct RelayCommand: AsyncParsableCommand {
@@ -56,8 +58,17 @@ struct Serve: AsyncParsableCommand {
         if let development = configuration.development {
             printDevelopmentBanner(development, configuration: configuration)
         }
-        let app = buildApplication(configuration: configuration, logger: Logger(label: "relay"))
-        try await app.runService()
+        let logger = Logger(label: "relay")
+        let relay = buildRelay(configuration: configuration, logger: logger)
+        // Shut down in reverse order: the drain (go_away, 1001) first, then the server.
+        let services = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: relay.application), .init(service: relay.shutdown)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await services.run()
     }
 
     private func printDevelopmentBanner(_ secrets: RelayConfiguration.DevelopmentSecrets, configuration: RelayConfiguration) {

@@ -1,28 +1,33 @@
 import Foundation
-import RelayTestSupport
 import Relay
+import RelayTestSupport
 import Testing
 
 /// What the other party sees when a link ends or is replaced.
 @Suite(.timeLimit(.minutes(1))) struct LinkLifecycleTests {
-    @Test func deviceDisconnectClosesItsSessionsWithPeerDisconnected() async throws {
-        try await TestRelay.run { relay in
+    @Test func deviceThatDoesNotComeBackEndsItsSessionsAfterTheGrace() async throws {
+        try await TestRelay.run(["RELAY_RESUME_GRACE_S": "1"]) { relay in
             let device = try await relay.device()
             let app = try await relay.app()
             let (credentials, _) = try await relay.openSession(app: app, device: device)
+            let sessionID = credentials["session_id"] as? String
             device.close()
             #expect(try await device.closeCode() == 1000)
-            let close = try await app.next("webrtc_close")
-            #expect(close["session_id"] as? String == credentials["session_id"] as? String)
-            #expect(close["reason"] as? String == "peer_disconnected")
-            #expect(close["by"] as? String == "relay")
+            let reconnecting = try await app.next("peer_status")
+            #expect(reconnecting["session_id"] as? String == sessionID)
+            #expect(reconnecting["status"] as? String == "reconnecting")
+            // While it is away it is not online for new sessions.
             try app.send(["type": "webrtc_request", "device_id": "robot-1"])
             #expect(try await app.next("error")["code"] as? String == "device_offline")
+            let close = try await app.next("webrtc_close")
+            #expect(close["session_id"] as? String == sessionID)
+            #expect(close["reason"] as? String == "peer_disconnected")
+            #expect(close["by"] as? String == "relay")
         }
     }
 
-    @Test func appDisconnectClosesItsSessionsWithPeerDisconnected() async throws {
-        try await TestRelay.run { relay in
+    @Test func withoutAGraceADisconnectEndsSessionsAtOnce() async throws {
+        try await TestRelay.run(["RELAY_RESUME_GRACE_S": "0"]) { relay in
             let device = try await relay.device()
             let app = try await relay.app()
             _ = try await relay.openSession(app: app, device: device)

@@ -118,7 +118,7 @@ import Testing
     }
 
     @Test func aSessionsMessagesArriveInOrder() async throws {
-        try await TestRelay.run { relay in
+        try await TestRelay.run(["RELAY_RATE_BURST": "1000"]) { relay in
             let device = try await relay.device()
             let app = try await relay.app()
             let (credentials, _) = try await relay.openSession(app: app, device: device)

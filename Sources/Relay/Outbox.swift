@@ -1,0 +1,236 @@
+import DequeModule
+import Synchronization
+
+/// A link's outgoing messages: numbered with the link's `seq`, kept until the client acks them
+/// so a resumed transport can replay what the last one missed, and handed to whichever writer
+/// task serves the link's current transport. Routing appends and returns; it never waits on a
+/// socket.
+///
+/// Bounds and policies:
+/// - Kept (unacked) messages: at most `maxMessages` and `maxBytes`; past that the oldest are
+///   dropped, and a resume that needs them gets a fresh link instead.
+/// - Unsent messages on a live transport: past the same bounds the reader is too slow; the
+///   transport is dropped (the link detaches) so memory stays bounded.
+final class Outbox: Sendable {
+    enum Event: Sendable, Equatable {
+        /// Frames to write, in order.
+        case send([String])
+        /// Write a close frame with this code and reason, then stop.
+        case close(code: UInt16, reason: String)
+    }
+
+    enum Offer: Sendable, Equatable {
+        case queued
+        /// The outbox is closed (the link ended); the message was discarded.
+        case closed
+        /// The live transport's reader is too slow: its writer was told to close it.
+        case overflowed
+    }
+
+    private struct CloseRequest {
+        var code: UInt16
+        var reason: String
+        /// Close before writing what is queued (a reader too slow to take it anyway).
+        var immediate: Bool
+    }
+
+    private struct Entry {
+        var seq: Int
+        var text: String
+    }
+
+    private struct State {
+        var nextSeq = 1
+        var kept: Deque<Entry> = []
+        var keptBytes = 0
+        /// Seq of the next message to hand to the current transport's writer.
+        var sendCursor = 1
+        /// Bumped whenever a transport attaches or detaches; a writer serves one generation.
+        var generation = 0
+        var attached = false
+        var closeRequest: CloseRequest?
+        var closeDelivered = false
+        var ended = false
+        var waiter: (generation: Int, continuation: CheckedContinuation<Event?, Never>)?
+    }
+
+    private let state = Mutex(State())
+    let maxMessages: Int
+    let maxBytes: Int
+
+    init(maxMessages: Int, maxBytes: Int) {
+        self.maxMessages = maxMessages
+        self.maxBytes = maxBytes
+    }
+
+    /// Numbers `message` with the link's next `seq` and keeps it until acked.
+    @discardableResult
+    func offer(_ message: OutboundMessage) -> Offer {
+        let (result, wake): (Offer, (CheckedContinuation<Event?, Never>, Event?)?) = state.withLock { state in
+            guard !state.ended else { return (.closed, nil) }
+            let text = message.text(seq: state.nextSeq)
+            state.kept.append(Entry(seq: state.nextSeq, text: text))
+            state.keptBytes += text.utf8.count
+            state.nextSeq += 1
+            var result = Offer.queued
+            if state.attached, state.closeRequest == nil, Self.unsentOverBound(state, maxMessages: maxMessages, maxBytes: maxBytes) {
+                state.closeRequest = CloseRequest(code: RelayCloseCode.policyViolation, reason: "Reader too slow", immediate: true)
+                result = .overflowed
+            }
+            while state.kept.count > maxMessages || state.keptBytes > maxBytes, let oldest = state.kept.popFirst() {
+                state.keptBytes -= oldest.text.utf8.count
+                state.sendCursor = max(state.sendCursor, oldest.seq + 1)
+            }
+            return (result, Self.takeWaiter(&state))
+        }
+        if let (continuation, event) = wake { continuation.resume(returning: event) }
+        return result
+    }
+
+    private static func unsentOverBound(_ state: State, maxMessages: Int, maxBytes: Int) -> Bool {
+        guard let first = state.kept.first else { return false }
+        let unsent = state.nextSeq - max(state.sendCursor, first.seq)
+        guard unsent > 0 else { return false }
+        if unsent > maxMessages { return true }
+        var bytes = 0
+        for entry in state.kept.reversed() where entry.seq >= state.sendCursor {
+            bytes += entry.text.utf8.count
+            if bytes > maxBytes { return true }
+        }
+        return false
+    }
+
+    /// The client has processed everything up to `seq`: those need not be kept.
+    func acknowledge(through seq: Int) {
+        state.withLock { state in
+            while let first = state.kept.first, first.seq <= seq {
+                state.kept.removeFirst()
+                state.keptBytes -= first.text.utf8.count
+            }
+        }
+    }
+
+    /// A new transport attaches. With `lastSeq` (a resume), it will first get every kept
+    /// message after it; returns the new writer generation, or nil when that replay cannot be
+    /// complete (messages after `lastSeq` were dropped, or `lastSeq` is in the future).
+    func attach(resumingAfter lastSeq: Int?) -> Int? {
+        let (generation, stale): (Int?, CheckedContinuation<Event?, Never>?) = state.withLock { state in
+            guard !state.ended else { return (nil, nil) }
+            let resumeFrom: Int
+            if let lastSeq {
+                let firstAvailable = state.kept.first?.seq ?? state.nextSeq
+                guard lastSeq >= 0, lastSeq < state.nextSeq, lastSeq + 1 >= firstAvailable else { return (nil, nil) }
+                resumeFrom = lastSeq + 1
+                // Everything up to lastSeq was processed: an implicit ack.
+                while let first = state.kept.first, first.seq <= lastSeq {
+                    state.kept.removeFirst()
+                    state.keptBytes -= first.text.utf8.count
+                }
+            } else {
+                resumeFrom = state.sendCursor
+            }
+            state.sendCursor = resumeFrom
+            state.generation += 1
+            state.attached = true
+            state.closeRequest = nil
+            state.closeDelivered = false
+            // A writer of the old transport that still waits is told to stop.
+            defer { state.waiter = nil }
+            return (state.generation, state.waiter?.continuation)
+        }
+        stale?.resume(returning: nil)
+        return generation
+    }
+
+    /// The transport went away; messages are kept for a resume.
+    func detach(generation: Int) {
+        let wake: CheckedContinuation<Event?, Never>? = state.withLock { state in
+            guard state.generation == generation else { return nil }
+            state.generation += 1
+            state.attached = false
+            defer { state.waiter = nil }
+            return state.waiter?.continuation
+        }
+        wake?.resume(returning: nil)
+    }
+
+    /// Asks the current transport's writer to close its socket once what is queued is written.
+    func close(code: UInt16, reason: String) {
+        let wake: (CheckedContinuation<Event?, Never>, Event?)? = state.withLock { state in
+            guard state.closeRequest == nil else { return nil }
+            state.closeRequest = CloseRequest(code: code, reason: reason, immediate: false)
+            return Self.takeWaiter(&state)
+        }
+        if let (continuation, event) = wake { continuation.resume(returning: event) }
+    }
+
+    /// The link ended: nothing more is taken or kept.
+    func end() {
+        state.withLock { state in
+            state.ended = true
+            state.kept.removeAll()
+            state.keptBytes = 0
+        }
+    }
+
+    var isEnded: Bool { state.withLock { $0.ended } }
+
+    /// Kept (unacked) messages and their bytes, for tests and health.
+    var keptCount: (messages: Int, bytes: Int) { state.withLock { ($0.kept.count, $0.keptBytes) } }
+
+    /// The next thing for the writer of `generation` to do; nil once its transport is replaced,
+    /// after its close was delivered, or on cancellation.
+    func next(generation: Int) async -> Event? {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Event?, Never>) in
+                let ready: Event?? = state.withLock { state in
+                    if Task.isCancelled || state.generation != generation { return .some(nil) }
+                    if let event = Self.takeEvent(&state) { return .some(event) }
+                    if state.closeDelivered { return .some(nil) }
+                    state.waiter = (generation, continuation)
+                    return .none
+                }
+                if let ready { continuation.resume(returning: ready) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> CheckedContinuation<Event?, Never>? in
+                defer { state.waiter = nil }
+                return state.waiter?.continuation
+            }
+            waiter?.resume(returning: nil)
+        }
+    }
+
+    private static func takeWaiter(_ state: inout State) -> (CheckedContinuation<Event?, Never>, Event?)? {
+        guard let waiter = state.waiter, waiter.generation == state.generation else { return nil }
+        guard let event = takeEvent(&state) else { return nil }
+        state.waiter = nil
+        return (waiter.continuation, event)
+    }
+
+    private static func takeEvent(_ state: inout State) -> Event? {
+        if let request = state.closeRequest, !state.closeDelivered, request.immediate || !hasUnsent(state) {
+            state.closeDelivered = true
+            return .close(code: request.code, reason: request.reason)
+        }
+        guard hasUnsent(state), let first = state.kept.first else { return nil }
+        let frames = state.kept[max(0, state.sendCursor - first.seq)...].map(\.text)
+        state.sendCursor = state.nextSeq
+        return .send(Array(frames))
+    }
+
+    private static func hasUnsent(_ state: State) -> Bool {
+        guard let last = state.kept.last else { return false }
+        return last.seq >= state.sendCursor
+    }
+}
+
+/// WebSocket close codes the relay uses (contract §3.6).
+enum RelayCloseCode {
+    static let normal: UInt16 = 1000
+    static let goingAway: UInt16 = 1001
+    static let policyViolation: UInt16 = 1008
+    static let messageTooLarge: UInt16 = 1009
+    static let tokenExpired: UInt16 = 4001
+    static let replaced: UInt16 = 4002
+}

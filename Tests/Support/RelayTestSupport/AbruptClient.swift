@@ -1,0 +1,39 @@
+import Foundation
+import NIOCore
+import NIOPosix
+
+/// Opens a WebSocket on a raw TCP connection, reads the upgrade answer, then drops the TCP
+/// connection with a reset: no close frame, as when a robot loses its network.
+public enum AbruptClient {
+    public struct UpgradeRefused: Error {
+        public var response: String
+    }
+
+    /// Connects to `pathAndQuery` on 127.0.0.1:`port`, waits for `101 Switching Protocols` and
+    /// the relay's first frame, then resets the connection.
+    public static func connectThenReset(port: Int, pathAndQuery: String) async throws {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        let request =
+            "GET \(pathAndQuery) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(ByteBuffer(string: request))
+            var received = ByteBuffer()
+            for try await var chunk in inbound {
+                received.writeBuffer(&chunk)
+                let text = String(buffer: received)
+                guard let end = text.range(of: "\r\n\r\n") else { continue }
+                guard text.hasPrefix("HTTP/1.1 101") else { throw UpgradeRefused(response: text) }
+                // The hello frame follows the headers; once it is here the link is attached.
+                if text.utf8.count > text[..<end.upperBound].utf8.count + 2 { break }
+            }
+            // SO_LINGER 0: close sends a reset instead of a FIN.
+            try await (channel.channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0)).get()
+        }
+    }
+}

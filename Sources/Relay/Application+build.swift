@@ -121,7 +121,7 @@ public func buildRelay(
             return .refuse(error)
         }
         return .accept { inbound, outbound, context in
-            try await connection.run(identity: identity, resume: resume, inbound: inbound, outbound: outbound, logger: context.logger)
+            try await connection.run(identity: identity, resume: resume, inbound: inbound, outbound: outbound, context: context)
         }
     }
 

@@ -10,7 +10,8 @@ import Synchronization
 /// - Kept (unacked) messages: at most `maxMessages` and `maxBytes`; past that the oldest are
 ///   dropped, and a resume that needs them gets a fresh link instead.
 /// - Unsent messages on a live transport: past the same bounds the reader is too slow; the
-///   transport is dropped (the link detaches) so memory stays bounded.
+///   transport is dropped at once (its writer may be stuck on a full socket) and the link
+///   detaches, so memory stays bounded.
 final class Outbox: Sendable {
     enum Event: Sendable, Equatable {
         /// Frames to write, in order.
@@ -23,15 +24,13 @@ final class Outbox: Sendable {
         case queued
         /// The outbox is closed (the link ended); the message was discarded.
         case closed
-        /// The live transport's reader is too slow: its writer was told to close it.
+        /// The live transport's reader is too slow: the transport was dropped.
         case overflowed
     }
 
     private struct CloseRequest {
         var code: UInt16
         var reason: String
-        /// Close before writing what is queued (a reader too slow to take it anyway).
-        var immediate: Bool
     }
 
     private struct Entry {
@@ -51,6 +50,8 @@ final class Outbox: Sendable {
         var closeRequest: CloseRequest?
         var closeDelivered = false
         var ended = false
+        /// Drops the current transport at once (its writer may be stuck on a full socket).
+        var dropTransport: (@Sendable () -> Void)?
         var waiter: (generation: Int, continuation: CheckedContinuation<Event?, Never>)?
     }
 
@@ -66,24 +67,26 @@ final class Outbox: Sendable {
     /// Numbers `message` with the link's next `seq` and keeps it until acked.
     @discardableResult
     func offer(_ message: OutboundMessage) -> Offer {
-        let (result, wake): (Offer, (CheckedContinuation<Event?, Never>, Event?)?) = state.withLock { state in
-            guard !state.ended else { return (.closed, nil) }
+        let (result, wake, drop): (Offer, (CheckedContinuation<Event?, Never>, Event?)?, (@Sendable () -> Void)?) = state.withLock { state in
+            guard !state.ended else { return (.closed, nil, nil) }
             let text = message.text(seq: state.nextSeq)
             state.kept.append(Entry(seq: state.nextSeq, text: text))
             state.keptBytes += text.utf8.count
             state.nextSeq += 1
-            var result = Offer.queued
-            if state.attached, state.closeRequest == nil, Self.unsentOverBound(state, maxMessages: maxMessages, maxBytes: maxBytes) {
-                state.closeRequest = CloseRequest(code: RelayCloseCode.policyViolation, reason: "Reader too slow", immediate: true)
-                result = .overflowed
+            var drop: (@Sendable () -> Void)?
+            if state.attached, let dropTransport = state.dropTransport, Self.unsentOverBound(state, maxMessages: maxMessages, maxBytes: maxBytes) {
+                // Once: the transport is going; its link detaches when it is gone.
+                state.dropTransport = nil
+                drop = dropTransport
             }
             while state.kept.count > maxMessages || state.keptBytes > maxBytes, let oldest = state.kept.popFirst() {
                 state.keptBytes -= oldest.text.utf8.count
                 state.sendCursor = max(state.sendCursor, oldest.seq + 1)
             }
-            return (result, Self.takeWaiter(&state))
+            return (drop == nil ? .queued : .overflowed, Self.takeWaiter(&state), drop)
         }
         if let (continuation, event) = wake { continuation.resume(returning: event) }
+        drop?()
         return result
     }
 
@@ -113,7 +116,7 @@ final class Outbox: Sendable {
     /// A new transport attaches. With `lastSeq` (a resume), it will first get every kept
     /// message after it; returns the new writer generation, or nil when that replay cannot be
     /// complete (messages after `lastSeq` were dropped, or `lastSeq` is in the future).
-    func attach(resumingAfter lastSeq: Int?) -> Int? {
+    func attach(resumingAfter lastSeq: Int?, dropTransport: @escaping @Sendable () -> Void) -> Int? {
         let (generation, stale): (Int?, CheckedContinuation<Event?, Never>?) = state.withLock { state in
             guard !state.ended else { return (nil, nil) }
             let resumeFrom: Int
@@ -132,6 +135,7 @@ final class Outbox: Sendable {
             state.sendCursor = resumeFrom
             state.generation += 1
             state.attached = true
+            state.dropTransport = dropTransport
             state.closeRequest = nil
             state.closeDelivered = false
             // A writer of the old transport that still waits is told to stop.
@@ -148,6 +152,7 @@ final class Outbox: Sendable {
             guard state.generation == generation else { return nil }
             state.generation += 1
             state.attached = false
+            state.dropTransport = nil
             defer { state.waiter = nil }
             return state.waiter?.continuation
         }
@@ -158,7 +163,7 @@ final class Outbox: Sendable {
     func close(code: UInt16, reason: String) {
         let wake: (CheckedContinuation<Event?, Never>, Event?)? = state.withLock { state in
             guard state.closeRequest == nil else { return nil }
-            state.closeRequest = CloseRequest(code: code, reason: reason, immediate: false)
+            state.closeRequest = CloseRequest(code: code, reason: reason)
             return Self.takeWaiter(&state)
         }
         if let (continuation, event) = wake { continuation.resume(returning: event) }
@@ -209,7 +214,7 @@ final class Outbox: Sendable {
     }
 
     private static func takeEvent(_ state: inout State) -> Event? {
-        if let request = state.closeRequest, !state.closeDelivered, request.immediate || !hasUnsent(state) {
+        if let request = state.closeRequest, !state.closeDelivered, !hasUnsent(state) {
             state.closeDelivered = true
             return .close(code: request.code, reason: request.reason)
         }

@@ -11,7 +11,7 @@ import TURNBroker
 /// - `RELAY_HOST` (string, `127.0.0.1`), `RELAY_PORT` (int, `8080`)
 /// - `RELAY_JWT_SECRET` (secret, ≥ 32 bytes), `RELAY_JWT_SECRETS` (secret, `kid=secret,...`),
 ///   `RELAY_JWT_PUBLIC_KEY_FILE` (`path` or `kid=path,...`), `RELAY_JWT_ALGORITHMS` (`HS256`),
-///   `RELAY_JWT_ISSUER`, `RELAY_JWT_AUDIENCE` (checked when set)
+///   `RELAY_JWT_ISSUER`, `RELAY_JWT_AUDIENCE` (checked when set), `RELAY_JWT_LEEWAY_S` (30)
 /// - `RELAY_DEVICE_MASTER_KEY` (secret, ≥ 32 bytes), `RELAY_DEVICE_SIG_WINDOW_S` (int, 300)
 /// - `RELAY_MAX_MESSAGE_BYTES` (65536), `RELAY_MAX_SESSIONS_PER_DEVICE` (4), `RELAY_MAX_SESSIONS_PER_APP` (8)
 /// - `RELAY_HEARTBEAT_S` (20), `RELAY_RESUME_GRACE_S` (30), `RELAY_RESUME_BUFFER_MESSAGES` (256),
@@ -129,6 +129,7 @@ public struct RelayConfiguration: Sendable {
             publicKeys.append(key)
         }
         tokens.publicKeys = publicKeys
+        tokens.leewaySeconds = Double(read.int("RELAY_JWT_LEEWAY_S", in: 0...300) ?? 30)
         tokens.issuer = read.string("RELAY_JWT_ISSUER")
         tokens.audience = read.string("RELAY_JWT_AUDIENCE")
 

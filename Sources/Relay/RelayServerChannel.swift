@@ -32,6 +32,8 @@ struct UpgradeGate: Sendable {
 /// The context a relay WebSocket handler runs with.
 struct SocketContext: WebSocketContext {
     let logger: Logger
+    /// Closes the connection at once, without a close handshake (a reader too slow to take one).
+    let drop: @Sendable () -> Void
 }
 
 /// A server child channel: HTTP/1.1 requests go to the router; WebSocket upgrade requests go
@@ -107,7 +109,7 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
                                         maxFrameSize: configuration.maxFrameSize
                                     ),
                                     asyncChannel: asyncChannel,
-                                    context: SocketContext(logger: logger),
+                                    context: SocketContext(logger: logger, drop: { asyncChannel.channel.close(promise: nil) }),
                                     handler: dataHandler
                                 )
                             } catch {

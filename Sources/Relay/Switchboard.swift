@@ -59,7 +59,7 @@ final class Switchboard: Sendable {
     /// Admits a new transport: onto the client's detached link when it resumes with that link's
     /// token and the replay can be complete, else onto a fresh link. A device's fresh link ends
     /// its older link (close 4002 on a socket still open).
-    func admit(_ identity: ClientIdentity, resume: (token: String, lastSeq: Int)?) -> Admission {
+    func admit(_ identity: ClientIdentity, resume: (token: String, lastSeq: Int)?, dropTransport: @escaping @Sendable () -> Void) -> Admission {
         let party: Party
         let principal: String
         var app: AppIdentity?
@@ -71,7 +71,7 @@ final class Switchboard: Sendable {
         }
         if let resume, let link = table.links(of: party, principal: principal).first(where: { $0.accepts(resumeToken: resume.token) }) {
             let wasAttached = link.isAttached
-            if !link.isEnded, let generation = link.outbox.attach(resumingAfter: resume.lastSeq) {
+            if !link.isEnded, let generation = link.outbox.attach(resumingAfter: resume.lastSeq, dropTransport: dropTransport) {
                 link.markAttached(generation: generation)?.cancel()
                 if let app { link.replaceAppIdentity(app) }
                 if !wasAttached { announce(link, status: "connected") }
@@ -89,7 +89,7 @@ final class Switchboard: Sendable {
             outbox: Outbox(maxMessages: limits.keptMessages, maxBytes: limits.keptBytes),
             rate: TokenBucket(burst: limits.rateBurst, perSecond: limits.ratePerSecond)
         )
-        let generation = link.outbox.attach(resumingAfter: nil)!
+        let generation = link.outbox.attach(resumingAfter: nil, dropTransport: dropTransport)!
         _ = link.markAttached(generation: generation)
         if let replaced = table.register(link) {
             logger.info("Device connected again; replacing its older link", metadata: ["device.id": "\(principal)", "link.id": "\(replaced.id)"])

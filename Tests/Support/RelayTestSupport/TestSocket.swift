@@ -66,6 +66,8 @@ public final class TestSocket: Sendable {
                     }
                     for try await message in inbound.messages(maxSize: 1 << 22) {
                         if case .text(let text) = message { inbox.append(text) }
+                        // A client that stops reading: the relay's writes back up in TCP.
+                        if inbox.isPaused { try await Task.sleep(for: .seconds(3600)) }
                     }
                     group.cancelAll()
                 }
@@ -115,6 +117,11 @@ public final class TestSocket: Sendable {
     public func expectNothingPending() async throws {
         try send(["type": "ping"])
         _ = try await next("pong")
+    }
+
+    /// Stops reading from the socket (after the next frame), like a client that hangs.
+    public func stopReading() {
+        inbox.pause()
     }
 
     /// Starts a clean close from the client side.
@@ -172,6 +179,13 @@ private final class Inbox: Sendable {
     }
 
     private let state = Mutex(State())
+    private let paused = Mutex(false)
+
+    var isPaused: Bool { paused.withLock { $0 } }
+
+    func pause() {
+        paused.withLock { $0 = true }
+    }
 
     func append(_ text: String) {
         let waiter = state.withLock { state -> CheckedContinuation<String?, Never>? in

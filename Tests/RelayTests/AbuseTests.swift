@@ -105,3 +105,24 @@ import Testing
         }
     }
 }
+
+/// Contract §4: dead sockets are found by heartbeats, and their links detach.
+@Suite(.timeLimit(.minutes(1))) struct HeartbeatTests {
+    @Test func socketThatStopsAnsweringPingsIsDroppedAndItsLinkDetached() async throws {
+        try await TestRelay.run(["RELAY_HEARTBEAT_S": "1"]) { relay in
+            let app = try await relay.app()
+            #expect(app.hello["heartbeat_ms"] as? Int == 1000)
+            async let silentFor = AbruptClient.connectAndStaySilent(port: relay.port, pathAndQuery: "/ws/device?\(relay.deviceQuery())")
+            // The silent device is online until the heartbeat finds it dead.
+            var opened = false
+            while !opened {
+                try app.send(["type": "webrtc_request", "device_id": "robot-1"])
+                opened = try await app.next()["type"] as? String == "webrtc_credentials"
+            }
+            #expect(try await app.next("peer_status")["status"] as? String == "reconnecting")
+            let elapsed = try await silentFor
+            // Pinged every second: dropped after a missed pong, within two intervals or so.
+            #expect(elapsed >= .seconds(1) && elapsed < .seconds(5), "\(elapsed)")
+        }
+    }
+}

@@ -2,15 +2,14 @@ import Foundation
 import NIOCore
 import NIOPosix
 
-/// Opens a WebSocket on a raw TCP connection, reads the upgrade answer, then drops the TCP
-/// connection with a reset: no close frame, as when a robot loses its network.
+/// WebSocket clients that misbehave as real networks and firmware do, on raw TCP connections.
 public enum AbruptClient {
     public struct UpgradeRefused: Error {
         public var response: String
     }
 
-    /// Connects to `pathAndQuery` on 127.0.0.1:`port`, waits for `101 Switching Protocols` and
-    /// the relay's first frame, then resets the connection.
+    /// Opens a WebSocket, waits for `101 Switching Protocols` and the relay's first frame, then
+    /// resets the TCP connection: no close frame, as when a robot loses its network.
     public static func connectThenReset(port: Int, pathAndQuery: String) async throws {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connect(host: "127.0.0.1", port: port) { channel in
@@ -35,5 +34,26 @@ public enum AbruptClient {
             // SO_LINGER 0: close sends a reset instead of a FIN.
             try await (channel.channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0)).get()
         }
+    }
+
+    /// Opens a WebSocket and then never answers anything, pings included, until the relay ends
+    /// the connection; returns how long that took.
+    public static func connectAndStaySilent(port: Int, pathAndQuery: String) async throws -> Duration {
+        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .connect(host: "127.0.0.1", port: port) { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
+                }
+            }
+        let request =
+            "GET \(pathAndQuery) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        let start = ContinuousClock.now
+        try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(ByteBuffer(string: request))
+            // Read (so TCP flows) and ignore everything until the relay closes the connection.
+            for try await _ in inbound {}
+        }
+        return ContinuousClock.now - start
     }
 }

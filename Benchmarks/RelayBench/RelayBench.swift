@@ -15,7 +15,25 @@ import TURNBroker
 struct RelayBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay-bench",
-        abstract: "Benchmarks of the relay (TURN broker overhead, session set-up latency)."
+        abstract: "Benchmarks and a soak of the relay on loopback.",
+        subcommands: [TURNBench.self, Soak.self],
+        defaultSubcommand: TURNBench.self
+    )
+}
+
+/// Bootstraps logging once, quietly, for a benchmark run.
+func quietLogging() {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = .error
+        return handler
+    }
+}
+
+struct TURNBench: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "turn",
+        abstract: "TURN broker overhead per mint, and session set-up latency with a slow upstream."
     )
 
     @Option(help: "Mints to time for the broker overhead.") var mints = 2000
@@ -24,11 +42,7 @@ struct RelayBench: AsyncParsableCommand {
     @Option(help: "Upstream latency for the set-up figures, in ms.") var upstreamMs = 100
 
     func run() async throws {
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = .error
-            return handler
-        }
+        quietLogging()
         try await brokerOverhead()
         try await sessionSetUp()
     }
@@ -171,16 +185,17 @@ struct Connector {
     let port: Int
     let environment: [String: String]
 
-    func app(_ user: String, devices: [String]) async throws -> TestSocket {
+    /// An app of `user`; `resume` is `&resume_token=...&last_seq=N` or empty.
+    func app(_ user: String, devices: [String], resume: String = "") async throws -> TestSocket {
         let token = try AppTokenSigner(secret: Array(environment["RELAY_JWT_SECRET"]!.utf8))
             .token(userID: user, devices: devices, now: Date().timeIntervalSince1970, lifetime: 3600)
-        return try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/app?token=\(token)")
+        return try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/app?token=\(token)\(resume)")
     }
 
-    func device(_ deviceID: String) async throws -> TestSocket {
+    func device(_ deviceID: String, resume: String = "") async throws -> TestSocket {
         let secret = DeviceSignature.derivedSecret(deviceID: deviceID, masterKey: environment["RELAY_DEVICE_MASTER_KEY"]!)
         let signature = DeviceSignature.sign(deviceID: deviceID, timestamp: Int(Date().timeIntervalSince1970), nonce: DeviceSignature.makeNonce(), secret: secret)
-        return try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/device?\(signature.query)")
+        return try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/device?\(signature.query)\(resume)")
     }
 }
 

@@ -96,45 +96,11 @@ import Testing
 
 /// `relay serve` as a process: graceful shutdown on SIGTERM.
 @Suite(.timeLimit(.minutes(1))) struct ShutdownTests {
-    /// Starts `relay serve` on an ephemeral port; returns once it listens.
-    static func serve(_ environment: [String: String]) async throws -> (process: Process, port: Int) {
-        let process = Process()
-        process.executableURL = CommandLineTests.relayBinary
-        process.arguments = ["serve"]
-        process.environment = environment.merging(["PATH": "/usr/bin:/bin", "RELAY_PORT": "0"]) { old, _ in old }
-        process.currentDirectoryURL = FileManager.default.temporaryDirectory
-        let log = Pipe()
-        process.standardError = log
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        let port: Int? = await withCheckedContinuation { continuation in
-            Thread.detachNewThread {
-                var seen = ""
-                var resumed = false
-                while true {
-                    let chunk = log.fileHandleForReading.availableData
-                    if chunk.isEmpty { break }
-                    seen += String(decoding: chunk, as: UTF8.self)
-                    if !resumed, let range = seen.range(of: "listening on 127.0.0.1:"),
-                        let port = Int(seen[range.upperBound...].prefix { $0.isNumber })
-                    {
-                        resumed = true
-                        continuation.resume(returning: port)
-                    }
-                }
-                if !resumed { continuation.resume(returning: nil) }
-            }
-        }
-        guard let port else { throw RelayDidNotStart() }
-        return (process, port)
-    }
-
-    struct RelayDidNotStart: Error {}
-
     @Test func sigtermSendsGoAwayDrainsClosesWith1001AndExitsZero() async throws {
         let environment = ["RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey, "RELAY_SHUTDOWN_DRAIN_S": "1"]
-        let (process, port) = try await Self.serve(environment)
-        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        let relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+        let (process, port) = (relay.process, relay.port)
+        defer { relay.kill() }
         let signer = try CommandLineTests.relay(["token", "--sub", "alice", "--device", "robot-1"], environment: environment)
         let deviceURL = try CommandLineTests.relay(["sign-url", "robot-1", "--url", "ws://127.0.0.1:\(port)"], environment: environment)
         let device = try await TestSocket.connect(deviceURL.stdout.trimmingCharacters(in: .whitespacesAndNewlines))

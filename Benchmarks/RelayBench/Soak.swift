@@ -1,0 +1,215 @@
+import ArgumentParser
+import Foundation
+import RelayTestSupport
+import Synchronization
+
+/// Many app/device pairs in sessions, each side dropping its socket every few seconds and
+/// resuming, both sending all the while. Every message carries a number; at the end each side
+/// checks what it got: delivered, lost, duplicated. Runs the real `relay` binary and reads its
+/// memory from /proc.
+struct Soak: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Drop-and-resume soak: messages lost and duplicated must be 0.")
+
+    @Option(help: "App/device pairs.") var pairs = 20
+    @Option(help: "Seconds to run.") var seconds = 120
+    @Option(help: "Messages each side sends per second.") var rate = 50
+
+    func run() async throws {
+        quietLogging()
+        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("relay")
+        let environment = [
+            "RELAY_JWT_SECRET": "soak-jwt-secret-soak-jwt-secret-0000",
+            "RELAY_DEVICE_MASTER_KEY": "soak-master-key-soak-master-key-000",
+            "RELAY_LOG_LEVEL": "info",
+            // The soak is about resume, not the per-link message rate.
+            "RELAY_RATE_BURST": "1000",
+            "RELAY_RATE_PER_S": "1000",
+            // Every pair reconnects from 127.0.0.1 many times a minute.
+            "RELAY_CONNECT_BURST": "100000",
+            "RELAY_CONNECT_RATE_PER_MIN": "1000000",
+        ]
+        let relay = try await RelayProcess.start(binary: binary, environment: environment)
+        defer { relay.kill() }
+        let connector = Connector(port: relay.port, environment: environment)
+        let startRSS = relay.residentKiB ?? 0
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        let tally = Tally()
+        let rate = rate
+        print("soak: \(pairs) pairs for \(seconds) s, \(rate) messages/s each way, relay pid \(relay.process.processIdentifier) on port \(relay.port)")
+
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for index in 0..<pairs {
+                group.addTask {
+                    let device = try await connector.device("soak-robot-\(index)")
+                    let app = try await connector.app("soak-user-\(index)", devices: ["soak-robot-\(index)"])
+                    try app.send(["type": "webrtc_request", "device_id": "soak-robot-\(index)"])
+                    let credentials = try await app.next("webrtc_credentials")
+                    let sessionID = credentials["session_id"] as! String
+                    let request = try await device.next("webrtc_request")
+                    let appSide = Side(name: "app", socket: app, lastSeq: credentials["seq"] as! Int) { resume in
+                        try await connector.app("soak-user-\(index)", devices: ["soak-robot-\(index)"], resume: resume)
+                    }
+                    let deviceSide = Side(name: "device", socket: device, lastSeq: request["seq"] as! Int) { resume in
+                        try await connector.device("soak-robot-\(index)", resume: resume)
+                    }
+                    async let appReading: Void = appSide.readLoop(tally: tally)
+                    async let deviceReading: Void = deviceSide.readLoop(tally: tally)
+                    async let appSending: Void = appSide.sendLoop(sessionID: sessionID, until: deadline, rate: rate, tally: tally)
+                    async let deviceSending: Void = deviceSide.sendLoop(sessionID: sessionID, until: deadline, rate: rate, tally: tally)
+                    _ = try await (appSending, deviceSending)
+                    // Both stopped sending; each waits until the other's last message is in.
+                    await appSide.waitForEverything(from: deviceSide)
+                    await deviceSide.waitForEverything(from: appSide)
+                    appSide.finish()
+                    deviceSide.finish()
+                    _ = try await (appReading, deviceReading)
+                }
+            }
+            try await group.waitForAll()
+        }
+        let endRSS = relay.residentKiB ?? 0
+        let totals = tally.totals
+        print("  drop-and-resume cycles: \(totals.cycles) (\(totals.freshLinks) could not resume)")
+        print("  messages sent:      \(totals.sent)")
+        print("  messages delivered: \(totals.delivered)")
+        print("  messages lost:      \(totals.sent - totals.delivered)")
+        print("  messages duplicated: \(totals.duplicated)")
+        print("  out of order:       \(totals.outOfOrder)")
+        print("  relay memory (RSS): \(startRSS / 1024) MiB at start, \(endRSS / 1024) MiB at end")
+        if totals.sent != totals.delivered || totals.duplicated != 0 || totals.outOfOrder != 0 { throw ExitCode(1) }
+    }
+}
+
+/// Counts across all pairs.
+final class Tally: Sendable {
+    struct Totals {
+        var sent = 0
+        var delivered = 0
+        var duplicated = 0
+        var outOfOrder = 0
+        var cycles = 0
+        var freshLinks = 0
+    }
+
+    private let totals_ = Mutex(Totals())
+    var totals: Totals { totals_.withLock { $0 } }
+
+    func add(_ change: (inout Totals) -> Void) {
+        totals_.withLock { change(&$0) }
+    }
+}
+
+/// One party of a soak session: sends numbered ICE candidates, drops its socket now and then
+/// and resumes with the last `seq` it processed; a reader task processes whatever arrives.
+final class Side: Sendable {
+    let name: String
+    let reconnect: @Sendable (String) async throws -> TestSocket
+
+    private struct State {
+        var socket: TestSocket
+        var lastSeq: Int
+        var sentCount = 0
+        /// Highest number received from the other side, in order.
+        var received = -1
+    }
+
+    private let state: Mutex<State>
+    /// Sockets for the reader, one after another; finished at the end of the run.
+    private let sockets: AsyncStream<TestSocket>
+    private let socketsInput: AsyncStream<TestSocket>.Continuation
+    /// The reader is done with a socket (everything it held was processed).
+    private let drained: AsyncStream<Void>
+    private let drainedInput: AsyncStream<Void>.Continuation
+
+    init(name: String, socket: TestSocket, lastSeq: Int, reconnect: @escaping @Sendable (String) async throws -> TestSocket) {
+        self.name = name
+        self.reconnect = reconnect
+        self.state = Mutex(State(socket: socket, lastSeq: lastSeq))
+        (sockets, socketsInput) = AsyncStream.makeStream(of: TestSocket.self, bufferingPolicy: .bufferingOldest(4))
+        (drained, drainedInput) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingOldest(4))
+        socketsInput.yield(socket)
+    }
+
+    var sentCount: Int { state.withLock { $0.sentCount } }
+    var received: Int { state.withLock { $0.received } }
+
+    func sendLoop(sessionID: String, until deadline: ContinuousClock.Instant, rate: Int, tally: Tally) async throws {
+        var drainedSockets = drained.makeAsyncIterator()
+        while true {
+            let socket = state.withLock { $0.socket }
+            let cycleEnd = min(deadline, ContinuousClock.now + .milliseconds(Int.random(in: 1500...4000)))
+            while ContinuousClock.now < cycleEnd {
+                let number = state.withLock { state in
+                    defer { state.sentCount += 1 }
+                    return state.sentCount
+                }
+                try socket.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "candidate:\(number)", "sdpMid": "0", "sdpMLineIndex": 0]])
+                tally.add { $0.sent += 1 }
+                try await Task.sleep(for: .milliseconds(1000 / rate))
+            }
+            guard ContinuousClock.now < deadline else { return }
+            // Drop: what was sent is written before the close frame. Then resume from the
+            // last message the reader processed.
+            socket.close()
+            _ = await drainedSockets.next()
+            try await Task.sleep(for: .milliseconds(Int.random(in: 50...400)))
+            let lastSeq = state.withLock { $0.lastSeq }
+            let fresh = try await reconnect("&resume_token=\(socket.hello["resume_token"] as! String)&last_seq=\(lastSeq)")
+            tally.add {
+                $0.cycles += 1
+                if fresh.hello["resumed"] as? Bool != true { $0.freshLinks += 1 }
+            }
+            state.withLock { $0.socket = fresh }
+            socketsInput.yield(fresh)
+        }
+    }
+
+    func readLoop(tally: Tally) async throws {
+        for await socket in sockets {
+            while let message = try? await socket.next() {
+                process(message, tally: tally)
+            }
+            drainedInput.yield()
+        }
+    }
+
+    private func process(_ message: JSONObject, tally: Tally) {
+        if let seq = message["seq"] as? Int {
+            let (socket, ack) = state.withLock { state -> (TestSocket, Int?) in
+                state.lastSeq = max(state.lastSeq, seq)
+                return (state.socket, seq % 20 == 0 ? seq : nil)
+            }
+            if let ack { try? socket.send(["type": "ack", "seq": ack]) }
+        }
+        guard message["type"] as? String == "webrtc_ice",
+            let candidate = (message["candidate"] as? JSONObject)?["candidate"] as? String,
+            let number = Int(candidate.dropFirst("candidate:".count))
+        else { return }
+        state.withLock { state in
+            if number == state.received + 1 {
+                state.received = number
+                tally.add { $0.delivered += 1 }
+            } else if number <= state.received {
+                tally.add { $0.duplicated += 1 }
+            } else {
+                tally.add { $0.outOfOrder += 1 }
+                state.received = number
+            }
+        }
+    }
+
+    /// Waits (up to 15 s) until the other side's last message has been processed here.
+    func waitForEverything(from other: Side) async {
+        let expected = other.sentCount - 1
+        let giveUp = ContinuousClock.now + .seconds(15)
+        while received < expected, ContinuousClock.now < giveUp {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    /// Ends the run: the current socket closes and the reader stops after it.
+    func finish() {
+        state.withLock { $0.socket }.close()
+        socketsInput.finish()
+    }
+}

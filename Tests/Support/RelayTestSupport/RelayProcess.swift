@@ -1,0 +1,57 @@
+import Foundation
+
+/// The real `relay serve` as a child process on an ephemeral loopback port.
+public struct RelayProcess: Sendable {
+    public let process: Process
+    public let port: Int
+
+    public struct DidNotStart: Error {}
+
+    /// Starts `binary serve` with exactly `environment` (plus PATH, RELAY_PORT=0); returns once
+    /// it says where it listens. Its log keeps being drained so it never blocks on a full pipe.
+    public static func start(binary: URL, environment: [String: String]) async throws -> RelayProcess {
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = ["serve"]
+        process.environment = environment.merging(["PATH": "/usr/bin:/bin", "RELAY_PORT": "0"]) { old, _ in old }
+        process.currentDirectoryURL = FileManager.default.temporaryDirectory
+        let log = Pipe()
+        process.standardError = log
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        let port: Int? = await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                var seen = ""
+                var resumed = false
+                while true {
+                    let chunk = log.fileHandleForReading.availableData
+                    if chunk.isEmpty { break }
+                    guard !resumed else { continue }
+                    seen += String(decoding: chunk, as: UTF8.self)
+                    if let range = seen.range(of: "listening on 127.0.0.1:"), let port = Int(seen[range.upperBound...].prefix { $0.isNumber }) {
+                        resumed = true
+                        continuation.resume(returning: port)
+                    }
+                }
+                if !resumed { continuation.resume(returning: nil) }
+            }
+        }
+        guard let port else {
+            Foundation.kill(process.processIdentifier, SIGKILL)
+            throw DidNotStart()
+        }
+        return RelayProcess(process: process, port: port)
+    }
+
+    /// Resident memory of the relay process, in KiB (`VmRSS`).
+    public var residentKiB: Int? {
+        guard let status = try? String(contentsOfFile: "/proc/\(process.processIdentifier)/status", encoding: .utf8) else { return nil }
+        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }) else { return nil }
+        return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
+    }
+
+    public func kill() {
+        if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+}

@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .executable(name: "relay", targets: ["RelayCommand"]),
         .executable(name: "relay-bench", targets: ["RelayBench"]),
+        .executable(name: "relay-echo", targets: ["RelayEcho"]),
         .library(name: "Relay", targets: ["Relay"]),
     ],
     dependencies: [
@@ -102,6 +103,17 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             path: "Tests/Support/RelayTestSupport",
+            swiftSettings: swiftSettings
+        ),
+        // The relay's WebSocket layer as an echo server, for the Autobahn protocol cases.
+        .executableTarget(
+            name: "RelayEcho",
+            dependencies: [
+                "Relay",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Tests/Support/RelayEcho",
             swiftSettings: swiftSettings
         ),
         .executableTarget(

@@ -13,6 +13,7 @@ let package = Package(
         .executable(name: "relay", targets: ["RelayCommand"]),
         .executable(name: "relay-bench", targets: ["RelayBench"]),
         .executable(name: "relay-echo", targets: ["RelayEcho"]),
+        .executable(name: "relay-fuzz", targets: ["RelayFuzz"]),
         .library(name: "Relay", targets: ["Relay"]),
     ],
     dependencies: [
@@ -127,6 +128,15 @@ let package = Package(
             ],
             path: "Benchmarks/RelayBench",
             swiftSettings: swiftSettings
+        ),
+        // libFuzzer target for the message decoder and the token and signature parsers
+        // (build with --sanitize=fuzzer; see the file's header).
+        .target(name: "CFuzzMain", path: "Tests/Fuzz/CFuzzMain"),
+        .executableTarget(
+            name: "RelayFuzz",
+            dependencies: ["Relay", "DeviceAuth", "CFuzzMain"],
+            path: "Tests/Fuzz/RelayFuzz",
+            swiftSettings: swiftSettings + [.unsafeFlags(["-parse-as-library"])]
         ),
         .testTarget(
             name: "DeviceAuthTests",

@@ -1,0 +1,1 @@
+// Intentionally empty: this target only supplies a weak main (see main.c).

@@ -1,0 +1,40 @@
+import CFuzzMain
+import DeviceAuth
+import Foundation
+
+@testable import Relay
+
+// libFuzzer entry: the first byte picks the parser, the rest is its input. Build and run with
+//   swift build -c debug --sanitize=fuzzer --product relay-fuzz --scratch-path .build-fuzz
+//   .build-fuzz/debug/relay-fuzz -max_total_time=120 Tests/Fuzz/corpus
+// A crash, a hang or a leak-sanitizer report is a finding; refusals are not.
+
+private let verifier = AppTokenVerifier(
+    configuration: .init(algorithms: [.hs256, .rs256], secretKeys: [.init(secret: Array("fuzz-secret-fuzz-secret-fuzz-secr".utf8))])
+)
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    let bytes = UnsafeBufferPointer(start: data, count: size)
+    guard let selector = bytes.first else { return 0 }
+    let text = String(decoding: bytes.dropFirst(), as: UTF8.self)
+    switch selector % 3 {
+    case 0:
+        // The WebSocket message decoder.
+        if let envelope = try? ClientEnvelope(text: text), case .negotiation(let type, _, let fields) = envelope.message {
+            _ = OutboundMessage(type, fields: fields).text(seq: 1)
+        }
+    case 1:
+        // App tokens (header, claims, libjwt).
+        _ = try? verifier.verify(text, now: 1_800_000_000)
+    default:
+        // Device signature query parameters.
+        var parameters: [String: String] = [:]
+        for pair in text.split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            parameters[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
+        }
+        _ = try? DeviceSignature { parameters[$0] }
+    }
+    return 0
+}

@@ -2,6 +2,7 @@ import Foundation
 import RelayTestSupport
 import HTTPTypes
 import Relay
+import TURNBroker
 import Testing
 
 /// ICE servers from Cloudflare's TURN API (a local fake of it on loopback), per session and over HTTP.
@@ -288,5 +289,15 @@ extension CloudflareTURNTests {
             // Another user is not affected.
             #expect(try await relay.mintCredentials(token: relay.appToken("erin")).status == .ok)
         }
+    }
+}
+
+@Suite struct CredentialDocumentTests {
+    @Test func expiresAtIsUTCWithWholeSeconds() {
+        let document = CredentialDocument(iceServers: [], ttl: 3600, issuedAt: Date(timeIntervalSince1970: 1_795_291_274.75))
+        #expect(document.expiresAt == "2026-11-21T21:01:14Z")
+        #expect(CredentialDocument(iceServers: [], ttl: 60, issuedAt: Date(timeIntervalSince1970: 0)).expiresAt == "1970-01-01T00:01:00Z")
+        #expect(!document.hasExpired(at: Date(timeIntervalSince1970: 1_795_294_873)))
+        #expect(document.hasExpired(at: Date(timeIntervalSince1970: 1_795_294_875)))
     }
 }

@@ -16,7 +16,7 @@ struct RelayBench: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay-bench",
         abstract: "Benchmarks and a soak of the relay on loopback.",
-        subcommands: [TURNBench.self, Soak.self],
+        subcommands: [TURNBench.self, Soak.self, SlowReader.self],
         defaultSubcommand: TURNBench.self
     )
 }

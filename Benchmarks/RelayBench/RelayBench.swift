@@ -183,6 +183,21 @@ struct TURNBench: AsyncParsableCommand {
     }
 }
 
+/// Starts the `relay` binary built beside this one, with development secrets, the message-rate
+/// limits lifted (these runs measure other things) and `extra` settings.
+func startRelayBinary(_ extra: [String: String] = [:]) async throws -> (RelayProcess, Connector) {
+    let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("relay")
+    var environment = [
+        "RELAY_JWT_SECRET": "bench-jwt-secret-bench-jwt-secret-00",
+        "RELAY_DEVICE_MASTER_KEY": "bench-master-key-bench-master-key-0",
+        "RELAY_RATE_BURST": "100000",
+        "RELAY_RATE_PER_S": "100000",
+    ]
+    environment.merge(extra) { _, new in new }
+    let relay = try await RelayProcess.start(binary: binary, environment: environment)
+    return (relay, Connector(port: relay.port, environment: environment))
+}
+
 /// Connects benchmark clients with credentials made from the relay's configuration.
 struct Connector {
     let port: Int

@@ -12,16 +12,8 @@ struct SlowReader: AsyncParsableCommand {
 
     func run() async throws {
         quietLogging()
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("relay")
-        let environment = [
-            "RELAY_JWT_SECRET": "slow-jwt-secret-slow-jwt-secret-0000",
-            "RELAY_DEVICE_MASTER_KEY": "slow-master-key-slow-master-key-000",
-            "RELAY_RATE_BURST": "100000",
-            "RELAY_RATE_PER_S": "100000",
-        ]
-        let relay = try await RelayProcess.start(binary: binary, environment: environment)
+        let (relay, connector) = try await startRelayBinary()
         defer { relay.kill() }
-        let connector = Connector(port: relay.port, environment: environment)
         let device = try await connector.device("slow-robot")
         let app = try await connector.app("flooder", devices: ["slow-robot"])
         try app.send(["type": "webrtc_request", "device_id": "slow-robot"])

@@ -16,21 +16,9 @@ struct Soak: AsyncParsableCommand {
 
     func run() async throws {
         quietLogging()
-        let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("relay")
-        let environment = [
-            "RELAY_JWT_SECRET": "soak-jwt-secret-soak-jwt-secret-0000",
-            "RELAY_DEVICE_MASTER_KEY": "soak-master-key-soak-master-key-000",
-            "RELAY_LOG_LEVEL": "info",
-            // The soak is about resume, not the per-link message rate.
-            "RELAY_RATE_BURST": "1000",
-            "RELAY_RATE_PER_S": "1000",
-            // Every pair reconnects from 127.0.0.1 many times a minute.
-            "RELAY_CONNECT_BURST": "100000",
-            "RELAY_CONNECT_RATE_PER_MIN": "1000000",
-        ]
-        let relay = try await RelayProcess.start(binary: binary, environment: environment)
+        // Every pair reconnects from 127.0.0.1 many times a minute.
+        let (relay, connector) = try await startRelayBinary(["RELAY_CONNECT_BURST": "100000", "RELAY_CONNECT_RATE_PER_MIN": "1000000"])
         defer { relay.kill() }
-        let connector = Connector(port: relay.port, environment: environment)
         let startRSS = relay.residentKiB ?? 0
         let deadline = ContinuousClock.now + .seconds(seconds)
         let tally = Tally()

@@ -232,10 +232,8 @@ final class Outbox: Sendable {
 
 /// WebSocket close codes the relay uses (contract §3.6).
 enum RelayCloseCode {
-    static let normal: UInt16 = 1000
     static let goingAway: UInt16 = 1001
     static let policyViolation: UInt16 = 1008
-    static let messageTooLarge: UInt16 = 1009
     static let tokenExpired: UInt16 = 4001
     static let replaced: UInt16 = 4002
 }

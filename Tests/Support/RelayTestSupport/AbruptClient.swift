@@ -11,15 +11,7 @@ public enum AbruptClient {
     /// Opens a WebSocket, waits for `101 Switching Protocols` and the relay's first frame, then
     /// resets the TCP connection: no close frame, as when a robot loses its network.
     public static func connectThenReset(port: Int, pathAndQuery: String) async throws {
-        let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
-            .connect(host: "127.0.0.1", port: port) { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try NIOAsyncChannel<ByteBuffer, ByteBuffer>(wrappingChannelSynchronously: channel)
-                }
-            }
-        let request =
-            "GET \(pathAndQuery) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        let (channel, request) = try await open(port: port, pathAndQuery: pathAndQuery)
         try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(ByteBuffer(string: request))
             var received = ByteBuffer()
@@ -39,6 +31,18 @@ public enum AbruptClient {
     /// Opens a WebSocket and then never answers anything, pings included, until the relay ends
     /// the connection; returns how long that took.
     public static func connectAndStaySilent(port: Int, pathAndQuery: String) async throws -> Duration {
+        let (channel, request) = try await open(port: port, pathAndQuery: pathAndQuery)
+        let start = ContinuousClock.now
+        try await channel.executeThenClose { inbound, outbound in
+            try await outbound.write(ByteBuffer(string: request))
+            // Read (so TCP flows) and ignore everything until the relay closes the connection.
+            for try await _ in inbound {}
+        }
+        return ContinuousClock.now - start
+    }
+
+    /// A raw TCP connection to the relay and the upgrade request to send on it.
+    private static func open(port: Int, pathAndQuery: String) async throws -> (NIOAsyncChannel<ByteBuffer, ByteBuffer>, String) {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
             .connect(host: "127.0.0.1", port: port) { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -48,12 +52,6 @@ public enum AbruptClient {
         let request =
             "GET \(pathAndQuery) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             + "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        let start = ContinuousClock.now
-        try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(ByteBuffer(string: request))
-            // Read (so TCP flows) and ignore everything until the relay closes the connection.
-            for try await _ in inbound {}
-        }
-        return ContinuousClock.now - start
+        return (channel, request)
     }
 }

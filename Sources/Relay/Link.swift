@@ -23,6 +23,8 @@ public final class Link: Sendable {
     let outbox: Outbox
 
     enum Attachment: Sendable {
+        /// Made, no transport yet.
+        case new
         /// A transport serves the link; its writer is of this outbox generation.
         case attached(generation: Int)
         /// No transport since this moment; the grace timer runs.
@@ -35,7 +37,7 @@ public final class Link: Sendable {
         var app: AppIdentity?
         var sessions: [String: Session] = [:]
         var capabilities: JSONValue?
-        var attachment = Attachment.ended
+        var attachment = Attachment.new
         var rate: TokenBucket
     }
 
@@ -91,12 +93,18 @@ public final class Link: Sendable {
         return false
     }
 
-    /// Records a new transport; returns the grace timer it makes unnecessary.
-    func markAttached(generation: Int) -> Task<Void, Never>? {
+    /// Records a new transport. False when the link ended meanwhile (its grace ran out as the
+    /// client came back); else returns the grace timer it makes unnecessary.
+    func markAttached(generation: Int) -> (attached: Bool, grace: Task<Void, Never>?) {
         state.withLock { state in
-            defer { state.attachment = .attached(generation: generation) }
-            if case .detached(_, let grace) = state.attachment { return grace }
-            return nil
+            var grace: Task<Void, Never>?
+            switch state.attachment {
+            case .ended: return (false, nil)
+            case .detached(_, let timer): grace = timer
+            case .new, .attached: break
+            }
+            state.attachment = .attached(generation: generation)
+            return (true, grace)
         }
     }
 
@@ -117,7 +125,7 @@ public final class Link: Sendable {
             switch state.attachment {
             case .ended: return (false, [], nil)
             case .detached(_, let timer): grace = timer
-            case .attached: if onlyIfDetached { return (false, [], nil) }
+            case .new, .attached: if onlyIfDetached { return (false, [], nil) }
             }
             state.attachment = .ended
             defer { state.sessions.removeAll() }

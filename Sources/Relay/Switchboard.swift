@@ -71,8 +71,10 @@ final class Switchboard: Sendable {
         }
         if let resume, let link = table.links(of: party, principal: principal).first(where: { $0.accepts(resumeToken: resume.token) }) {
             let wasAttached = link.isAttached
-            if !link.isEnded, let generation = link.outbox.attach(resumingAfter: resume.lastSeq, dropTransport: dropTransport) {
-                link.markAttached(generation: generation)?.cancel()
+            if !link.isEnded, let generation = link.outbox.attach(resumingAfter: resume.lastSeq, dropTransport: dropTransport),
+                case (true, let grace) = link.markAttached(generation: generation)
+            {
+                grace?.cancel()
                 if let app { link.replaceAppIdentity(app) }
                 if !wasAttached { announce(link, status: "connected") }
                 logger.info("Link resumed", metadata: ["link.id": "\(link.id)", "link.party": "\(party.rawValue)"])

@@ -44,6 +44,8 @@ final class Outbox: Sendable {
         var keptBytes = 0
         /// Seq of the next message to hand to the current transport's writer.
         var sendCursor = 1
+        /// Bytes of the kept messages from `sendCursor` on (not yet handed to a writer).
+        var unsentBytes = 0
         /// Bumped whenever a transport attaches or detaches; a writer serves one generation.
         var generation = 0
         var attached = false
@@ -72,6 +74,7 @@ final class Outbox: Sendable {
             let text = message.text(seq: state.nextSeq)
             state.kept.append(Entry(seq: state.nextSeq, text: text))
             state.keptBytes += text.utf8.count
+            state.unsentBytes += text.utf8.count
             state.nextSeq += 1
             var drop: (@Sendable () -> Void)?
             if state.attached, let dropTransport = state.dropTransport, Self.unsentOverBound(state, maxMessages: maxMessages, maxBytes: maxBytes) {
@@ -81,7 +84,10 @@ final class Outbox: Sendable {
             }
             while state.kept.count > maxMessages || state.keptBytes > maxBytes, let oldest = state.kept.popFirst() {
                 state.keptBytes -= oldest.text.utf8.count
-                state.sendCursor = max(state.sendCursor, oldest.seq + 1)
+                if oldest.seq >= state.sendCursor {
+                    state.unsentBytes -= oldest.text.utf8.count
+                    state.sendCursor = oldest.seq + 1
+                }
             }
             return (drop == nil ? .queued : .overflowed, Self.takeWaiter(&state), drop)
         }
@@ -92,21 +98,14 @@ final class Outbox: Sendable {
 
     private static func unsentOverBound(_ state: State, maxMessages: Int, maxBytes: Int) -> Bool {
         guard let first = state.kept.first else { return false }
-        let unsent = state.nextSeq - max(state.sendCursor, first.seq)
-        guard unsent > 0 else { return false }
-        if unsent > maxMessages { return true }
-        var bytes = 0
-        for entry in state.kept.reversed() where entry.seq >= state.sendCursor {
-            bytes += entry.text.utf8.count
-            if bytes > maxBytes { return true }
-        }
-        return false
+        return state.nextSeq - max(state.sendCursor, first.seq) > maxMessages || state.unsentBytes > maxBytes
     }
 
     /// The client has processed everything up to `seq`: those need not be kept.
     func acknowledge(through seq: Int) {
         state.withLock { state in
-            while let first = state.kept.first, first.seq <= seq {
+            // Only what was handed to a transport can have been processed.
+            while let first = state.kept.first, first.seq <= seq, first.seq < state.sendCursor {
                 state.kept.removeFirst()
                 state.keptBytes -= first.text.utf8.count
             }
@@ -133,6 +132,7 @@ final class Outbox: Sendable {
                 resumeFrom = state.sendCursor
             }
             state.sendCursor = resumeFrom
+            state.unsentBytes = state.kept.reduce(0) { $1.seq >= resumeFrom ? $0 + $1.text.utf8.count : $0 }
             state.generation += 1
             state.attached = true
             state.dropTransport = dropTransport
@@ -175,6 +175,7 @@ final class Outbox: Sendable {
             state.ended = true
             state.kept.removeAll()
             state.keptBytes = 0
+            state.unsentBytes = 0
         }
     }
 
@@ -221,6 +222,7 @@ final class Outbox: Sendable {
         guard hasUnsent(state), let first = state.kept.first else { return nil }
         let frames = state.kept[max(0, state.sendCursor - first.seq)...].map(\.text)
         state.sendCursor = state.nextSeq
+        state.unsentBytes = 0
         return .send(Array(frames))
     }
 

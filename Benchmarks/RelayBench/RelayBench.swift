@@ -94,9 +94,11 @@ struct TURNBench: AsyncParsableCommand {
                 "RELAY_JWT_SECRET": "bench-jwt-secret-bench-jwt-secret-00",
                 "RELAY_DEVICE_MASTER_KEY": "bench-master-key-bench-master-key-0",
                 "RELAY_PORT": "0",
-                // The bystander pings faster than a link's default message budget.
+                // The bystander pings faster than a link's default message budget, and every
+                // client connects from 127.0.0.1.
                 "RELAY_RATE_BURST": "1000",
                 "RELAY_RATE_PER_S": "1000",
+                "RELAY_CONNECT_BURST": "1000",
                 "RELAY_TURN_PROVIDER": "cloudflare",
                 "CLOUDFLARE_TURN_KEY_ID": fake.keyID,
                 "CLOUDFLARE_TURN_API_TOKEN": fake.apiToken,

@@ -31,13 +31,17 @@ struct Soak: AsyncParsableCommand {
                     let device = try await connector.device("soak-robot-\(index)")
                     let app = try await connector.app("soak-user-\(index)", devices: ["soak-robot-\(index)"])
                     try app.send(["type": "webrtc_request", "device_id": "soak-robot-\(index)"])
-                    let credentials = try await app.next("webrtc_credentials")
-                    let sessionID = credentials["session_id"] as! String
-                    let request = try await device.next("webrtc_request")
-                    let appSide = Side(name: "app", socket: app, lastSeq: credentials["seq"] as! Int) { resume in
+                    let sessionID = try await app.next("webrtc_credentials")["session_id"] as! String
+                    _ = try await device.next("webrtc_request")
+                    // Negotiate, so the set-up timeout does not end the call.
+                    try device.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "v=0 offer"])
+                    let offer = try await app.next("webrtc_offer")
+                    try app.send(["type": "webrtc_answer", "session_id": sessionID, "sdp": "v=0 answer"])
+                    let answer = try await device.next("webrtc_answer")
+                    let appSide = Side(name: "app", socket: app, lastSeq: offer["seq"] as! Int) { resume in
                         try await connector.app("soak-user-\(index)", devices: ["soak-robot-\(index)"], resume: resume)
                     }
-                    let deviceSide = Side(name: "device", socket: device, lastSeq: request["seq"] as! Int) { resume in
+                    let deviceSide = Side(name: "device", socket: device, lastSeq: answer["seq"] as! Int) { resume in
                         try await connector.device("soak-robot-\(index)", resume: resume)
                     }
                     async let appReading: Void = appSide.readLoop(tally: tally)
@@ -63,8 +67,11 @@ struct Soak: AsyncParsableCommand {
         print("  messages lost:      \(totals.sent - totals.delivered)")
         print("  messages duplicated: \(totals.duplicated)")
         print("  out of order:       \(totals.outOfOrder)")
+        print("  errors / sessions closed: \(totals.errors) / \(totals.closes)")
         print("  relay memory (RSS): \(startRSS / 1024) MiB at start, \(endRSS / 1024) MiB at end")
-        if totals.sent != totals.delivered || totals.duplicated != 0 || totals.outOfOrder != 0 { throw ExitCode(1) }
+        if totals.sent != totals.delivered || totals.duplicated != 0 || totals.outOfOrder != 0 || totals.errors != 0 || totals.closes != 0 {
+            throw ExitCode(1)
+        }
     }
 }
 
@@ -77,6 +84,9 @@ final class Tally: Sendable {
         var outOfOrder = 0
         var cycles = 0
         var freshLinks = 0
+        /// `error` and `webrtc_close` messages: none should come.
+        var errors = 0
+        var closes = 0
     }
 
     private let totals_ = Mutex(Totals())
@@ -168,6 +178,11 @@ final class Side: Sendable {
                 return (state.socket, seq % 20 == 0 ? seq : nil)
             }
             if let ack { try? socket.send(["type": "ack", "seq": ack]) }
+        }
+        switch message["type"] as? String {
+        case "error": tally.add { $0.errors += 1 }
+        case "webrtc_close": tally.add { $0.closes += 1 }
+        default: break
         }
         guard message["type"] as? String == "webrtc_ice",
             let candidate = (message["candidate"] as? JSONObject)?["candidate"] as? String,

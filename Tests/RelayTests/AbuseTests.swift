@@ -63,7 +63,7 @@ import Testing
     }
 
     @Test func unansweredSessionClosesWithSetupTimeout() async throws {
-        try await TestRelay.run(["RELAY_SETUP_TIMEOUT_S": "1"]) { relay in
+        try await TestRelay.run(["RELAY_SETUP_TIMEOUT_S": "2"]) { relay in
             let device = try await relay.device()
             let app = try await relay.app()
             let (credentials, _) = try await relay.openSession(app: app, device: device)

@@ -6,7 +6,7 @@ import Testing
 /// What the other party sees when a link ends or is replaced.
 @Suite(.timeLimit(.minutes(1))) struct LinkLifecycleTests {
     @Test func deviceThatDoesNotComeBackEndsItsSessionsAfterTheGrace() async throws {
-        try await TestRelay.run(["RELAY_RESUME_GRACE_S": "1"]) { relay in
+        try await TestRelay.run(["RELAY_RESUME_GRACE_S": "2"]) { relay in
             let device = try await relay.device()
             let app = try await relay.app()
             let (credentials, _) = try await relay.openSession(app: app, device: device)

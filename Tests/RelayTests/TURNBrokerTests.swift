@@ -13,7 +13,8 @@ import Testing
             "CLOUDFLARE_TURN_KEY_ID": "test-key-id",
             "CLOUDFLARE_TURN_API_TOKEN": "test-api-token",
             "CLOUDFLARE_TURN_API_BASE": base,
-            "CLOUDFLARE_TURN_TIMEOUT_MS": "400",
+            // Long enough that a slow test machine never times out by accident.
+            "CLOUDFLARE_TURN_TIMEOUT_MS": "3000",
         ]
         environment.merge(extra) { _, new in new }
         return environment
@@ -139,7 +140,7 @@ import Testing
         let fake = FakeCloudflareTURN()
         fake.script(.slow(.seconds(2)), .slow(.seconds(2)))
         try await fake.run { base in
-            try await TestRelay.run(Self.environment(base)) { relay in
+            try await TestRelay.run(Self.environment(base, ["CLOUDFLARE_TURN_TIMEOUT_MS": "400"])) { relay in
                 let minted = try await relay.mintCredentials(token: relay.appToken())
                 #expect(minted.status == .gatewayTimeout)
                 #expect(minted.json["detail"] as? String == "Cloudflare API timed out")

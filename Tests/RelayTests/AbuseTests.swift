@@ -66,10 +66,10 @@ import Testing
         try await TestRelay.run(["RELAY_SETUP_TIMEOUT_S": "2"]) { relay in
             let device = try await relay.device()
             let app = try await relay.app()
-            let (credentials, _) = try await relay.openSession(app: app, device: device)
             let answered = try await relay.openSession(app: app, device: device).credentials["session_id"] as! String
             try app.send(["type": "webrtc_answer", "session_id": answered, "sdp": "v=0"])
             _ = try await device.next("webrtc_answer")
+            let (credentials, _) = try await relay.openSession(app: app, device: device)
             for socket in [app, device] {
                 let close = try await socket.next("webrtc_close")
                 #expect(close["session_id"] as? String == credentials["session_id"] as? String)

@@ -70,8 +70,7 @@ public final class Link: Sendable {
     }
 
     /// Queues a message for the client; never waits. Kept while the link is detached.
-    @discardableResult
-    func send(_ message: OutboundMessage) -> Outbox.Offer {
+    func send(_ message: OutboundMessage) {
         outbox.offer(message)
     }
 
@@ -161,37 +160,4 @@ public final class Link: Sendable {
 
     var sessions: [Session] { state.withLock { Array($0.sessions.values) } }
 
-    var sessionCount: Int { state.withLock { $0.sessions.count } }
-}
-
-/// A token bucket: `burst` at once, refilled at `perSecond`; counts refusals in a row.
-struct TokenBucket: Sendable {
-    let burst: Double
-    let perSecond: Double
-    var tokens: Double
-    var updatedAt: ContinuousClock.Instant?
-    /// Messages refused since the last one let through.
-    var refusedInARow = 0
-
-    init(burst: Int, perSecond: Double) {
-        self.burst = Double(burst)
-        self.perSecond = perSecond
-        self.tokens = Double(burst)
-    }
-
-    mutating func take(now: ContinuousClock.Instant) -> Bool {
-        if let updatedAt {
-            let elapsed = now - updatedAt
-            let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            tokens = min(burst, tokens + seconds * perSecond)
-        }
-        updatedAt = now
-        guard tokens >= 1 else {
-            refusedInARow += 1
-            return false
-        }
-        tokens -= 1
-        refusedInARow = 0
-        return true
-    }
 }

@@ -47,8 +47,7 @@ struct LinkConnection {
                         for frame in frames { try await outbound.write(.text(frame)) }
                     case .close(let code, let reason):
                         try await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason)
-                        // The client answers the close; the reader then ends.
-                        try await Task.sleep(for: .seconds(3600))
+                        try await awaitCloseReply()
                     }
                 }
                 // A newer transport took the link over: this socket is done.
@@ -71,6 +70,15 @@ struct LinkConnection {
         }
     }
 
+    /// After a close frame, the client's reply ends the reader (and this task with the group).
+    /// A client that never replies is cut off after `closeReplyTimeout`: returning ends the
+    /// group, and the socket closes.
+    private func awaitCloseReply() async throws {
+        try await Task.sleep(for: Self.closeReplyTimeout)
+    }
+
+    static let closeReplyTimeout = Duration.seconds(10)
+
     /// Contract §1.1: without a fresh token (`auth`) by `exp` + leeway, close with 4001.
     private func closeAtTokenExpiry(_ link: Link) async throws {
         while let identity = link.appIdentity {
@@ -78,7 +86,7 @@ struct LinkConnection {
             let remaining = deadline.timeIntervalSinceNow
             if remaining <= 0 {
                 link.outbox.close(code: RelayCloseCode.tokenExpired, reason: "Token expired")
-                try await Task.sleep(for: .seconds(3600))
+                try await awaitCloseReply()
                 return
             }
             // An `auth` may move `exp` while this sleeps; the loop reads it again.

@@ -20,14 +20,6 @@ final class Outbox: Sendable {
         case close(code: UInt16, reason: String)
     }
 
-    enum Offer: Sendable, Equatable {
-        case queued
-        /// The outbox is closed (the link ended); the message was discarded.
-        case closed
-        /// The live transport's reader is too slow: the transport was dropped.
-        case overflowed
-    }
-
     private struct CloseRequest {
         var code: UInt16
         var reason: String
@@ -66,11 +58,11 @@ final class Outbox: Sendable {
         self.maxBytes = maxBytes
     }
 
-    /// Numbers `message` with the link's next `seq` and keeps it until acked.
-    @discardableResult
-    func offer(_ message: OutboundMessage) -> Offer {
-        let (result, wake, drop): (Offer, (CheckedContinuation<Event?, Never>, Event?)?, (@Sendable () -> Void)?) = state.withLock { state in
-            guard !state.ended else { return (.closed, nil, nil) }
+    /// Numbers `message` with the link's next `seq` and keeps it until acked. Discarded once
+    /// the link ended; past the unsent bound the live transport is dropped.
+    func offer(_ message: OutboundMessage) {
+        let (wake, drop): ((CheckedContinuation<Event?, Never>, Event?)?, (@Sendable () -> Void)?) = state.withLock { state in
+            guard !state.ended else { return (nil, nil) }
             let text = message.text(seq: state.nextSeq)
             state.kept.append(Entry(seq: state.nextSeq, text: text))
             state.keptBytes += text.utf8.count
@@ -89,11 +81,10 @@ final class Outbox: Sendable {
                     state.sendCursor = oldest.seq + 1
                 }
             }
-            return (drop == nil ? .queued : .overflowed, Self.takeWaiter(&state), drop)
+            return (Self.takeWaiter(&state), drop)
         }
         if let (continuation, event) = wake { continuation.resume(returning: event) }
         drop?()
-        return result
     }
 
     private static func unsentOverBound(_ state: State, maxMessages: Int, maxBytes: Int) -> Bool {
@@ -180,9 +171,6 @@ final class Outbox: Sendable {
     }
 
     var isEnded: Bool { state.withLock { $0.ended } }
-
-    /// Kept (unacked) messages and their bytes, for tests and health.
-    var keptCount: (messages: Int, bytes: Int) { state.withLock { ($0.kept.count, $0.keptBytes) } }
 
     /// The next thing for the writer of `generation` to do; nil once its transport is replaced,
     /// after its close was delivered, or on cancellation.

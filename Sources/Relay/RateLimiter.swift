@@ -1,9 +1,9 @@
-import Foundation
 import Synchronization
 
-/// Token buckets keyed by a string (a user id): `capacity` calls at once, refilled at
-/// `perSecond`. Memory is bounded: past `maxKeys` buckets, those that have refilled completely
-/// (they hold no information) are forgotten, and if all are busy the oldest-touched go.
+/// Token buckets keyed by a string (a user id, a client IP): `capacity` calls at once, refilled
+/// at `perSecond`. Memory is bounded: past `maxKeys` buckets, those that have refilled
+/// completely (they hold no information) are forgotten, and if all are busy the
+/// least recently used go.
 final class RateLimiter: Sendable {
     enum Decision: Equatable {
         case allowed
@@ -11,43 +11,31 @@ final class RateLimiter: Sendable {
         case denied(retryAfterSeconds: Int)
     }
 
-    private struct Bucket {
-        var tokens: Double
-        var updatedAt: Double
-    }
-
-    private let buckets = Mutex<[String: Bucket]>([:])
-    let capacity: Double
+    private let buckets = Mutex<[String: TokenBucket]>([:])
+    let capacity: Int
     let perSecond: Double
     let maxKeys: Int
 
     init(capacity: Int, perSecond: Double, maxKeys: Int = 100_000) {
-        self.capacity = Double(capacity)
+        self.capacity = capacity
         self.perSecond = perSecond
         self.maxKeys = maxKeys
     }
 
-    func take(_ key: String, now: Double = Date().timeIntervalSince1970) -> Decision {
+    func take(_ key: String, now: ContinuousClock.Instant = .now) -> Decision {
         buckets.withLock { buckets in
-            var bucket = buckets[key] ?? Bucket(tokens: capacity, updatedAt: now)
-            bucket.tokens = min(capacity, bucket.tokens + max(0, now - bucket.updatedAt) * perSecond)
-            bucket.updatedAt = now
-            defer {
-                buckets[key] = bucket
-                if buckets.count > maxKeys { prune(&buckets, now: now) }
-            }
-            guard bucket.tokens >= 1 else {
-                return .denied(retryAfterSeconds: max(1, Int(((1 - bucket.tokens) / perSecond).rounded(.up))))
-            }
-            bucket.tokens -= 1
-            return .allowed
+            var bucket = buckets[key] ?? TokenBucket(burst: capacity, perSecond: perSecond)
+            let allowed = bucket.take(now: now)
+            buckets[key] = bucket
+            if buckets.count > maxKeys { prune(&buckets, now: now) }
+            return allowed ? .allowed : .denied(retryAfterSeconds: bucket.secondsUntilNextToken)
         }
     }
 
-    private func prune(_ buckets: inout [String: Bucket], now: Double) {
-        buckets = buckets.filter { $0.value.tokens + (now - $0.value.updatedAt) * perSecond < capacity }
+    private func prune(_ buckets: inout [String: TokenBucket], now: ContinuousClock.Instant) {
+        buckets = buckets.filter { !$0.value.isFull(at: now) }
         if buckets.count > maxKeys {
-            let keep = buckets.sorted { $0.value.updatedAt > $1.value.updatedAt }.prefix(maxKeys / 2)
+            let keep = buckets.sorted { ($0.value.updatedAt ?? now) > ($1.value.updatedAt ?? now) }.prefix(maxKeys / 2)
             buckets = Dictionary(uniqueKeysWithValues: keep.map { ($0.key, $0.value) })
         }
     }

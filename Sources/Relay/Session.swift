@@ -13,11 +13,8 @@ public final class Session: Sendable {
     }
 
     public let id: String
-    public let userID: String
-    public let deviceID: String
     let app: Link
     let device: Link
-    let createdAt: Date
 
     private struct State {
         var phase = Phase.reserved
@@ -33,11 +30,8 @@ public final class Session: Sendable {
 
     init(app: Link, device: Link) {
         self.id = UUID().uuidString.lowercased()
-        self.userID = app.principal
-        self.deviceID = device.principal
         self.app = app
         self.device = device
-        self.createdAt = Date()
     }
 
     var currentPhase: Phase { state.withLock { $0.phase } }

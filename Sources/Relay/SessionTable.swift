@@ -19,8 +19,6 @@ protocol SessionTable: Sendable {
     func links(of party: Party, principal: String) -> [Link]
     /// Every link (for shutdown).
     var allLinks: [Link] { get }
-    /// The live link of a device.
-    func deviceLink(_ deviceID: String) -> Link?
     /// Reserves a session between `app` and the live link of `deviceID`, within the limits.
     func reserveSession(app: Link, deviceID: String, maxPerDevice: Int, maxPerApp: Int) -> Result<Session, SessionRefusal>
     /// Removes a session from the table and from both parties.
@@ -73,10 +71,6 @@ final class LocalSessionTable: SessionTable {
 
     var allLinks: [Link] {
         appLinks.values.flatMap { $0 } + devices.values
-    }
-
-    func deviceLink(_ deviceID: String) -> Link? {
-        devices[deviceID]
     }
 
     func reserveSession(app: Link, deviceID: String, maxPerDevice: Int, maxPerApp: Int) -> Result<Session, SessionRefusal> {

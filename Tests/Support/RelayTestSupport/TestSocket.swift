@@ -134,13 +134,6 @@ public final class TestSocket: Sendable {
         try await connection.value?.closeCode.code
     }
 
-    /// Whatever was received and not yet read, until the socket ends.
-    public func drain() async -> [String] {
-        var rest: [String] = []
-        while let text = await inbox.next() { rest.append(text) }
-        return rest
-    }
-
     public static func decode(_ text: String) throws -> JSONObject {
         guard let object = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? JSONObject else {
             throw NotAnObject(text: text)

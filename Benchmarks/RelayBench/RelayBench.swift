@@ -77,7 +77,13 @@ struct TURNBench: AsyncParsableCommand {
             print(Self.row("raw libcurl POST", raw))
             print(Self.row("CloudflareProvider.mint", broker))
             let overhead = Self.median(broker) - Self.median(raw)
-            print(String(format: "  broker overhead per mint: %.0f µs (median), %.2fx the raw round trip", overhead, Self.median(broker) / Self.median(raw)))
+            print(
+                String(
+                    format: "  broker overhead per mint: %.0f µs (median), %.2fx the raw round trip",
+                    overhead,
+                    Self.median(broker) / Self.median(raw)
+                )
+            )
         }
     }
 
@@ -104,7 +110,9 @@ struct TURNBench: AsyncParsableCommand {
                 "CLOUDFLARE_TURN_API_TOKEN": fake.apiToken,
                 "CLOUDFLARE_TURN_API_BASE": base,
             ]
-            let configuration = try RelayConfiguration(reader: ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: environment)))
+            let configuration = try RelayConfiguration(
+                reader: ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: environment))
+            )
             var logger = Logger(label: "relay")
             logger.logLevel = .error
             let app = buildApplication(configuration: configuration, logger: logger)
@@ -214,7 +222,12 @@ struct Connector {
 
     func device(_ deviceID: String, resume: String = "") async throws -> TestSocket {
         let secret = DeviceSignature.derivedSecret(deviceID: deviceID, masterKey: environment["RELAY_DEVICE_MASTER_KEY"]!)
-        let signature = DeviceSignature.sign(deviceID: deviceID, timestamp: Int(Date().timeIntervalSince1970), nonce: DeviceSignature.makeNonce(), secret: secret)
+        let signature = DeviceSignature.sign(
+            deviceID: deviceID,
+            timestamp: Int(Date().timeIntervalSince1970),
+            nonce: DeviceSignature.makeNonce(),
+            secret: secret
+        )
         return try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/device?\(signature.query)\(resume)")
     }
 }

@@ -23,7 +23,9 @@ struct Soak: AsyncParsableCommand {
         let deadline = ContinuousClock.now + .seconds(seconds)
         let tally = Tally()
         let rate = rate
-        print("soak: \(pairs) pairs for \(seconds) s, \(rate) messages/s each way, relay pid \(relay.process.processIdentifier) on port \(relay.port)")
+        print(
+            "soak: \(pairs) pairs for \(seconds) s, \(rate) messages/s each way, relay pid \(relay.process.processIdentifier) on port \(relay.port)"
+        )
 
         try await withThrowingTaskGroup(of: Void.self) { group in
             for index in 0..<pairs {
@@ -141,7 +143,10 @@ final class Side: Sendable {
                     defer { state.sentCount += 1 }
                     return state.sentCount
                 }
-                try socket.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "candidate:\(number)", "sdpMid": "0", "sdpMLineIndex": 0]])
+                try socket.send([
+                    "type": "webrtc_ice", "session_id": sessionID,
+                    "candidate": ["candidate": "candidate:\(number)", "sdpMid": "0", "sdpMLineIndex": 0],
+                ])
                 tally.add { $0.sent += 1 }
                 try await Task.sleep(for: .milliseconds(1000 / rate))
             }

@@ -106,7 +106,9 @@ public func buildRelay(
     let gate = UpgradeGate { request, remoteIP, logger in
         if case .denied(let retryAfter) = connectionAttempts.take(remoteIP ?? "unknown") {
             logger.info("Too many connection attempts", metadata: ["client.ip": "\(remoteIP ?? "unknown")"])
-            return .refuse(RelayHTTPError(.tooManyRequests, "Too many connection attempts; retry in \(retryAfter) s", headers: [.retryAfter: String(retryAfter)]))
+            return .refuse(
+                RelayHTTPError(.tooManyRequests, "Too many connection attempts; retry in \(retryAfter) s", headers: [.retryAfter: String(retryAfter)])
+            )
         }
         let identity: ClientIdentity
         let resume: LinkConnection.Resume?
@@ -134,11 +136,14 @@ public func buildRelay(
             body: .init(byteBuffer: ByteBuffer(string: "{\"status\":\"ok\",\"links\":\(counts.links),\"sessions\":\(counts.sessions)}"))
         )
     }
-    router.post("/api/turn/credentials", use: TURNCredentialsRoute(
-        authenticator: authenticator,
-        turn: turn,
-        limiter: RateLimiter(capacity: configuration.turnRatePerMinute, perSecond: Double(configuration.turnRatePerMinute) / 60)
-    ).respond)
+    router.post(
+        "/api/turn/credentials",
+        use: TURNCredentialsRoute(
+            authenticator: authenticator,
+            turn: turn,
+            limiter: RateLimiter(capacity: configuration.turnRatePerMinute, perSecond: Double(configuration.turnRatePerMinute) / 60)
+        ).respond
+    )
     // A plain GET on a WebSocket path (no upgrade asked for) gets 426 rather than a 404.
     for path in ["/ws/app", "/ws/device"] {
         router.get(RouterPath(path)) { _, _ -> Response in

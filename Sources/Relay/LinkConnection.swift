@@ -23,7 +23,13 @@ struct LinkConnection {
         var lastSeq: Int
     }
 
-    func run(identity: ClientIdentity, resume: Resume?, inbound: WebSocketInboundStream, outbound: WebSocketOutboundWriter, context: SocketContext) async throws {
+    func run(
+        identity: ClientIdentity,
+        resume: Resume?,
+        inbound: WebSocketInboundStream,
+        outbound: WebSocketOutboundWriter,
+        context: SocketContext
+    ) async throws {
         let admission = switchboard.admit(identity, resume: resume.map { ($0.token, $0.lastSeq) }, dropTransport: context.drop)
         let link = admission.link
         let hello = OutboundMessage(

@@ -1,8 +1,8 @@
 import Configuration
 import DeviceAuth
 import Foundation
-import OpenSSLCrypto
 import Logging
+import OpenSSLCrypto
 import TURNBroker
 
 /// Everything `relay serve` reads, from the environment, a `.env` file and flags.
@@ -225,7 +225,8 @@ public struct RelayConfiguration: Sendable {
 
     /// Plain http is allowed only towards this machine (a local stand-in for the TURN API).
     static func isLoopbackHTTP(_ url: String) -> Bool {
-        url.hasPrefix("http://127.0.0.1:") || url.hasPrefix("http://127.0.0.1/") || url.hasPrefix("http://localhost:") || url.hasPrefix("http://localhost/")
+        url.hasPrefix("http://127.0.0.1:") || url.hasPrefix("http://127.0.0.1/") || url.hasPrefix("http://localhost:")
+            || url.hasPrefix("http://localhost/")
     }
 
     /// Reads raw strings and turns each bad value into one line naming the variable.

@@ -387,7 +387,10 @@ final class Switchboard: Sendable {
                     do throws(TURNError) {
                         fresh = try await turn.mint(ttl: ttl, identifier: session.id)
                     } catch {
-                        logger.warning("Refreshing ICE servers failed; retrying", metadata: ["session.id": "\(session.id)", "error": "\(error.detail)"])
+                        logger.warning(
+                            "Refreshing ICE servers failed; retrying",
+                            metadata: ["session.id": "\(session.id)", "error": "\(error.detail)"]
+                        )
                         wait = min(delay, .seconds(30))
                         continue
                     }

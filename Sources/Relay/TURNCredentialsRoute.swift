@@ -13,7 +13,11 @@ struct TURNCredentialsRoute: Sendable {
     @Sendable func respond(_ request: Request, context: RelayRequestContext) async throws -> Response {
         let identity = try authenticator.app(request, logger: context.logger)
         if case .denied(let retryAfter) = limiter.take(identity.userID) {
-            throw RelayHTTPError(.tooManyRequests, "Too many TURN credential requests; retry in \(retryAfter) s", headers: [.retryAfter: String(retryAfter)])
+            throw RelayHTTPError(
+                .tooManyRequests,
+                "Too many TURN credential requests; retry in \(retryAfter) s",
+                headers: [.retryAfter: String(retryAfter)]
+            )
         }
         let ttl = try await Self.ttl(in: request)
         let document: CredentialDocument

@@ -63,7 +63,10 @@ public struct CloudflareProvider: TURNProvider {
         guard (200..<300).contains(response.status) else {
             mintFailures.increment()
             logger.warning("Cloudflare TURN API refused to mint", metadata: ["http.status": "\(response.status)"])
-            throw TURNError(.upstreamFailed, "Cloudflare API error: HTTP \(response.status)\(Self.errorMessage(in: response.body).map { " (\($0))" } ?? "")")
+            throw TURNError(
+                .upstreamFailed,
+                "Cloudflare API error: HTTP \(response.status)\(Self.errorMessage(in: response.body).map { " (\($0))" } ?? "")"
+            )
         }
         guard let servers = Self.parseICEServers(response.body) else {
             mintFailures.increment()

@@ -97,7 +97,12 @@ private final class EasyHandle: @unchecked Sendable {
         init(limit: Int) { self.limit = limit }
     }
 
-    func perform(url: String, headers: [String], body: [UInt8], configuration: CurlClient.Configuration) -> Result<CurlClient.Response, CurlClient.Failure> {
+    func perform(
+        url: String,
+        headers: [String],
+        body: [UInt8],
+        configuration: CurlClient.Configuration
+    ) -> Result<CurlClient.Response, CurlClient.Failure> {
         // Reset options but keep the connection cache.
         curl_easy_reset(curl)
         var headerList: UnsafeMutablePointer<curl_slist>?

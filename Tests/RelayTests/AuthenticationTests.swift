@@ -1,8 +1,8 @@
 import DeviceAuth
 import Foundation
-import RelayTestSupport
 import HTTPTypes
 import Relay
+import RelayTestSupport
 import Testing
 
 /// Refusals happen before the upgrade, with a status and a `detail` a developer can act on.

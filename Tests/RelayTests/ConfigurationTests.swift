@@ -1,6 +1,6 @@
-import RelayTestSupport
 import Configuration
 import Relay
+import RelayTestSupport
 import Testing
 
 /// Start-up configuration: one clear line per problem, and a loud development mode.
@@ -95,20 +95,30 @@ import Testing
 
     @Test func providerWithoutItsSettingsStopsStartUp() {
         let secret = ["RELAY_JWT_SECRET": String(repeating: "s", count: 32)]
-        #expect(problems(secret.merging(["RELAY_TURN_PROVIDER": "cloudflare"]) { $1 }) == [
-            "RELAY_TURN_PROVIDER=cloudflare needs CLOUDFLARE_TURN_KEY_ID",
-            "RELAY_TURN_PROVIDER=cloudflare needs CLOUDFLARE_TURN_API_TOKEN",
-        ])
-        #expect(problems(secret.merging(["RELAY_TURN_PROVIDER": "coturn"]) { $1 }) == [
-            "RELAY_TURN_PROVIDER=coturn needs TURN_SHARED_SECRET (coturn's static-auth-secret)",
-            "RELAY_TURN_PROVIDER=coturn needs TURN_URIS (comma separated turn: or turns: URIs)",
-        ])
-        #expect(problems(secret.merging(["RELAY_TURN_PROVIDER": "coturn", "TURN_SHARED_SECRET": "x", "TURN_URIS": "stun:a:3478"]) { $1 }) == [
-            "TURN_URIS: 'stun:a:3478' is not a turn: or turns: URI"
-        ])
-        #expect(problems(secret.merging([
-            "RELAY_TURN_PROVIDER": "cloudflare", "CLOUDFLARE_TURN_KEY_ID": "k", "CLOUDFLARE_TURN_API_TOKEN": "t",
-            "CLOUDFLARE_TURN_API_BASE": "http://turn.example.com/v1",
-        ]) { $1 }) == ["CLOUDFLARE_TURN_API_BASE must be an https:// URL (plain http only on 127.0.0.1 or localhost)"])
+        #expect(
+            problems(secret.merging(["RELAY_TURN_PROVIDER": "cloudflare"]) { $1 }) == [
+                "RELAY_TURN_PROVIDER=cloudflare needs CLOUDFLARE_TURN_KEY_ID",
+                "RELAY_TURN_PROVIDER=cloudflare needs CLOUDFLARE_TURN_API_TOKEN",
+            ]
+        )
+        #expect(
+            problems(secret.merging(["RELAY_TURN_PROVIDER": "coturn"]) { $1 }) == [
+                "RELAY_TURN_PROVIDER=coturn needs TURN_SHARED_SECRET (coturn's static-auth-secret)",
+                "RELAY_TURN_PROVIDER=coturn needs TURN_URIS (comma separated turn: or turns: URIs)",
+            ]
+        )
+        #expect(
+            problems(secret.merging(["RELAY_TURN_PROVIDER": "coturn", "TURN_SHARED_SECRET": "x", "TURN_URIS": "stun:a:3478"]) { $1 }) == [
+                "TURN_URIS: 'stun:a:3478' is not a turn: or turns: URI"
+            ]
+        )
+        #expect(
+            problems(
+                secret.merging([
+                    "RELAY_TURN_PROVIDER": "cloudflare", "CLOUDFLARE_TURN_KEY_ID": "k", "CLOUDFLARE_TURN_API_TOKEN": "t",
+                    "CLOUDFLARE_TURN_API_BASE": "http://turn.example.com/v1",
+                ]) { $1 }
+            ) == ["CLOUDFLARE_TURN_API_BASE must be an https:// URL (plain http only on 127.0.0.1 or localhost)"]
+        )
     }
 }

@@ -1,9 +1,9 @@
 import Foundation
-import RelayTestSupport
 import HTTPTypes
 import OpenSSLCrypto
-import Testing
+import RelayTestSupport
 import TURNBroker
+import Testing
 
 /// The coturn provider's credentials against a real coturn (`use-auth-secret`) on loopback.
 @Suite(.timeLimit(.minutes(1))) struct CoturnTests {
@@ -113,7 +113,10 @@ struct Coturn {
         let client = Process()
         // `timeout` bounds a client that would keep retrying.
         client.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
-        client.arguments = ["-s", "KILL", "15", "/usr/bin/turnutils_uclient", "-y", "-n", "1", "-c", "-u", username, "-w", credential, "-p", String(port), "127.0.0.1"]
+        client.arguments = [
+            "-s", "KILL", "15", "/usr/bin/turnutils_uclient", "-y", "-n", "1", "-c", "-u", username, "-w", credential, "-p", String(port),
+            "127.0.0.1",
+        ]
         let output = Pipe()
         client.standardOutput = output
         client.standardError = output

@@ -13,7 +13,9 @@ import Testing
     /// The app sends these while the device is away; the device must get all, in order, once.
     static func sendNegotiation(from app: TestSocket, sessionID: String, count: Int) throws {
         for index in 0..<count {
-            try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "candidate:\(index)", "sdpMid": "0", "sdpMLineIndex": 0]])
+            try app.send([
+                "type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "candidate:\(index)", "sdpMid": "0", "sdpMLineIndex": 0],
+            ])
         }
         try app.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "v=0 ice-restart"])
     }
@@ -45,7 +47,9 @@ import Testing
             try Self.sendNegotiation(from: app, sessionID: sessionID, count: 12)
             try await app.expectNothingPending()
 
-            let resumed = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery())&\(Self.resume(device.hello, lastSeq: lastSeq))")
+            let resumed = try await TestSocket.connect(
+                "ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery())&\(Self.resume(device.hello, lastSeq: lastSeq))"
+            )
             #expect(resumed.hello["resumed"] as? Bool == true)
             #expect(resumed.hello["link_id"] as? String == device.hello["link_id"] as? String)
             try await Self.expectMissedMessages(on: resumed, after: lastSeq, count: 12)
@@ -67,13 +71,18 @@ import Testing
             let sessionID = credentials["session_id"] as! String
             let lastSeq = request["seq"] as! Int
             // The robot's network changes: a new transport takes the link over, then dies with a reset.
-            try await AbruptClient.connectThenReset(port: relay.port, pathAndQuery: "/ws/device?\(relay.deviceQuery())&\(Self.resume(device.hello, lastSeq: lastSeq))")
+            try await AbruptClient.connectThenReset(
+                port: relay.port,
+                pathAndQuery: "/ws/device?\(relay.deviceQuery())&\(Self.resume(device.hello, lastSeq: lastSeq))"
+            )
             _ = try await device.closeCode()
             #expect(try await app.next("peer_status")["status"] as? String == "reconnecting")
 
             try Self.sendNegotiation(from: app, sessionID: sessionID, count: 8)
             try await app.expectNothingPending()
-            let resumed = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery())&\(Self.resume(device.hello, lastSeq: lastSeq))")
+            let resumed = try await TestSocket.connect(
+                "ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery())&\(Self.resume(device.hello, lastSeq: lastSeq))"
+            )
             #expect(resumed.hello["resumed"] as? Bool == true)
             try await Self.expectMissedMessages(on: resumed, after: lastSeq, count: 8)
             #expect(try await app.next("peer_status")["status"] as? String == "connected")
@@ -110,7 +119,9 @@ import Testing
             #expect(wrong.hello["resumed"] as? Bool == false)
             #expect(wrong.hello["link_id"] as? String != app.hello["link_id"] as? String)
             // Another user cannot take the link over even with its token.
-            let other = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/app?token=\(relay.appToken("mallory"))&\(Self.resume(app.hello, lastSeq: 0))")
+            let other = try await TestSocket.connect(
+                "ws://127.0.0.1:\(relay.port)/ws/app?token=\(relay.appToken("mallory"))&\(Self.resume(app.hello, lastSeq: 0))"
+            )
             #expect(other.hello["resumed"] as? Bool == false)
         }
     }
@@ -152,7 +163,9 @@ import Testing
             _ = try await device.closeCode()
             _ = try await app.next("peer_status")
             #expect(try await app.next("webrtc_close")["reason"] as? String == "peer_disconnected")
-            let late = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery())&\(Self.resume(device.hello, lastSeq: 1))")
+            let late = try await TestSocket.connect(
+                "ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery())&\(Self.resume(device.hello, lastSeq: 1))"
+            )
             #expect(late.hello["resumed"] as? Bool == false)
         }
     }
@@ -166,7 +179,9 @@ import Testing
             for _ in 0..<2 { try await app.expectNothingPending() }
             app.close()
             _ = try await app.closeCode()
-            let resumed = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/app?token=\(relay.appToken())&\(Self.resume(app.hello, lastSeq: 3))")
+            let resumed = try await TestSocket.connect(
+                "ws://127.0.0.1:\(relay.port)/ws/app?token=\(relay.appToken())&\(Self.resume(app.hello, lastSeq: 3))"
+            )
             #expect(resumed.hello["resumed"] as? Bool == true)
             // seq 4 and 5 were received already but not acked: replayed.
             #expect(try await resumed.next("pong")["seq"] as? Int == 4)

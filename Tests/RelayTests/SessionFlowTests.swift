@@ -1,6 +1,6 @@
 import Foundation
-import RelayTestSupport
 import Relay
+import RelayTestSupport
 import Testing
 
 /// An app and a robot meet, set up a call, negotiate and hang up, through the real relay.

@@ -1,7 +1,7 @@
 import DeviceAuth
 import Foundation
-import RelayTestSupport
 import Relay
+import RelayTestSupport
 import Testing
 
 /// Bad input gets a clear error on the link, loses nothing, and leaves the socket open.

@@ -1,7 +1,7 @@
 import Foundation
-import RelayTestSupport
 import HTTPTypes
 import Relay
+import RelayTestSupport
 import TURNBroker
 import Testing
 

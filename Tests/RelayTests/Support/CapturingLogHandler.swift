@@ -1,5 +1,5 @@
-import RelayTestSupport
 import Logging
+import RelayTestSupport
 import Synchronization
 
 /// Keeps every log line (message and metadata) the relay writes, to check what reaches logs.

@@ -1,13 +1,13 @@
 import Configuration
 import DeviceAuth
 import Foundation
-import RelayTestSupport
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import Logging
 import NIOCore
 import Relay
+import RelayTestSupport
 import TURNBroker
 import Testing
 
@@ -94,7 +94,8 @@ struct TestRelay: Sendable {
     }
 
     /// `POST /api/turn/credentials` with `token` (none: no Authorization header) and `body`.
-    func mintCredentials(token: String?, body: String? = nil) async throws -> (status: HTTPResponse.Status, headers: HTTPFields, json: [String: Any]) {
+    func mintCredentials(token: String?, body: String? = nil) async throws -> (status: HTTPResponse.Status, headers: HTTPFields, json: [String: Any])
+    {
         var headers: HTTPFields = [.contentType: "application/json"]
         if let token { headers[.authorization] = "Bearer \(token)" }
         return try await http.execute(

@@ -130,14 +130,32 @@ public final class FakeCloudflareTURN: Sendable {
         guard authorized(recorded, context: context) else { return Self.error(401, "Authentication error") }
         switch nextBehavior() {
         case .created:
-            return Self.created(arrayShape: true, mint: state.withLock { $0.mints += 1; return $0.mints })
+            return Self.created(
+                arrayShape: true,
+                mint: state.withLock {
+                    $0.mints += 1
+                    return $0.mints
+                }
+            )
         case .createdObjectShape:
-            return Self.created(arrayShape: false, mint: state.withLock { $0.mints += 1; return $0.mints })
+            return Self.created(
+                arrayShape: false,
+                mint: state.withLock {
+                    $0.mints += 1
+                    return $0.mints
+                }
+            )
         case .status(let status):
             return Self.error(status, status == 429 ? "Too many requests" : "Upstream said \(status)")
         case .slow(let delay):
             try await Task.sleep(for: delay)
-            return Self.created(arrayShape: true, mint: state.withLock { $0.mints += 1; return $0.mints })
+            return Self.created(
+                arrayShape: true,
+                mint: state.withLock {
+                    $0.mints += 1
+                    return $0.mints
+                }
+            )
         case .drop:
             try await context.channel.close()
             throw FakeError.didNotStart

@@ -99,7 +99,7 @@ public struct DeviceAuthenticator: Sendable {
         do {
             registered = try await directory.device(signature.deviceID)
         } catch {
-            throw AuthFailure(.unavailable, "Device registry unavailable")
+            throw AuthFailure(.unavailable, reason: "registry_unavailable", "Device registry unavailable")
         }
         let record: DeviceRecord
         if let registered {

@@ -4,24 +4,22 @@ import Hummingbird
 import HummingbirdCore
 import HummingbirdWebSocket
 import Logging
+import Registry
 import ServiceLifecycle
 import TURNBroker
 
 /// What the application is built from besides its configuration: the parts tests and other
 /// deployments may swap.
 public struct RelayDependencies: Sendable {
-    public var devices: any DeviceDirectory
     /// Replaces the provider the configuration names.
     public var turn: (any TURNProvider)?
     /// When to refresh a session's ICE servers, given their ttl in seconds (contract: at 80 %).
     public var refreshDelay: @Sendable (Int) -> Duration
 
     public init(
-        devices: any DeviceDirectory = InMemoryDeviceRegistry(),
         turn: (any TURNProvider)? = nil,
         refreshDelay: @escaping @Sendable (Int) -> Duration = { .milliseconds($0 * 800) }
     ) {
-        self.devices = devices
         self.turn = turn
         self.refreshDelay = refreshDelay
     }
@@ -32,8 +30,8 @@ public func buildApplication(
     configuration: RelayConfiguration,
     dependencies: RelayDependencies = .init(),
     logger: Logger = Logger(label: "relay")
-) -> some ApplicationProtocol {
-    buildRelay(configuration: configuration, dependencies: dependencies, logger: logger).application
+) throws(StoreError) -> some ApplicationProtocol {
+    try buildRelay(configuration: configuration, dependencies: dependencies, logger: logger).application
 }
 
 /// Builds the relay: routes, authentication, the switchboard and the server, and the service
@@ -42,16 +40,23 @@ public func buildRelay(
     configuration: RelayConfiguration,
     dependencies: RelayDependencies = .init(),
     logger: Logger = Logger(label: "relay")
-) -> (application: some ApplicationProtocol, shutdown: ShutdownService) {
+) throws(StoreError) -> (application: some ApplicationProtocol, shutdown: ShutdownService) {
     let verifier = AppTokenVerifier(configuration: configuration.tokens)
-    var services: [any Service] = []
-    let turn: any TURNProvider
+    let metrics = RelayMetrics()
+    let store = try RelayStore(path: configuration.databasePath)
+    let left = try store.closeSessionsLeftOpen()
+    if left > 0 {
+        logger.warning("The previous run stopped without closing its sessions; audited them as relay_stopped", metadata: ["sessions": "\(left)"])
+    }
+    let journal = StoreWriter(store: store, interval: .milliseconds(configuration.auditFlushMilliseconds), logger: logger)
+    var services: [any Service] = [journal]
+    let configured: any TURNProvider
     if let provided = dependencies.turn {
-        turn = provided
+        configured = provided
     } else {
         switch configuration.turn {
         case .staticSTUN:
-            turn = StaticProvider(stunURIs: configuration.stunURIs)
+            configured = StaticProvider(stunURIs: configuration.stunURIs)
         case .cloudflare(let settings, let connectTimeout, let timeout):
             var curl = CurlClient.Configuration()
             curl.connectTimeoutMilliseconds = connectTimeout
@@ -59,15 +64,16 @@ public func buildRelay(
             curl.allowPlainHTTP = RelayConfiguration.isLoopbackHTTP(settings.baseURL)
             let client = CurlClient(configuration: curl)
             services.append(CurlClientService(client: client))
-            turn = CloudflareProvider(configuration: settings, client: client, logger: logger)
+            configured = CloudflareProvider(configuration: settings, client: client, logger: logger, metrics: metrics.metricsFactory)
         case .coturn(let secret, let uris):
-            turn = CoturnProvider(sharedSecret: secret, turnURIs: uris, stunURIs: configuration.stunURIs)
+            configured = CoturnProvider(sharedSecret: secret, turnURIs: uris, stunURIs: configuration.stunURIs)
         }
     }
+    let turn = ObservedTURNProvider(configured, factory: metrics.metricsFactory)
     let switchboard = Switchboard(
         table: LocalSessionTable(),
         turn: turn,
-        directory: dependencies.devices,
+        directory: store,
         tokens: verifier,
         limits: .init(
             maxSessionsPerDevice: configuration.maxSessionsPerDevice,
@@ -80,6 +86,8 @@ public func buildRelay(
             resumeGrace: .seconds(configuration.resumeGraceSeconds),
             setupTimeout: .seconds(configuration.setupTimeoutSeconds)
         ),
+        journal: journal,
+        metrics: metrics,
         refreshDelay: dependencies.refreshDelay,
         logger: logger
     )
@@ -97,10 +105,14 @@ public func buildRelay(
     let authenticator = ClientAuthenticator(
         tokens: verifier,
         devices: DeviceAuthenticator(
-            directory: dependencies.devices,
+            directory: store,
             masterKey: configuration.deviceMasterKey,
             windowSeconds: configuration.deviceSignatureWindowSeconds
-        )
+        ),
+        metrics: metrics
+    )
+    services.append(
+        RevocationWatcher(store: store, switchboard: switchboard, interval: .milliseconds(configuration.registryPollMilliseconds), logger: logger)
     )
     // Authentication happens here, before the upgrade, so a refusal is an HTTP answer.
     let gate = UpgradeGate { request, remoteIP, logger in
@@ -130,11 +142,31 @@ public func buildRelay(
     let router = Router(context: RelayRequestContext.self)
     router.get("/healthz") { _, _ in
         let counts = switchboard.table.counts
+        return Response.json(.object(["status": .string("ok"), "links": .int(counts.apps + counts.devices), "sessions": .int(counts.sessions)]))
+    }
+    // Ready while the store answers and takes batches, and the TURN provider mints.
+    router.get("/readyz") { _, _ in
+        var problems: [String] = []
+        do { try await store.check() } catch { problems.append("store: \(error)") }
+        if let failure = journal.failure { problems.append("store: writing failed: \(failure)") }
+        if let failure = await turn.unusableReason() { problems.append("turn (\(turn.name)): \(failure)") }
+        guard problems.isEmpty else {
+            return Response.json(.object(["status": .string("unready"), "problems": .array(problems.map(JSONValue.string))]), status: .serviceUnavailable)
+        }
+        return Response.json(.object(["status": .string("ready")]))
+    }
+    router.get("/metrics") { _, _ in
+        let counts = switchboard.table.counts
+        let text = metrics.render(links: counts.apps, devices: counts.devices, sessions: counts.sessions, droppedEvents: journal.droppedEvents)
         return Response(
             status: .ok,
-            headers: [.contentType: "application/json"],
-            body: .init(byteBuffer: ByteBuffer(string: "{\"status\":\"ok\",\"links\":\(counts.links),\"sessions\":\(counts.sessions)}"))
+            headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(bytes: text))
         )
+    }
+    router.get("/api/devices", use: DevicesRoute(authenticator: authenticator, store: store, switchboard: switchboard).respond)
+    if let adminToken = configuration.adminToken {
+        AdminRoutes(token: adminToken, store: store, switchboard: switchboard).register(on: router)
     }
     router.post(
         "/api/turn/credentials",

@@ -9,12 +9,14 @@ import Logging
 struct ClientAuthenticator: Sendable {
     let tokens: AppTokenVerifier
     let devices: DeviceAuthenticator
+    let metrics: RelayMetrics
 
     func app(_ request: Request, logger: Logger) throws(RelayHTTPError) -> AppIdentity {
         do throws(AuthFailure) {
             guard let token = Self.bearerToken(in: request) else { throw AuthFailure.missingToken }
             return try tokens.verify(token, now: Date().timeIntervalSince1970)
         } catch {
+            metrics.authFailed(error.reason)
             logger.info("App refused", metadata: ["auth.reason": "\(error.detail)"])
             throw RelayHTTPError(error)
         }
@@ -27,18 +29,20 @@ struct ClientAuthenticator: Sendable {
             return try await devices.authenticate(signature, now: Int(Date().timeIntervalSince1970))
         } catch {
             let deviceID = query.get("device_id").flatMap { DeviceSignature.isValidDeviceID($0) ? $0 : nil } ?? "-"
+            metrics.authFailed(error.reason)
             logger.info("Device refused", metadata: ["auth.reason": "\(error.detail)", "device.id": "\(deviceID)"])
             throw RelayHTTPError(error)
         }
     }
 
-    static func bearerToken(in request: Request) -> String? {
+    /// The `Authorization: Bearer` token, else (for browsers) the `token` query parameter.
+    static func bearerToken(in request: Request, queryParameter: Bool = true) -> String? {
         if let header = request.headers[.authorization] {
             let parts = header.split(separator: " ", maxSplits: 1)
             guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
             return parts[1].trimmingCharacters(in: .whitespaces)
         }
-        return request.uri.queryParameters.get("token")
+        return queryParameter ? request.uri.queryParameters.get("token") : nil
     }
 }
 

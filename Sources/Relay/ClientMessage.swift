@@ -14,6 +14,21 @@ enum ClientMessage: Sendable {
     case auth(token: String)
     case watch(deviceIDs: [String])
     case deviceInfo(capabilities: JSONValue)
+
+    /// The message's `type`, as the client spelled it.
+    var type: String {
+        switch self {
+        case .webrtcRequest: "webrtc_request"
+        case .negotiation(let type, _, _): type
+        case .close: "webrtc_close"
+        case .reject: "webrtc_reject"
+        case .ping: "ping"
+        case .ack: "ack"
+        case .auth: "auth"
+        case .watch: "watch"
+        case .deviceInfo: "device_info"
+        }
+    }
 }
 
 /// A client message with the `request_id` to echo on whatever it causes.

@@ -21,6 +21,7 @@ public final class Link: Sendable {
     /// The user id for an app, the device id for a device.
     public let principal: String
     let outbox: Outbox
+    private let metrics: RelayMetrics
 
     enum Attachment: Sendable {
         /// Made, no transport yet.
@@ -37,13 +38,16 @@ public final class Link: Sendable {
         var app: AppIdentity?
         var sessions: [String: Session] = [:]
         var capabilities: JSONValue?
+        /// Device ids this (app) link watches (contract §8).
+        var watched: Set<String> = []
         var attachment = Attachment.new
         var rate: TokenBucket
     }
 
     private let state: Mutex<State>
 
-    init(party: Party, principal: String, app: AppIdentity?, outbox: Outbox, rate: TokenBucket) {
+    init(party: Party, principal: String, app: AppIdentity?, outbox: Outbox, rate: TokenBucket, metrics: RelayMetrics) {
+        self.metrics = metrics
         self.id = UUID().uuidString.lowercased()
         self.resumeToken = Base64URL.encode(LibCrypto.randomBytes(32))
         self.party = party
@@ -71,7 +75,16 @@ public final class Link: Sendable {
 
     /// Queues a message for the client; never waits. Kept while the link is detached.
     func send(_ message: OutboundMessage) {
+        metrics.sent(message.type)
         outbox.offer(message)
+    }
+
+    /// Replaces the set of watched devices; returns the previous one.
+    func replaceWatched(with deviceIDs: Set<String>) -> Set<String> {
+        state.withLock { state in
+            defer { state.watched = deviceIDs }
+            return state.watched
+        }
     }
 
     /// Spends a token of the link's message budget: whether the message may pass, and how many

@@ -25,6 +25,10 @@ import TURNBroker
 ///   `CLOUDFLARE_TURN_API_BASE` (`https://rtc.live.cloudflare.com/v1`), `CLOUDFLARE_TURN_KEEP_PORT_53` (0),
 ///   `CLOUDFLARE_TURN_CONNECT_TIMEOUT_MS` (2000), `CLOUDFLARE_TURN_TIMEOUT_MS` (5000)
 /// - `coturn`: `TURN_SHARED_SECRET` (secret), `TURN_URIS` (comma separated `turn:`/`turns:` URIs)
+/// - `RELAY_DB` (path, `./relay.sqlite`): the registry and audit log; `RELAY_AUDIT_FLUSH_MS` (100):
+///   how often recorded events are committed; `RELAY_REGISTRY_POLL_MS` (1000): how often the
+///   relay looks for devices revoked by `relay device revoke` in another process
+/// - `RELAY_ADMIN_TOKEN` (secret, ≥ 32 bytes): enables `/admin/*`
 /// - `RELAY_LOG_LEVEL` (`info`)
 ///
 /// With no app-token key and no device master key at all, the relay runs in development mode:
@@ -53,6 +57,12 @@ public struct RelayConfiguration: Sendable {
     /// `POST /api/turn/credentials` calls allowed per user per minute.
     public var turnRatePerMinute = 20
     public var logLevel = Logger.Level.info
+    /// `RELAY_DB`: the SQLite store of contract §9.
+    public var databasePath = "./relay.sqlite"
+    public var auditFlushMilliseconds = 100
+    public var registryPollMilliseconds = 1000
+    /// `RELAY_ADMIN_TOKEN`: without it `/admin/*` answers 404.
+    public var adminToken: String?
     /// Set when nothing was configured and the relay made its own secrets.
     public var development: DevelopmentSecrets?
 
@@ -192,6 +202,12 @@ public struct RelayConfiguration: Sendable {
             if let secret, !uris.isEmpty { turn = .coturn(sharedSecret: secret, turnURIs: uris) }
         case let other:
             read.problem("RELAY_TURN_PROVIDER: unknown provider '\(other)' (use static, cloudflare or coturn)")
+        }
+        databasePath = read.string("RELAY_DB") ?? databasePath
+        auditFlushMilliseconds = read.int("RELAY_AUDIT_FLUSH_MS", in: 10...10_000) ?? auditFlushMilliseconds
+        registryPollMilliseconds = read.int("RELAY_REGISTRY_POLL_MS", in: 50...600_000) ?? registryPollMilliseconds
+        if let token = read.string("RELAY_ADMIN_TOKEN", isSecret: true), read.strongEnough(token, name: "RELAY_ADMIN_TOKEN") {
+            adminToken = token
         }
         if let level = read.string("RELAY_LOG_LEVEL") {
             if let parsed = Logger.Level(rawValue: level.lowercased()) {

@@ -15,6 +15,13 @@ public final class Session: Sendable {
     public let id: String
     let app: Link
     let device: Link
+    /// When the app asked for the session (the audit's `created`; the set-up time starts here).
+    let createdAt: Date
+    let requestedAt: ContinuousClock.Instant
+
+    /// The app's user id.
+    var userID: String { app.principal }
+    var deviceID: String { device.principal }
 
     private struct State {
         var phase = Phase.reserved
@@ -28,10 +35,12 @@ public final class Session: Sendable {
 
     private let state = Mutex(State())
 
-    init(app: Link, device: Link) {
+    init(app: Link, device: Link, requestedAt: ContinuousClock.Instant = .now) {
         self.id = UUID().uuidString.lowercased()
         self.app = app
         self.device = device
+        self.createdAt = Date()
+        self.requestedAt = requestedAt
     }
 
     var currentPhase: Phase { state.withLock { $0.phase } }
@@ -66,9 +75,12 @@ public final class Session: Sendable {
         if closed { task.cancel() }
     }
 
-    /// Records that an answer went through (the call is set up).
-    func markAnswered() {
-        state.withLock { $0.answered = true }
+    /// Records that an answer went through (the call is set up); true for the first answer.
+    func markAnswered() -> Bool {
+        state.withLock { state in
+            defer { state.answered = true }
+            return !state.answered
+        }
     }
 
     var isAnswered: Bool { state.withLock { $0.answered } }

@@ -20,11 +20,16 @@ protocol SessionTable: Sendable {
     /// Every link (for shutdown).
     var allLinks: [Link] { get }
     /// Reserves a session between `app` and the live link of `deviceID`, within the limits.
-    func reserveSession(app: Link, deviceID: String, maxPerDevice: Int, maxPerApp: Int) -> Result<Session, SessionRefusal>
+    func reserveSession(app: Link, deviceID: String, maxPerDevice: Int, maxPerApp: Int, requestedAt: ContinuousClock.Instant)
+        -> Result<Session, SessionRefusal>
     /// Removes a session from the table and from both parties.
     func remove(_ session: Session)
-    /// Live links and sessions, for health and metrics.
-    var counts: (links: Int, sessions: Int) { get }
+    /// The session with `id`, whoever its parties are (for operators).
+    func session(_ id: String) -> Session?
+    /// Every session (for operators).
+    var allSessions: [Session] { get }
+    /// Live links by kind and sessions, for health and metrics.
+    var counts: (apps: Int, devices: Int, sessions: Int) { get }
 }
 
 /// An in-process `SessionTable`. No global lock: devices and sessions live in hash-sharded maps,
@@ -73,9 +78,15 @@ final class LocalSessionTable: SessionTable {
         appLinks.values.flatMap { $0 } + devices.values
     }
 
-    func reserveSession(app: Link, deviceID: String, maxPerDevice: Int, maxPerApp: Int) -> Result<Session, SessionRefusal> {
+    func reserveSession(
+        app: Link,
+        deviceID: String,
+        maxPerDevice: Int,
+        maxPerApp: Int,
+        requestedAt: ContinuousClock.Instant
+    ) -> Result<Session, SessionRefusal> {
         guard let device = devices[deviceID], device.isAttached else { return .failure(.deviceOffline) }
-        let session = Session(app: app, device: device)
+        let session = Session(app: app, device: device, requestedAt: requestedAt)
         guard device.join(session, limit: maxPerDevice) else { return .failure(.deviceBusy(limit: maxPerDevice)) }
         guard app.join(session, limit: maxPerApp) else {
             device.leave(session)
@@ -98,8 +109,14 @@ final class LocalSessionTable: SessionTable {
         session.device.leave(session)
     }
 
-    var counts: (links: Int, sessions: Int) {
-        (appLinks.values.reduce(0) { $0 + $1.count } + devices.count, sessions.count)
+    func session(_ id: String) -> Session? {
+        sessions[id]
+    }
+
+    var allSessions: [Session] { sessions.values }
+
+    var counts: (apps: Int, devices: Int, sessions: Int) {
+        (appLinks.values.reduce(0) { $0 + $1.count }, devices.count, sessions.count)
     }
 }
 

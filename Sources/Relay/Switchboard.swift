@@ -1,6 +1,7 @@
 import DeviceAuth
 import Foundation
 import Logging
+import Registry
 import TURNBroker
 
 /// The relay's signaling logic: admits links, sets sessions up, routes what one party of a
@@ -24,6 +25,10 @@ final class Switchboard: Sendable {
     let directory: any DeviceDirectory
     let tokens: AppTokenVerifier
     let limits: Limits
+    /// Audit events and device sightings, written to the store in batches.
+    let journal: StoreWriter
+    let presence = PresenceBoard()
+    let metrics: RelayMetrics
     /// How long after minting a session's credentials (of the given ttl) to mint fresh ones.
     let refreshDelay: @Sendable (Int) -> Duration
     let logger: Logger
@@ -34,9 +39,13 @@ final class Switchboard: Sendable {
         directory: any DeviceDirectory,
         tokens: AppTokenVerifier,
         limits: Limits,
+        journal: StoreWriter,
+        metrics: RelayMetrics,
         refreshDelay: @escaping @Sendable (Int) -> Duration,
         logger: Logger
     ) {
+        self.journal = journal
+        self.metrics = metrics
         self.table = table
         self.turn = turn
         self.directory = directory
@@ -76,7 +85,10 @@ final class Switchboard: Sendable {
             {
                 grace?.cancel()
                 if let app { link.replaceAppIdentity(app) }
-                if !wasAttached { announce(link, status: "connected") }
+                if !wasAttached {
+                    announce(link, status: "connected")
+                    deviceSeen(link)
+                }
                 logger.info("Link resumed", metadata: ["link.id": "\(link.id)", "link.party": "\(party.rawValue)"])
                 return Admission(link: link, generation: generation, resumed: true)
             }
@@ -89,7 +101,8 @@ final class Switchboard: Sendable {
             principal: principal,
             app: app,
             outbox: Outbox(maxMessages: limits.keptMessages, maxBytes: limits.keptBytes),
-            rate: TokenBucket(burst: limits.rateBurst, perSecond: limits.ratePerSecond)
+            rate: TokenBucket(burst: limits.rateBurst, perSecond: limits.ratePerSecond),
+            metrics: metrics
         )
         let generation = link.outbox.attach(resumingAfter: nil, dropTransport: dropTransport)!
         _ = link.markAttached(generation: generation)
@@ -98,6 +111,7 @@ final class Switchboard: Sendable {
             replaced.outbox.close(code: RelayCloseCode.replaced, reason: "Replaced by a newer connection")
             end(replaced)
         }
+        deviceSeen(link)
         logger.debug("Link attached", metadata: ["link.id": "\(link.id)", "link.party": "\(party.rawValue)"])
         return Admission(link: link, generation: generation, resumed: false)
     }
@@ -119,6 +133,7 @@ final class Switchboard: Sendable {
         guard detached else { return }
         link.outbox.detach(generation: generation)
         announce(link, status: "reconnecting")
+        deviceSeen(link)
         logger.debug("Link detached", metadata: ["link.id": "\(link.id)", "link.party": "\(link.party.rawValue)"])
     }
 
@@ -132,7 +147,38 @@ final class Switchboard: Sendable {
         for session in sessions {
             close(session, reason: "peer_disconnected", by: "relay")
         }
+        presence.unwatch(link)
+        deviceSeen(link)
         logger.debug("Link ended", metadata: ["link.id": "\(link.id)", "link.party": "\(link.party.rawValue)"])
+    }
+
+    /// A device link came, went or detached: its watchers hear of it, and when it was last seen
+    /// is recorded.
+    private func deviceSeen(_ link: Link) {
+        guard link.party == .device else { return }
+        let now = Date()
+        presence.seen(link.principal, at: now)
+        journal.record(.deviceSeen(deviceID: link.principal, at: now))
+        presence.changed(link.principal, status: status(of:))
+    }
+
+    /// A device's presence as watchers see it: a detached (reconnecting) device is offline.
+    func status(of deviceID: String) -> PresenceBoard.Status {
+        guard let link = table.links(of: .device, principal: deviceID).first, link.isAttached else {
+            return .init(online: false, sessions: 0)
+        }
+        return .init(online: true, sessions: link.sessions.count { $0.currentPhase == .open })
+    }
+
+    /// Contract §9: a revoked device's live link ends at once; its sessions close with
+    /// `device_revoked` and its socket with 1008.
+    func revoke(deviceID: String) {
+        for link in table.links(of: .device, principal: deviceID) {
+            for session in link.sessions { close(session, reason: "device_revoked", by: "relay") }
+            link.outbox.close(code: RelayCloseCode.policyViolation, reason: "Device revoked")
+            end(link)
+            logger.info("Revoked device disconnected", metadata: ["device.id": "\(deviceID)", "link.id": "\(link.id)"])
+        }
     }
 
     /// Tells the other party of each of the link's sessions that the link is `status`.
@@ -171,8 +217,16 @@ final class Switchboard: Sendable {
     /// Handles one text frame from `link`; errors go back on the link, which stays open.
     func handle(text: String, from link: Link) async {
         guard admitMessage(from: link) else { return }
+        let envelope: ClientEnvelope
         do {
-            let envelope = try ClientEnvelope(text: text)
+            envelope = try ClientEnvelope(text: text)
+        } catch {
+            metrics.received("invalid")
+            link.send(error.outbound)
+            return
+        }
+        metrics.received(envelope.message.type)
+        do {
             try await dispatch(envelope, from: link)
         } catch {
             link.send(error.outbound)
@@ -181,6 +235,7 @@ final class Switchboard: Sendable {
 
     func handleBinary(from link: Link) {
         guard admitMessage(from: link) else { return }
+        metrics.received("invalid")
         link.send(SignalingError(.badRequest, "Messages must be JSON in text frames").outbound)
     }
 
@@ -189,6 +244,7 @@ final class Switchboard: Sendable {
     private func admitMessage(from link: Link) -> Bool {
         let (allowed, refused) = link.takeMessageToken()
         if allowed { return true }
+        metrics.rateLimited()
         if refused >= limits.maxRefusedInARow {
             link.outbox.close(code: RelayCloseCode.policyViolation, reason: "Too many messages")
         } else {
@@ -205,8 +261,8 @@ final class Switchboard: Sendable {
 
         case .negotiation(let type, let sessionID, let fields):
             let session = try openSession(sessionID, of: link, requestID: requestID)
-            if type == "webrtc_answer" { session.markAnswered() }
             session.peer(of: link)?.send(OutboundMessage(type, fields: fields))
+            if type == "webrtc_answer", session.markAnswered() { answered(session) }
 
         case .close(let sessionID, let reason):
             let session = try openSession(sessionID, of: link, requestID: requestID)
@@ -233,13 +289,38 @@ final class Switchboard: Sendable {
         case .auth(let token):
             try refreshToken(token, on: link, requestID: requestID)
 
-        case .watch:
-            throw SignalingError(.badRequest, "watch (presence) is not available on this relay yet", requestID: requestID)
+        case .watch(let deviceIDs):
+            try await watch(deviceIDs, from: link, requestID: requestID)
 
         case .deviceInfo(let capabilities):
             guard link.party == .device else { throw SignalingError(.badRequest, "device_info is for devices", requestID: requestID) }
             link.capabilities = capabilities
+            presence.describe(link.principal, capabilities: capabilities)
         }
+    }
+
+    /// Contract §8: `device_status` now and on every change, for the devices the user may
+    /// reach; the others are named in one `unauthorized` error.
+    private func watch(_ deviceIDs: [String], from link: Link, requestID: String?) async throws(SignalingError) {
+        guard link.party == .app, let identity = link.appIdentity else {
+            throw SignalingError(.badRequest, "watch is for apps", requestID: requestID)
+        }
+        var allowed: [String] = []
+        var refused: [String] = []
+        for deviceID in Set(deviceIDs).sorted() {
+            if await mayReach(identity, deviceID: deviceID) { allowed.append(deviceID) } else { refused.append(deviceID) }
+        }
+        presence.watch(link, deviceIDs: allowed, status: status(of:))
+        guard refused.isEmpty else {
+            throw SignalingError(.unauthorized, "Not authorized: \(refused.joined(separator: ", "))", requestID: requestID)
+        }
+    }
+
+    /// The first answer went through: the session is set up.
+    private func answered(_ session: Session) {
+        metrics.sessionAnswered(requestedAt: session.requestedAt)
+        journal.record(.sessionAnswered(sessionID: session.id, at: Date()))
+        logger.info("Session answered", metadata: sessionMetadata(session))
     }
 
     /// The open session `sessionID` of which `link` is a party; anything else is `unknown_session`.
@@ -253,6 +334,7 @@ final class Switchboard: Sendable {
     /// Contract §3.1: checks in order (well formed, authorized, online, not busy, ICE servers),
     /// then tells the app and the device.
     private func openSession(deviceID: String, ttl: Int?, metadata: JSONValue?, from link: Link, requestID: String?) async throws(SignalingError) {
+        let requestedAt = ContinuousClock.now
         guard link.party == .app, let identity = link.appIdentity else {
             throw SignalingError(.badRequest, "webrtc_request is for apps", requestID: requestID)
         }
@@ -263,9 +345,16 @@ final class Switchboard: Sendable {
             throw SignalingError(.unauthorized, "Not authorized", requestID: requestID)
         }
         let session: Session
-        switch table.reserveSession(app: link, deviceID: deviceID, maxPerDevice: limits.maxSessionsPerDevice, maxPerApp: limits.maxSessionsPerApp) {
+        switch table.reserveSession(
+            app: link,
+            deviceID: deviceID,
+            maxPerDevice: limits.maxSessionsPerDevice,
+            maxPerApp: limits.maxSessionsPerApp,
+            requestedAt: requestedAt
+        ) {
         case .success(let reserved):
             session = reserved
+            journal.record(.sessionOpened(sessionID: session.id, userID: identity.userID, deviceID: deviceID, at: session.createdAt))
         case .failure(.deviceOffline):
             throw SignalingError(.deviceOffline, "Device offline", requestID: requestID)
         case .failure(.deviceBusy(let limit)):
@@ -317,7 +406,16 @@ final class Switchboard: Sendable {
         }
         scheduleRefresh(session, ttl: document.ttl)
         scheduleSetupTimeout(session)
-        logger.info("Session opened", metadata: ["session.id": "\(session.id)", "user.id": "\(identity.userID)", "device.id": "\(deviceID)"])
+        metrics.sessionStarted()
+        presence.changed(deviceID, status: status(of:))
+        logger.info("Session opened", metadata: sessionMetadata(session))
+    }
+
+    private func sessionMetadata(_ session: Session) -> Logger.Metadata {
+        [
+            "session.id": "\(session.id)", "user.id": "\(session.userID)", "device.id": "\(session.deviceID)",
+            "app.link.id": "\(session.app.id)", "device.link.id": "\(session.device.id)",
+        ]
     }
 
     /// Contract §1.3: the token's `devices` claim, or the registry's owners.
@@ -336,7 +434,16 @@ final class Switchboard: Sendable {
         guard let (previous, credentials) = session.markClosed() else { return }
         table.remove(session)
         revokeLater(credentials)
-        guard previous == .open else { return }
+        journal.record(.sessionClosed(sessionID: session.id, at: Date(), reason: reason, closedBy: closer))
+        var metadata = sessionMetadata(session)
+        metadata["session.reason"] = "\(reason)"
+        metadata["session.closed_by"] = "\(closer)"
+        guard previous == .open else {
+            logger.info("Session ended before it opened", metadata: metadata)
+            return
+        }
+        metrics.sessionEnded(reason: reason, by: closer)
+        presence.changed(session.deviceID, status: status(of:))
         let message = OutboundMessage(
             "webrtc_close",
             [
@@ -348,7 +455,7 @@ final class Switchboard: Sendable {
         )
         session.app.send(message)
         session.device.send(message)
-        logger.info("Session closed", metadata: ["session.id": "\(session.id)", "session.reason": "\(reason)", "session.closed_by": "\(closer)"])
+        logger.info("Session closed", metadata: metadata)
     }
 
     /// Revokes credentials off the caller's path: a close never waits on the TURN provider.

@@ -14,7 +14,7 @@ struct RelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
         abstract: "WebRTC signaling relay between mobile apps and robots.",
-        subcommands: [Serve.self, Token.self, SignURL.self],
+        subcommands: [Serve.self, Device.self, Token.self, SignURL.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -59,7 +59,7 @@ struct Serve: AsyncParsableCommand {
             printDevelopmentBanner(development, configuration: configuration)
         }
         let logger = Logger(label: "relay")
-        let relay = buildRelay(configuration: configuration, logger: logger)
+        let relay = try buildRelay(configuration: configuration, logger: logger)
         // Shut down in reverse order: the drain (go_away, 1001) first, then the server.
         let services = ServiceGroup(
             configuration: .init(

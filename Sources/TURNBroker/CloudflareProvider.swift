@@ -28,10 +28,17 @@ public struct CloudflareProvider: TURNProvider {
     let logger: Logger
     /// Pause before the one retry: 100-300 ms, so many relays do not retry in step.
     let retryJitter: ClosedRange<Int>
-    private let revokeFailures = Counter(label: "relay_turn_revocations_failed_total")
-    private let mintFailures = Counter(label: "relay_turn_mint_failures_total", dimensions: [("provider", "cloudflare")])
+    private let revokeFailures: Counter
 
-    public init(configuration: Configuration, client: CurlClient, logger: Logger, retryJitterMilliseconds: ClosedRange<Int> = 100...300) {
+    /// `metrics` receives `relay_turn_revocations_failed_total` (mints are counted by the caller).
+    public init(
+        configuration: Configuration,
+        client: CurlClient,
+        logger: Logger,
+        metrics: any MetricsFactory = MetricsSystem.factory,
+        retryJitterMilliseconds: ClosedRange<Int> = 100...300
+    ) {
+        self.revokeFailures = Counter(label: "relay_turn_revocations_failed_total", dimensions: [("provider", "cloudflare")], factory: metrics)
         self.configuration = configuration
         self.client = client
         self.logger = logger
@@ -53,15 +60,8 @@ public struct CloudflareProvider: TURNProvider {
         body += Self.jsonString(identifier)
         body += "}"
         let issuedAt = Date()
-        let response: CurlClient.Response
-        do {
-            response = try await postWithOneRetry(url: "\(keyURL)/generate-ice-servers", body: Array(body.utf8))
-        } catch {
-            mintFailures.increment()
-            throw error
-        }
+        let response = try await postWithOneRetry(url: "\(keyURL)/generate-ice-servers", body: Array(body.utf8))
         guard (200..<300).contains(response.status) else {
-            mintFailures.increment()
             logger.warning("Cloudflare TURN API refused to mint", metadata: ["http.status": "\(response.status)"])
             throw TURNError(
                 .upstreamFailed,
@@ -69,7 +69,6 @@ public struct CloudflareProvider: TURNProvider {
             )
         }
         guard let servers = Self.parseICEServers(response.body) else {
-            mintFailures.increment()
             throw TURNError(.upstreamFailed, "Cloudflare API error: unexpected response body")
         }
         let kept = configuration.keepPort53 ? servers : servers.compactMap(Self.droppingPort53)

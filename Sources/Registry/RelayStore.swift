@@ -1,0 +1,419 @@
+import DeviceAuth
+import Foundation
+import GRDB
+import OpenSSLCrypto
+
+/// The embedded store (contract §9): one SQLite file in WAL mode holding the device registry
+/// and the session audit log. The relay reads it when a device connects and when an app asks for
+/// a device it does not hold in its token; it writes to it only in batches (`StoreWriter`), never
+/// on the per-message path. The `relay device` commands open the same file from another process.
+public final class RelayStore: Sendable {
+    private let pool: DatabasePool
+    public let path: String
+
+    /// Opens (creating when missing, readable by its owner only: it holds device secrets) and
+    /// migrates the store at `path`.
+    public init(path: String) throws(StoreError) {
+        self.path = path
+        do {
+            if !FileManager.default.fileExists(atPath: path) {
+                let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+                    throw StoreError("cannot create \(path)")
+                }
+            }
+            var configuration = Configuration()
+            configuration.busyMode = .timeout(5)
+            configuration.label = "relay-store"
+            configuration.prepareDatabase { db in
+                // A committed batch survives a crash of the process and of the machine.
+                try db.execute(sql: "PRAGMA synchronous = FULL")
+            }
+            pool = try DatabasePool(path: path, configuration: configuration)
+            try Self.migrator.migrate(pool)
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError("cannot open \(path): \(error)")
+        }
+    }
+
+    private static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1: devices, owners, session audit") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE device (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        secret TEXT NOT NULL,
+                        previous_secret TEXT,
+                        label TEXT NOT NULL DEFAULT '',
+                        revoked_at REAL,
+                        created_at REAL NOT NULL,
+                        last_seen_at REAL
+                    );
+                    CREATE TABLE device_owner (
+                        device_id TEXT NOT NULL REFERENCES device(id) ON DELETE CASCADE,
+                        user_id TEXT NOT NULL,
+                        PRIMARY KEY (device_id, user_id)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX device_owner_by_user ON device_owner(user_id);
+                    CREATE TABLE session_audit (
+                        session_id TEXT PRIMARY KEY NOT NULL,
+                        user_id TEXT NOT NULL,
+                        device_id TEXT NOT NULL,
+                        created_at REAL NOT NULL,
+                        answered_at REAL,
+                        closed_at REAL,
+                        close_reason TEXT,
+                        closed_by TEXT
+                    );
+                    CREATE INDEX session_audit_by_device ON session_audit(device_id, created_at);
+                    CREATE INDEX session_audit_by_user ON session_audit(user_id, created_at);
+                    """
+            )
+        }
+        return migrator
+    }
+
+    /// Throws when the store cannot be read (for `/readyz`).
+    public func check() async throws(StoreError) {
+        try await run { try await self.pool.read { db in _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM device") } }
+    }
+
+    /// Closes the store; every later call fails.
+    public func close() throws(StoreError) {
+        try run { try pool.close() }
+    }
+
+    // MARK: Devices
+
+    /// Registers a device with a fresh secret, returned once.
+    public func addDevice(_ deviceID: String, owners: [String], label: String = "", now: Date = Date()) throws(StoreError) -> (DeviceEntry, secret: String) {
+        guard DeviceSignature.isValidDeviceID(deviceID) else { throw .invalidDeviceID(deviceID) }
+        let secret = Self.makeSecret()
+        let entry = try run {
+            try pool.write { db -> DeviceEntry? in
+                guard try Bool.fetchOne(db, sql: "SELECT 1 FROM device WHERE id = ?", arguments: [deviceID]) == nil else { return nil }
+                try db.execute(
+                    sql: "INSERT INTO device (id, secret, label, created_at) VALUES (?, ?, ?, ?)",
+                    arguments: [deviceID, secret, label, now.timeIntervalSince1970]
+                )
+                for owner in Set(owners) {
+                    try db.execute(sql: "INSERT INTO device_owner (device_id, user_id) VALUES (?, ?)", arguments: [deviceID, owner])
+                }
+                return try Self.entry(deviceID, in: db)
+            }
+        }
+        guard let entry else { throw .deviceExists(deviceID) }
+        return (entry, secret)
+    }
+
+    public func devices() throws(StoreError) -> [DeviceEntry] {
+        try run { try pool.read { db in try Self.entries(db, where: "", arguments: []) } }
+    }
+
+    public func device(entry deviceID: String) throws(StoreError) -> DeviceEntry? {
+        try run { try pool.read { db in try Self.entry(deviceID, in: db) } }
+    }
+
+    /// The devices `userID` owns in the registry (not revoked).
+    public func devices(ownedBy userID: String) async throws(StoreError) -> [DeviceEntry] {
+        try await run {
+            try await self.pool.read { db in
+                try Self.entries(
+                    db,
+                    where: "WHERE revoked_at IS NULL AND id IN (SELECT device_id FROM device_owner WHERE user_id = ?)",
+                    arguments: [userID]
+                )
+            }
+        }
+    }
+
+    /// The registry rows of `deviceIDs` (those that have one).
+    public func devices(_ deviceIDs: [String]) async throws(StoreError) -> [DeviceEntry] {
+        guard !deviceIDs.isEmpty else { return [] }
+        return try await run {
+            try await self.pool.read { db in
+                let marks = Array(repeating: "?", count: deviceIDs.count).joined(separator: ",")
+                return try Self.entries(db, where: "WHERE id IN (\(marks))", arguments: StatementArguments(deviceIDs))
+            }
+        }
+    }
+
+    /// Revokes a device; false when it was not registered. Revoking twice keeps the first time.
+    @discardableResult
+    public func revoke(_ deviceID: String, now: Date = Date()) throws(StoreError) -> DeviceEntry? {
+        try run {
+            try pool.write { db in
+                try db.execute(
+                    sql: "UPDATE device SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                    arguments: [now.timeIntervalSince1970, deviceID]
+                )
+                return try Self.entry(deviceID, in: db)
+            }
+        }
+    }
+
+    /// Gives a device a new secret (returned once). The secret it replaces stays valid beside
+    /// it so robots can be moved over without downtime, until `dropPreviousSecret`; a device
+    /// never has more than two.
+    public func rotate(_ deviceID: String) throws(StoreError) -> String {
+        let secret = Self.makeSecret()
+        let updated = try run {
+            try pool.write { db in
+                try db.execute(sql: "UPDATE device SET previous_secret = secret, secret = ? WHERE id = ?", arguments: [secret, deviceID])
+                return db.changesCount
+            }
+        }
+        guard updated == 1 else { throw .unknownDevice(deviceID) }
+        return secret
+    }
+
+    /// Ends a rotation: only the newest secret stays valid.
+    public func dropPreviousSecret(_ deviceID: String) throws(StoreError) {
+        let updated = try run {
+            try pool.write { db in
+                try db.execute(sql: "UPDATE device SET previous_secret = NULL WHERE id = ?", arguments: [deviceID])
+                return db.changesCount
+            }
+        }
+        guard updated == 1 else { throw .unknownDevice(deviceID) }
+    }
+
+    /// Lets `userID` open sessions to the device.
+    public func grant(_ deviceID: String, owner userID: String) throws(StoreError) -> DeviceEntry {
+        let entry = try run {
+            try pool.write { db -> DeviceEntry? in
+                guard try Bool.fetchOne(db, sql: "SELECT 1 FROM device WHERE id = ?", arguments: [deviceID]) != nil else { return nil }
+                try db.execute(sql: "INSERT OR IGNORE INTO device_owner (device_id, user_id) VALUES (?, ?)", arguments: [deviceID, userID])
+                return try Self.entry(deviceID, in: db)
+            }
+        }
+        guard let entry else { throw .unknownDevice(deviceID) }
+        return entry
+    }
+
+    /// Devices revoked after `time` (Unix seconds), with when: how a running relay learns of a
+    /// revocation made by the command line in another process.
+    public func revocations(after time: Double) async throws(StoreError) -> [(deviceID: String, at: Double)] {
+        try await run {
+            try await self.pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT id, revoked_at FROM device WHERE revoked_at > ? ORDER BY revoked_at", arguments: [time])
+                    .map { (deviceID: $0["id"], at: $0["revoked_at"]) }
+            }
+        }
+    }
+
+    /// The latest revocation time in the store (0 when none).
+    public func latestRevocation() async throws(StoreError) -> Double {
+        try await run { try await self.pool.read { db in try Double.fetchOne(db, sql: "SELECT max(revoked_at) FROM device") ?? 0 } }
+    }
+
+    private static func entry(_ deviceID: String, in db: Database) throws -> DeviceEntry? {
+        try entries(db, where: "WHERE id = ?", arguments: [deviceID]).first
+    }
+
+    private static func entries(_ db: Database, where filter: String, arguments: StatementArguments) throws -> [DeviceEntry] {
+        try Row.fetchAll(
+            db,
+            sql: """
+                SELECT id, secret, previous_secret, label, revoked_at, created_at, last_seen_at,
+                       (SELECT group_concat(user_id, char(10)) FROM (SELECT user_id FROM device_owner WHERE device_id = device.id ORDER BY user_id)) AS owners
+                FROM device \(filter) ORDER BY id
+                """,
+            arguments: arguments
+        ).map { row in
+            let owners: String? = row["owners"]
+            let previous: String? = row["previous_secret"]
+            return DeviceEntry(
+                deviceID: row["id"],
+                secrets: [row["secret"]] + (previous.map { [$0] } ?? []),
+                owners: owners.map { $0.split(separator: "\n").map(String.init) } ?? [],
+                label: row["label"],
+                revokedAt: (row["revoked_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
+                createdAt: Date(timeIntervalSince1970: row["created_at"]),
+                lastSeenAt: (row["last_seen_at"] as Double?).map(Date.init(timeIntervalSince1970:))
+            )
+        }
+    }
+
+    /// 32 random bytes as lowercase hex.
+    static func makeSecret() -> String {
+        LibCrypto.randomBytes(32).map { String(format: "%02x", $0) }.joined()
+    }
+
+    // MARK: Audit
+
+    /// Applies a batch of events in one transaction, in order.
+    func apply(_ events: [StoreEvent]) async throws(StoreError) {
+        try await run {
+            try await self.pool.write { db in
+                for event in events {
+                    switch event {
+                    case .sessionOpened(let sessionID, let userID, let deviceID, let at):
+                        try db.execute(
+                            sql: "INSERT OR IGNORE INTO session_audit (session_id, user_id, device_id, created_at) VALUES (?, ?, ?, ?)",
+                            arguments: [sessionID, userID, deviceID, at.timeIntervalSince1970]
+                        )
+                    case .sessionAnswered(let sessionID, let at):
+                        try db.execute(
+                            sql: "UPDATE session_audit SET answered_at = ? WHERE session_id = ? AND answered_at IS NULL",
+                            arguments: [at.timeIntervalSince1970, sessionID]
+                        )
+                    case .sessionClosed(let sessionID, let at, let reason, let closedBy):
+                        try db.execute(
+                            sql: "UPDATE session_audit SET closed_at = ?, close_reason = ?, closed_by = ? WHERE session_id = ? AND closed_at IS NULL",
+                            arguments: [at.timeIntervalSince1970, reason, closedBy, sessionID]
+                        )
+                    case .deviceSeen(let deviceID, let at):
+                        try db.execute(
+                            sql: "UPDATE device SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?",
+                            arguments: [at.timeIntervalSince1970, deviceID]
+                        )
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sessions a previous run left open (the relay was killed): closed as `relay_stopped`, with
+    /// no close time, since when they ended is unknown. Only `relay serve` calls this, at start.
+    @discardableResult
+    public func closeSessionsLeftOpen() throws(StoreError) -> Int {
+        try run {
+            try pool.write { db in
+                try db.execute(sql: "UPDATE session_audit SET close_reason = 'relay_stopped', closed_by = 'relay' WHERE close_reason IS NULL")
+                return db.changesCount
+            }
+        }
+    }
+
+    /// Audit rows, newest first.
+    public func auditLog(deviceID: String? = nil, limit: Int = 100) throws(StoreError) -> [AuditEntry] {
+        try run {
+            try pool.read { db in
+                try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT * FROM session_audit \(deviceID == nil ? "" : "WHERE device_id = ?")
+                        ORDER BY created_at DESC, rowid DESC LIMIT ?
+                        """,
+                    arguments: StatementArguments(deviceID.map { [$0] } ?? []) + [limit]
+                ).map { row in
+                    AuditEntry(
+                        sessionID: row["session_id"],
+                        userID: row["user_id"],
+                        deviceID: row["device_id"],
+                        createdAt: Date(timeIntervalSince1970: row["created_at"]),
+                        answeredAt: (row["answered_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
+                        closedAt: (row["closed_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
+                        closeReason: row["close_reason"],
+                        closedBy: row["closed_by"]
+                    )
+                }
+            }
+        }
+    }
+
+    /// SQLite's own consistency check: "ok" when the file is sound.
+    public func integrityCheck() throws(StoreError) -> String {
+        try run { try pool.read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") ?? "" } }
+    }
+
+    // MARK: Errors
+
+    private func run<T>(_ body: () throws -> T) throws(StoreError) -> T {
+        do {
+            return try body()
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError("store: \(error)")
+        }
+    }
+
+    private func run<T>(_ body: () async throws -> T) async throws(StoreError) -> T {
+        do {
+            return try await body()
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError("store: \(error)")
+        }
+    }
+}
+
+extension RelayStore: DeviceDirectory {
+    /// The registry's record of a device (what device authentication checks).
+    public func device(_ deviceID: String) async throws -> DeviceRecord? {
+        try await pool.read { db in try Self.entry(deviceID, in: db) }.map(\.record)
+    }
+}
+
+/// A registered device as the registry holds it.
+public struct DeviceEntry: Sendable, Equatable {
+    public var deviceID: String
+    /// The current secret first; the previous one during a rotation.
+    public var secrets: [String]
+    public var owners: [String]
+    public var label: String
+    public var revokedAt: Date?
+    public var createdAt: Date
+    public var lastSeenAt: Date?
+
+    public var revoked: Bool { revokedAt != nil }
+
+    public var record: DeviceRecord {
+        DeviceRecord(deviceID: deviceID, secrets: secrets, owners: Set(owners), revoked: revoked)
+    }
+}
+
+/// One session of the audit log.
+public struct AuditEntry: Sendable, Equatable {
+    public var sessionID: String
+    public var userID: String
+    public var deviceID: String
+    public var createdAt: Date
+    public var answeredAt: Date?
+    public var closedAt: Date?
+    public var closeReason: String?
+    public var closedBy: String?
+}
+
+/// What the relay records, in batches.
+public enum StoreEvent: Sendable {
+    case sessionOpened(sessionID: String, userID: String, deviceID: String, at: Date)
+    case sessionAnswered(sessionID: String, at: Date)
+    case sessionClosed(sessionID: String, at: Date, reason: String, closedBy: String)
+    case deviceSeen(deviceID: String, at: Date)
+}
+
+/// A store operation that failed, with a line a person can act on.
+public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Kind: Sendable, Equatable {
+        case deviceExists
+        case unknownDevice
+        case invalidDeviceID
+        case unusable
+    }
+
+    public var kind: Kind
+    public var description: String
+
+    init(_ kind: Kind = .unusable, _ description: String) {
+        self.kind = kind
+        self.description = description
+    }
+
+    init(_ description: String) {
+        self.init(.unusable, description)
+    }
+
+    public static func deviceExists(_ id: String) -> StoreError { StoreError(.deviceExists, "device '\(id)' is already registered") }
+    public static func unknownDevice(_ id: String) -> StoreError { StoreError(.unknownDevice, "device '\(id)' is not registered") }
+    public static func invalidDeviceID(_ id: String) -> StoreError {
+        StoreError(.invalidDeviceID, "'\(id)' is not a valid device id (1-128 characters of [A-Za-z0-9._:-])")
+    }
+}

@@ -1,0 +1,131 @@
+import CoreMetrics
+import Foundation
+import Prometheus
+
+/// The relay's metrics, created once per relay and exported by `GET /metrics` in Prometheus
+/// text format. Each relay has its own registry (through swift-metrics' `factory:`), so several
+/// relays in one process (tests) never share counters. Labels come from fixed sets: a client
+/// cannot make a new time series by sending an odd `type` or `reason`.
+final class RelayMetrics: Sendable {
+    let registry: PrometheusCollectorRegistry
+    private let factory: PrometheusMetricsFactory
+
+    private let links: [Party: CoreMetrics.Gauge]
+    private let liveSessions: CoreMetrics.Gauge
+    private let sessionsStarted: CoreMetrics.Counter
+    private let sessionsEnded: [String: [String: CoreMetrics.Counter]]
+    private let setupTime: CoreMetrics.Timer
+    private let messagesIn: [String: CoreMetrics.Counter]
+    private let messagesOut: [String: CoreMetrics.Counter]
+    private let rateLimitedMessages: CoreMetrics.Counter
+    private let authFailures: [String: CoreMetrics.Counter]
+    private let storeDroppedEvents: CoreMetrics.Gauge
+
+    /// Message types the relay knows; anything else is counted as `other`.
+    static let inboundTypes = [
+        "webrtc_request", "webrtc_offer", "webrtc_answer", "webrtc_ice", "webrtc_close", "webrtc_reject", "ping", "ack", "auth", "watch",
+        "device_info", "invalid",
+    ]
+    static let outboundTypes = [
+        "hello", "webrtc_credentials", "webrtc_request", "webrtc_offer", "webrtc_answer", "webrtc_ice", "webrtc_close", "pong", "error",
+        "peer_status", "go_away", "ice_servers_refresh", "device_status",
+    ]
+    /// Close reasons the relay gives, and `normal`; a client's own reason counts as `other`.
+    static let closeReasons = [
+        "normal", "rejected", "setup_timeout", "peer_disconnected", "device_revoked", "admin", "shutdown", "turn_error", "other",
+    ]
+    static let closers = ["app", "device", "relay"]
+    static let authReasons = [
+        "missing_token", "token_too_long", "malformed_token", "malformed_header", "algorithm_not_allowed", "unknown_key", "bad_signature",
+        "expired", "not_yet_valid", "issued_in_future", "wrong_issuer", "wrong_audience", "invalid_claims", "missing_device_parameters",
+        "malformed_device_id", "malformed_nonce", "malformed_timestamp", "malformed_signature", "stale_timestamp", "unknown_device",
+        "bad_device_signature", "replayed_nonce", "device_revoked", "replay_cache_full", "registry_unavailable", "other",
+    ]
+
+    init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {
+        self.registry = registry
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets = [
+            "relay_session_setup_seconds": [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000].map { Duration.milliseconds($0) },
+            "relay_turn_mint_seconds": [1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000].map { Duration.milliseconds($0) },
+        ]
+        self.factory = factory
+        links = Dictionary(
+            uniqueKeysWithValues: [Party.app, .device].map { ($0, CoreMetrics.Gauge(label: "relay_links", dimensions: [("kind", $0.rawValue)], factory: factory)) }
+        )
+        liveSessions = CoreMetrics.Gauge(label: "relay_sessions", factory: factory)
+        sessionsStarted = CoreMetrics.Counter(label: "relay_sessions_started_total", factory: factory)
+        sessionsEnded = Dictionary(
+            uniqueKeysWithValues: Self.closers.map { closer in
+                (
+                    closer,
+                    Dictionary(
+                        uniqueKeysWithValues: Self.closeReasons.map {
+                            ($0, CoreMetrics.Counter(label: "relay_sessions_ended_total", dimensions: [("reason", $0), ("by", closer)], factory: factory))
+                        }
+                    )
+                )
+            }
+        )
+        setupTime = CoreMetrics.Timer(label: "relay_session_setup_seconds", factory: factory)
+        messagesIn = Self.counters(Self.inboundTypes + ["other"], direction: "in", factory: factory)
+        messagesOut = Self.counters(Self.outboundTypes + ["other"], direction: "out", factory: factory)
+        rateLimitedMessages = CoreMetrics.Counter(label: "relay_rate_limited_messages_total", factory: factory)
+        authFailures = Dictionary(
+            uniqueKeysWithValues: Self.authReasons.map {
+                ($0, CoreMetrics.Counter(label: "relay_auth_failures_total", dimensions: [("reason", $0)], factory: factory))
+            }
+        )
+        storeDroppedEvents = CoreMetrics.Gauge(label: "relay_store_dropped_events", factory: factory)
+    }
+
+    private static func counters(_ types: [String], direction: String, factory: PrometheusMetricsFactory) -> [String: CoreMetrics.Counter] {
+        Dictionary(
+            uniqueKeysWithValues: types.map {
+                ($0, CoreMetrics.Counter(label: "relay_messages_total", dimensions: [("type", $0), ("direction", direction)], factory: factory))
+            }
+        )
+    }
+
+    /// The factory, for components that make their own metrics (the TURN providers).
+    var metricsFactory: any MetricsFactory { factory }
+
+    func received(_ type: String) {
+        (messagesIn[type] ?? messagesIn["other"])?.increment()
+    }
+
+    func sent(_ type: String) {
+        (messagesOut[type] ?? messagesOut["other"])?.increment()
+    }
+
+    func sessionStarted() {
+        sessionsStarted.increment()
+    }
+
+    /// Set-up time: from the app's request to the answer delivered to the device.
+    func sessionAnswered(requestedAt: ContinuousClock.Instant) {
+        setupTime.recordInterval(since: requestedAt)
+    }
+
+    func rateLimited() {
+        rateLimitedMessages.increment()
+    }
+
+    func sessionEnded(reason: String, by closer: String) {
+        let reason = Self.closeReasons.contains(reason) ? reason : "other"
+        sessionsEnded[closer]?[reason]?.increment()
+    }
+
+    func authFailed(_ reason: String) {
+        (authFailures[reason] ?? authFailures["other"])?.increment()
+    }
+
+    /// The scrape: gauges read from the live state, then the whole registry as text.
+    func render(links app: Int, devices: Int, sessions: Int, droppedEvents: Int) -> [UInt8] {
+        links[.app]?.record(app)
+        links[.device]?.record(devices)
+        liveSessions.record(sessions)
+        storeDroppedEvents.record(droppedEvents)
+        return registry.emitToBuffer()
+    }
+}

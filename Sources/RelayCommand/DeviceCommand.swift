@@ -1,0 +1,194 @@
+import ArgumentParser
+import Configuration
+import Foundation
+import Registry
+
+/// `relay device ...` (contract §9): the registry from the command line. It opens the same
+/// SQLite file as a running relay (WAL lets both work at once); a running relay picks up a
+/// revocation within `RELAY_REGISTRY_POLL_MS`, and every other change at the next connection.
+struct Device: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Manage registered devices (robots).",
+        subcommands: [Add.self, List.self, Revoke.self, Rotate.self, Grant.self]
+    )
+
+    struct StoreOptions: ParsableArguments {
+        @Option(help: "The SQLite store (default: RELAY_DB, else ./relay.sqlite).") var db: String?
+        @Flag(help: "Print JSON for scripts instead of a table.") var json = false
+
+        func open() async throws -> RelayStore {
+            var path = db
+            if path == nil { path = try await configReader().string(forKey: ["relay", "db"], default: "./relay.sqlite") }
+            guard let path else { throw ExitCode(1) }
+            do {
+                return try RelayStore(path: path)
+            } catch {
+                printError("relay device: \(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Add: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Register a device and print its secret (shown once).")
+        @Argument(help: "The device id (1-128 characters of [A-Za-z0-9._:-]).") var deviceID: String
+        @Option(name: .customLong("owner"), help: "A user id (JWT sub) who may reach the device (repeat for several).") var owners: [String] = []
+        @Option(help: "A label for people.") var label = ""
+        @OptionGroup var options: StoreOptions
+
+        func run() async throws {
+            let store = try await options.open()
+            let (entry, secret) = try registry { () throws(StoreError) in try store.addDevice(deviceID, owners: owners, label: label) }
+            if options.json {
+                printJSON(["device": entry.json, "secret": secret])
+            } else {
+                print(Table.devices([entry]))
+                print("\nSecret (shown only now; give it to the robot):\n\(secret)")
+            }
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List registered devices.")
+        @OptionGroup var options: StoreOptions
+
+        func run() async throws {
+            let store = try await options.open()
+            let entries = try registry { () throws(StoreError) in try store.devices() }
+            if options.json {
+                printJSON(["devices": entries.map(\.json)])
+            } else {
+                print(entries.isEmpty ? "No devices registered." : Table.devices(entries))
+            }
+        }
+    }
+
+    struct Revoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke a device: it can no longer connect, and a running relay disconnects it."
+        )
+        @Argument(help: "The device id.") var deviceID: String
+        @OptionGroup var options: StoreOptions
+
+        func run() async throws {
+            let store = try await options.open()
+            guard let entry = try registry({ () throws(StoreError) in try store.revoke(deviceID) }) else {
+                throw failure(.unknownDevice(deviceID))
+            }
+            if options.json { printJSON(["device": entry.json]) } else { print(Table.devices([entry])) }
+        }
+    }
+
+    struct Rotate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Give a device a new secret (shown once); the old one stays valid until --finish.",
+            discussion: """
+                Rotation without downtime: run `relay device rotate <id>`, put the new secret on the robot, \
+                then run `relay device rotate <id> --finish` to stop accepting the old secret.
+                """
+        )
+        @Argument(help: "The device id.") var deviceID: String
+        @Flag(help: "Drop the previous secret (after the robot has the new one).") var finish = false
+        @OptionGroup var options: StoreOptions
+
+        func run() async throws {
+            let store = try await options.open()
+            if finish {
+                try registry { () throws(StoreError) in try store.dropPreviousSecret(deviceID) }
+                if options.json { printJSON(["device_id": deviceID, "secrets": 1]) } else { print("Only the newest secret of \(deviceID) is valid now.") }
+                return
+            }
+            let secret = try registry { () throws(StoreError) in try store.rotate(deviceID) }
+            if options.json {
+                printJSON(["device_id": deviceID, "secret": secret])
+            } else {
+                print("New secret for \(deviceID) (shown only now):\n\(secret)")
+                print("The previous secret stays valid until: relay device rotate \(deviceID) --finish")
+            }
+        }
+    }
+
+    struct Grant: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Let a user (JWT sub) reach a device.")
+        @Argument(help: "The device id.") var deviceID: String
+        @Option(name: .customLong("owner"), help: "The user id to add (repeat for several).") var owners: [String]
+        @OptionGroup var options: StoreOptions
+
+        func validate() throws {
+            guard !owners.isEmpty else { throw ValidationError("Name at least one --owner") }
+        }
+
+        func run() async throws {
+            let store = try await options.open()
+            var entry: DeviceEntry?
+            for owner in owners {
+                entry = try registry { () throws(StoreError) in try store.grant(deviceID, owner: owner) }
+            }
+            if options.json { printJSON(["device": entry?.json ?? [:]]) } else if let entry { print(Table.devices([entry])) }
+        }
+    }
+}
+
+/// Runs a store call; a failure becomes one line on stderr and exit status 1.
+private func registry<T>(_ body: () throws(StoreError) -> T) throws -> T {
+    do {
+        return try body()
+    } catch {
+        throw failure(error)
+    }
+}
+
+private func failure(_ error: StoreError) -> ExitCode {
+    printError("relay device: \(error)")
+    return ExitCode(1)
+}
+
+private func printJSON(_ value: Any) {
+    let data = (try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+    print(String(decoding: data, as: UTF8.self))
+}
+
+extension DeviceEntry {
+    fileprivate var json: [String: Any] {
+        [
+            "device_id": deviceID,
+            "owners": owners,
+            "label": label,
+            "revoked": revoked,
+            "revoked_at": revokedAt.map { $0.formatted(.iso8601) } ?? NSNull(),
+            "created_at": createdAt.formatted(.iso8601),
+            "last_seen_at": lastSeenAt.map { $0.formatted(.iso8601) } ?? NSNull(),
+            "secrets": secrets.count,
+        ]
+    }
+}
+
+/// Plain aligned columns for people.
+enum Table {
+    static func devices(_ entries: [DeviceEntry]) -> String {
+        render(
+            header: ["DEVICE", "OWNERS", "LABEL", "STATUS", "SECRETS", "CREATED", "LAST SEEN"],
+            rows: entries.map { entry in
+                [
+                    entry.deviceID,
+                    entry.owners.isEmpty ? "-" : entry.owners.joined(separator: ","),
+                    entry.label.isEmpty ? "-" : entry.label,
+                    entry.revoked ? "revoked" : "active",
+                    String(entry.secrets.count),
+                    entry.createdAt.formatted(.iso8601),
+                    entry.lastSeenAt?.formatted(.iso8601) ?? "never",
+                ]
+            }
+        )
+    }
+
+    static func render(header: [String], rows: [[String]]) -> String {
+        let all = [header] + rows
+        let widths = header.indices.map { column in all.map { $0[column].count }.max() ?? 0 }
+        return all.map { row in
+            row.enumerated().map { column, cell in
+                column == row.count - 1 ? cell : cell.padding(toLength: widths[column], withPad: " ", startingAt: 0)
+            }.joined(separator: "  ")
+        }.joined(separator: "\n")
+    }
+}

@@ -161,7 +161,7 @@ let package = Package(
         .testTarget(
             name: "RelayTests",
             dependencies: [
-                "Relay", "DeviceAuth", "OpenSSLCrypto", "TURNBroker", "RelayTestSupport",
+                "Relay", "DeviceAuth", "OpenSSLCrypto", "Registry", "TURNBroker", "RelayTestSupport",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

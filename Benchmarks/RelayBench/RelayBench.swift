@@ -100,6 +100,7 @@ struct TURNBench: AsyncParsableCommand {
                 "RELAY_JWT_SECRET": "bench-jwt-secret-bench-jwt-secret-00",
                 "RELAY_DEVICE_MASTER_KEY": "bench-master-key-bench-master-key-0",
                 "RELAY_PORT": "0",
+                "RELAY_DB": FileManager.default.temporaryDirectory.appendingPathComponent("relay-bench-\(UUID().uuidString).sqlite").path,
                 // The bystander pings faster than a link's default message budget, and every
                 // client connects from 127.0.0.1.
                 "RELAY_RATE_BURST": "1000",
@@ -115,7 +116,7 @@ struct TURNBench: AsyncParsableCommand {
             )
             var logger = Logger(label: "relay")
             logger.logLevel = .error
-            let app = buildApplication(configuration: configuration, logger: logger)
+            let app = try buildApplication(configuration: configuration, logger: logger)
             try await app.test(.live) { client in
                 let port = client.port!
                 let connect = Connector(port: port, environment: environment)

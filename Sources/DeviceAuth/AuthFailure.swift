@@ -30,7 +30,11 @@ public struct AuthFailure: Error, Sendable, Equatable, CustomStringConvertible {
         "Missing app token: send 'Authorization: Bearer <jwt>' or the 'token' query parameter"
     )
     public static let tokenTooLong = AuthFailure(.unauthenticated, reason: "token_too_long", "App token is too long")
-    public static let malformedToken = AuthFailure(.unauthenticated, reason: "malformed_token", "Malformed app token: expected three base64url segments")
+    public static let malformedToken = AuthFailure(
+        .unauthenticated,
+        reason: "malformed_token",
+        "Malformed app token: expected three base64url segments"
+    )
     public static let malformedHeader = AuthFailure(.unauthenticated, reason: "malformed_header", "Malformed app token header")
     public static func algorithmNotAllowed(_ name: String) -> AuthFailure {
         AuthFailure(.unauthenticated, reason: "algorithm_not_allowed", "App token algorithm '\(name.prefix(16))' is not allowed")
@@ -49,11 +53,16 @@ public struct AuthFailure: Error, Sendable, Equatable, CustomStringConvertible {
     // Device signatures
     public static func missingDeviceParameters(_ names: [String]) -> AuthFailure {
         AuthFailure(
-            .unauthenticated, reason: "missing_device_parameters",
+            .unauthenticated,
+            reason: "missing_device_parameters",
             "Missing \(names.joined(separator: " and ")): sign device URLs as device_id, ts, nonce and sig=hex(HMAC-SHA256(secret, device_id\\nts\\nnonce))"
         )
     }
-    public static let malformedDeviceID = AuthFailure(.unauthenticated, reason: "malformed_device_id", "device_id must be 1-128 characters of [A-Za-z0-9._:-]")
+    public static let malformedDeviceID = AuthFailure(
+        .unauthenticated,
+        reason: "malformed_device_id",
+        "device_id must be 1-128 characters of [A-Za-z0-9._:-]"
+    )
     public static let malformedNonce = AuthFailure(.unauthenticated, reason: "malformed_nonce", "nonce must be 16-64 characters of [A-Za-z0-9_-]")
     public static let malformedTimestamp = AuthFailure(.unauthenticated, reason: "malformed_timestamp", "ts must be Unix seconds")
     public static let malformedSignature = AuthFailure(.unauthenticated, reason: "malformed_signature", "sig must be 64 lowercase hex digits")
@@ -62,7 +71,15 @@ public struct AuthFailure: Error, Sendable, Equatable, CustomStringConvertible {
     }
     public static let unknownDevice = AuthFailure(.unauthenticated, reason: "unknown_device", "Unknown device")
     public static let badDeviceSignature = AuthFailure(.unauthenticated, reason: "bad_device_signature", "Device signature is invalid")
-    public static let replayedNonce = AuthFailure(.unauthenticated, reason: "replayed_nonce", "This nonce was already used: sign each connection with a fresh nonce")
+    public static let replayedNonce = AuthFailure(
+        .unauthenticated,
+        reason: "replayed_nonce",
+        "This nonce was already used: sign each connection with a fresh nonce"
+    )
     public static let deviceRevoked = AuthFailure(.forbidden, reason: "device_revoked", "Device is revoked")
-    public static let replayCacheFull = AuthFailure(.unavailable, reason: "replay_cache_full", "Too many device connections in the signature window; try again shortly")
+    public static let replayCacheFull = AuthFailure(
+        .unavailable,
+        reason: "replay_cache_full",
+        "Too many device connections in the signature window; try again shortly"
+    )
 }

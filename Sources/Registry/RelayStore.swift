@@ -77,9 +77,21 @@ public final class RelayStore: Sendable {
         return migrator
     }
 
-    /// Throws when the store cannot be read (for `/readyz`).
+    /// Throws when the store cannot be read (for `/readyz`): through the open connections, and
+    /// through a fresh one, so a file deleted or replaced under the relay is noticed (the open
+    /// connections would go on reading the old one).
     public func check() async throws(StoreError) {
         try await run { try await self.pool.read { db in _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM device") } }
+        let path = path
+        try await run {
+            try await Task.detached {
+                var configuration = Configuration()
+                configuration.readonly = true
+                let fresh = try DatabaseQueue(path: path, configuration: configuration)
+                try fresh.read { db in _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM device") }
+                try fresh.close()
+            }.value
+        }
     }
 
     /// Closes the store; every later call fails.
@@ -90,7 +102,12 @@ public final class RelayStore: Sendable {
     // MARK: Devices
 
     /// Registers a device with a fresh secret, returned once.
-    public func addDevice(_ deviceID: String, owners: [String], label: String = "", now: Date = Date()) throws(StoreError) -> (DeviceEntry, secret: String) {
+    public func addDevice(
+        _ deviceID: String,
+        owners: [String],
+        label: String = "",
+        now: Date = Date()
+    ) throws(StoreError) -> (DeviceEntry, secret: String) {
         guard DeviceSignature.isValidDeviceID(deviceID) else { throw .invalidDeviceID(deviceID) }
         let secret = Self.makeSecret()
         let entry = try run {

@@ -142,7 +142,13 @@ public func buildRelay(
     let router = Router(context: RelayRequestContext.self)
     router.get("/healthz") { _, _ in
         let counts = switchboard.table.counts
-        return Response.json(.object(["status": .string("ok"), "links": .int(counts.apps + counts.devices), "sessions": .int(counts.sessions)]))
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/json"],
+            body: .init(
+                byteBuffer: ByteBuffer(string: "{\"status\":\"ok\",\"links\":\(counts.apps + counts.devices),\"sessions\":\(counts.sessions)}")
+            )
+        )
     }
     // Ready while the store answers and takes batches, and the TURN provider mints.
     router.get("/readyz") { _, _ in
@@ -151,7 +157,10 @@ public func buildRelay(
         if let failure = journal.failure { problems.append("store: writing failed: \(failure)") }
         if let failure = await turn.unusableReason() { problems.append("turn (\(turn.name)): \(failure)") }
         guard problems.isEmpty else {
-            return Response.json(.object(["status": .string("unready"), "problems": .array(problems.map(JSONValue.string))]), status: .serviceUnavailable)
+            return Response.json(
+                .object(["status": .string("unready"), "problems": .array(problems.map(JSONValue.string))]),
+                status: .serviceUnavailable
+            )
         }
         return Response.json(.object(["status": .string("ready")]))
     }

@@ -18,7 +18,7 @@ final class ObservedTURNProvider: TURNProvider {
 
     /// A failing provider is probed by `/readyz` at most this often (a relay taken out of the
     /// load balancer gets no sessions, so it would otherwise never learn the provider is back).
-    static let probeInterval = Duration.seconds(5)
+    static let probeInterval = Duration.seconds(2)
 
     init(_ base: any TURNProvider, factory: any MetricsFactory) {
         self.base = base

@@ -51,7 +51,9 @@ final class RelayMetrics: Sendable {
         ]
         self.factory = factory
         links = Dictionary(
-            uniqueKeysWithValues: [Party.app, .device].map { ($0, CoreMetrics.Gauge(label: "relay_links", dimensions: [("kind", $0.rawValue)], factory: factory)) }
+            uniqueKeysWithValues: [Party.app, .device].map {
+                ($0, CoreMetrics.Gauge(label: "relay_links", dimensions: [("kind", $0.rawValue)], factory: factory))
+            }
         )
         liveSessions = CoreMetrics.Gauge(label: "relay_sessions", factory: factory)
         sessionsStarted = CoreMetrics.Counter(label: "relay_sessions_started_total", factory: factory)
@@ -61,7 +63,14 @@ final class RelayMetrics: Sendable {
                     closer,
                     Dictionary(
                         uniqueKeysWithValues: Self.closeReasons.map {
-                            ($0, CoreMetrics.Counter(label: "relay_sessions_ended_total", dimensions: [("reason", $0), ("by", closer)], factory: factory))
+                            (
+                                $0,
+                                CoreMetrics.Counter(
+                                    label: "relay_sessions_ended_total",
+                                    dimensions: [("reason", $0), ("by", closer)],
+                                    factory: factory
+                                )
+                            )
                         }
                     )
                 )

@@ -20,7 +20,13 @@ protocol SessionTable: Sendable {
     /// Every link (for shutdown).
     var allLinks: [Link] { get }
     /// Reserves a session between `app` and the live link of `deviceID`, within the limits.
-    func reserveSession(app: Link, deviceID: String, maxPerDevice: Int, maxPerApp: Int, requestedAt: ContinuousClock.Instant)
+    func reserveSession(
+        app: Link,
+        deviceID: String,
+        maxPerDevice: Int,
+        maxPerApp: Int,
+        requestedAt: ContinuousClock.Instant
+    )
         -> Result<Session, SessionRefusal>
     /// Removes a session from the table and from both parties.
     func remove(_ session: Session)

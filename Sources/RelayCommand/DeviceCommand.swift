@@ -95,7 +95,11 @@ struct Device: AsyncParsableCommand {
             let store = try await options.open()
             if finish {
                 try registry { () throws(StoreError) in try store.dropPreviousSecret(deviceID) }
-                if options.json { printJSON(["device_id": deviceID, "secrets": 1]) } else { print("Only the newest secret of \(deviceID) is valid now.") }
+                if options.json {
+                    printJSON(["device_id": deviceID, "secrets": 1])
+                } else {
+                    print("Only the newest secret of \(deviceID) is valid now.")
+                }
                 return
             }
             let secret = try registry { () throws(StoreError) in try store.rotate(deviceID) }

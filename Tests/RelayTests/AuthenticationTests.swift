@@ -1,6 +1,7 @@
 import DeviceAuth
 import Foundation
 import HTTPTypes
+import Registry
 import Relay
 import RelayTestSupport
 import Testing
@@ -35,8 +36,9 @@ import Testing
     }
 
     @Test func deviceRefusalsAre401Or403WithDetail() async throws {
-        let registry = InMemoryDeviceRegistry([DeviceRecord(deviceID: "robot-gone", secrets: ["gone-secret"], revoked: true)])
-        try await TestRelay.run(devices: registry) { relay in
+        try await TestRelay.run { relay in
+            let gone = try relay.store.addDevice("robot-gone", owners: []).secret
+            try relay.store.revoke("robot-gone")
             var result = try await relay.upgrade("/ws/device?device_id=robot-1&sig=\(String(repeating: "a", count: 64))")
             #expect(result.status == .unauthorized)
             #expect(result.detail?.hasPrefix("Missing ts and nonce") == true)
@@ -49,7 +51,7 @@ import Testing
             #expect(result.status == .unauthorized)
             #expect(result.detail?.hasPrefix("ts is more than 300 s from the relay's clock") == true)
 
-            result = try await relay.upgrade("/ws/device?\(relay.deviceQuery("robot-gone", secret: "gone-secret"))")
+            result = try await relay.upgrade("/ws/device?\(relay.deviceQuery("robot-gone", secret: gone))")
             #expect(result.status == .forbidden)
             #expect(result.detail == "Device is revoked")
 

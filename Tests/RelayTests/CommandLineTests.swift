@@ -16,7 +16,11 @@ import Testing
         var stderr: String
     }
 
-    static func relay(_ arguments: [String], environment: [String: String] = [:]) throws -> Run {
+    static func relay(_ arguments: [String], environment: [String: String] = [:]) async throws -> Run {
+        try await onOwnThread { try runRelay(arguments, environment: environment) }
+    }
+
+    private static func runRelay(_ arguments: [String], environment: [String: String]) throws -> Run {
         let process = Process()
         process.executableURL = relayBinary
         process.arguments = arguments
@@ -44,10 +48,10 @@ import Testing
 
     @Test func tokenAndSignURLGetARobotAndAnAppIntoASession() async throws {
         let environment = ["RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey]
-        let token = try Self.relay(["token", "--sub", "alice", "--device", "robot-1"], environment: environment)
+        let token = try await Self.relay(["token", "--sub", "alice", "--device", "robot-1"], environment: environment)
         #expect(token.status == 0)
         try await TestRelay.run { relay in
-            let signed = try Self.relay(["sign-url", "robot-1", "--url", "ws://127.0.0.1:\(relay.port)"], environment: environment)
+            let signed = try await Self.relay(["sign-url", "robot-1", "--url", "ws://127.0.0.1:\(relay.port)"], environment: environment)
             #expect(signed.status == 0)
             let url = signed.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             #expect(url.hasPrefix("ws://127.0.0.1:\(relay.port)/ws/device?device_id=robot-1&ts="))
@@ -60,8 +64,8 @@ import Testing
         }
     }
 
-    @Test func signURLWithTheDevicesOwnSecretMatchesTheContract() throws {
-        let signed = try Self.relay(["sign-url", "robot-7", "--secret", "s3cret"])
+    @Test func signURLWithTheDevicesOwnSecretMatchesTheContract() async throws {
+        let signed = try await Self.relay(["sign-url", "robot-7", "--secret", "s3cret"])
         #expect(signed.status == 0)
         let query = try #require(URLComponents(string: signed.stdout.trimmingCharacters(in: .whitespacesAndNewlines))?.queryItems)
         let value = { (name: String) in query.first { $0.name == name }?.value ?? "" }
@@ -70,19 +74,19 @@ import Testing
         #expect(signed.stdout.hasPrefix("ws://127.0.0.1:8080/ws/device?"))
     }
 
-    @Test func commandsExplainWhatIsMissing() throws {
-        let token = try Self.relay(["token", "--sub", "alice"])
+    @Test func commandsExplainWhatIsMissing() async throws {
+        let token = try await Self.relay(["token", "--sub", "alice"])
         #expect(token.status == 2)
         #expect(token.stderr.contains("RELAY_JWT_SECRET is not set"))
-        let signed = try Self.relay(["sign-url", "robot-1"])
+        let signed = try await Self.relay(["sign-url", "robot-1"])
         #expect(signed.status == 2)
         #expect(signed.stderr.contains("pass --secret, or --master-key, or set RELAY_DEVICE_MASTER_KEY"))
-        let badDevice = try Self.relay(["sign-url", "robot 1", "--secret", "s"])
+        let badDevice = try await Self.relay(["sign-url", "robot 1", "--secret", "s"])
         #expect(badDevice.status == 2)
     }
 
-    @Test func invalidConfigurationStopsStartUpWithOneLinePerProblem() throws {
-        let run = try Self.relay(["serve"], environment: ["RELAY_PORT": "http", "RELAY_JWT_SECRET": "short", "RELAY_TURN_PROVIDER": "nope"])
+    @Test func invalidConfigurationStopsStartUpWithOneLinePerProblem() async throws {
+        let run = try await Self.relay(["serve"], environment: ["RELAY_PORT": "http", "RELAY_JWT_SECRET": "short", "RELAY_TURN_PROVIDER": "nope"])
         #expect(run.status == 78)
         #expect(
             run.stderr.split(separator: "\n") == [
@@ -101,8 +105,8 @@ import Testing
         let relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
         let (process, port) = (relay.process, relay.port)
         defer { relay.kill() }
-        let signer = try CommandLineTests.relay(["token", "--sub", "alice", "--device", "robot-1"], environment: environment)
-        let deviceURL = try CommandLineTests.relay(["sign-url", "robot-1", "--url", "ws://127.0.0.1:\(port)"], environment: environment)
+        let signer = try await CommandLineTests.relay(["token", "--sub", "alice", "--device", "robot-1"], environment: environment)
+        let deviceURL = try await CommandLineTests.relay(["sign-url", "robot-1", "--url", "ws://127.0.0.1:\(port)"], environment: environment)
         let device = try await TestSocket.connect(deviceURL.stdout.trimmingCharacters(in: .whitespacesAndNewlines))
         let app = try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/app?token=\(signer.stdout.trimmingCharacters(in: .whitespacesAndNewlines))")
         try app.send(["type": "webrtc_request", "device_id": "robot-1"])

@@ -42,12 +42,12 @@ import Testing
             #expect(username.hasSuffix(":user:alice"))
             #expect(turn["urls"] as? [String] == ["turn:127.0.0.1:\(coturn.port)?transport=udp"])
 
-            let accepted = try coturn.allocate(username: username, credential: credential)
+            let accepted = try await coturn.allocate(username: username, credential: credential)
             #expect(accepted.status == 0, "turnutils_uclient: \(accepted.output.suffix(400))")
-            let tampered = try coturn.allocate(username: username, credential: "x" + credential.dropFirst())
+            let tampered = try await coturn.allocate(username: username, credential: "x" + credential.dropFirst())
             #expect(tampered.status != 0)
             #expect(tampered.output.contains("Cannot complete Allocation"))
-            let otherUser = try coturn.allocate(username: username.replacingOccurrences(of: "alice", with: "mallory"), credential: credential)
+            let otherUser = try await coturn.allocate(username: username.replacingOccurrences(of: "alice", with: "mallory"), credential: credential)
             #expect(otherUser.status != 0)
         }
     }
@@ -109,7 +109,12 @@ struct Coturn {
     }
 
     /// One TURN allocation (and a short exchange) with coturn's own client.
-    func allocate(username: String, credential: String) throws -> (status: Int32, output: String) {
+    func allocate(username: String, credential: String) async throws -> (status: Int32, output: String) {
+        let port = port
+        return try await onOwnThread { try Self.allocate(username: username, credential: credential, port: port) }
+    }
+
+    private static func allocate(username: String, credential: String, port: Int) throws -> (status: Int32, output: String) {
         let client = Process()
         // `timeout` bounds a client that would keep retrying.
         client.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")

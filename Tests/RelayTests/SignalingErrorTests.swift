@@ -1,5 +1,6 @@
 import DeviceAuth
 import Foundation
+import Registry
 import Relay
 import RelayTestSupport
 import Testing
@@ -81,10 +82,8 @@ import Testing
     }
 
     @Test func sessionRequestChecksRunInTheContractsOrder() async throws {
-        let registry = InMemoryDeviceRegistry([
-            DeviceRecord(deviceID: "robot-owned", secrets: ["owned-secret"], owners: ["alice"])
-        ])
-        try await TestRelay.run(["RELAY_MAX_SESSIONS_PER_DEVICE": "1"], devices: registry) { relay in
+        try await TestRelay.run(["RELAY_MAX_SESSIONS_PER_DEVICE": "1"]) { relay in
+            let owned = try relay.store.addDevice("robot-owned", owners: ["alice"]).secret
             let app = try await relay.app("alice", devices: ["robot-1"])
             // 1. well formed
             try app.send(["type": "webrtc_request", "device_id": "robot 1!", "request_id": "a"])
@@ -100,10 +99,10 @@ import Testing
             // Registry owners may reach a device their token does not list.
             try app.send(["type": "webrtc_request", "device_id": "robot-owned"])
             _ = try await expectError(app, "device_offline", message: "Device offline")
-            let owned = try await TestSocket.connect(
-                "ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-owned", secret: "owned-secret"))"
+            let ownedDevice = try await TestSocket.connect(
+                "ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-owned", secret: owned))"
             )
-            _ = try await relay.openSession(app: app, device: owned, deviceID: "robot-owned")
+            _ = try await relay.openSession(app: app, device: ownedDevice, deviceID: "robot-owned")
             // 4. not busy
             let device = try await relay.device()
             _ = try await relay.openSession(app: app, device: device)

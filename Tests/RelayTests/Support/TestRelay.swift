@@ -6,6 +6,7 @@ import Hummingbird
 import HummingbirdTesting
 import Logging
 import NIOCore
+import Registry
 import Relay
 import RelayTestSupport
 import TURNBroker
@@ -19,6 +20,8 @@ struct TestRelay: Sendable {
 
     let port: Int
     let http: any TestClientProtocol
+    /// The relay's store, opened a second time as the `relay device` commands do.
+    let store: RelayStore
 
     static func configuration(_ environment: [String: String]) throws -> RelayConfiguration {
         var variables = ["RELAY_JWT_SECRET": jwtSecret, "RELAY_DEVICE_MASTER_KEY": masterKey, "RELAY_PORT": "0"]
@@ -26,10 +29,9 @@ struct TestRelay: Sendable {
         return try RelayConfiguration(reader: ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: variables)))
     }
 
-    /// Runs `body` against a live relay.
+    /// Runs `body` against a live relay with a store of its own in a fresh directory.
     static func run(
         _ environment: [String: String] = [:],
-        devices: InMemoryDeviceRegistry = InMemoryDeviceRegistry(),
         turn: (any TURNProvider)? = nil,
         logs: LogCapture? = nil,
         refreshDelay: (@Sendable (Int) -> Duration)? = nil,
@@ -37,14 +39,18 @@ struct TestRelay: Sendable {
     ) async throws {
         var logger = logs?.logger() ?? Logger(label: "relay-test")
         if logs == nil { logger.logLevel = .warning }
-        let app = buildApplication(
-            configuration: try configuration(environment),
-            dependencies: refreshDelay.map { RelayDependencies(devices: devices, turn: turn, refreshDelay: $0) }
-                ?? RelayDependencies(devices: devices, turn: turn),
-            logger: logger
-        )
-        try await app.test(.live) { client in
-            try await body(TestRelay(port: client.port!, http: client))
+        try await withTemporaryDirectory { directory in
+            var environment = environment
+            environment["RELAY_DB"] = environment["RELAY_DB"] ?? "\(directory)/relay.sqlite"
+            let app = try buildApplication(
+                configuration: try configuration(environment),
+                dependencies: refreshDelay.map { RelayDependencies(turn: turn, refreshDelay: $0) } ?? RelayDependencies(turn: turn),
+                logger: logger
+            )
+            let store = try RelayStore(path: environment["RELAY_DB"]!)
+            try await app.test(.live) { client in
+                try await body(TestRelay(port: client.port!, http: client, store: store))
+            }
         }
     }
 
@@ -93,6 +99,22 @@ struct TestRelay: Sendable {
         try await http.execute(uri: pathAndQuery, method: .get) { ($0.status, String(buffer: $0.body)) }
     }
 
+    /// An HTTP request with an optional bearer token and JSON body; the answer's status and JSON.
+    func request(
+        _ method: HTTPRequest.Method,
+        _ path: String,
+        token: String? = nil,
+        body: String? = nil
+    ) async throws -> (status: HTTPResponse.Status, json: [String: Any]) {
+        var headers: HTTPFields = [:]
+        if let token { headers[.authorization] = "Bearer \(token)" }
+        if body != nil { headers[.contentType] = "application/json" }
+        return try await http.execute(uri: path, method: method, headers: headers, body: body.map { ByteBuffer(string: $0) }) { response in
+            let json = (try? JSONSerialization.jsonObject(with: Data(String(buffer: response.body).utf8)) as? [String: Any]) ?? [:]
+            return (response.status, json)
+        }
+    }
+
     /// `POST /api/turn/credentials` with `token` (none: no Authorization header) and `body`.
     func mintCredentials(token: String?, body: String? = nil) async throws -> (status: HTTPResponse.Status, headers: HTTPFields, json: [String: Any])
     {
@@ -134,4 +156,12 @@ struct UnreachableTURNService: TURNProvider {
     func mint(ttl: Int, identifier: String) async throws(TURNError) -> CredentialDocument {
         throw TURNError(.upstreamFailed, "upstream unreachable")
     }
+}
+
+/// Runs `body` with a fresh directory, removed afterwards.
+func withTemporaryDirectory<T>(_ body: (String) async throws -> T) async throws -> T {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("relay-test-\(UUID().uuidString)").path
+    try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    defer { try? FileManager.default.removeItem(atPath: directory) }
+    return try await body(directory)
 }

@@ -7,13 +7,15 @@ public struct RelayProcess: Sendable {
 
     public struct DidNotStart: Error {}
 
-    /// Starts `binary serve` with exactly `environment` (plus PATH, RELAY_PORT=0); returns once
-    /// it says where it listens. Its log keeps being drained so it never blocks on a full pipe.
+    /// Starts `binary serve` with exactly `environment` (plus PATH, RELAY_PORT=0, and a store of
+    /// its own unless `RELAY_DB` is given); returns once it says where it listens. Its log keeps
+    /// being drained so it never blocks on a full pipe.
     public static func start(binary: URL, environment: [String: String]) async throws -> RelayProcess {
         let process = Process()
         process.executableURL = binary
         process.arguments = ["serve"]
-        process.environment = environment.merging(["PATH": "/usr/bin:/bin", "RELAY_PORT": "0"]) { old, _ in old }
+        let store = FileManager.default.temporaryDirectory.appendingPathComponent("relay-\(UUID().uuidString).sqlite").path
+        process.environment = environment.merging(["PATH": "/usr/bin:/bin", "RELAY_PORT": "0", "RELAY_DB": store]) { old, _ in old }
         process.currentDirectoryURL = FileManager.default.temporaryDirectory
         let log = Pipe()
         process.standardError = log
@@ -50,6 +52,7 @@ public struct RelayProcess: Sendable {
         return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
     }
 
+    /// Ends the relay with SIGKILL and waits for it (a dead process exits at once).
     public func kill() {
         if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
         process.waitUntilExit()

@@ -1,0 +1,182 @@
+import DeviceAuth
+import Foundation
+import HTTPTypes
+import Registry
+import RelayTestSupport
+import Testing
+
+/// Contract §3.3 and §9: every session ends in the audit log with who ended it and why, and a
+/// relay killed mid-run leaves a store that opens cleanly with everything it committed.
+@Suite(.timeLimit(.minutes(2))) struct AuditTests {
+    static let adminToken = "test-admin-token-test-admin-token-0"
+
+    /// The audit row of `sessionID` once it is closed.
+    static func closedRow(_ sessionID: String, in store: RelayStore) async throws -> AuditEntry {
+        try await eventually("the audit row of \(sessionID)") {
+            try store.auditLog(limit: 1000).first { $0.sessionID == sessionID && $0.closeReason != nil }
+        }
+    }
+
+    @Test func sessionsThatEndEachWayAreAudited() async throws {
+        let environment = ["RELAY_SETUP_TIMEOUT_S": "3", "RELAY_RESUME_GRACE_S": "0", "RELAY_ADMIN_TOKEN": Self.adminToken]
+        try await TestRelay.run(environment) { relay in
+            let secret = try relay.store.addDevice("robot-7", owners: ["alice"]).secret
+            let device = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-7", secret: secret))")
+            let app = try await relay.app("alice", devices: ["robot-1"])
+            var expected: [(session: String, reason: String, by: String, answered: Bool)] = []
+
+            func open() async throws -> String {
+                let (credentials, _) = try await relay.openSession(app: app, device: device, deviceID: "robot-7")
+                return try #require(credentials["session_id"] as? String)
+            }
+            func answer(_ session: String) async throws {
+                try app.send(["type": "webrtc_answer", "session_id": session, "sdp": "v=0"])
+                _ = try await device.next("webrtc_answer")
+            }
+
+            // The app hangs up after the call was set up.
+            var session = try await open()
+            try await answer(session)
+            try app.send(["type": "webrtc_close", "session_id": session])
+            _ = try await device.next("webrtc_close")
+            _ = try await app.next("webrtc_close")
+            expected.append((session, "normal", "app", true))
+            // The device hangs up with its own reason.
+            session = try await open()
+            try await answer(session)
+            try device.send(["type": "webrtc_close", "session_id": session, "reason": "battery low"])
+            _ = try await app.next("webrtc_close")
+            _ = try await device.next("webrtc_close")
+            expected.append((session, "battery low", "device", true))
+            // The device declines.
+            session = try await open()
+            try device.send(["type": "webrtc_reject", "session_id": session, "reason": "busy"])
+            _ = try await app.next("webrtc_close")
+            _ = try await device.next("webrtc_close")
+            expected.append((session, "rejected", "device", false))
+            // Nobody answers in time.
+            session = try await open()
+            #expect(try await app.next("webrtc_close")["reason"] as? String == "setup_timeout")
+            _ = try await device.next("webrtc_close")
+            expected.append((session, "setup_timeout", "relay", false))
+            // An operator ends it.
+            session = try await open()
+            try await answer(session)
+            #expect(try await relay.request(.delete, "/admin/sessions/\(session)", token: Self.adminToken).status == .ok)
+            #expect(try await app.next("webrtc_close")["reason"] as? String == "admin")
+            _ = try await device.next("webrtc_close")
+            expected.append((session, "admin", "relay", true))
+            // The app's link ends (no resume grace).
+            let leaving = try await relay.app("alice", devices: nil)
+            let (credentials, _) = try await relay.openSession(app: leaving, device: device, deviceID: "robot-7")
+            session = try #require(credentials["session_id"] as? String)
+            leaving.close()
+            #expect(try await device.next("webrtc_close")["reason"] as? String == "peer_disconnected")
+            expected.append((session, "peer_disconnected", "relay", false))
+            // The device is revoked.
+            session = try await open()
+            #expect(try await relay.request(.delete, "/admin/devices/robot-7", token: Self.adminToken).status == .ok)
+            #expect(try await app.next("webrtc_close")["reason"] as? String == "device_revoked")
+            expected.append((session, "device_revoked", "relay", false))
+
+            for (session, reason, closer, answered) in expected {
+                let row = try await Self.closedRow(session, in: relay.store)
+                #expect(row.closeReason == reason, "\(reason)")
+                #expect(row.closedBy == closer, "\(reason)")
+                #expect(row.deviceID == "robot-7")
+                #expect(row.userID == "alice")
+                #expect((row.answeredAt != nil) == answered, "\(reason)")
+                let closedAt = try #require(row.closedAt)
+                #expect(row.createdAt <= closedAt)
+                if let answeredAt = row.answeredAt { #expect(row.createdAt <= answeredAt && answeredAt <= closedAt) }
+            }
+            #expect(try relay.store.auditLog(deviceID: "robot-7").count == expected.count)
+        }
+    }
+
+    @Test func aKilledRelayLeavesWhatItCommittedAndTheStoreOpensCleanly() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = "\(directory)/relay.sqlite"
+            let environment = [
+                "RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey, "RELAY_DB": path,
+                "RELAY_SHUTDOWN_DRAIN_S": "0",
+            ]
+            let store = try RelayStore(path: path)
+            let secret = try store.addDevice("robot-7", owners: ["alice"]).secret
+            var relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+            defer { relay.kill() }
+            let client = ProcessClient(port: relay.port)
+            var device = try await client.device("robot-7", secret: secret)
+            var app = try await client.app("alice")
+
+            // One session ends before the kill, one is still open.
+            let ended = try await client.openSession(app: app, device: device, deviceID: "robot-7")
+            try app.send(["type": "webrtc_close", "session_id": ended])
+            _ = try await device.next("webrtc_close")
+            _ = try await app.next("webrtc_close")
+            let open = try await client.openSession(app: app, device: device, deviceID: "robot-7")
+            _ = try await Self.closedRow(ended, in: store)
+            _ = try await eventually("the open session's row") { try store.auditLog().first { $0.sessionID == open } }
+
+            relay.kill()
+            #expect(try store.integrityCheck() == "ok")
+            let committed = try store.auditLog()
+            #expect(committed.count == 2)
+            #expect(committed.first { $0.sessionID == ended }?.closeReason == "normal")
+            let unfinished = try #require(committed.first { $0.sessionID == open })
+            #expect(unfinished.closeReason == nil && unfinished.closedAt == nil)
+            // The device's last sighting was committed with it.
+            #expect(try store.device(entry: "robot-7")?.lastSeenAt != nil)
+
+            // The next run closes what the killed one left open, and a graceful stop audits its
+            // own open sessions as `shutdown`.
+            relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+            let restarted = ProcessClient(port: relay.port)
+            let stopped = try await eventually("relay_stopped") { try store.auditLog().first { $0.sessionID == open && $0.closeReason != nil } }
+            #expect(stopped.closeReason == "relay_stopped")
+            #expect(stopped.closedBy == "relay")
+            device = try await restarted.device("robot-7", secret: secret)
+            app = try await restarted.app("alice")
+            let last = try await restarted.openSession(app: app, device: device, deviceID: "robot-7")
+            kill(relay.process.processIdentifier, SIGTERM)
+            #expect(await relay.process.exited() == 0)
+            let row = try #require(try store.auditLog().first { $0.sessionID == last })
+            #expect(row.closeReason == "shutdown")
+            #expect(row.closedBy == "relay")
+        }
+    }
+}
+
+/// Clients of a relay started as a process.
+struct ProcessClient {
+    let port: Int
+
+    func device(_ deviceID: String, secret: String) async throws -> TestSocket {
+        let query = DeviceSignature.sign(
+            deviceID: deviceID,
+            timestamp: Int(Date().timeIntervalSince1970),
+            nonce: DeviceSignature.makeNonce(),
+            secret: secret
+        )
+        .query
+        return try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/device?\(query)")
+    }
+
+    func app(_ userID: String) async throws -> TestSocket {
+        let token = try AppTokenSigner(secret: Array(TestRelay.jwtSecret.utf8)).token(
+            userID: userID,
+            devices: nil,
+            now: Date().timeIntervalSince1970,
+            lifetime: 600
+        )
+        return try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/app", headers: [.authorization: "Bearer \(token)"])
+    }
+
+    /// Opens a session; returns its id.
+    func openSession(app: TestSocket, device: TestSocket, deviceID: String) async throws -> String {
+        try app.send(["type": "webrtc_request", "device_id": deviceID])
+        let credentials = try await app.next("webrtc_credentials")
+        _ = try await device.next("webrtc_request")
+        return try #require(credentials["session_id"] as? String)
+    }
+}

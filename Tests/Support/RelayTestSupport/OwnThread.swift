@@ -1,0 +1,21 @@
+import Foundation
+
+/// Runs blocking work (waiting for a child process, reading its pipes) on a thread of its own,
+/// so it never holds one of the few threads Swift concurrency runs every test's relay on.
+public func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread {
+            continuation.resume(with: Result { try body() })
+        }
+    }
+}
+
+extension Process {
+    /// Waits for the process to exit without blocking a concurrency thread; its exit status.
+    public func exited() async -> Int32 {
+        (try? await onOwnThread { [self] in
+            waitUntilExit()
+            return terminationStatus
+        }) ?? -1
+    }
+}

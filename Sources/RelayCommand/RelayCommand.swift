@@ -90,6 +90,7 @@ struct Serve: AsyncParsableCommand {
               RELAY_JWT_SECRET=\(secrets.jwtSecret)
               RELAY_DEVICE_MASTER_KEY=\(secrets.deviceMasterKey)
               TURN provider: static (STUN only)
+              Registry and audit log: \(configuration.databasePath) (relay device add <id> --owner <user>)
 
             Try it (app 'dev-user' may reach device 'robot-1'):
               app:    \(base)/ws/app?token=\(token)

@@ -86,7 +86,7 @@ import Testing
 @Suite(.timeLimit(.minutes(1))) struct LogSecrecyTests {
     @Test func tokensSignaturesAndNoncesNeverReachTheLog() async throws {
         let logs = LogCapture()
-        try await TestRelay.run(logs: logs) { relay in
+        try await TestRelay.run(["RELAY_ADMIN_TOKEN": AuditTests.adminToken], logs: logs) { relay in
             let token = relay.appToken()
             let expired = relay.appToken(lifetime: -120)
             let nonce = "nonce-for-log-test-0001"
@@ -94,11 +94,34 @@ import Testing
             let signature = String(query.split(separator: "sig=").last!)
             let badQuery = relay.deviceQuery(secret: "wrong-secret", nonce: "nonce-for-log-test-0002")
             let badSignature = String(badQuery.split(separator: "sig=").last!)
-            let secrets = [token, expired, nonce, signature, "nonce-for-log-test-0002", badSignature]
+            let added = try await relay.request(
+                .post,
+                "/admin/devices",
+                token: AuditTests.adminToken,
+                body: #"{"device_id":"robot-7","owners":["alice"]}"#
+            )
+            let deviceSecret = try #require(added.json["secret"] as? String)
+            let registered = try await TestSocket.connect(
+                "ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-7", secret: deviceSecret))"
+            )
+            let secrets = [token, expired, nonce, signature, "nonce-for-log-test-0002", badSignature, deviceSecret, AuditTests.adminToken]
 
             let device = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(query)")
             let app = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/app?token=\(token)")
             _ = try await relay.openSession(app: app, device: device)
+            // One line per session lifecycle event, naming the session and both links.
+            let (credentials, _) = try await relay.openSession(app: app, device: registered, deviceID: "robot-7")
+            let sessionID = try #require(credentials["session_id"] as? String)
+            try app.send(["type": "webrtc_answer", "session_id": sessionID, "sdp": "v=0"])
+            _ = try await registered.next("webrtc_answer")
+            try app.send(["type": "webrtc_close", "session_id": sessionID])
+            _ = try await registered.next("webrtc_close")
+            _ = try await app.next("webrtc_close")
+            for event in ["Session opened", "Session answered", "Session closed"] {
+                let matching = logs.all.filter { $0.contains(event) && $0.contains("session.id=\(sessionID)") }
+                #expect(matching.count == 1, "\(event)")
+                #expect(matching.first?.contains("app.link.id=") == true && matching.first?.contains("device.link.id=") == true)
+            }
             _ = try await relay.upgrade("/ws/app?token=\(expired)")
             _ = try await relay.upgrade("/ws/device?\(badQuery)")
             _ = try await relay.upgrade("/ws/device?\(query)")

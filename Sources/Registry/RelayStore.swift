@@ -18,7 +18,14 @@ public final class RelayStore: Sendable {
         do {
             if !FileManager.default.fileExists(atPath: path) {
                 let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
-                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+                var isDirectory: ObjCBool = false
+                if !FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory) {
+                    guard (try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)) != nil else {
+                        throw StoreError("cannot create the directory \(directory) for \(path)")
+                    }
+                } else if !isDirectory.boolValue {
+                    throw StoreError("cannot create \(path): \(directory) is not a directory")
+                }
                 guard FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
                     throw StoreError("cannot create \(path)")
                 }
@@ -82,15 +89,12 @@ public final class RelayStore: Sendable {
     /// connections would go on reading the old one).
     public func check() async throws(StoreError) {
         try await run { try await self.pool.read { db in _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM device") } }
-        let path = path
         try await run {
-            try await Task.detached {
-                var configuration = Configuration()
-                configuration.readonly = true
-                let fresh = try DatabaseQueue(path: path, configuration: configuration)
-                try fresh.read { db in _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM device") }
-                try fresh.close()
-            }.value
+            var configuration = Configuration()
+            configuration.readonly = true
+            let fresh = try DatabaseQueue(path: self.path, configuration: configuration)
+            try await fresh.read { db in _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM device") }
+            try fresh.close()
         }
     }
 
@@ -419,7 +423,7 @@ public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
     public var kind: Kind
     public var description: String
 
-    init(_ kind: Kind = .unusable, _ description: String) {
+    init(_ kind: Kind, _ description: String) {
         self.kind = kind
         self.description = description
     }

@@ -4,6 +4,7 @@ import DeviceAuth
 import Foundation
 import Hummingbird
 import Logging
+import Registry
 import Relay
 import ServiceLifecycle
 import SystemPackage
@@ -59,7 +60,7 @@ struct Serve: AsyncParsableCommand {
             printDevelopmentBanner(development, configuration: configuration)
         }
         let logger = Logger(label: "relay")
-        let relay = try buildRelay(configuration: configuration, logger: logger)
+        let relay = try exitingOnStoreError { () throws(StoreError) in try buildRelay(configuration: configuration, logger: logger) }
         // Shut down in reverse order: the drain (go_away, 1001) first, then the server.
         let services = ServiceGroup(
             configuration: .init(
@@ -100,6 +101,16 @@ struct Serve: AsyncParsableCommand {
             \(rule)
             """
         )
+    }
+}
+
+/// A store that cannot be opened stops start-up with one line.
+private func exitingOnStoreError<T>(_ body: () throws(StoreError) -> T) throws -> T {
+    do {
+        return try body()
+    } catch {
+        printError("relay: \(error) (RELAY_DB)")
+        throw ExitCode(1)
     }
 }
 

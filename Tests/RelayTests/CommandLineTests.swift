@@ -96,6 +96,22 @@ import Testing
             ]
         )
     }
+
+    @Test func aStoreThatCannotBeOpenedStopsStartUpWithOneLine() async throws {
+        try await withTemporaryDirectory { directory in
+            // A file where the store's directory should be.
+            FileManager.default.createFile(atPath: "\(directory)/not-a-directory", contents: Data("x".utf8))
+            let run = try await Self.relay(["serve"], environment: ["RELAY_DB": "\(directory)/not-a-directory/relay.sqlite"])
+            #expect(run.status == 1)
+            let lines = run.stderr.split(separator: "\n").filter { $0.hasPrefix("relay: ") }
+            #expect(lines.count == 1)
+            #expect(
+                lines == [
+                    "relay: cannot create \(directory)/not-a-directory/relay.sqlite: \(directory)/not-a-directory is not a directory (RELAY_DB)"
+                ]
+            )
+        }
+    }
 }
 
 /// `relay serve` as a process: graceful shutdown on SIGTERM.

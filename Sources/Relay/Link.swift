@@ -37,7 +37,6 @@ public final class Link: Sendable {
     private struct State {
         var app: AppIdentity?
         var sessions: [String: Session] = [:]
-        var capabilities: JSONValue?
         /// Device ids this (app) link watches (contract §8).
         var watched: Set<String> = []
         var attachment = Attachment.new
@@ -61,11 +60,6 @@ public final class Link: Sendable {
 
     func replaceAppIdentity(_ identity: AppIdentity) {
         state.withLock { $0.app = identity }
-    }
-
-    var capabilities: JSONValue? {
-        get { state.withLock { $0.capabilities } }
-        set { state.withLock { $0.capabilities = newValue } }
     }
 
     /// Constant-time check of a presented resume token.

@@ -294,7 +294,6 @@ final class Switchboard: Sendable {
 
         case .deviceInfo(let capabilities):
             guard link.party == .device else { throw SignalingError(.badRequest, "device_info is for devices", requestID: requestID) }
-            link.capabilities = capabilities
             presence.describe(link.principal, capabilities: capabilities)
         }
     }

@@ -58,6 +58,29 @@ import Testing
         )
     }
 
+    @Test func storeAndAdminSettingsAreChecked() throws {
+        let secret = String(repeating: "s", count: 32)
+        let configured = try read(["RELAY_JWT_SECRET": secret, "RELAY_DB": "/var/lib/relay/relay.sqlite", "RELAY_ADMIN_TOKEN": secret]).get()
+        #expect(configured.databasePath == "/var/lib/relay/relay.sqlite")
+        #expect(configured.adminToken == secret)
+        #expect(try read(["RELAY_JWT_SECRET": secret]).get().adminToken == nil)
+        guard
+            case .failure(let invalid) = read([
+                "RELAY_JWT_SECRET": secret, "RELAY_ADMIN_TOKEN": "admin", "RELAY_AUDIT_FLUSH_MS": "0", "RELAY_REGISTRY_POLL_MS": "soon",
+            ])
+        else {
+            Issue.record("configuration was accepted")
+            return
+        }
+        #expect(
+            invalid.problems == [
+                "RELAY_AUDIT_FLUSH_MS must be an integer from 10 to 10000 (got '0')",
+                "RELAY_REGISTRY_POLL_MS must be an integer from 50 to 600000 (got 'soon')",
+                "RELAY_ADMIN_TOKEN must be at least 32 bytes (try: openssl rand -hex 32)",
+            ]
+        )
+    }
+
     @Test func deviceKeyWithoutAnyAppTokenKeyIsAProblem() {
         guard case .failure(let invalid) = read(["RELAY_DEVICE_MASTER_KEY": String(repeating: "m", count: 32)]) else {
             Issue.record("configuration was accepted")

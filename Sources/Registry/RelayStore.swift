@@ -4,7 +4,8 @@ import GRDB
 import OpenSSLCrypto
 
 /// The embedded store (contract §9): one SQLite file in WAL mode holding the device registry
-/// and the session audit log. The relay reads it when a device connects and when an app asks for
+/// and the session audit log. Its calls are async (GRDB runs them on its own queues) so none
+/// blocks a Swift concurrency thread. The relay reads it when a device connects and when an app asks for
 /// a device it does not hold in its token; it writes to it only in batches (`StoreWriter`), never
 /// on the per-message path. The `relay device` commands open the same file from another process.
 public final class RelayStore: Sendable {
@@ -111,11 +112,11 @@ public final class RelayStore: Sendable {
         owners: [String],
         label: String = "",
         now: Date = Date()
-    ) throws(StoreError) -> (DeviceEntry, secret: String) {
+    ) async throws(StoreError) -> (DeviceEntry, secret: String) {
         guard DeviceSignature.isValidDeviceID(deviceID) else { throw .invalidDeviceID(deviceID) }
         let secret = Self.makeSecret()
-        let entry = try run {
-            try pool.write { db -> DeviceEntry? in
+        let entry = try await run {
+            try await self.pool.write { db -> DeviceEntry? in
                 guard try Bool.fetchOne(db, sql: "SELECT 1 FROM device WHERE id = ?", arguments: [deviceID]) == nil else { return nil }
                 try db.execute(
                     sql: "INSERT INTO device (id, secret, label, created_at) VALUES (?, ?, ?, ?)",
@@ -131,12 +132,12 @@ public final class RelayStore: Sendable {
         return (entry, secret)
     }
 
-    public func devices() throws(StoreError) -> [DeviceEntry] {
-        try run { try pool.read { db in try Self.entries(db, where: "", arguments: []) } }
+    public func devices() async throws(StoreError) -> [DeviceEntry] {
+        try await run { try await self.pool.read { db in try Self.entries(db, where: "", arguments: []) } }
     }
 
-    public func device(entry deviceID: String) throws(StoreError) -> DeviceEntry? {
-        try run { try pool.read { db in try Self.entry(deviceID, in: db) } }
+    public func device(entry deviceID: String) async throws(StoreError) -> DeviceEntry? {
+        try await run { try await self.pool.read { db in try Self.entry(deviceID, in: db) } }
     }
 
     /// The devices `userID` owns in the registry (not revoked).
@@ -165,9 +166,9 @@ public final class RelayStore: Sendable {
 
     /// Revokes a device; false when it was not registered. Revoking twice keeps the first time.
     @discardableResult
-    public func revoke(_ deviceID: String, now: Date = Date()) throws(StoreError) -> DeviceEntry? {
-        try run {
-            try pool.write { db in
+    public func revoke(_ deviceID: String, now: Date = Date()) async throws(StoreError) -> DeviceEntry? {
+        try await run {
+            try await self.pool.write { db in
                 try db.execute(
                     sql: "UPDATE device SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                     arguments: [now.timeIntervalSince1970, deviceID]
@@ -180,10 +181,10 @@ public final class RelayStore: Sendable {
     /// Gives a device a new secret (returned once). The secret it replaces stays valid beside
     /// it so robots can be moved over without downtime, until `dropPreviousSecret`; a device
     /// never has more than two.
-    public func rotate(_ deviceID: String) throws(StoreError) -> String {
+    public func rotate(_ deviceID: String) async throws(StoreError) -> String {
         let secret = Self.makeSecret()
-        let updated = try run {
-            try pool.write { db in
+        let updated = try await run {
+            try await self.pool.write { db in
                 try db.execute(sql: "UPDATE device SET previous_secret = secret, secret = ? WHERE id = ?", arguments: [secret, deviceID])
                 return db.changesCount
             }
@@ -193,9 +194,9 @@ public final class RelayStore: Sendable {
     }
 
     /// Ends a rotation: only the newest secret stays valid.
-    public func dropPreviousSecret(_ deviceID: String) throws(StoreError) {
-        let updated = try run {
-            try pool.write { db in
+    public func dropPreviousSecret(_ deviceID: String) async throws(StoreError) {
+        let updated = try await run {
+            try await self.pool.write { db in
                 try db.execute(sql: "UPDATE device SET previous_secret = NULL WHERE id = ?", arguments: [deviceID])
                 return db.changesCount
             }
@@ -204,9 +205,9 @@ public final class RelayStore: Sendable {
     }
 
     /// Lets `userID` open sessions to the device.
-    public func grant(_ deviceID: String, owner userID: String) throws(StoreError) -> DeviceEntry {
-        let entry = try run {
-            try pool.write { db -> DeviceEntry? in
+    public func grant(_ deviceID: String, owner userID: String) async throws(StoreError) -> DeviceEntry {
+        let entry = try await run {
+            try await self.pool.write { db -> DeviceEntry? in
                 guard try Bool.fetchOne(db, sql: "SELECT 1 FROM device WHERE id = ?", arguments: [deviceID]) != nil else { return nil }
                 try db.execute(sql: "INSERT OR IGNORE INTO device_owner (device_id, user_id) VALUES (?, ?)", arguments: [deviceID, userID])
                 return try Self.entry(deviceID, in: db)
@@ -312,9 +313,9 @@ public final class RelayStore: Sendable {
     }
 
     /// Audit rows, newest first.
-    public func auditLog(deviceID: String? = nil, limit: Int = 100) throws(StoreError) -> [AuditEntry] {
-        try run {
-            try pool.read { db in
+    public func auditLog(deviceID: String? = nil, limit: Int = 100) async throws(StoreError) -> [AuditEntry] {
+        try await run {
+            try await self.pool.read { db in
                 try Row.fetchAll(
                     db,
                     sql: """

@@ -17,7 +17,7 @@ struct AdminRoutes: Sendable {
         let admin = router.group("admin")
         admin.get("devices") { request, context -> Response in
             try authorize(request)
-            return .json(.object(["devices": .array(try storeCall { () throws(StoreError) in try store.devices() }.map(view))]))
+            return .json(.object(["devices": .array(try await storeCall { () async throws(StoreError) in try await store.devices() }.map(view))]))
         }
         admin.post("devices") { request, context -> Response in
             try authorize(request)
@@ -25,12 +25,12 @@ struct AdminRoutes: Sendable {
         }
         admin.get("devices/:id") { request, context -> Response in
             try authorize(request)
-            return .json(.object(["device": view(try entry(context))]))
+            return .json(.object(["device": view(try await entry(context))]))
         }
         admin.delete("devices/:id") { request, context -> Response in
             try authorize(request)
-            let deviceID = try entry(context).deviceID
-            let revoked = try storeCall { () throws(StoreError) in try store.revoke(deviceID) }
+            let deviceID = try await entry(context).deviceID
+            let revoked = try await storeCall { () async throws(StoreError) in try await store.revoke(deviceID) }
             switchboard.revoke(deviceID: deviceID)
             context.logger.info("Device revoked by an operator", metadata: ["device.id": "\(deviceID)"])
             return .json(.object(["device": revoked.map(view) ?? .null]))
@@ -84,14 +84,14 @@ struct AdminRoutes: Sendable {
         }
         let label = object["label"]?.stringValue ?? ""
         guard label.utf8.count <= 256 else { throw RelayHTTPError(.badRequest, "label must be at most 256 bytes") }
-        let (entry, secret) = try storeCall { () throws(StoreError) in try store.addDevice(deviceID, owners: owners, label: label) }
+        let (entry, secret) = try await storeCall { () async throws(StoreError) in try await store.addDevice(deviceID, owners: owners, label: label) }
         context.logger.info("Device added by an operator", metadata: ["device.id": "\(deviceID)"])
         return .json(.object(["device": view(entry), "secret": .string(secret)]), status: .created)
     }
 
-    private func entry(_ context: RelayRequestContext) throws -> DeviceEntry {
+    private func entry(_ context: RelayRequestContext) async throws -> DeviceEntry {
         let deviceID = context.parameters.get("id") ?? ""
-        guard let entry = try storeCall({ () throws(StoreError) in try store.device(entry: deviceID) }) else {
+        guard let entry = try await storeCall({ () async throws(StoreError) in try await store.device(entry: deviceID) }) else {
             throw RelayHTTPError(.notFound, "No device '\(deviceID.prefix(128))' in the registry")
         }
         return entry
@@ -105,9 +105,9 @@ struct AdminRoutes: Sendable {
     }
 
     /// Store errors as HTTP answers.
-    private func storeCall<T>(_ body: () throws(StoreError) -> T) throws(RelayHTTPError) -> T {
+    private func storeCall<T>(_ body: () async throws(StoreError) -> T) async throws(RelayHTTPError) -> T {
         do {
-            return try body()
+            return try await body()
         } catch {
             switch error.kind {
             case .deviceExists: throw RelayHTTPError(.conflict, error.description)

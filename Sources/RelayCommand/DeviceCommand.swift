@@ -38,7 +38,9 @@ struct Device: AsyncParsableCommand {
 
         func run() async throws {
             let store = try await options.open()
-            let (entry, secret) = try registry { () throws(StoreError) in try store.addDevice(deviceID, owners: owners, label: label) }
+            let (entry, secret) = try await registry { () async throws(StoreError) in
+                try await store.addDevice(deviceID, owners: owners, label: label)
+            }
             if options.json {
                 printJSON(["device": entry.json, "secret": secret])
             } else {
@@ -54,7 +56,7 @@ struct Device: AsyncParsableCommand {
 
         func run() async throws {
             let store = try await options.open()
-            let entries = try registry { () throws(StoreError) in try store.devices() }
+            let entries = try await registry { () async throws(StoreError) in try await store.devices() }
             if options.json {
                 printJSON(["devices": entries.map(\.json)])
             } else {
@@ -72,7 +74,7 @@ struct Device: AsyncParsableCommand {
 
         func run() async throws {
             let store = try await options.open()
-            guard let entry = try registry({ () throws(StoreError) in try store.revoke(deviceID) }) else {
+            guard let entry = try await registry({ () async throws(StoreError) in try await store.revoke(deviceID) }) else {
                 throw failure(.unknownDevice(deviceID))
             }
             if options.json { printJSON(["device": entry.json]) } else { print(Table.devices([entry])) }
@@ -94,7 +96,7 @@ struct Device: AsyncParsableCommand {
         func run() async throws {
             let store = try await options.open()
             if finish {
-                try registry { () throws(StoreError) in try store.dropPreviousSecret(deviceID) }
+                try await registry { () async throws(StoreError) in try await store.dropPreviousSecret(deviceID) }
                 if options.json {
                     printJSON(["device_id": deviceID, "secrets": 1])
                 } else {
@@ -102,7 +104,7 @@ struct Device: AsyncParsableCommand {
                 }
                 return
             }
-            let secret = try registry { () throws(StoreError) in try store.rotate(deviceID) }
+            let secret = try await registry { () async throws(StoreError) in try await store.rotate(deviceID) }
             if options.json {
                 printJSON(["device_id": deviceID, "secret": secret])
             } else {
@@ -126,7 +128,7 @@ struct Device: AsyncParsableCommand {
             let store = try await options.open()
             var entry: DeviceEntry?
             for owner in owners {
-                entry = try registry { () throws(StoreError) in try store.grant(deviceID, owner: owner) }
+                entry = try await registry { () async throws(StoreError) in try await store.grant(deviceID, owner: owner) }
             }
             if options.json { printJSON(["device": entry?.json ?? [:]]) } else if let entry { print(Table.devices([entry])) }
         }
@@ -134,9 +136,9 @@ struct Device: AsyncParsableCommand {
 }
 
 /// Runs a store call; a failure becomes one line on stderr and exit status 1.
-private func registry<T>(_ body: () throws(StoreError) -> T) throws -> T {
+private func registry<T>(_ body: () async throws(StoreError) -> T) async throws -> T {
     do {
-        return try body()
+        return try await body()
     } catch {
         throw failure(error)
     }

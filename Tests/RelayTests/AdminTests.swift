@@ -31,7 +31,7 @@ import Testing
                     #expect(answer.json["detail"] as? String == "Admin routes need 'Authorization: Bearer <RELAY_ADMIN_TOKEN>'")
                 }
             }
-            #expect(try relay.store.devices().isEmpty)
+            #expect(try await relay.store.devices().isEmpty)
         }
     }
 

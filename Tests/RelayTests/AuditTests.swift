@@ -13,14 +13,14 @@ import Testing
     /// The audit row of `sessionID` once it is closed.
     static func closedRow(_ sessionID: String, in store: RelayStore) async throws -> AuditEntry {
         try await eventually("the audit row of \(sessionID)") {
-            try store.auditLog(limit: 1000).first { $0.sessionID == sessionID && $0.closeReason != nil }
+            try await store.auditLog(limit: 1000).first { $0.sessionID == sessionID && $0.closeReason != nil }
         }
     }
 
     @Test func sessionsThatEndEachWayAreAudited() async throws {
         let environment = ["RELAY_SETUP_TIMEOUT_S": "3", "RELAY_RESUME_GRACE_S": "0", "RELAY_ADMIN_TOKEN": Self.adminToken]
         try await TestRelay.run(environment) { relay in
-            let secret = try relay.store.addDevice("robot-7", owners: ["alice"]).secret
+            let secret = try await relay.store.addDevice("robot-7", owners: ["alice"]).secret
             let device = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-7", secret: secret))")
             let app = try await relay.app("alice", devices: ["robot-1"])
             var expected: [(session: String, reason: String, by: String, answered: Bool)] = []
@@ -90,7 +90,7 @@ import Testing
                 #expect(row.createdAt <= closedAt)
                 if let answeredAt = row.answeredAt { #expect(row.createdAt <= answeredAt && answeredAt <= closedAt) }
             }
-            #expect(try relay.store.auditLog(deviceID: "robot-7").count == expected.count)
+            #expect(try await relay.store.auditLog(deviceID: "robot-7").count == expected.count)
         }
     }
 
@@ -102,7 +102,7 @@ import Testing
                 "RELAY_SHUTDOWN_DRAIN_S": "0",
             ]
             let store = try RelayStore(path: path)
-            let secret = try store.addDevice("robot-7", owners: ["alice"]).secret
+            let secret = try await store.addDevice("robot-7", owners: ["alice"]).secret
             var relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
             defer { relay.kill() }
             let client = ProcessClient(port: relay.port)
@@ -116,23 +116,23 @@ import Testing
             _ = try await app.next("webrtc_close")
             let open = try await client.openSession(app: app, device: device, deviceID: "robot-7")
             _ = try await Self.closedRow(ended, in: store)
-            _ = try await eventually("the open session's row") { try store.auditLog().first { $0.sessionID == open } }
+            _ = try await eventually("the open session's row") { try await store.auditLog().first { $0.sessionID == open } }
 
             relay.kill()
             #expect(try store.integrityCheck() == "ok")
-            let committed = try store.auditLog()
+            let committed = try await store.auditLog()
             #expect(committed.count == 2)
             #expect(committed.first { $0.sessionID == ended }?.closeReason == "normal")
             let unfinished = try #require(committed.first { $0.sessionID == open })
             #expect(unfinished.closeReason == nil && unfinished.closedAt == nil)
             // The device's last sighting was committed with it.
-            #expect(try store.device(entry: "robot-7")?.lastSeenAt != nil)
+            #expect(try await store.device(entry: "robot-7")?.lastSeenAt != nil)
 
             // The next run closes what the killed one left open, and a graceful stop audits its
             // own open sessions as `shutdown`.
             relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
             let restarted = ProcessClient(port: relay.port)
-            let stopped = try await eventually("relay_stopped") { try store.auditLog().first { $0.sessionID == open && $0.closeReason != nil } }
+            let stopped = try await eventually("relay_stopped") { try await store.auditLog().first { $0.sessionID == open && $0.closeReason != nil } }
             #expect(stopped.closeReason == "relay_stopped")
             #expect(stopped.closedBy == "relay")
             device = try await restarted.device("robot-7", secret: secret)
@@ -140,7 +140,7 @@ import Testing
             let last = try await restarted.openSession(app: app, device: device, deviceID: "robot-7")
             kill(relay.process.processIdentifier, SIGTERM)
             #expect(await relay.process.exited() == 0)
-            let row = try #require(try store.auditLog().first { $0.sessionID == last })
+            let row = try #require(try await store.auditLog().first { $0.sessionID == last })
             #expect(row.closeReason == "shutdown")
             #expect(row.closedBy == "relay")
         }

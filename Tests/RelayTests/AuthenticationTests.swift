@@ -37,8 +37,8 @@ import Testing
 
     @Test func deviceRefusalsAre401Or403WithDetail() async throws {
         try await TestRelay.run { relay in
-            let gone = try relay.store.addDevice("robot-gone", owners: []).secret
-            try relay.store.revoke("robot-gone")
+            let gone = try await relay.store.addDevice("robot-gone", owners: []).secret
+            try await relay.store.revoke("robot-gone")
             var result = try await relay.upgrade("/ws/device?device_id=robot-1&sig=\(String(repeating: "a", count: 64))")
             #expect(result.status == .unauthorized)
             #expect(result.detail?.hasPrefix("Missing ts and nonce") == true)

@@ -57,10 +57,10 @@ import Testing
 
     @Test func devicesListsWhatTheUserMayReachWithPresence() async throws {
         try await TestRelay.run { relay in
-            let secret = try relay.store.addDevice("robot-7", owners: ["alice"], label: "Lab arm").secret
-            _ = try relay.store.addDevice("robot-8", owners: ["alice"])
-            try relay.store.revoke("robot-8")
-            _ = try relay.store.addDevice("robot-9", owners: ["bob"])
+            let secret = try await relay.store.addDevice("robot-7", owners: ["alice"], label: "Lab arm").secret
+            _ = try await relay.store.addDevice("robot-8", owners: ["alice"])
+            try await relay.store.revoke("robot-8")
+            _ = try await relay.store.addDevice("robot-9", owners: ["bob"])
             let device = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-7", secret: secret))")
             try device.send(["type": "device_info", "capabilities": ["video": ["h264", "vp8"], "model": "arm-2"]])
             try device.send(["type": "ping"])

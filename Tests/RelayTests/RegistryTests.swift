@@ -50,7 +50,7 @@ import Testing
 
     @Test func listPrintsATableForPeople() async throws {
         try await TestRelay.run { relay in
-            _ = try relay.store.addDevice("robot-7", owners: ["alice", "bob"], label: "Lab arm")
+            _ = try await relay.store.addDevice("robot-7", owners: ["alice", "bob"], label: "Lab arm")
             let run = try await CommandLineTests.relay(["device", "list", "--db", relay.store.path])
             #expect(run.status == 0)
             let lines = run.stdout.split(separator: "\n")
@@ -106,7 +106,7 @@ import Testing
 
     @Test func ownershipIsRefusedUntilGranted() async throws {
         try await TestRelay.run { relay in
-            let secret = try relay.store.addDevice("robot-7", owners: ["alice"]).secret
+            let secret = try await relay.store.addDevice("robot-7", owners: ["alice"]).secret
             let device = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-7", secret: secret))")
             let bob = try await relay.app("bob", devices: nil)
             try bob.send(["type": "webrtc_request", "device_id": "robot-7"])

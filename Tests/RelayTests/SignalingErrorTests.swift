@@ -83,7 +83,7 @@ import Testing
 
     @Test func sessionRequestChecksRunInTheContractsOrder() async throws {
         try await TestRelay.run(["RELAY_MAX_SESSIONS_PER_DEVICE": "1"]) { relay in
-            let owned = try relay.store.addDevice("robot-owned", owners: ["alice"]).secret
+            let owned = try await relay.store.addDevice("robot-owned", owners: ["alice"]).secret
             let app = try await relay.app("alice", devices: ["robot-1"])
             // 1. well formed
             try app.send(["type": "webrtc_request", "device_id": "robot 1!", "request_id": "a"])

@@ -173,6 +173,17 @@ public func buildRelay(
             body: .init(byteBuffer: ByteBuffer(bytes: text))
         )
     }
+    HTTPLinkRoutes(
+        switchboard: switchboard,
+        authenticator: authenticator,
+        connection: connection,
+        connectionAttempts: connectionAttempts,
+        maxMessageBytes: configuration.maxMessageBytes,
+        resumeGrace: .seconds(configuration.resumeGraceSeconds),
+        keepalive: .seconds(configuration.sseKeepaliveSeconds),
+        tokenLeeway: configuration.tokens.leewaySeconds,
+        leases: .init()
+    ).register(on: router)
     router.get("/api/devices", use: DevicesRoute(authenticator: authenticator, store: store, switchboard: switchboard).respond)
     if let adminToken = configuration.adminToken {
         AdminRoutes(token: adminToken, store: store, switchboard: switchboard).register(on: router)

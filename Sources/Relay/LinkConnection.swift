@@ -32,16 +32,7 @@ struct LinkConnection {
     ) async throws {
         let admission = switchboard.admit(identity, resume: resume.map { ($0.token, $0.lastSeq) }, dropTransport: context.drop)
         let link = admission.link
-        let hello = OutboundMessage(
-            "hello",
-            [
-                "link_id": .string(link.id),
-                "resume_token": .string(link.resumeToken),
-                "heartbeat_ms": .number(Double(heartbeatMilliseconds)),
-                "resume_grace_ms": .number(Double(resumeGraceMilliseconds)),
-                "resumed": .bool(admission.resumed),
-            ]
-        )
+        let hello = hello(link, resumed: admission.resumed)
         defer { switchboard.transportEnded(link, generation: admission.generation) }
         try await outbound.write(.text(hello.text(seq: nil)))
 
@@ -50,7 +41,7 @@ struct LinkConnection {
                 while let event = await link.outbox.next(generation: admission.generation) {
                     switch event {
                     case .send(let frames):
-                        for frame in frames { try await outbound.write(.text(frame)) }
+                        for frame in frames { try await outbound.write(.text(frame.text)) }
                     case .close(let code, let reason):
                         try await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason)
                         try await awaitCloseReply()
@@ -74,6 +65,20 @@ struct LinkConnection {
             // a reader's error (1009, 1007) propagates so the handler closes with its code.
             try await group.next()
         }
+    }
+
+    /// The first message on every new connection (contract §4), without `seq`.
+    func hello(_ link: Link, resumed: Bool) -> OutboundMessage {
+        OutboundMessage(
+            "hello",
+            [
+                "link_id": .string(link.id),
+                "resume_token": .string(link.resumeToken),
+                "heartbeat_ms": .number(Double(heartbeatMilliseconds)),
+                "resume_grace_ms": .number(Double(resumeGraceMilliseconds)),
+                "resumed": .bool(resumed),
+            ]
+        )
     }
 
     /// After a close frame, the client's reply ends the reader (and this task with the group).

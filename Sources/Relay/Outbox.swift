@@ -13,9 +13,15 @@ import Synchronization
 ///   transport is dropped at once (its writer may be stuck on a full socket) and the link
 ///   detaches, so memory stays bounded.
 final class Outbox: Sendable {
+    /// One message as the client receives it: its `seq` and its JSON text.
+    struct Frame: Sendable, Equatable {
+        var seq: Int
+        var text: String
+    }
+
     enum Event: Sendable, Equatable {
         /// Frames to write, in order.
-        case send([String])
+        case send([Frame])
         /// Write a close frame with this code and reason, then stop.
         case close(code: UInt16, reason: String)
     }
@@ -25,10 +31,7 @@ final class Outbox: Sendable {
         var reason: String
     }
 
-    private struct Entry {
-        var seq: Int
-        var text: String
-    }
+    private typealias Entry = Frame
 
     private struct State {
         var nextSeq = 1
@@ -208,7 +211,7 @@ final class Outbox: Sendable {
             return .close(code: request.code, reason: request.reason)
         }
         guard hasUnsent(state), let first = state.kept.first else { return nil }
-        let frames = state.kept[max(0, state.sendCursor - first.seq)...].map(\.text)
+        let frames = state.kept[max(0, state.sendCursor - first.seq)...]
         state.sendCursor = state.nextSeq
         state.unsentBytes = 0
         return .send(Array(frames))

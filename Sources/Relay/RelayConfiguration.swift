@@ -19,6 +19,7 @@ import TURNBroker
 /// - `RELAY_RATE_BURST` (50), `RELAY_RATE_PER_S` (10): messages per link;
 ///   `RELAY_CONNECT_BURST` (30), `RELAY_CONNECT_RATE_PER_MIN` (120): connection attempts per IP
 /// - `RELAY_SHUTDOWN_DRAIN_S` (10): how long clients get to leave after `go_away`
+/// - `RELAY_SSE_KEEPALIVE_S` (15): the `: keepalive` comment interval of event streams
 /// - `RELAY_TURN_PROVIDER` (`static`, `cloudflare` or `coturn`), `STUN_URIS` (comma separated),
 ///   `RELAY_TURN_RATE_PER_MIN` (20)
 /// - `cloudflare`: `CLOUDFLARE_TURN_KEY_ID`, `CLOUDFLARE_TURN_API_TOKEN` (secret),
@@ -52,6 +53,7 @@ public struct RelayConfiguration: Sendable {
     public var connectBurst = 30
     public var connectRatePerMinute = 120
     public var shutdownDrainSeconds = 10
+    public var sseKeepaliveSeconds = 15
     public var stunURIs = StaticProvider.defaultSTUNURIs
     public var turn = TURNSettings.staticSTUN
     /// `POST /api/turn/credentials` calls allowed per user per minute.
@@ -160,6 +162,7 @@ public struct RelayConfiguration: Sendable {
         connectBurst = read.int("RELAY_CONNECT_BURST", in: 1...100_000) ?? connectBurst
         connectRatePerMinute = read.int("RELAY_CONNECT_RATE_PER_MIN", in: 1...1_000_000) ?? connectRatePerMinute
         shutdownDrainSeconds = read.int("RELAY_SHUTDOWN_DRAIN_S", in: 0...600) ?? shutdownDrainSeconds
+        sseKeepaliveSeconds = read.int("RELAY_SSE_KEEPALIVE_S", in: 1...300) ?? sseKeepaliveSeconds
 
         if let uris = read.list("STUN_URIS") {
             for uri in uris where !(uri.hasPrefix("stun:") || uri.hasPrefix("stuns:")) {

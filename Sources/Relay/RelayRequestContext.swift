@@ -3,8 +3,11 @@ import Hummingbird
 /// The request context of the relay's HTTP routes.
 public struct RelayRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
+    /// The client's IP address (per-IP limits).
+    public let remoteIP: String?
 
     public init(source: ApplicationRequestContextSource) {
         self.coreContext = .init(source: source)
+        self.remoteIP = source.channel.remoteAddress?.ipAddress
     }
 }

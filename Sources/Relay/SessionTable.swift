@@ -17,6 +17,8 @@ protocol SessionTable: Sendable {
     func unregister(_ link: Link)
     /// The links a resume by `principal` may be for (an app user may have several).
     func links(of party: Party, principal: String) -> [Link]
+    /// The live link with this id (HTTP fallback requests name their link).
+    func link(id: String) -> Link?
     /// Every link (for shutdown).
     var allLinks: [Link] { get }
     /// Reserves a session between `app` and the live link of `deviceID`, within the limits.
@@ -45,8 +47,10 @@ final class LocalSessionTable: SessionTable {
     private let sessions = ShardedMap<String, Session>()
     /// App links by user id.
     private let appLinks = ShardedMap<String, [Link]>()
+    private let linksByID = ShardedMap<String, Link>()
 
     func register(_ link: Link) -> Link? {
+        linksByID.update(link.id) { $0 = link }
         switch link.party {
         case .app:
             appLinks.update(link.principal) { links in links = (links ?? []) + [link] }
@@ -60,6 +64,7 @@ final class LocalSessionTable: SessionTable {
     }
 
     func unregister(_ link: Link) {
+        linksByID.update(link.id) { $0 = nil }
         switch link.party {
         case .app:
             appLinks.update(link.principal) { links in
@@ -71,6 +76,10 @@ final class LocalSessionTable: SessionTable {
                 if current === link { current = nil }
             }
         }
+    }
+
+    func link(id: String) -> Link? {
+        linksByID[id]
     }
 
     func links(of party: Party, principal: String) -> [Link] {

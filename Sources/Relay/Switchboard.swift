@@ -79,16 +79,8 @@ final class Switchboard: Sendable {
             (party, principal) = (.device, record.deviceID)
         }
         if let resume, let link = table.links(of: party, principal: principal).first(where: { $0.accepts(resumeToken: resume.token) }) {
-            let wasAttached = link.isAttached
-            if !link.isEnded, let generation = link.outbox.attach(resumingAfter: resume.lastSeq, dropTransport: dropTransport),
-                case (true, let grace) = link.markAttached(generation: generation)
-            {
-                grace?.cancel()
+            if let generation = attachTransport(to: link, resumingAfter: resume.lastSeq, dropTransport: dropTransport) {
                 if let app { link.replaceAppIdentity(app) }
-                if !wasAttached {
-                    announce(link, status: "connected")
-                    deviceSeen(link)
-                }
                 logger.info("Link resumed", metadata: ["link.id": "\(link.id)", "link.party": "\(party.rawValue)"])
                 return Admission(link: link, generation: generation, resumed: true)
             }
@@ -114,6 +106,24 @@ final class Switchboard: Sendable {
         deviceSeen(link)
         logger.debug("Link attached", metadata: ["link.id": "\(link.id)", "link.party": "\(party.rawValue)"])
         return Admission(link: link, generation: generation, resumed: false)
+    }
+
+    /// Attaches a new transport to an existing link (a resume, or the next poll or event stream
+    /// of an HTTP link): it supersedes the previous transport, gets every kept message after
+    /// `lastSeq` (nil: after what was already handed out), and the other parties hear
+    /// `connected` if the link was detached. Nil when the link ended or the replay cannot be
+    /// complete.
+    func attachTransport(to link: Link, resumingAfter lastSeq: Int?, dropTransport: @escaping @Sendable () -> Void) -> Int? {
+        let wasAttached = link.isAttached
+        guard !link.isEnded, let generation = link.outbox.attach(resumingAfter: lastSeq, dropTransport: dropTransport),
+            case (true, let grace) = link.markAttached(generation: generation)
+        else { return nil }
+        grace?.cancel()
+        if !wasAttached {
+            announce(link, status: "connected")
+            deviceSeen(link)
+        }
+        return generation
     }
 
     /// The transport of `generation` is gone. The link detaches for the resume grace (its
@@ -215,15 +225,17 @@ final class Switchboard: Sendable {
     // MARK: Messages
 
     /// Handles one text frame from `link`; errors go back on the link, which stays open.
-    func handle(text: String, from link: Link) async {
-        guard admitMessage(from: link) else { return }
+    /// Returns false when the message was refused by the link's rate limit.
+    @discardableResult
+    func handle(text: String, from link: Link) async -> Bool {
+        guard admitMessage(from: link) else { return false }
         let envelope: ClientEnvelope
         do {
             envelope = try ClientEnvelope(text: text)
         } catch {
             metrics.received("invalid")
             link.send(error.outbound)
-            return
+            return true
         }
         metrics.received(envelope.message.type)
         do {
@@ -231,6 +243,7 @@ final class Switchboard: Sendable {
         } catch {
             link.send(error.outbound)
         }
+        return true
     }
 
     func handleBinary(from link: Link) {

@@ -41,6 +41,21 @@ public enum AbruptClient {
         return ContinuousClock.now - start
     }
 
+    /// Sends `POST path` with a JSON `body` and resets the connection without reading the
+    /// answer: an HTTP client (a long poll) that vanishes mid-request.
+    public static func postThenVanish(port: Int, path: String, body: String) async throws {
+        let (channel, _) = try await open(port: port, pathAndQuery: path)
+        try await channel.executeThenClose { _, outbound in
+            try await outbound.write(
+                ByteBuffer(
+                    string: "POST \(path) HTTP/1.1\r\nHost: 127.0.0.1:\(port)\r\nContent-Type: application/json\r\n"
+                        + "Content-Length: \(body.utf8.count)\r\n\r\n\(body)"
+                )
+            )
+            try await (channel.channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0)).get()
+        }
+    }
+
     /// A raw TCP connection to the relay and the upgrade request to send on it.
     private static func open(port: Int, pathAndQuery: String) async throws -> (NIOAsyncChannel<ByteBuffer, ByteBuffer>, String) {
         let channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)

@@ -19,13 +19,13 @@ public final class TestSocket: Sendable {
         case close
     }
 
-    private let inbox: Inbox
+    private let inbox: Mailbox<String>
     private let outgoing: AsyncStream<Outgoing>.Continuation
     private let connection: Task<WebSocketCloseFrame?, any Error>
     /// The `hello` the relay sent first. Written once in `connect`, before the socket is handed out.
     public private(set) nonisolated(unsafe) var hello: JSONObject = [:]
 
-    private init(inbox: Inbox, outgoing: AsyncStream<Outgoing>.Continuation, connection: Task<WebSocketCloseFrame?, any Error>) {
+    private init(inbox: Mailbox<String>, outgoing: AsyncStream<Outgoing>.Continuation, connection: Task<WebSocketCloseFrame?, any Error>) {
         self.inbox = inbox
         self.outgoing = outgoing
         self.connection = connection
@@ -34,7 +34,7 @@ public final class TestSocket: Sendable {
     /// Connects and reads the relay's `hello`; throws when the relay refuses the upgrade.
     public static func connect(_ url: String, headers: HTTPFields = [:]) async throws -> TestSocket {
         let (stream, continuation) = AsyncStream.makeStream(of: Outgoing.self, bufferingPolicy: .bufferingOldest(10_000))
-        let inbox = Inbox()
+        let inbox = Mailbox<String>()
         let logger = Logger(label: "test-client")
         let connection = Task {
             defer { inbox.finish() }
@@ -84,9 +84,16 @@ public final class TestSocket: Sendable {
 
     public struct SocketClosedBeforeHello: Error {}
 
-    public struct SocketClosed: Error {}
+    public struct SocketClosed: Error {
+        public init() {}
+    }
 
     public struct UnexpectedMessage: Error, CustomStringConvertible {
+        public init(expected: String, received: String) {
+            self.expected = expected
+            self.received = received
+        }
+
         public var expected: String
         public var received: String
         public var description: String { "expected a \(expected) message, received \(received)" }
@@ -163,15 +170,17 @@ extension WebSocketErrorCode {
     }
 }
 
-/// Received frames, in order, for one reader.
-private final class Inbox: Sendable {
+/// Received items, in order, for one reader.
+public final class Mailbox<Element: Sendable>: Sendable {
     private struct State {
-        var messages: [String] = []
+        var messages: [Element] = []
         var finished = false
-        var waiter: CheckedContinuation<String?, Never>?
+        var waiter: CheckedContinuation<Element?, Never>?
     }
 
     private let state = Mutex(State())
+
+    public init() {}
     private let paused = Mutex(false)
 
     var isPaused: Bool { paused.withLock { $0 } }
@@ -180,8 +189,8 @@ private final class Inbox: Sendable {
         paused.withLock { $0 = true }
     }
 
-    func append(_ text: String) {
-        let waiter = state.withLock { state -> CheckedContinuation<String?, Never>? in
+    public func append(_ text: Element) {
+        let waiter = state.withLock { state -> CheckedContinuation<Element?, Never>? in
             if let waiter = state.waiter {
                 state.waiter = nil
                 return waiter
@@ -192,8 +201,8 @@ private final class Inbox: Sendable {
         waiter?.resume(returning: text)
     }
 
-    func finish() {
-        let waiter = state.withLock { state -> CheckedContinuation<String?, Never>? in
+    public func finish() {
+        let waiter = state.withLock { state -> CheckedContinuation<Element?, Never>? in
             state.finished = true
             defer { state.waiter = nil }
             return state.waiter
@@ -201,9 +210,9 @@ private final class Inbox: Sendable {
         waiter?.resume(returning: nil)
     }
 
-    func next() async -> String? {
+    public func next() async -> Element? {
         await withCheckedContinuation { continuation in
-            let ready: String?? = state.withLock { state in
+            let ready: Element?? = state.withLock { state in
                 if !state.messages.isEmpty { return .some(state.messages.removeFirst()) }
                 if state.finished { return .some(nil) }
                 state.waiter = continuation

@@ -1,0 +1,333 @@
+import DeviceAuth
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import Synchronization
+
+/// Contract §7: the same links, `seq` numbers, resume and messages as the WebSockets, carried
+/// over plain HTTP for networks that break WebSockets. Each event stream and each poll is a
+/// transport of the link (an outbox generation, like a socket): a new one supersedes the last,
+/// and one that goes away detaches the link exactly as a dropped socket does. Between polls the
+/// link stays attached on a lease of `resume_grace_ms`; a lease that runs out is a transport
+/// lost.
+struct HTTPLinkRoutes: Sendable {
+    let switchboard: Switchboard
+    let authenticator: ClientAuthenticator
+    let connection: LinkConnection
+    let connectionAttempts: RateLimiter
+    let maxMessageBytes: Int
+    let resumeGrace: Duration
+    let keepalive: Duration
+    let tokenLeeway: Double
+    let leases: Leases
+
+    /// The lease timer of each HTTP link between its polls.
+    final class Leases: Sendable {
+        private let timers = ShardedMap<String, Task<Void, Never>>()
+
+        func replace(_ link: Link, with timer: Task<Void, Never>?) {
+            timers.update(link.id) { current in
+                current?.cancel()
+                current = timer
+            }
+        }
+    }
+
+    static let maxMessagesPerRequest = 100
+
+    func register(on router: Router<RelayRequestContext>) {
+        router.post("/api/link", use: open)
+        router.get("/api/link/events", use: events)
+        router.post("/api/link/send", use: send)
+        router.post("/api/link/poll", use: poll)
+    }
+
+    // MARK: POST /api/link
+
+    /// Opens (or resumes, with `{"resume_token","last_seq"}`) a link with the app's or the
+    /// device's own credentials; answers its `hello`.
+    @Sendable func open(_ request: Request, context: RelayRequestContext) async throws -> Response {
+        if case .denied(let retryAfter) = connectionAttempts.take(context.remoteIP ?? "unknown") {
+            throw RelayHTTPError(.tooManyRequests, "Too many connection attempts; retry in \(retryAfter) s", headers: [.retryAfter: String(retryAfter)])
+        }
+        let identity: ClientIdentity
+        if request.uri.queryParameters.get("device_id") != nil || request.uri.queryParameters.get("sig") != nil {
+            identity = .device(try await authenticator.device(request, logger: context.logger))
+        } else {
+            identity = .app(try authenticator.app(request, logger: context.logger))
+        }
+        let body = try await Self.object(request, limit: 4096, required: false)
+        var resume: (token: String, lastSeq: Int)?
+        if let token = body["resume_token"] {
+            guard let token = token.stringValue, token.utf8.count <= 128 else { throw RelayHTTPError(.badRequest, "resume_token is malformed") }
+            let lastSeq = try Self.nonNegative(body["last_seq"], name: "last_seq") ?? 0
+            resume = (token, lastSeq)
+        }
+        let transport = TransportSlot()
+        let admission = switchboard.admit(identity, resume: resume) { [switchboard] in transport.drop(switchboard) }
+        transport.set(admission.link, generation: admission.generation)
+        lease(admission.link, generation: admission.generation)
+        context.logger.debug("HTTP link opened", metadata: ["link.id": "\(admission.link.id)", "link.resumed": "\(admission.resumed)"])
+        return Response(
+            status: .ok,
+            headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-store"],
+            body: .init(byteBuffer: ByteBuffer(string: connection.hello(admission.link, resumed: admission.resumed).text(seq: nil)))
+        )
+    }
+
+    // MARK: GET /api/link/events
+
+    /// Server-Sent Events: `id: <seq>`, `event: message`, `data: <json>`; `Last-Event-ID`
+    /// resumes; a `: keepalive` comment every `keepalive`; a close (4001, 4002, 1001, 1008) is an
+    /// `event: close` with `{"code","reason"}`, then the stream ends.
+    @Sendable func events(_ request: Request, context: RelayRequestContext) async throws -> Response {
+        let query = request.uri.queryParameters
+        let link = try authenticatedLink(id: query.get("link_id"), token: query.get("resume_token"))
+        var lastSeq: Int?
+        if let header = request.headers[HTTPField.Name("Last-Event-ID")!], !header.isEmpty {
+            guard let value = Int(header), value >= 0 else { throw RelayHTTPError(.badRequest, "Last-Event-ID must be a seq number") }
+            lastSeq = value
+        }
+        let transport = TransportSlot()
+        let generation = try attach(link, resumingAfter: lastSeq, transport: transport)
+        // Until the stream starts writing, the lease keeps the link (a client gone before the
+        // first byte still ends up detached).
+        lease(link, generation: generation)
+        let switchboard = switchboard
+        let keepalive = keepalive
+        let body = ResponseBody { writer in
+            leases.replace(link, with: nil)
+            defer { switchboard.transportEnded(link, generation: generation) }
+            try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
+            streaming: while true {
+                switch await Self.nextEvent(link.outbox, generation: generation, timeout: keepalive) {
+                case .event(.send(let frames)):
+                    var text = ""
+                    for frame in frames { text += "id: \(frame.seq)\nevent: message\ndata: \(frame.text)\n\n" }
+                    try await writer.write(ByteBuffer(string: text))
+                case .event(.close(let code, let reason)):
+                    try await writer.write(ByteBuffer(string: "event: close\ndata: \(Self.closeObject(code: code, reason: reason))\n\n"))
+                    break streaming
+                case .timedOut:
+                    if closeIfExpired(link) { continue }
+                    try await writer.write(ByteBuffer(string: ": keepalive\n\n"))
+                case .superseded:
+                    break streaming
+                }
+            }
+            try await writer.finish(nil)
+        }
+        return Response(
+            status: .ok,
+            headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no"],
+            body: body
+        )
+    }
+
+    // MARK: POST /api/link/send
+
+    /// `{"link_id","resume_token","messages":[...]}` → `{"accepted":N}`: each message is handled
+    /// exactly as a WebSocket text frame (errors come back on the link); `accepted` counts those
+    /// the link's rate limit let through.
+    @Sendable func send(_ request: Request, context: RelayRequestContext) async throws -> Response {
+        let body = try await Self.object(request, limit: Self.bodyLimit(maxMessageBytes), required: true)
+        let link = try authenticatedLink(id: body["link_id"]?.stringValue, token: body["resume_token"]?.stringValue)
+        let messages = try Self.messages(body["messages"], maxMessageBytes: maxMessageBytes)
+        let accepted = await handle(messages, from: link)
+        return .json(.object(["accepted": .int(accepted)]))
+    }
+
+    // MARK: POST /api/link/poll
+
+    /// `{"link_id","resume_token","messages":[...],"last_seq":N,"wait":true,"timeout_ms":5000}`:
+    /// sends, acks up to `last_seq` (and answers again what came after it), then answers
+    /// `{"messages":[...]}` as soon as any are pending or after `timeout_ms` (100-15000). One
+    /// waiting poll per link: a newer one ends it with an empty answer.
+    @Sendable func poll(_ request: Request, context: RelayRequestContext) async throws -> Response {
+        let body = try await Self.object(request, limit: Self.bodyLimit(maxMessageBytes), required: true)
+        let link = try authenticatedLink(id: body["link_id"]?.stringValue, token: body["resume_token"]?.stringValue)
+        let messages = try Self.messages(body["messages"], maxMessageBytes: maxMessageBytes)
+        let lastSeq = try Self.nonNegative(body["last_seq"], name: "last_seq")
+        var wait = true
+        if let value = body["wait"] {
+            guard case .bool(let flag) = value else { throw RelayHTTPError(.badRequest, "wait must be true or false") }
+            wait = flag
+        }
+        let timeout = min(max(try Self.nonNegative(body["timeout_ms"], name: "timeout_ms") ?? 5000, 100), 15_000)
+
+        let transport = TransportSlot()
+        let generation = try attach(link, resumingAfter: lastSeq, transport: transport)
+        leases.replace(link, with: nil)
+        _ = await handle(messages, from: link)
+        var answer: [String: JSONValue] = ["messages": .array([])]
+        switch await Self.nextEvent(link.outbox, generation: generation, timeout: wait ? .milliseconds(timeout) : .zero) {
+        case .event(.send(let frames)):
+            answer["messages"] = .array(frames.map { .raw($0.text) })
+            lease(link, generation: generation)
+        case .event(.close(let code, let reason)):
+            answer["closed"] = .raw(Self.closeObject(code: code, reason: reason))
+            switchboard.transportEnded(link, generation: generation)
+        case .timedOut:
+            if closeIfExpired(link) {
+                switchboard.transportEnded(link, generation: generation)
+            } else {
+                lease(link, generation: generation)
+            }
+        case .superseded:
+            // A newer poll (or stream) has the link now.
+            break
+        }
+        return .json(.object(answer))
+    }
+
+    // MARK: Parts
+
+    /// The link named by a request, if its token matches.
+    private func authenticatedLink(id: String?, token: String?) throws -> Link {
+        guard let id, let token else { throw RelayHTTPError(.badRequest, "link_id and resume_token are required") }
+        guard let link = switchboard.table.link(id: id), !link.isEnded else {
+            throw RelayHTTPError(.notFound, "Unknown link: open one with POST /api/link")
+        }
+        guard link.accepts(resumeToken: token) else { throw RelayHTTPError(.unauthorized, "resume_token does not match this link") }
+        if let identity = link.appIdentity, identity.expiresAt + tokenLeeway < Date().timeIntervalSince1970 {
+            throw RelayHTTPError(.unauthorized, "App token has expired: POST /api/link with a fresh token and this link's resume_token")
+        }
+        return link
+    }
+
+    /// A new transport for `link`; a replay that cannot be complete ends the link (410), as a
+    /// WebSocket resume would give a fresh link.
+    private func attach(_ link: Link, resumingAfter lastSeq: Int?, transport: TransportSlot) throws -> Int {
+        guard let generation = switchboard.attachTransport(to: link, resumingAfter: lastSeq, dropTransport: { [switchboard] in transport.drop(switchboard) })
+        else {
+            switchboard.end(link)
+            throw RelayHTTPError(.gone, "Messages after that seq are no longer kept: open a new link with POST /api/link")
+        }
+        transport.set(link, generation: generation)
+        return generation
+    }
+
+    /// Keeps `link` attached for the resume grace; if no poll or stream comes, the transport of
+    /// `generation` is lost (the link detaches, then ends after another grace).
+    private func lease(_ link: Link, generation: Int) {
+        let grace = resumeGrace
+        let switchboard = switchboard
+        leases.replace(
+            link,
+            with: Task {
+                do { try await Task.sleep(for: grace) } catch { return }
+                switchboard.transportEnded(link, generation: generation)
+            }
+        )
+    }
+
+    /// An app link whose token expired closes its transport with 4001, as a socket would.
+    private func closeIfExpired(_ link: Link) -> Bool {
+        guard let identity = link.appIdentity, identity.expiresAt + tokenLeeway < Date().timeIntervalSince1970 else { return false }
+        link.outbox.close(code: RelayCloseCode.tokenExpired, reason: "Token expired")
+        return true
+    }
+
+    private func handle(_ messages: [String], from link: Link) async -> Int {
+        var accepted = 0
+        for message in messages where await switchboard.handle(text: message, from: link) { accepted += 1 }
+        return accepted
+    }
+
+    enum Wait: Sendable {
+        case event(Outbox.Event)
+        case superseded
+        case timedOut
+    }
+
+    /// The next event for the transport of `generation`, or `timedOut` after `timeout`. Both
+    /// waits run to their end, so an event taken as the timer fires is still returned.
+    static func nextEvent(_ outbox: Outbox, generation: Int, timeout: Duration) async -> Wait {
+        await withTaskGroup(of: Wait?.self) { group in
+            group.addTask {
+                if let event = await outbox.next(generation: generation) { return .event(event) }
+                return Task.isCancelled ? nil : .superseded
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return Task.isCancelled ? nil : .timedOut
+            }
+            var outcome = Wait.timedOut
+            var first = true
+            for await result in group {
+                if first {
+                    group.cancelAll()
+                    first = false
+                }
+                switch result {
+                case .event?: outcome = result!
+                case .superseded?: if case .timedOut = outcome { outcome = .superseded }
+                case .timedOut?, nil: break
+                }
+            }
+            return outcome
+        }
+    }
+
+    private static func closeObject(code: UInt16, reason: String) -> String {
+        JSONValue.object(["code": .int(Int(code)), "reason": .string(reason)]).serialized
+    }
+
+    /// A request body: up to four messages of the largest size, or many small ones.
+    private static func bodyLimit(_ maxMessageBytes: Int) -> Int {
+        4 * maxMessageBytes + 4096
+    }
+
+    private static func object(_ request: Request, limit: Int, required: Bool) async throws -> [String: JSONValue] {
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: limit)
+        } catch {
+            throw RelayHTTPError(.contentTooLarge, "Body must be at most \(limit) bytes")
+        }
+        if body.readableBytes == 0, !required { return [:] }
+        guard let object = try? JSONDecoder().decode([String: JSONValue].self, from: Data(body.readableBytesView)) else {
+            throw RelayHTTPError(.badRequest, "Body must be a JSON object")
+        }
+        return object
+    }
+
+    private static func nonNegative(_ value: JSONValue?, name: String) throws -> Int? {
+        guard let value else { return nil }
+        guard let number = value.intValue, number >= 0 else { throw RelayHTTPError(.badRequest, "\(name) must be a non-negative integer") }
+        return number
+    }
+
+    /// The `messages` array as text frames; the whole request is refused (nothing handled) when
+    /// one is too large or there are too many.
+    private static func messages(_ value: JSONValue?, maxMessageBytes: Int) throws -> [String] {
+        guard let value else { return [] }
+        guard case .array(let items) = value else { throw RelayHTTPError(.badRequest, "messages must be an array of message objects") }
+        guard items.count <= maxMessagesPerRequest else {
+            throw RelayHTTPError(.contentTooLarge, "At most \(maxMessagesPerRequest) messages per request")
+        }
+        return try items.map { item in
+            let text = item.serialized
+            guard text.utf8.count <= maxMessageBytes else {
+                throw RelayHTTPError(.contentTooLarge, "A message is larger than \(maxMessageBytes) bytes")
+            }
+            return text
+        }
+    }
+}
+
+/// Which link and generation an HTTP transport is, once known, so the outbox can drop it (a
+/// slow reader) the same way it drops a socket.
+final class TransportSlot: Sendable {
+    private let target = Mutex<(link: Link, generation: Int)?>(nil)
+
+    func set(_ link: Link, generation: Int) {
+        target.withLock { $0 = (link, generation) }
+    }
+
+    func drop(_ switchboard: Switchboard) {
+        guard let (link, generation) = target.withLock({ $0 }) else { return }
+        switchboard.transportEnded(link, generation: generation)
+    }
+}

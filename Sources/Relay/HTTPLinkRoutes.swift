@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import ServiceLifecycle
 import Synchronization
 
 /// Contract §7: the same links, `seq` numbers, resume and messages as the WebSockets, carried
@@ -49,7 +50,11 @@ struct HTTPLinkRoutes: Sendable {
     /// device's own credentials; answers its `hello`.
     @Sendable func open(_ request: Request, context: RelayRequestContext) async throws -> Response {
         if case .denied(let retryAfter) = connectionAttempts.take(context.remoteIP ?? "unknown") {
-            throw RelayHTTPError(.tooManyRequests, "Too many connection attempts; retry in \(retryAfter) s", headers: [.retryAfter: String(retryAfter)])
+            throw RelayHTTPError(
+                .tooManyRequests,
+                "Too many connection attempts; retry in \(retryAfter) s",
+                headers: [.retryAfter: String(retryAfter)]
+            )
         }
         let identity: ClientIdentity
         if request.uri.queryParameters.get("device_id") != nil || request.uri.queryParameters.get("sig") != nil {
@@ -100,21 +105,12 @@ struct HTTPLinkRoutes: Sendable {
             leases.replace(link, with: nil)
             defer { switchboard.transportEnded(link, generation: generation) }
             try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
-            streaming: while true {
-                switch await Self.nextEvent(link.outbox, generation: generation, timeout: keepalive) {
-                case .event(.send(let frames)):
-                    var text = ""
-                    for frame in frames { text += "id: \(frame.seq)\nevent: message\ndata: \(frame.text)\n\n" }
-                    try await writer.write(ByteBuffer(string: text))
-                case .event(.close(let code, let reason)):
-                    try await writer.write(ByteBuffer(string: "event: close\ndata: \(Self.closeObject(code: code, reason: reason))\n\n"))
-                    break streaming
-                case .timedOut:
-                    if closeIfExpired(link) { continue }
-                    try await writer.write(ByteBuffer(string: ": keepalive\n\n"))
-                case .superseded:
-                    break streaming
-                }
+            // A server shutting down ends the stream (the shutdown service has already told
+            // the client to go away).
+            try await withGracefulShutdownHandler {
+                try await stream(link, generation: generation, keepalive: keepalive, to: &writer)
+            } onGracefulShutdown: {
+                link.outbox.detach(generation: generation)
             }
             try await writer.finish(nil)
         }
@@ -123,6 +119,25 @@ struct HTTPLinkRoutes: Sendable {
             headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", HTTPField.Name("X-Accel-Buffering")!: "no"],
             body: body
         )
+    }
+
+    private func stream(_ link: Link, generation: Int, keepalive: Duration, to writer: inout any ResponseBodyWriter) async throws {
+        streaming: while true {
+            switch await Self.nextEvent(link.outbox, generation: generation, timeout: keepalive) {
+            case .event(.send(let frames)):
+                var text = ""
+                for frame in frames { text += "id: \(frame.seq)\nevent: message\ndata: \(frame.text)\n\n" }
+                try await writer.write(ByteBuffer(string: text))
+            case .event(.close(let code, let reason)):
+                try await writer.write(ByteBuffer(string: "event: close\ndata: \(Self.closeObject(code: code, reason: reason))\n\n"))
+                break streaming
+            case .timedOut:
+                if closeIfExpired(link) { continue }
+                try await writer.write(ByteBuffer(string: ": keepalive\n\n"))
+            case .superseded:
+                break streaming
+            }
+        }
     }
 
     // MARK: POST /api/link/send
@@ -199,7 +214,12 @@ struct HTTPLinkRoutes: Sendable {
     /// A new transport for `link`; a replay that cannot be complete ends the link (410), as a
     /// WebSocket resume would give a fresh link.
     private func attach(_ link: Link, resumingAfter lastSeq: Int?, transport: TransportSlot) throws -> Int {
-        guard let generation = switchboard.attachTransport(to: link, resumingAfter: lastSeq, dropTransport: { [switchboard] in transport.drop(switchboard) })
+        guard
+            let generation = switchboard.attachTransport(
+                to: link,
+                resumingAfter: lastSeq,
+                dropTransport: { [switchboard] in transport.drop(switchboard) }
+            )
         else {
             switchboard.end(link)
             throw RelayHTTPError(.gone, "Messages after that seq are no longer kept: open a new link with POST /api/link")

@@ -227,7 +227,9 @@ extension TestRelay {
         case .webSocket:
             switch credentials {
             case .app(let token):
-                return WebSocketParty(socket: try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/app", headers: [.authorization: "Bearer \(token)"]))
+                return WebSocketParty(
+                    socket: try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/app", headers: [.authorization: "Bearer \(token)"])
+                )
             case .device(let query):
                 return WebSocketParty(socket: try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/device?\(query)"))
             }

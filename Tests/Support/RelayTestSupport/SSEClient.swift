@@ -21,7 +21,6 @@ public final class SSEClient: Sendable {
     }
 
     private let items: Mailbox<Item>
-    private let raw = Mutex("")
     private let task: Task<Void, Never>
     /// The response's status and headers (names lowercased).
     public let head: Head
@@ -42,6 +41,7 @@ public final class SSEClient: Sendable {
         var requestHeaders = HTTPHeaders([("Host", "127.0.0.1:\(port)"), ("Accept", "text/event-stream")])
         requestHeaders.add(contentsOf: headers)
         let items = Mailbox<Item>()
+        let rawBox = RawText()
         let task = Task {
             var parser = SSEParser()
             var isStream = false
@@ -62,7 +62,7 @@ public final class SSEClient: Sendable {
                                 body += String(buffer: buffer)
                                 continue
                             }
-                            items.append(.body(String(buffer: buffer)))
+                            rawBox.append(String(buffer: buffer))
                             for event in parser.consume(buffer.readableBytesView) { items.append(.event(event)) }
                         case .end:
                             if !isStream { items.append(.body(body)) }
@@ -79,26 +79,34 @@ public final class SSEClient: Sendable {
         }
         var errorBody = ""
         if head.headers["content-type"] != "text/event-stream", case .body(let text)? = await items.next() { errorBody = text }
-        return SSEClient(head: head, errorBody: errorBody, items: items, task: task)
+        return SSEClient(head: head, errorBody: errorBody, items: items, raw: rawBox, task: task)
     }
 
-    private init(head: Head, errorBody: String, items: Mailbox<Item>, task: Task<Void, Never>) {
+    private init(head: Head, errorBody: String, items: Mailbox<Item>, raw: RawText, task: Task<Void, Never>) {
         self.head = head
         self.errorBody = errorBody
         self.items = items
+        self.raw = raw
         self.task = task
     }
 
-    /// Everything the stream sent so far (read up to the last event returned), as text.
-    public var text: String { raw.withLock { $0 } }
+    private final class RawText: Sendable {
+        private let text = Mutex("")
+        func append(_ more: String) { text.withLock { $0 += more } }
+        var value: String { text.withLock { $0 } }
+    }
+
+    private let raw: RawText
+
+    /// Everything the stream has sent so far, as text.
+    public var text: String { raw.value }
 
     /// The next event, or nil when the stream ended.
     public func next() async -> SSEParser.Event? {
         while let item = await items.next() {
             switch item {
             case .event(let event): return event
-            case .body(let text): raw.withLock { $0 += text }
-            case .head: continue
+            case .body, .head: continue
             }
         }
         return nil

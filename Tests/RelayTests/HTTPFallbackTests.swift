@@ -92,6 +92,36 @@ import Testing
         }
     }
 
+    @Test func anHTTPLinkResumesWithItsTokenOnAnyTransport() async throws {
+        try await TestRelay.run { relay in
+            let hello = try await openHTTPLink(port: relay.port, .device(query: relay.deviceQuery()))
+            let app = try await relay.app()
+            try app.send(["type": "webrtc_request", "device_id": "robot-1"])
+            let sessionID = try #require(try await app.next("webrtc_credentials")["session_id"] as? String)
+            try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": NSNull()])
+            try await app.expectNothingPending()
+            // The device got the request by polling, then comes back over HTTP with its token...
+            let http = HTTPClient(port: relay.port)
+            #expect(try await Self.poll(http, hello, ["last_seq": 0, "wait": false]).seqs == [1, 2])
+            let again = try await openHTTPLink(
+                port: relay.port,
+                .device(query: relay.deviceQuery()),
+                resume: ["resume_token": hello.resumeToken, "last_seq": 1]
+            )
+            #expect(again.linkID == hello.linkID)
+            #expect(again.object["resumed"] as? Bool == true)
+            // ...and over a WebSocket, which replays what is unacked after last_seq.
+            let socket = try await TestSocket.connect(
+                "ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery())&resume_token=\(hello.resumeToken)&last_seq=1"
+            )
+            #expect(socket.hello["resumed"] as? Bool == true)
+            #expect(try await socket.next("webrtc_ice")["seq"] as? Int == 2)
+            try socket.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "v=0"])
+            _ = try await app.next("webrtc_offer")
+            await http.shutdown()
+        }
+    }
+
     @Test func linkRequestsNeedTheirLinksToken() async throws {
         try await TestRelay.run { relay in
             let hello = try await openHTTPLink(port: relay.port, .device(query: relay.deviceQuery()))

@@ -23,14 +23,24 @@ struct HTTPLinkRoutes: Sendable {
     let tokenLeeway: Double
     let leases: Leases
 
-    /// The lease timer of each HTTP link between its polls.
+    /// The lease timer of each HTTP link between its polls, with the generation it is for.
     final class Leases: Sendable {
-        private let timers = ShardedMap<String, Task<Void, Never>>()
+        private let timers = ShardedMap<String, (generation: Int, timer: Task<Void, Never>)>()
 
-        func replace(_ link: Link, with timer: Task<Void, Never>?) {
+        /// Replaces the link's lease (a new transport supersedes whatever the old one was for).
+        func replace(_ link: Link, with lease: (generation: Int, timer: Task<Void, Never>)?) {
             timers.update(link.id) { current in
-                current?.cancel()
-                current = timer
+                current?.timer.cancel()
+                current = lease
+            }
+        }
+
+        /// Cancels the lease of `generation` only: a newer transport's lease stays.
+        func cancel(_ link: Link, generation: Int) {
+            timers.update(link.id) { current in
+                guard current?.generation == generation else { return }
+                current?.timer.cancel()
+                current = nil
             }
         }
     }
@@ -102,7 +112,7 @@ struct HTTPLinkRoutes: Sendable {
         let switchboard = switchboard
         let keepalive = keepalive
         let body = ResponseBody { writer in
-            leases.replace(link, with: nil)
+            leases.cancel(link, generation: generation)
             defer { switchboard.transportEnded(link, generation: generation) }
             try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
             // A server shutting down ends the stream (the shutdown service has already told
@@ -233,13 +243,11 @@ struct HTTPLinkRoutes: Sendable {
     private func lease(_ link: Link, generation: Int) {
         let grace = resumeGrace
         let switchboard = switchboard
-        leases.replace(
-            link,
-            with: Task {
-                do { try await Task.sleep(for: grace) } catch { return }
-                switchboard.transportEnded(link, generation: generation)
-            }
-        )
+        let timer = Task {
+            do { try await Task.sleep(for: grace) } catch { return }
+            switchboard.transportEnded(link, generation: generation)
+        }
+        leases.replace(link, with: (generation, timer))
     }
 
     /// An app link whose token expired closes its transport with 4001, as a socket would.

@@ -63,15 +63,7 @@ struct AdminRoutes: Sendable {
 
     /// `POST /admin/devices` `{"device_id","owners":[...],"label"}`: 201 with the secret, shown once.
     private func add(_ request: Request, context: RelayRequestContext) async throws -> Response {
-        let body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: 16 * 1024)
-        } catch {
-            throw RelayHTTPError(.contentTooLarge, "Body must be at most 16384 bytes")
-        }
-        guard let object = try? JSONDecoder().decode([String: JSONValue].self, from: Data(body.readableBytesView)) else {
-            throw RelayHTTPError(.badRequest, "Body must be a JSON object such as {\"device_id\":\"robot-1\",\"owners\":[\"alice\"]}")
-        }
+        let object = try await request.jsonObject(upTo: 16 * 1024, example: #"{"device_id":"robot-1","owners":["alice"]}"#)
         guard let deviceID = object["device_id"]?.stringValue else { throw RelayHTTPError(.badRequest, "device_id is required") }
         var owners: [String] = []
         if let value = object["owners"] {

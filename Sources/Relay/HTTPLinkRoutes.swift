@@ -72,7 +72,7 @@ struct HTTPLinkRoutes: Sendable {
         } else {
             identity = .app(try authenticator.app(request, logger: context.logger))
         }
-        let body = try await Self.object(request, limit: 4096, required: false)
+        let body = try await request.jsonObject(upTo: 4096, required: false)
         var resume: (token: String, lastSeq: Int)?
         if let token = body["resume_token"] {
             guard let token = token.stringValue, token.utf8.count <= 128 else { throw RelayHTTPError(.badRequest, "resume_token is malformed") }
@@ -156,7 +156,7 @@ struct HTTPLinkRoutes: Sendable {
     /// exactly as a WebSocket text frame (errors come back on the link); `accepted` counts those
     /// the link's rate limit let through.
     @Sendable func send(_ request: Request, context: RelayRequestContext) async throws -> Response {
-        let body = try await Self.object(request, limit: Self.bodyLimit(maxMessageBytes), required: true)
+        let body = try await request.jsonObject(upTo: Self.bodyLimit(maxMessageBytes))
         let link = try authenticatedLink(id: body["link_id"]?.stringValue, token: body["resume_token"]?.stringValue)
         let messages = try Self.messages(body["messages"], maxMessageBytes: maxMessageBytes)
         let accepted = await handle(messages, from: link)
@@ -170,7 +170,7 @@ struct HTTPLinkRoutes: Sendable {
     /// `{"messages":[...]}` as soon as any are pending or after `timeout_ms` (100-15000). One
     /// waiting poll per link: a newer one ends it with an empty answer.
     @Sendable func poll(_ request: Request, context: RelayRequestContext) async throws -> Response {
-        let body = try await Self.object(request, limit: Self.bodyLimit(maxMessageBytes), required: true)
+        let body = try await request.jsonObject(upTo: Self.bodyLimit(maxMessageBytes))
         let link = try authenticatedLink(id: body["link_id"]?.stringValue, token: body["resume_token"]?.stringValue)
         let messages = try Self.messages(body["messages"], maxMessageBytes: maxMessageBytes)
         let lastSeq = try Self.nonNegative(body["last_seq"], name: "last_seq")
@@ -215,7 +215,7 @@ struct HTTPLinkRoutes: Sendable {
             throw RelayHTTPError(.notFound, "Unknown link: open one with POST /api/link")
         }
         guard link.accepts(resumeToken: token) else { throw RelayHTTPError(.unauthorized, "resume_token does not match this link") }
-        if let identity = link.appIdentity, identity.expiresAt + tokenLeeway < Date().timeIntervalSince1970 {
+        if isExpired(link) {
             throw RelayHTTPError(.unauthorized, "App token has expired: POST /api/link with a fresh token and this link's resume_token")
         }
         return link
@@ -252,9 +252,15 @@ struct HTTPLinkRoutes: Sendable {
 
     /// An app link whose token expired closes its transport with 4001, as a socket would.
     private func closeIfExpired(_ link: Link) -> Bool {
-        guard let identity = link.appIdentity, identity.expiresAt + tokenLeeway < Date().timeIntervalSince1970 else { return false }
+        guard isExpired(link) else { return false }
         link.outbox.close(code: RelayCloseCode.tokenExpired, reason: "Token expired")
         return true
+    }
+
+    /// An app link whose token is past `exp` + leeway (devices never expire).
+    private func isExpired(_ link: Link) -> Bool {
+        guard let identity = link.appIdentity else { return false }
+        return identity.expiresAt + tokenLeeway < Date().timeIntervalSince1970
     }
 
     private func handle(_ messages: [String], from link: Link) async -> Int {
@@ -305,20 +311,6 @@ struct HTTPLinkRoutes: Sendable {
     /// A request body: up to four messages of the largest size, or many small ones.
     private static func bodyLimit(_ maxMessageBytes: Int) -> Int {
         4 * maxMessageBytes + 4096
-    }
-
-    private static func object(_ request: Request, limit: Int, required: Bool) async throws -> [String: JSONValue] {
-        let body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: limit)
-        } catch {
-            throw RelayHTTPError(.contentTooLarge, "Body must be at most \(limit) bytes")
-        }
-        if body.readableBytes == 0, !required { return [:] }
-        guard let object = try? JSONDecoder().decode([String: JSONValue].self, from: Data(body.readableBytesView)) else {
-            throw RelayHTTPError(.badRequest, "Body must be a JSON object")
-        }
-        return object
     }
 
     private static func nonNegative(_ value: JSONValue?, name: String) throws -> Int? {

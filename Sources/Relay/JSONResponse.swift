@@ -23,3 +23,21 @@ extension JSONValue {
         .number(Double(value))
     }
 }
+
+extension Request {
+    /// The body as a JSON object, at most `limit` bytes (else 413); an empty body is `[:]` unless
+    /// `required`; anything else is a 400 naming `example`.
+    func jsonObject(upTo limit: Int, required: Bool = true, example: String? = nil) async throws -> [String: JSONValue] {
+        let body: ByteBuffer
+        do {
+            body = try await self.body.collect(upTo: limit)
+        } catch {
+            throw RelayHTTPError(.contentTooLarge, "Body must be at most \(limit) bytes")
+        }
+        if body.readableBytes == 0, !required { return [:] }
+        guard let object = try? JSONDecoder().decode([String: JSONValue].self, from: Data(body.readableBytesView)) else {
+            throw RelayHTTPError(.badRequest, "Body must be a JSON object\(example.map { " such as \($0)" } ?? "")")
+        }
+        return object
+    }
+}

@@ -39,16 +39,7 @@ struct TURNCredentialsRoute: Sendable {
 
     /// The optional `{"ttl": N}` body: 60-172800, default 3600; anything else is a 400.
     static func ttl(in request: Request) async throws -> Int {
-        let body: ByteBuffer
-        do {
-            body = try await request.body.collect(upTo: 4096)
-        } catch {
-            throw RelayHTTPError(.contentTooLarge, "Body must be at most 4096 bytes")
-        }
-        guard body.readableBytes > 0 else { return TURNLimits.defaultTTL }
-        guard let object = try? JSONDecoder().decode([String: JSONValue].self, from: Data(body.readableBytesView)) else {
-            throw RelayHTTPError(.badRequest, "Body must be a JSON object such as {\"ttl\": 3600}")
-        }
+        let object = try await request.jsonObject(upTo: 4096, required: false, example: "{\"ttl\": 3600}")
         guard let value = object["ttl"] else { return TURNLimits.defaultTTL }
         guard let ttl = value.intValue, TURNLimits.ttlRange.contains(ttl) else {
             throw RelayHTTPError(.badRequest, "ttl must be an integer from \(TURNLimits.ttlRange.lowerBound) to \(TURNLimits.ttlRange.upperBound)")

@@ -118,7 +118,7 @@ import Testing
             _ = try await Self.closedRow(ended, in: store)
             _ = try await eventually("the open session's row") { try await store.auditLog().first { $0.sessionID == open } }
 
-            relay.kill()
+            await relay.killed()
             #expect(try store.integrityCheck() == "ok")
             let committed = try await store.auditLog()
             #expect(committed.count == 2)

@@ -102,10 +102,11 @@ struct Coturn {
 
     struct CoturnDidNotStart: Error {}
 
-    /// Ends the server (SIGKILL: coturn takes its time over SIGTERM) and reaps it.
+    /// Ends the server (SIGKILL: coturn takes its time over SIGTERM); it is reaped on a thread
+    /// of its own so the caller never blocks.
     func stop() {
         kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        Thread.detachNewThread { [process] in process.waitUntilExit() }
     }
 
     /// One TURN allocation (and a short exchange) with coturn's own client.

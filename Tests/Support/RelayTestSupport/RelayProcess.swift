@@ -52,9 +52,16 @@ public struct RelayProcess: Sendable {
         return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "")
     }
 
-    /// Ends the relay with SIGKILL and waits for it (a dead process exits at once).
+    /// Ends the relay with SIGKILL. It is reaped on a thread of its own: the caller (often a
+    /// `defer` on one of Swift concurrency's few threads) never blocks.
     public func kill() {
         if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
-        process.waitUntilExit()
+        Thread.detachNewThread { [process] in process.waitUntilExit() }
+    }
+
+    /// Ends the relay with SIGKILL and returns once it is gone.
+    public func killed() async {
+        if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
+        _ = await process.exited()
     }
 }

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""A simulated robot: connects to the relay as a device, and for every session an app asks for
+it offers a generated test-pattern video track and a data channel (aiortc).
+
+    python3 examples/robot/robot.py --relay ws://127.0.0.1:8080 --device-id robot-1 --secret <secret>
+    python3 examples/robot/robot.py --relay ws://127.0.0.1:8080 --device-id robot-1 --master-key <RELAY_DEVICE_MASTER_KEY>
+
+It answers webrtc_request with an offer, sends its ICE candidates as webrtc_ice, applies the app's
+webrtc_answer and webrtc_ice, tears a session down on webrtc_close, and keeps its link through
+dropped sockets (resume). This is the file a robot-firmware author copies.
+"""
+import argparse
+import asyncio
+import fractions
+import json
+import os
+import sys
+import time
+
+import numpy
+from av import VideoFrame
+from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
+from relay_signaling import RelayLink, add_remote_candidate, candidates_of, derived_secret, rtc_configuration, signed_device_query  # noqa: E402
+
+
+class TestPattern(VideoStreamTrack):
+    """Moving colour bars, 320x240 at 30 frames per second."""
+
+    def __init__(self, width=320, height=240):
+        super().__init__()
+        self.width, self.height = width, height
+        bars = numpy.array([[255, 255, 255], [255, 255, 0], [0, 255, 255], [0, 255, 0], [255, 0, 255], [255, 0, 0], [0, 0, 255], [0, 0, 0]], dtype=numpy.uint8)
+        row = numpy.repeat(bars, width // len(bars) + 1, axis=0)[:width]
+        self.base = numpy.repeat(row[numpy.newaxis, :, :], height, axis=0)
+        self.count = 0
+
+    async def recv(self):
+        pts, time_base = await self.next_timestamp()
+        image = numpy.roll(self.base, self.count * 4, axis=1)
+        self.count += 1
+        frame = VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+class Robot:
+    def __init__(self, args):
+        self.args = args
+        secret = args.secret or derived_secret(args.device_id, args.master_key)
+        self.link = RelayLink(lambda: f"{args.relay}/ws/device?{signed_device_query(args.device_id, secret)}", log=self.log)
+        self.sessions = {}
+
+    def log(self, text):
+        print(f"robot {self.args.device_id}: {text}", flush=True)
+
+    async def run(self):
+        reader = asyncio.create_task(self.link.run())
+        await self.link.send({"type": "device_info", "capabilities": {"video": ["vp8", "h264"], "model": "simulated", "datachannel": True}})
+        while True:
+            message = await self.link.next()
+            kind, session_id = message["type"], message.get("session_id")
+            try:
+                if kind == "webrtc_request":
+                    await self.start(session_id, message)
+                elif kind == "webrtc_answer" and session_id in self.sessions:
+                    await self.sessions[session_id].setRemoteDescription(RTCSessionDescription(message["sdp"], "answer"))
+                elif kind == "webrtc_offer" and session_id in self.sessions:
+                    await self.answer(session_id, message["sdp"])
+                elif kind == "webrtc_ice" and session_id in self.sessions:
+                    candidates = message.get("candidates") or [message.get("candidate")]
+                    for candidate in candidates:
+                        await add_remote_candidate(self.sessions[session_id], candidate)
+                elif kind == "webrtc_close":
+                    await self.stop(session_id, message.get("reason"))
+                elif kind == "ice_servers_refresh":
+                    # aiortc cannot change a live connection's servers; a browser would call setConfiguration.
+                    self.log(f"session {session_id}: fresh ICE servers (ttl {message['ice_servers'].get('ttl')})")
+                elif kind in ("peer_status", "go_away", "error"):
+                    self.log(f"{kind}: {json.dumps(message)}")
+            except Exception as error:  # keep serving other sessions
+                self.log(f"session {session_id}: {type(error).__name__}: {error}")
+        await reader
+
+    async def start(self, session_id, request):
+        self.log(f"session {session_id} requested by {request.get('user_id')}")
+        pc = RTCPeerConnection(rtc_configuration(request["ice_servers"], relay_only=self.args.relay_only))
+        self.sessions[session_id] = pc
+        pc.addTrack(TestPattern())
+        channel = pc.createDataChannel("telemetry")
+
+        @channel.on("open")
+        def on_open():
+            channel.send(json.dumps({"battery": 0.87, "at": time.time()}))
+
+        @pc.on("connectionstatechange")
+        async def on_state():
+            self.log(f"session {session_id}: {pc.connectionState}")
+
+        await pc.setLocalDescription(await pc.createOffer())
+        await self.link.send({"type": "webrtc_offer", "session_id": session_id, "sdp": pc.localDescription.sdp})
+        await self.send_candidates(session_id, pc)
+
+    async def answer(self, session_id, sdp):
+        pc = self.sessions[session_id]
+        await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self.link.send({"type": "webrtc_answer", "session_id": session_id, "sdp": pc.localDescription.sdp})
+        await self.send_candidates(session_id, pc)
+
+    async def send_candidates(self, session_id, pc):
+        # aiortc gathers before it describes; the candidates go out as trickle messages too.
+        candidates = list(candidates_of(pc.localDescription.sdp))
+        await self.link.send({"type": "webrtc_ice", "session_id": session_id, "candidates": candidates, "complete": True})
+
+    async def stop(self, session_id, reason):
+        pc = self.sessions.pop(session_id, None)
+        if pc:
+            await pc.close()
+            self.log(f"session {session_id} closed ({reason})")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--relay", default="ws://127.0.0.1:8080")
+    parser.add_argument("--device-id", default="robot-1")
+    parser.add_argument("--secret", help="the device's own secret (relay device add prints it)")
+    parser.add_argument("--master-key", default=os.environ.get("RELAY_DEVICE_MASTER_KEY"), help="derive the secret (default: RELAY_DEVICE_MASTER_KEY)")
+    parser.add_argument("--relay-only", action="store_true", help="use TURN relay candidates only (iceTransportPolicy relay)")
+    args = parser.parse_args()
+    if not args.secret and not args.master_key:
+        parser.error("pass --secret or --master-key (or set RELAY_DEVICE_MASTER_KEY)")
+    try:
+        asyncio.run(Robot(args).run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -184,6 +184,7 @@ public func buildRelay(
         tokenLeeway: configuration.tokens.leewaySeconds,
         leases: .init()
     ).register(on: router)
+    router.get("/demo") { _, _ in DemoPage.response() }
     router.get("/api/devices", use: DevicesRoute(authenticator: authenticator, store: store, switchboard: switchboard).respond)
     if let adminToken = configuration.adminToken {
         AdminRoutes(token: adminToken, store: store, switchboard: switchboard).register(on: router)

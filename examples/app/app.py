@@ -33,7 +33,7 @@ async def run(args):
     link = RelayLink(lambda: f"{args.relay}/ws/app", headers={"Authorization": f"Bearer {args.token}"},
                      log=lambda text: print(f"app: {text}", file=sys.stderr, flush=True))
     reader = asyncio.create_task(link.run())
-    report = {"frames": 0, "width": None, "height": None, "messages": 0}
+    report = {"frames": 0, "width": None, "height": None, "messages": 0, "peer_status": []}
     await link.send({"type": "webrtc_request", "device_id": args.device_id})
     credentials = await link.next("webrtc_credentials", "error")
     if credentials["type"] == "error":
@@ -75,12 +75,15 @@ async def run(args):
             elif kind == "webrtc_ice":
                 for candidate in message.get("candidates") or [message.get("candidate")]:
                     await add_remote_candidate(pc, candidate)
+            elif kind == "peer_status":
+                report["peer_status"].append(message["status"])
             elif kind == "webrtc_close":
                 return message
 
     signaler = asyncio.create_task(signaling())
     await asyncio.wait_for(first_frame.wait(), timeout=args.timeout)
     await asyncio.sleep(args.seconds)
+    report["frames_before_close"] = report["frames"]
     report["pair"] = selected_pair(pc)
     await link.send({"type": "webrtc_close", "session_id": session_id, "reason": "normal"})
     closed = await asyncio.wait_for(signaler, timeout=10)

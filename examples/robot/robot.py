@@ -14,6 +14,7 @@ import asyncio
 import fractions
 import json
 import os
+import signal
 import sys
 import time
 
@@ -57,6 +58,9 @@ class Robot:
 
     async def run(self):
         reader = asyncio.create_task(self.link.run())
+        # SIGUSR1 drops the signaling socket (as a lost network would); the link resumes and
+        # live calls go on.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(self.link.drop_socket()))
         await self.link.send({"type": "device_info", "capabilities": {"video": ["vp8", "h264"], "model": "simulated", "datachannel": True}})
         while True:
             message = await self.link.next()

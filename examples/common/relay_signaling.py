@@ -100,7 +100,7 @@ class RelayLink:
                             continue
                         self.last_seq = max(self.last_seq, seq)
                         await self.inbox.put(message)
-                        if seq % 20 == 0:
+                        if seq and seq % 20 == 0:
                             await self.send({"type": "ack", "seq": seq})
             except (OSError, websockets.WebSocketException) as error:
                 self.log(f"socket dropped ({error}); resuming")

@@ -29,12 +29,7 @@ final class PresenceBoard: Sendable {
     /// it each one's status at once.
     func watch(_ link: Link, deviceIDs: [String], status: (String) -> Status) {
         let previous = link.replaceWatched(with: Set(deviceIDs))
-        for deviceID in previous.subtracting(deviceIDs) {
-            watchers.update(deviceID) { entry in
-                entry?.links[ObjectIdentifier(link)] = nil
-                if entry?.links.isEmpty == true { entry = nil }
-            }
-        }
+        stopWatching(previous.subtracting(deviceIDs), by: link)
         for deviceID in deviceIDs {
             // Under the device's shard lock, so no change can slip between reading and sending.
             watchers.update(deviceID) { entry in
@@ -48,7 +43,11 @@ final class PresenceBoard: Sendable {
 
     /// Forgets an ended link's watches.
     func unwatch(_ link: Link) {
-        for deviceID in link.replaceWatched(with: []) {
+        stopWatching(link.replaceWatched(with: []), by: link)
+    }
+
+    private func stopWatching(_ deviceIDs: Set<String>, by link: Link) {
+        for deviceID in deviceIDs {
             watchers.update(deviceID) { entry in
                 entry?.links[ObjectIdentifier(link)] = nil
                 if entry?.links.isEmpty == true { entry = nil }

@@ -122,6 +122,31 @@ import Testing
         }
     }
 
+    @Test func anExpiredAppTokenEndsTheHTTPTransportLikeASocketsClose4001() async throws {
+        try await TestRelay.run(["RELAY_JWT_LEEWAY_S": "0", "RELAY_SSE_KEEPALIVE_S": "1"]) { relay in
+            let token = relay.appToken(lifetime: 2)
+            let hello = try await openHTTPLink(port: relay.port, .app(token: token))
+            let stream = try await EventStreamParty(port: relay.port, hello: hello)
+            // Past exp the stream ends with the close a WebSocket would get...
+            let closed = try await stream.next("sse:close")
+            let close = try #require(try JSONSerialization.jsonObject(with: Data((closed["data"] as? String ?? "").utf8)) as? JSONObject)
+            #expect(close["code"] as? Int == 4001)
+            // ...and the link's requests are refused until it is opened again with a fresh token.
+            let http = HTTPClient(port: relay.port)
+            let refused = try await http.post("/api/link/poll", json: ["link_id": hello.linkID, "resume_token": hello.resumeToken, "wait": false])
+            #expect(refused.status == .unauthorized)
+            #expect((refused.json["detail"] as? String)?.hasPrefix("App token has expired") == true)
+            let again = try await openHTTPLink(
+                port: relay.port,
+                .app(token: relay.appToken()),
+                resume: ["resume_token": hello.resumeToken, "last_seq": 0]
+            )
+            #expect(again.linkID == hello.linkID && again.object["resumed"] as? Bool == true)
+            await http.shutdown()
+            await stream.vanish()
+        }
+    }
+
     @Test func linkRequestsNeedTheirLinksToken() async throws {
         try await TestRelay.run { relay in
             let hello = try await openHTTPLink(port: relay.port, .device(query: relay.deviceQuery()))

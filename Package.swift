@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .executable(name: "relay", targets: ["RelayCommand"]),
         .executable(name: "relay-bench", targets: ["RelayBench"]),
+        .executable(name: "relay-load", targets: ["RelayLoad"]),
         .executable(name: "relay-echo", targets: ["RelayEcho"]),
         .executable(name: "relay-fuzz", targets: ["RelayFuzz"]),
         .library(name: "Relay", targets: ["Relay"]),
@@ -24,6 +25,7 @@ let package = Package(
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -143,6 +145,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             path: "Benchmarks/RelayBench",
+            swiftSettings: swiftSettings
+        ),
+        // The load generator (BENCHMARKS.md): raw WebSocket clients on one SwiftNIO event loop
+        // against a real `relay` process.
+        .executableTarget(
+            name: "RelayLoad",
+            dependencies: [
+                "DeviceAuth", "RelayTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            path: "Benchmarks/RelayLoad",
             swiftSettings: swiftSettings
         ),
         // libFuzzer target for the message decoder and the token and signature parsers

@@ -9,11 +9,17 @@ public struct RelayProcess: Sendable {
 
     /// Starts `binary serve` with exactly `environment` (plus PATH, RELAY_PORT=0, and a store of
     /// its own unless `RELAY_DB` is given); returns once it says where it listens. Its log keeps
-    /// being drained so it never blocks on a full pipe.
-    public static func start(binary: URL, environment: [String: String]) async throws -> RelayProcess {
+    /// being drained so it never blocks on a full pipe. With `cpu`, it runs pinned to that core
+    /// (through `taskset`, which execs it: the process id stays the relay's).
+    public static func start(binary: URL, environment: [String: String], cpu: Int? = nil) async throws -> RelayProcess {
         let process = Process()
-        process.executableURL = binary
-        process.arguments = ["serve"]
+        if let cpu {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/taskset")
+            process.arguments = ["-c", String(cpu), binary.path, "serve"]
+        } else {
+            process.executableURL = binary
+            process.arguments = ["serve"]
+        }
         let store = FileManager.default.temporaryDirectory.appendingPathComponent("relay-\(UUID().uuidString).sqlite").path
         process.environment = environment.merging(["PATH": "/usr/bin:/bin", "RELAY_PORT": "0", "RELAY_DB": store]) { old, _ in old }
         process.currentDirectoryURL = FileManager.default.temporaryDirectory

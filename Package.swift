@@ -26,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.6.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.2.0"),
+        .package(url: "https://github.com/ordo-one/benchmark.git", from: "1.38.1", traits: ["MallocInterposer"]),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -160,6 +161,17 @@ let package = Package(
             ],
             path: "Benchmarks/RelayLoad",
             swiftSettings: swiftSettings
+        ),
+        // Microbenchmarks of the per-connection and per-message costs: `swift package benchmark`.
+        .executableTarget(
+            name: "RelayMicro",
+            dependencies: [
+                "DeviceAuth", "Relay",
+                .product(name: "Benchmark", package: "benchmark"),
+            ],
+            path: "Benchmarks/RelayMicro",
+            swiftSettings: swiftSettings,
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),
         // libFuzzer target for the message decoder and the token and signature parsers
         // (build with --sanitize=fuzzer; see the file's header).

@@ -21,7 +21,8 @@ final class LoadGenerator: @unchecked Sendable {
     /// message-rate and connection-rate limits raised as load needs; every other limit stays.
     init(relayBinary: String?, serverCPU: Int?, loadCPU: Int?, extraEnvironment: [String: String] = [:]) async throws {
         if let loadCPU { pinThisProcess(to: loadCPU) }
-        let binary = relayBinary.map { URL(fileURLWithPath: $0) }
+        let binary =
+            relayBinary.map { URL(fileURLWithPath: $0) }
             ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("relay")
         var environment = [
             "RELAY_JWT_SECRET": Self.jwtSecret,
@@ -47,13 +48,23 @@ final class LoadGenerator: @unchecked Sendable {
     /// A device's signed path (`/ws/device?...`), signed now with a fresh nonce.
     static func devicePath(_ deviceID: String) -> String {
         let secret = DeviceSignature.derivedSecret(deviceID: deviceID, masterKey: masterKey)
-        let signature = DeviceSignature.sign(deviceID: deviceID, timestamp: Int(Date().timeIntervalSince1970), nonce: DeviceSignature.makeNonce(), secret: secret)
+        let signature = DeviceSignature.sign(
+            deviceID: deviceID,
+            timestamp: Int(Date().timeIntervalSince1970),
+            nonce: DeviceSignature.makeNonce(),
+            secret: secret
+        )
         return "/ws/device?\(signature.query)"
     }
 
     /// An app's path with a token for `user` naming `devices`.
     static func appPath(_ user: String, devices: [String]) throws -> String {
-        let token = try AppTokenSigner(secret: Array(jwtSecret.utf8)).token(userID: user, devices: devices, now: Date().timeIntervalSince1970, lifetime: 3600)
+        let token = try AppTokenSigner(secret: Array(jwtSecret.utf8)).token(
+            userID: user,
+            devices: devices,
+            now: Date().timeIntervalSince1970,
+            lifetime: 3600
+        )
         return "/ws/app?token=\(token)"
     }
 

@@ -29,8 +29,14 @@ final class SessionChurn: @unchecked Sendable {
         answered = Array(repeating: false, count: pairs.count)
         candidates = Array(repeating: 0, count: pairs.count)
         for pair in pairs {
-            pair.app.callbacks = LoadSocket.Callbacks(message: { [self] _, bytes in app(pair, bytes) }, closed: { [self] _, why in closes.append(why) })
-            pair.device.callbacks = LoadSocket.Callbacks(message: { [self] _, bytes in device(pair, bytes) }, closed: { [self] _, why in closes.append(why) })
+            pair.app.callbacks = LoadSocket.Callbacks(
+                message: { [self] _, bytes in app(pair, bytes) },
+                closed: { [self] _, why in closes.append(why) }
+            )
+            pair.device.callbacks = LoadSocket.Callbacks(
+                message: { [self] _, bytes in device(pair, bytes) },
+                closed: { [self] _, why in closes.append(why) }
+            )
         }
     }
 

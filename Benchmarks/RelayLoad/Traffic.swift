@@ -28,7 +28,8 @@ final class Traffic: @unchecked Sendable {
         messages = pairs.map { pair in
             switch kind {
             case .ice: (Wire.ice(session: pair.session), Wire.ice(session: pair.session))
-            case .sdp: (Wire.sdp("webrtc_offer", session: pair.session, bytes: sdpBytes), Wire.sdp("webrtc_offer", session: pair.session, bytes: sdpBytes))
+            case .sdp:
+                (Wire.sdp("webrtc_offer", session: pair.session, bytes: sdpBytes), Wire.sdp("webrtc_offer", session: pair.session, bytes: sdpBytes))
             }
         }
         for pair in pairs {

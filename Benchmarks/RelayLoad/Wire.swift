@@ -66,7 +66,8 @@ enum Wire {
     /// A trickled ICE candidate of about 200 bytes on the wire, to stamp with a send time.
     static func ice(session: String) -> Stamped {
         Stamped(
-            prefix: #"{"type":"webrtc_ice","session_id":"\#(session)","candidate":{"candidate":"candidate:1467250027 1 udp 2122260223 192.168.0.196 46243 typ host generation 0 ufrag 3Dg5 lt="#,
+            prefix:
+                #"{"type":"webrtc_ice","session_id":"\#(session)","candidate":{"candidate":"candidate:1467250027 1 udp 2122260223 192.168.0.196 46243 typ host generation 0 ufrag 3Dg5 lt="#,
             suffix: #"","sdpMid":"0","sdpMLineIndex":0}}"#
         )
     }

@@ -91,7 +91,7 @@ enum MessageLimits {
 extension ClientEnvelope {
     /// Decodes and validates one text frame.
     init(text: String) throws(SignalingError) {
-        guard let object = try? JSONDecoder().decode([String: JSONValue].self, from: Data(text.utf8)) else {
+        guard let object = try? JSONParser.object(text) else {
             throw SignalingError(.badRequest, "Message must be a JSON object")
         }
         var requestID: String?

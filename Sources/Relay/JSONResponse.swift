@@ -35,7 +35,7 @@ extension Request {
             throw RelayHTTPError(.contentTooLarge, "Body must be at most \(limit) bytes")
         }
         if body.readableBytes == 0, !required { return [:] }
-        guard let object = try? JSONDecoder().decode([String: JSONValue].self, from: Data(body.readableBytesView)) else {
+        guard let text = String(validating: body.readableBytesView, as: UTF8.self), let object = try? JSONParser.object(text) else {
             throw RelayHTTPError(.badRequest, "Body must be a JSON object\(example.map { " such as \($0)" } ?? "")")
         }
         return object

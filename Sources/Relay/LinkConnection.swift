@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import HummingbirdWebSocket
 import Logging
+import NIOCore
 import NIOWebSocket
 import WSCore
 
@@ -35,12 +36,18 @@ struct LinkConnection {
         let hello = hello(link, resumed: admission.resumed)
         defer { switchboard.transportEnded(link, generation: admission.generation) }
         try await outbound.write(.text(hello.text(seq: nil)))
+        // Messages go out from the channel's event loop, a batch per flush; the writer task
+        // below only closes. The hello was queued first, so it stays first.
+        let writer = FrameWriter(channel: context.channel, outbox: link.outbox, generation: admission.generation)
+        context.writability.notify(writer.drain)
+        link.outbox.push(generation: admission.generation, drain: writer.schedule)
 
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask {
                 while let event = await link.outbox.next(generation: admission.generation) {
                     switch event {
                     case .send(let frames):
+                        // Only for a transport that does not push (kept for completeness).
                         for frame in frames { try await outbound.write(.text(frame.text)) }
                     case .close(let code, let reason):
                         try await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason)
@@ -103,5 +110,31 @@ struct LinkConnection {
             // An `auth` may move `exp` while this sleeps; the loop reads it again.
             try await Task.sleep(for: .milliseconds(Int(remaining * 1000) + 1))
         }
+    }
+}
+
+/// Writes a link's frames on its WebSocket's event loop: everything unsent in one batch, one
+/// flush. While the socket cannot take more (a slow reader), frames wait in the outbox, whose
+/// bound drops the transport; the channel's writability coming back drains again.
+struct FrameWriter: Sendable {
+    let channel: any Channel
+    let outbox: Outbox
+    let generation: Int
+
+    /// Called by the outbox when frames are waiting (once per batch, from any thread). Even on
+    /// the loop itself the drain waits for the loop's next task: what else is offered
+    /// meanwhile goes out with it, in one write.
+    func schedule() {
+        channel.eventLoop.execute { drain() }
+    }
+
+    /// On the event loop: writes what is unsent, if the channel can take it.
+    func drain() {
+        guard channel.isWritable, let frames = outbox.takePushed(generation: generation), !frames.isEmpty else { return }
+        for frame in frames {
+            let data = channel.allocator.buffer(string: frame.text)
+            channel.write(WebSocketFrame(fin: true, opcode: .text, data: data), promise: nil)
+        }
+        channel.flush()
     }
 }

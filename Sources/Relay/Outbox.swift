@@ -50,6 +50,10 @@ final class Outbox: Sendable {
         /// Drops the current transport at once (its writer may be stuck on a full socket).
         var dropTransport: (@Sendable () -> Void)?
         var waiter: (generation: Int, continuation: CheckedContinuation<Event?, Never>)?
+        /// A transport that takes frames on its own event loop (`push`): asked to drain once per
+        /// batch; its writer task only gets the close.
+        var push: (@Sendable () -> Void)?
+        var pushScheduled = false
     }
 
     private let state = Mutex(State())
@@ -64,8 +68,9 @@ final class Outbox: Sendable {
     /// Numbers `message` with the link's next `seq` and keeps it until acked. Discarded once
     /// the link ended; past the unsent bound the live transport is dropped.
     func offer(_ message: OutboundMessage) {
-        let (wake, drop): ((CheckedContinuation<Event?, Never>, Event?)?, (@Sendable () -> Void)?) = state.withLock { state in
-            guard !state.ended else { return (nil, nil) }
+        let (wake, drop, push): ((CheckedContinuation<Event?, Never>, Event?)?, (@Sendable () -> Void)?, (@Sendable () -> Void)?) = state.withLock {
+            state in
+            guard !state.ended else { return (nil, nil, nil) }
             let text = message.text(seq: state.nextSeq)
             state.kept.append(Entry(seq: state.nextSeq, text: text))
             state.keptBytes += text.utf8.count
@@ -84,10 +89,50 @@ final class Outbox: Sendable {
                     state.sendCursor = oldest.seq + 1
                 }
             }
-            return (Self.takeWaiter(&state), drop)
+            return (Self.takeWaiter(&state), drop, Self.schedulePush(&state))
         }
         if let (continuation, event) = wake { continuation.resume(returning: event) }
+        push?()
         drop?()
+    }
+
+    /// The push transport's drain to call, once until it takes what is unsent.
+    private static func schedulePush(_ state: inout State) -> (@Sendable () -> Void)? {
+        guard let push = state.push, !state.pushScheduled, hasUnsent(state) else { return nil }
+        state.pushScheduled = true
+        return push
+    }
+
+    /// The transport of `generation` takes its frames itself: `drain` is called (once per batch,
+    /// from whichever thread offers) and answers by calling `takePushed`. Its writer task gets
+    /// only the close, once every frame before it was taken.
+    func push(generation: Int, drain: @escaping @Sendable () -> Void) {
+        let first: (@Sendable () -> Void)? = state.withLock { state in
+            guard state.generation == generation, !state.ended else { return nil }
+            state.push = drain
+            state.pushScheduled = false
+            return Self.schedulePush(&state)
+        }
+        first?()
+    }
+
+    /// For the push transport of `generation`: every unsent frame, in order (nil when that
+    /// transport is no longer the link's). Wakes the writer task for a close that was waiting
+    /// on these frames.
+    func takePushed(generation: Int) -> [Frame]? {
+        let (frames, wake): ([Frame]?, (CheckedContinuation<Event?, Never>, Event?)?) = state.withLock { state in
+            guard state.generation == generation, state.push != nil else { return (nil, nil) }
+            state.pushScheduled = false
+            var frames: [Frame] = []
+            if Self.hasUnsent(state), let first = state.kept.first {
+                frames = Array(state.kept[max(0, state.sendCursor - first.seq)...])
+                state.sendCursor = state.nextSeq
+                state.unsentBytes = 0
+            }
+            return (frames, Self.takeWaiter(&state))
+        }
+        if let (continuation, event) = wake { continuation.resume(returning: event) }
+        return frames
     }
 
     private static func unsentOverBound(_ state: State, maxMessages: Int, maxBytes: Int) -> Bool {
@@ -130,6 +175,8 @@ final class Outbox: Sendable {
             state.generation += 1
             state.attached = true
             state.dropTransport = dropTransport
+            state.push = nil
+            state.pushScheduled = false
             state.closeRequest = nil
             state.closeDelivered = false
             // A writer of the old transport that still waits is told to stop.
@@ -147,6 +194,7 @@ final class Outbox: Sendable {
             state.generation += 1
             state.attached = false
             state.dropTransport = nil
+            state.push = nil
             defer { state.waiter = nil }
             return state.waiter?.continuation
         }
@@ -163,13 +211,22 @@ final class Outbox: Sendable {
         if let (continuation, event) = wake { continuation.resume(returning: event) }
     }
 
-    /// The link ended: nothing more is taken or kept.
+    /// The link ended: nothing more is taken or kept. What its live transport has not written
+    /// yet (the last messages, such as the `webrtc_close` of its sessions) still goes out before
+    /// its close.
     func end() {
         state.withLock { state in
             state.ended = true
-            state.kept.removeAll()
-            state.keptBytes = 0
-            state.unsentBytes = 0
+            guard state.attached else {
+                state.kept.removeAll()
+                state.keptBytes = 0
+                state.unsentBytes = 0
+                return
+            }
+            while let first = state.kept.first, first.seq < state.sendCursor {
+                state.kept.removeFirst()
+                state.keptBytes -= first.text.utf8.count
+            }
         }
     }
 
@@ -210,7 +267,7 @@ final class Outbox: Sendable {
             state.closeDelivered = true
             return .close(code: request.code, reason: request.reason)
         }
-        guard hasUnsent(state), let first = state.kept.first else { return nil }
+        guard state.push == nil, hasUnsent(state), let first = state.kept.first else { return nil }
         let frames = state.kept[max(0, state.sendCursor - first.seq)...]
         state.sendCursor = state.nextSeq
         state.unsentBytes = 0

@@ -14,6 +14,7 @@ import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 import NIOWebSocket
+import Synchronization
 @_spi(WSInternal) import WSCore
 
 /// Decides whether a WebSocket upgrade request may proceed, before the upgrade.
@@ -32,8 +33,31 @@ struct UpgradeGate: Sendable {
 /// The context a relay WebSocket handler runs with.
 struct SocketContext: WebSocketContext {
     let logger: Logger
+    /// The WebSocket's channel, for writing text frames straight from its event loop.
+    let channel: any Channel
+    /// Tells who writes on the channel when it can take writes again.
+    let writability: WritabilitySignal
+
     /// Closes the connection at once, without a close handshake (a reader too slow to take one).
-    let drop: @Sendable () -> Void
+    var drop: @Sendable () -> Void { { [channel] in channel.close(promise: nil) } }
+}
+
+/// Calls `onWritable` on the event loop when the channel becomes writable again after its
+/// buffered writes passed the high-water mark.
+final class WritabilitySignal: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = WebSocketFrame
+    typealias InboundOut = WebSocketFrame
+
+    private let onWritable = Mutex<(@Sendable () -> Void)?>(nil)
+
+    func notify(_ callback: @escaping @Sendable () -> Void) {
+        onWritable.withLock { $0 = callback }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, let callback = onWritable.withLock({ $0 }) { callback() }
+        context.fireChannelWritabilityChanged()
+    }
 }
 
 /// A server child channel: HTTP/1.1 requests go to the router; WebSocket upgrade requests go
@@ -91,6 +115,8 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
                 },
                 upgradePipelineHandler: { channel, _ in
                     channel.eventLoop.makeCompletedFuture {
+                        let writability = WritabilitySignal()
+                        try channel.pipeline.syncOperations.addHandler(writability)
                         let asyncChannel = try NIOAsyncChannel<WebSocketFrame, WebSocketFrame>(
                             wrappingChannelSynchronously: channel,
                             configuration: .init(isOutboundHalfClosureEnabled: true)
@@ -109,7 +135,7 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
                                         maxFrameSize: configuration.maxFrameSize
                                     ),
                                     asyncChannel: asyncChannel,
-                                    context: SocketContext(logger: logger, drop: { asyncChannel.channel.close(promise: nil) }),
+                                    context: SocketContext(logger: logger, channel: asyncChannel.channel, writability: writability),
                                     handler: dataHandler
                                 )
                             } catch {

@@ -1,0 +1,81 @@
+import DeviceAuth
+import Foundation
+import Logging
+import Registry
+import TURNBroker
+
+/// The relay's per-message path without sockets, for the microbenchmarks (BENCHMARKS.md): a
+/// real switchboard with an app and a device in an open session. `relay` hands a text frame
+/// from the app to the switchboard, as a socket's reader does, and takes what the device's
+/// link would write, as its writer does (acking it, as a client does).
+@_spi(Benchmarks) public final class SignalingPath: Sendable {
+    let switchboard: Switchboard
+    let app: Link
+    let device: Link
+    let deviceGeneration: Int
+    let appGeneration: Int
+    /// The open session's id.
+    public let sessionID: String
+
+    /// A switchboard on a scratch store at `storePath`, with the app's session to the device open.
+    public init(storePath: String) async throws {
+        var logger = Logger(label: "relay.bench")
+        logger.logLevel = .critical
+        let store = try RelayStore(path: storePath)
+        switchboard = Switchboard(
+            table: LocalSessionTable(),
+            turn: StaticProvider(),
+            directory: store,
+            tokens: AppTokenVerifier(
+                configuration: .init(algorithms: [.hs256], secretKeys: [.init(secret: Array("bench-secret-bench-secret-bench-s".utf8))])
+            ),
+            limits: .init(
+                maxSessionsPerDevice: 4,
+                maxSessionsPerApp: 8,
+                keptMessages: 256,
+                keptBytes: 1 << 20,
+                rateBurst: 100_000,
+                ratePerSecond: 100_000,
+                maxRefusedInARow: 100,
+                resumeGrace: .seconds(30),
+                setupTimeout: .seconds(3600)
+            ),
+            journal: StoreWriter(store: store, interval: .seconds(3600), logger: logger),
+            metrics: RelayMetrics(),
+            refreshDelay: { _ in .seconds(3600) },
+            logger: logger
+        )
+        let deviceAdmission = switchboard.admit(.device(DeviceRecord(deviceID: "bench-robot", secrets: [])), resume: nil, dropTransport: {})
+        let appAdmission = switchboard.admit(
+            .app(AppIdentity(userID: "bench-user", expiresAt: Date().timeIntervalSince1970 + 86_400, devices: ["bench-robot"])),
+            resume: nil,
+            dropTransport: {}
+        )
+        (device, deviceGeneration, app, appGeneration) = (
+            deviceAdmission.link, deviceAdmission.generation, appAdmission.link, appAdmission.generation
+        )
+        device.outbox.push(generation: deviceGeneration) {}
+        app.outbox.push(generation: appGeneration) {}
+        await switchboard.handle(text: #"{"type":"webrtc_request","device_id":"bench-robot"}"#, from: app)
+        guard let request = app.outbox.takePushed(generation: appGeneration)?.first(where: { $0.text.contains("webrtc_credentials") }),
+            let session = (try? JSONParser.object(request.text))?["session_id"]?.stringValue
+        else { throw SetUpFailed() }
+        sessionID = session
+        _ = device.outbox.takePushed(generation: deviceGeneration)
+    }
+
+    struct SetUpFailed: Error {}
+
+    /// Decodes and validates one client message; false when it is refused.
+    public static func decode(_ text: String) -> Bool {
+        (try? ClientEnvelope(text: text)) != nil
+    }
+
+    /// The app sends `text`; returns the bytes the device's link would write.
+    public func relay(_ text: String) async -> Int {
+        await switchboard.handle(text: text, from: app)
+        guard let frames = device.outbox.takePushed(generation: deviceGeneration), let last = frames.last else { return 0 }
+        device.outbox.acknowledge(through: last.seq)
+        return frames.reduce(0) { $0 + $1.text.utf8.count }
+    }
+}

@@ -71,16 +71,20 @@ final class LoadGenerator: @unchecked Sendable {
     /// Opens a socket on `path` from `source` (a 127.0.0.x address); `callbacks` hear its messages.
     func connect(path: String, index: Int, source: String = "127.0.0.1", callbacks: LoadSocket.Callbacks) -> EventLoopFuture<LoadSocket> {
         let socket = LoadSocket(path: path, index: index, flusher: flusher, callbacks: callbacks)
-        let loop = flusher.loop
-        return ClientBootstrap(group: loop)
-            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+        var bootstrap = ClientBootstrap(group: loop)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
-            .bind(to: try! SocketAddress(ipAddress: source, port: 0))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(socket) }
             }
-            .connect(host: "127.0.0.1", port: port)
-            .map { _ in socket }
+        if source != "127.0.0.1" {
+            // IP_BIND_ADDRESS_NO_PORT: the port is picked at connect, per destination, instead
+            // of at bind, where the kernel scans for a port free for every destination.
+            bootstrap =
+                bootstrap
+                .channelOption(ChannelOptions.socket(SocketOptionLevel(IPPROTO_IP), SocketOptionName(24)), value: 1)
+                .bind(to: try! SocketAddress(ipAddress: source, port: 0))
+        }
+        return bootstrap.connect(host: "127.0.0.1", port: port).map { _ in socket }
     }
 
     // MARK: The relay's figures

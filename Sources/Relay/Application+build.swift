@@ -2,7 +2,6 @@ import DeviceAuth
 import Foundation
 import Hummingbird
 import HummingbirdCore
-import HummingbirdWebSocket
 import Logging
 import Registry
 import ServiceLifecycle
@@ -134,9 +133,7 @@ public func buildRelay(
         } catch {
             return .refuse(error)
         }
-        return .accept { inbound, outbound, context in
-            try await connection.run(identity: identity, resume: resume, inbound: inbound, outbound: outbound, context: context)
-        }
+        return .accept { LinkSocket(connection: connection, identity: identity, resume: resume) }
     }
 
     let router = Router(context: RelayRequestContext.self)
@@ -204,10 +201,10 @@ public func buildRelay(
         }
     }
 
-    let webSocket = WebSocketServerConfiguration(
-        maxFrameSize: configuration.maxMessageBytes,
-        autoPing: .enabled(timePeriod: .seconds(configuration.heartbeatSeconds)),
-        validateUTF8: true
+    let webSocket = WebSocketConnection.Configuration(
+        maxMessageBytes: configuration.maxMessageBytes,
+        heartbeat: .seconds(configuration.heartbeatSeconds),
+        closeTimeout: .seconds(10)
     )
     let application = Application(
         router: router,

@@ -1,16 +1,13 @@
+import DequeModule
 import DeviceAuth
 import Foundation
-import Hummingbird
-import HummingbirdWebSocket
-import Logging
 import NIOCore
 import NIOWebSocket
-import WSCore
 
-/// Runs one WebSocket as a transport of a link: `hello` first, then one task writes what the
-/// link's outbox holds (replaying what a resumed link missed), one reads and hands frames to
-/// the switchboard, and for apps one closes the socket (4001) when the token expires.
-struct LinkConnection {
+/// What every transport of a link shares: the settings its `hello` announces, and how long an
+/// app's token is honoured past `exp`. WebSockets run as `LinkSocket`s, the HTTP fallbacks in
+/// `HTTPLinkRoutes`.
+struct LinkConnection: Sendable {
     let switchboard: Switchboard
     let maxMessageBytes: Int
     let heartbeatMilliseconds: Int
@@ -22,56 +19,6 @@ struct LinkConnection {
     struct Resume: Sendable {
         var token: String
         var lastSeq: Int
-    }
-
-    func run(
-        identity: ClientIdentity,
-        resume: Resume?,
-        inbound: WebSocketInboundStream,
-        outbound: WebSocketOutboundWriter,
-        context: SocketContext
-    ) async throws {
-        let admission = switchboard.admit(identity, resume: resume.map { ($0.token, $0.lastSeq) }, dropTransport: context.drop)
-        let link = admission.link
-        let hello = hello(link, resumed: admission.resumed)
-        defer { switchboard.transportEnded(link, generation: admission.generation) }
-        try await outbound.write(.text(hello.text(seq: nil)))
-        // Messages go out from the channel's event loop, a batch per flush; the writer task
-        // below only closes. The hello was queued first, so it stays first.
-        let writer = FrameWriter(channel: context.channel, outbox: link.outbox, generation: admission.generation)
-        context.writability.notify(writer.drain)
-        link.outbox.push(generation: admission.generation, drain: writer.schedule)
-
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask {
-                while let event = await link.outbox.next(generation: admission.generation) {
-                    switch event {
-                    case .send(let frames):
-                        // Only for a transport that does not push (kept for completeness).
-                        for frame in frames { try await outbound.write(.text(frame.text)) }
-                    case .close(let code, let reason):
-                        try await outbound.close(WebSocketErrorCode(codeNumber: Int(code)), reason: reason)
-                        try await awaitCloseReply()
-                    }
-                }
-                // A newer transport took the link over: this socket is done.
-            }
-            if link.party == .app {
-                group.addTask { try await closeAtTokenExpiry(link) }
-            }
-            group.addTask {
-                for try await message in inbound.messages(maxSize: maxMessageBytes) {
-                    switch message {
-                    case .text(let text): await switchboard.handle(text: text, from: link)
-                    case .binary: switchboard.handleBinary(from: link)
-                    }
-                }
-            }
-            defer { group.cancelAll() }
-            // The first to finish (reader at end of input, writer superseded) ends the socket;
-            // a reader's error (1009, 1007) propagates so the handler closes with its code.
-            try await group.next()
-        }
     }
 
     /// The first message on every new connection (contract §4), without `seq`.
@@ -87,54 +34,116 @@ struct LinkConnection {
             ]
         )
     }
-
-    /// After a close frame, the client's reply ends the reader (and this task with the group).
-    /// A client that never replies is cut off after `closeReplyTimeout`: returning ends the
-    /// group, and the socket closes.
-    private func awaitCloseReply() async throws {
-        try await Task.sleep(for: Self.closeReplyTimeout)
-    }
-
-    static let closeReplyTimeout = Duration.seconds(10)
-
-    /// Contract §1.1: without a fresh token (`auth`) by `exp` + leeway, close with 4001.
-    private func closeAtTokenExpiry(_ link: Link) async throws {
-        while let identity = link.appIdentity {
-            let deadline = Date(timeIntervalSince1970: identity.expiresAt) + TimeInterval(tokenLeeway.components.seconds)
-            let remaining = deadline.timeIntervalSinceNow
-            if remaining <= 0 {
-                link.outbox.close(code: RelayCloseCode.tokenExpired, reason: "Token expired")
-                try await awaitCloseReply()
-                return
-            }
-            // An `auth` may move `exp` while this sleeps; the loop reads it again.
-            try await Task.sleep(for: .milliseconds(Int(remaining * 1000) + 1))
-        }
-    }
 }
 
-/// Writes a link's frames on its WebSocket's event loop: everything unsent in one batch, one
-/// flush. While the socket cannot take more (a slow reader), frames wait in the outbox, whose
-/// bound drops the transport; the channel's writability coming back drains again.
-struct FrameWriter: Sendable {
-    let channel: any Channel
-    let outbox: Outbox
-    let generation: Int
+/// One WebSocket as a transport of a link, on its event loop: `hello` first, then the link's
+/// frames are written as its outbox offers them (a batch per flush, replaying what a resumed
+/// link missed), messages read are handed to the switchboard where they are read, and an app's
+/// socket closes (4001) when its token expires. A message that waits on something slow (a
+/// request's ICE servers) holds back the messages after it until it is done, so they keep
+/// their order; reading pauses meanwhile.
+final class LinkSocket: WebSocketEndpoint {
+    private let connection: LinkConnection
+    private let identity: ClientIdentity
+    private let resume: LinkConnection.Resume?
+    private var socket: WebSocketConnection?
+    private var link: Link?
+    private var generation = 0
+    private var busy = false
+    private var waiting: Deque<String> = []
+    private var expiry: Scheduled<Void>?
 
-    /// Called by the outbox when frames are waiting (once per batch, from any thread). Even on
-    /// the loop itself the drain waits for the loop's next task: what else is offered
-    /// meanwhile goes out with it, in one write.
-    func schedule() {
-        channel.eventLoop.execute { drain() }
+    init(connection: LinkConnection, identity: ClientIdentity, resume: LinkConnection.Resume?) {
+        self.connection = connection
+        self.identity = identity
+        self.resume = resume
     }
 
-    /// On the event loop: writes what is unsent, if the channel can take it.
-    func drain() {
-        guard channel.isWritable, let frames = outbox.takePushed(generation: generation), !frames.isEmpty else { return }
-        for frame in frames {
-            let data = channel.allocator.buffer(string: frame.text)
-            channel.write(WebSocketFrame(fin: true, opcode: .text, data: data), promise: nil)
+    private var switchboard: Switchboard { connection.switchboard }
+
+    func opened(_ socket: WebSocketConnection) {
+        self.socket = socket
+        let channel = socket.channel
+        let admission = switchboard.admit(identity, resume: resume.map { ($0.token, $0.lastSeq) }, dropTransport: { channel.close(promise: nil) })
+        link = admission.link
+        generation = admission.generation
+        socket.write(text: connection.hello(admission.link, resumed: admission.resumed).text(seq: nil))
+        socket.flush()
+        let this = NIOLoopBound(self, eventLoop: channel.eventLoop)
+        // The drain runs on the loop's next turn even when offered from the loop itself, so
+        // what else this turn offers goes out in the same write.
+        admission.link.outbox.push(generation: admission.generation) { channel.eventLoop.execute { this.value.drain() } }
+        if admission.link.party == .app { watchTokenExpiry() }
+    }
+
+    /// Writes what the outbox holds for this transport, if the socket can take it.
+    private func drain() {
+        guard let socket, let link, socket.isOpen, socket.isWritable else { return }
+        guard let (frames, close) = link.outbox.takePushed(generation: generation) else {
+            // A newer transport took the link over: this socket is done.
+            socket.close(.normalClosure, reason: nil)
+            return
         }
-        channel.flush()
+        for frame in frames { socket.write(text: frame.text) }
+        if let close {
+            socket.close(WebSocketErrorCode(codeNumber: Int(close.code)), reason: close.reason)
+        } else if !frames.isEmpty {
+            socket.flush()
+        }
+    }
+
+    func writable() { drain() }
+
+    func received(text: String) {
+        if busy {
+            waiting.append(text)
+        } else {
+            handle(text)
+        }
+    }
+
+    private func handle(_ text: String) {
+        guard let link, let socket else { return }
+        guard case .pending(let work) = switchboard.receive(text: text, from: link) else { return }
+        busy = true
+        socket.setReading(false)
+        let this = NIOLoopBound(self, eventLoop: socket.channel.eventLoop)
+        let eventLoop = socket.channel.eventLoop
+        Task {
+            await work()
+            eventLoop.execute { this.value.resumeReading() }
+        }
+    }
+
+    /// The slow message is done: the ones that arrived meanwhile, in order, then the socket.
+    private func resumeReading() {
+        busy = false
+        while !busy, let text = waiting.popFirst() { handle(text) }
+        if !busy { socket?.setReading(true) }
+    }
+
+    func receivedBinary(_ data: ByteBuffer) {
+        guard let link else { return }
+        switchboard.handleBinary(from: link)
+    }
+
+    func closed() {
+        expiry?.cancel()
+        guard let link else { return }
+        switchboard.transportEnded(link, generation: generation)
+    }
+
+    /// Contract §1.1: without a fresh token (`auth`) by `exp` + leeway, close with 4001. An
+    /// `auth` may move `exp` meanwhile; the check reads it again when it fires.
+    private func watchTokenExpiry() {
+        guard let link, let identity = link.appIdentity, let socket else { return }
+        let deadline = Date(timeIntervalSince1970: identity.expiresAt) + TimeInterval(connection.tokenLeeway.components.seconds)
+        let remaining = deadline.timeIntervalSinceNow
+        if remaining <= 0 {
+            link.outbox.close(code: RelayCloseCode.tokenExpired, reason: "Token expired")
+            return
+        }
+        let this = NIOLoopBound(self, eventLoop: socket.channel.eventLoop)
+        expiry = socket.channel.eventLoop.scheduleTask(in: .milliseconds(Int64(remaining * 1000) + 1)) { this.value.watchTokenExpiry() }
     }
 }

@@ -96,19 +96,23 @@ final class Outbox: Sendable {
         drop?()
     }
 
-    /// The push transport's drain to call, once until it takes what is unsent.
+    /// The push transport's drain to call, once until it takes what waits for it.
     private static func schedulePush(_ state: inout State) -> (@Sendable () -> Void)? {
-        guard let push = state.push, !state.pushScheduled, hasUnsent(state) else { return nil }
+        guard let push = state.push, !state.pushScheduled, hasUnsent(state) || closePending(state) else { return nil }
         state.pushScheduled = true
         return push
     }
 
-    /// The transport of `generation` takes its frames itself: `drain` is called (once per batch,
-    /// from whichever thread offers) and answers by calling `takePushed`. Its writer task gets
-    /// only the close, once every frame before it was taken.
+    private static func closePending(_ state: State) -> Bool {
+        state.closeRequest != nil && !state.closeDelivered
+    }
+
+    /// The transport of `generation` takes its frames itself, on its own event loop: `drain` is
+    /// called (once per batch, from whichever thread offers) and answers with `takePushed`.
+    /// When a newer transport replaces it, `drain` is called once more and `takePushed` says so.
     func push(generation: Int, drain: @escaping @Sendable () -> Void) {
         let first: (@Sendable () -> Void)? = state.withLock { state in
-            guard state.generation == generation, !state.ended else { return nil }
+            guard state.generation == generation, !state.ended || Self.hasUnsent(state) else { return nil }
             state.push = drain
             state.pushScheduled = false
             return Self.schedulePush(&state)
@@ -116,12 +120,11 @@ final class Outbox: Sendable {
         first?()
     }
 
-    /// For the push transport of `generation`: every unsent frame, in order (nil when that
-    /// transport is no longer the link's). Wakes the writer task for a close that was waiting
-    /// on these frames.
-    func takePushed(generation: Int) -> [Frame]? {
-        let (frames, wake): ([Frame]?, (CheckedContinuation<Event?, Never>, Event?)?) = state.withLock { state in
-            guard state.generation == generation, state.push != nil else { return (nil, nil) }
+    /// What the push transport of `generation` is to write: every unsent frame, in order, then
+    /// the close when one was asked for. Nil when that transport is no longer the link's.
+    func takePushed(generation: Int) -> (frames: [Frame], close: (code: UInt16, reason: String)?)? {
+        state.withLock { state in
+            guard state.generation == generation, state.push != nil else { return nil }
             state.pushScheduled = false
             var frames: [Frame] = []
             if Self.hasUnsent(state), let first = state.kept.first {
@@ -129,10 +132,10 @@ final class Outbox: Sendable {
                 state.sendCursor = state.nextSeq
                 state.unsentBytes = 0
             }
-            return (frames, Self.takeWaiter(&state))
+            guard Self.closePending(state), let request = state.closeRequest else { return (frames, nil) }
+            state.closeDelivered = true
+            return (frames, (request.code, request.reason))
         }
-        if let (continuation, event) = wake { continuation.resume(returning: event) }
-        return frames
     }
 
     private static func unsentOverBound(_ state: State, maxMessages: Int, maxBytes: Int) -> Bool {
@@ -155,12 +158,12 @@ final class Outbox: Sendable {
     /// message after it; returns the new writer generation, or nil when that replay cannot be
     /// complete (messages after `lastSeq` were dropped, or `lastSeq` is in the future).
     func attach(resumingAfter lastSeq: Int?, dropTransport: @escaping @Sendable () -> Void) -> Int? {
-        let (generation, stale): (Int?, CheckedContinuation<Event?, Never>?) = state.withLock { state in
-            guard !state.ended else { return (nil, nil) }
+        let (generation, stale, stalePush): (Int?, CheckedContinuation<Event?, Never>?, (@Sendable () -> Void)?) = state.withLock { state in
+            guard !state.ended else { return (nil, nil, nil) }
             let resumeFrom: Int
             if let lastSeq {
                 let firstAvailable = state.kept.first?.seq ?? state.nextSeq
-                guard lastSeq >= 0, lastSeq < state.nextSeq, lastSeq + 1 >= firstAvailable else { return (nil, nil) }
+                guard lastSeq >= 0, lastSeq < state.nextSeq, lastSeq + 1 >= firstAvailable else { return (nil, nil, nil) }
                 resumeFrom = lastSeq + 1
                 // Everything up to lastSeq was processed: an implicit ack.
                 while let first = state.kept.first, first.seq <= lastSeq {
@@ -175,15 +178,17 @@ final class Outbox: Sendable {
             state.generation += 1
             state.attached = true
             state.dropTransport = dropTransport
+            // The old transport's writer (a waiting task, or a push drain) is told to stop.
+            let stalePush = state.push
             state.push = nil
             state.pushScheduled = false
             state.closeRequest = nil
             state.closeDelivered = false
-            // A writer of the old transport that still waits is told to stop.
             defer { state.waiter = nil }
-            return (state.generation, state.waiter?.continuation)
+            return (state.generation, state.waiter?.continuation, stalePush)
         }
         stale?.resume(returning: nil)
+        stalePush?()
         return generation
     }
 
@@ -203,12 +208,13 @@ final class Outbox: Sendable {
 
     /// Asks the current transport's writer to close its socket once what is queued is written.
     func close(code: UInt16, reason: String) {
-        let wake: (CheckedContinuation<Event?, Never>, Event?)? = state.withLock { state in
-            guard state.closeRequest == nil else { return nil }
+        let (wake, push): ((CheckedContinuation<Event?, Never>, Event?)?, (@Sendable () -> Void)?) = state.withLock { state in
+            guard state.closeRequest == nil else { return (nil, nil) }
             state.closeRequest = CloseRequest(code: code, reason: reason)
-            return Self.takeWaiter(&state)
+            return (Self.takeWaiter(&state), Self.schedulePush(&state))
         }
         if let (continuation, event) = wake { continuation.resume(returning: event) }
+        push?()
     }
 
     /// The link ended: nothing more is taken or kept. What its live transport has not written

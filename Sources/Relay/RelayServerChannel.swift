@@ -7,21 +7,19 @@
 import HTTPTypes
 import Hummingbird
 import HummingbirdCore
-import HummingbirdWebSocket
 import Logging
 import NIOCore
 import NIOHTTP1
 import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 import NIOWebSocket
-import Synchronization
-@_spi(WSInternal) import WSCore
+import ServiceLifecycle
 
 /// Decides whether a WebSocket upgrade request may proceed, before the upgrade.
 struct UpgradeGate: Sendable {
     enum Decision: Sendable {
-        /// Upgrade and run this handler on the socket.
-        case accept(WebSocketDataHandler<SocketContext>)
+        /// Upgrade and run the endpoint this makes (on the socket's event loop).
+        case accept(@Sendable () -> any WebSocketEndpoint)
         /// Answer with this error instead of upgrading.
         case refuse(RelayHTTPError)
     }
@@ -30,43 +28,12 @@ struct UpgradeGate: Sendable {
     let decide: @Sendable (Request, String?, Logger) async -> Decision
 }
 
-/// The context a relay WebSocket handler runs with.
-struct SocketContext: WebSocketContext {
-    let logger: Logger
-    /// The WebSocket's channel, for writing text frames straight from its event loop.
-    let channel: any Channel
-    /// Tells who writes on the channel when it can take writes again.
-    let writability: WritabilitySignal
-
-    /// Closes the connection at once, without a close handshake (a reader too slow to take one).
-    var drop: @Sendable () -> Void { { [channel] in channel.close(promise: nil) } }
-}
-
-/// Calls `onWritable` on the event loop when the channel becomes writable again after its
-/// buffered writes passed the high-water mark.
-final class WritabilitySignal: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = WebSocketFrame
-    typealias InboundOut = WebSocketFrame
-
-    private let onWritable = Mutex<(@Sendable () -> Void)?>(nil)
-
-    func notify(_ callback: @escaping @Sendable () -> Void) {
-        onWritable.withLock { $0 = callback }
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, let callback = onWritable.withLock({ $0 }) { callback() }
-        context.fireChannelWritabilityChanged()
-    }
-}
-
 /// A server child channel: HTTP/1.1 requests go to the router; WebSocket upgrade requests go
 /// through the `UpgradeGate`, and a refusal is written with its status and JSON body.
 struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
-    typealias SocketHandler = @Sendable (NIOAsyncChannel<WebSocketFrame, WebSocketFrame>, Logger) async -> Void
-
     enum UpgradeResult: Sendable {
-        case websocket(NIOAsyncChannel<WebSocketFrame, WebSocketFrame>, SocketHandler, Logger)
+        /// The socket runs as a `WebSocketConnection` on its event loop until it closes.
+        case websocket(any Channel, NIOLoopBound<WebSocketConnection>)
         case notUpgraded(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
         case refused(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, RelayHTTPError)
     }
@@ -78,7 +45,7 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
 
     let responder: HTTPChannelHandler.Responder
     let gate: UpgradeGate
-    let webSocket: WebSocketServerConfiguration
+    let webSocket: WebSocketConnection.Configuration
     let idleTimeout: Duration?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
@@ -86,14 +53,14 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
             // Both boxes are written and read on the channel's event loop: the gate's decision is
             // carried from `shouldUpgrade` to the upgrade (or to the refusal) without deciding twice,
             // which would spend a device's nonce twice.
-            let accepted = NIOLoopBoundBox<WebSocketDataHandler<SocketContext>?>(nil, eventLoop: channel.eventLoop)
+            let accepted = NIOLoopBoundBox<(@Sendable () -> any WebSocketEndpoint)?>(nil, eventLoop: channel.eventLoop)
             let refusal = NIOLoopBoundBox<RelayHTTPError?>(nil, eventLoop: channel.eventLoop)
             var logger = logger
             logger[metadataKey: "hb.request.id"] = .stringConvertible(RequestID())
             let configuration = webSocket
             let gate = gate
             let upgrader = NIOTypedWebSocketServerUpgrader<UpgradeResult>(
-                maxFrameSize: configuration.maxFrameSize,
+                maxFrameSize: configuration.maxMessageBytes,
                 shouldUpgrade: { channel, head in
                     let promise = channel.eventLoop.makePromise(of: UpgradeGate.Decision.self)
                     promise.completeWithTask {
@@ -115,34 +82,10 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
                 },
                 upgradePipelineHandler: { channel, _ in
                     channel.eventLoop.makeCompletedFuture {
-                        let writability = WritabilitySignal()
-                        try channel.pipeline.syncOperations.addHandler(writability)
-                        let asyncChannel = try NIOAsyncChannel<WebSocketFrame, WebSocketFrame>(
-                            wrappingChannelSynchronously: channel,
-                            configuration: .init(isOutboundHalfClosureEnabled: true)
-                        )
-                        let dataHandler = accepted.value
-                        let handler: SocketHandler = { asyncChannel, logger in
-                            guard let dataHandler else { return }
-                            do {
-                                _ = try await WebSocketHandler.handle(
-                                    type: .server,
-                                    configuration: .init(
-                                        extensions: [],
-                                        autoPing: configuration.autoPing,
-                                        closeTimeout: configuration.closeTimeout,
-                                        validateUTF8: configuration.validateUTF8,
-                                        maxFrameSize: configuration.maxFrameSize
-                                    ),
-                                    asyncChannel: asyncChannel,
-                                    context: SocketContext(logger: logger, channel: asyncChannel.channel, writability: writability),
-                                    handler: dataHandler
-                                )
-                            } catch {
-                                logger.debug("WebSocket handler error", metadata: ["error.type": "\(error)"])
-                            }
-                        }
-                        return UpgradeResult.websocket(asyncChannel, handler, logger)
+                        guard let makeEndpoint = accepted.value else { throw ChannelError.inputClosed }
+                        let connection = WebSocketConnection(configuration: configuration, endpoint: makeEndpoint())
+                        try channel.pipeline.syncOperations.addHandler(connection)
+                        return UpgradeResult.websocket(channel, NIOLoopBound(connection, eventLoop: channel.eventLoop))
                     }
                 }
             )
@@ -181,8 +124,14 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
                 await handleHTTP(asyncChannel: http1, logger: logger)
             case .refused(let http1, let error):
                 await writeRefusal(error, to: http1, logger: logger)
-            case .websocket(let asyncChannel, let handler, let logger):
-                await handler(asyncChannel, logger)
+            case .websocket(let channel, let connection):
+                // The server's graceful shutdown waits for its connections: this one is done
+                // when its socket closes, which shutting down starts (1001) if nothing else did.
+                try await withGracefulShutdownHandler {
+                    try await channel.closeFuture.get()
+                } onGracefulShutdown: {
+                    channel.eventLoop.execute { connection.value.close(.goingAway, reason: "Server shutting down") }
+                }
             }
         } catch let error as ChannelError where error == .inputClosed {
             logger.trace("Upgrade failed as input was closed")

@@ -57,7 +57,7 @@ import TURNBroker
         device.outbox.push(generation: deviceGeneration) {}
         app.outbox.push(generation: appGeneration) {}
         await switchboard.handle(text: #"{"type":"webrtc_request","device_id":"bench-robot"}"#, from: app)
-        guard let request = app.outbox.takePushed(generation: appGeneration)?.first(where: { $0.text.contains("webrtc_credentials") }),
+        guard let request = app.outbox.takePushed(generation: appGeneration)?.frames.first(where: { $0.text.contains("webrtc_credentials") }),
             let session = (try? JSONParser.object(request.text))?["session_id"]?.stringValue
         else { throw SetUpFailed() }
         sessionID = session
@@ -74,7 +74,7 @@ import TURNBroker
     /// The app sends `text`; returns the bytes the device's link would write.
     public func relay(_ text: String) async -> Int {
         await switchboard.handle(text: text, from: app)
-        guard let frames = device.outbox.takePushed(generation: deviceGeneration), let last = frames.last else { return 0 }
+        guard let frames = device.outbox.takePushed(generation: deviceGeneration)?.frames, let last = frames.last else { return 0 }
         device.outbox.acknowledge(through: last.seq)
         return frames.reduce(0) { $0 + $1.text.utf8.count }
     }

@@ -224,26 +224,57 @@ final class Switchboard: Sendable {
 
     // MARK: Messages
 
-    /// Handles one text frame from `link`; errors go back on the link, which stays open.
-    /// Returns false when the message was refused by the link's rate limit.
-    @discardableResult
-    func handle(text: String, from link: Link) async -> Bool {
-        guard admitMessage(from: link) else { return false }
+    /// What became of a message: refused by the rate limit, handled, or handled in part with
+    /// the rest of its work (a request's ICE servers, a watch's registry reads) still to await.
+    /// That work must finish before the link's next message is taken, so messages keep their order.
+    enum Reception: Sendable {
+        case refused
+        case handled
+        case pending(@Sendable () async -> Void)
+    }
+
+    /// Handles one text frame from `link` without waiting on anything slow; errors go back on
+    /// the link, which stays open.
+    func receive(text: String, from link: Link) -> Reception {
+        guard admitMessage(from: link) else { return .refused }
         let envelope: ClientEnvelope
         do {
             envelope = try ClientEnvelope(text: text)
         } catch {
             metrics.received("invalid")
             link.send(error.outbound)
-            return true
+            return .handled
         }
         metrics.received(envelope.message.type)
-        do {
-            try await dispatch(envelope, from: link)
-        } catch {
-            link.send(error.outbound)
+        switch envelope.message {
+        case .webrtcRequest, .watch:
+            return .pending { [self] in
+                do throws(SignalingError) {
+                    try await dispatchSlowly(envelope, from: link)
+                } catch {
+                    link.send(error.outbound)
+                }
+            }
+        default:
+            do {
+                try dispatch(envelope, from: link)
+            } catch {
+                link.send(error.outbound)
+            }
+            return .handled
         }
-        return true
+    }
+
+    /// `receive`, then whatever it left to await. Returns false when the rate limit refused it.
+    @discardableResult
+    func handle(text: String, from link: Link) async -> Bool {
+        switch receive(text: text, from: link) {
+        case .refused: return false
+        case .handled: return true
+        case .pending(let work):
+            await work()
+            return true
+        }
     }
 
     func handleBinary(from link: Link) {
@@ -266,11 +297,25 @@ final class Switchboard: Sendable {
         return false
     }
 
-    private func dispatch(_ envelope: ClientEnvelope, from link: Link) async throws(SignalingError) {
-        let requestID = envelope.requestID
+    /// The messages that wait on the TURN provider or the registry.
+    private func dispatchSlowly(_ envelope: ClientEnvelope, from link: Link) async throws(SignalingError) {
         switch envelope.message {
         case .webrtcRequest(let deviceID, let ttl, let metadata):
-            try await openSession(deviceID: deviceID, ttl: ttl, metadata: metadata, from: link, requestID: requestID)
+            try await openSession(deviceID: deviceID, ttl: ttl, metadata: metadata, from: link, requestID: envelope.requestID)
+        case .watch(let deviceIDs):
+            try await watch(deviceIDs, from: link, requestID: envelope.requestID)
+        default:
+            try dispatch(envelope, from: link)
+        }
+    }
+
+    /// Every other message, handled at once.
+    private func dispatch(_ envelope: ClientEnvelope, from link: Link) throws(SignalingError) {
+        let requestID = envelope.requestID
+        switch envelope.message {
+        case .webrtcRequest, .watch:
+            // `receive` hands these to `dispatchSlowly`; they never come here.
+            throw SignalingError(.badRequest, "\(envelope.message.type) cannot be handled here", requestID: requestID)
 
         case .negotiation(let type, let sessionID, let fields):
             let session = try openSession(sessionID, of: link, requestID: requestID)
@@ -301,9 +346,6 @@ final class Switchboard: Sendable {
 
         case .auth(let token):
             try refreshToken(token, on: link, requestID: requestID)
-
-        case .watch(let deviceIDs):
-            try await watch(deviceIDs, from: link, requestID: requestID)
 
         case .deviceInfo(let capabilities):
             guard link.party == .device else { throw SignalingError(.badRequest, "device_info is for devices", requestID: requestID) }

@@ -1,0 +1,239 @@
+import NIOCore
+import NIOWebSocket
+
+/// What runs on an accepted WebSocket. Every call comes on the socket's event loop.
+protocol WebSocketEndpoint: AnyObject {
+    /// The socket is open; `connection` writes on it.
+    func opened(_ connection: WebSocketConnection)
+    /// A whole text message (valid UTF-8, within the size limit).
+    func received(text: String)
+    /// A whole binary message.
+    func receivedBinary(_ data: ByteBuffer)
+    /// The socket can take writes again after it could not.
+    func writable()
+    /// The socket is gone.
+    func closed()
+}
+
+/// RFC 6455 on top of NIO's frame decoder and encoder, as a channel handler: messages are
+/// assembled from fragments within `maxMessageBytes` (else 1009), text is checked as UTF-8
+/// (else 1007), protocol errors close with 1002, pings are answered, a ping goes out every
+/// `heartbeat` and a socket that has not answered the previous one is closed (1001 "Ping
+/// timeout"), and the close handshake is answered or, when this side closes, awaited for at
+/// most `closeTimeout`. A message is handed to the endpoint where it is read, on the event loop,
+/// so relaying one costs no hop between threads.
+final class WebSocketConnection: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    struct Configuration: Sendable {
+        var maxMessageBytes: Int
+        var heartbeat: Duration?
+        var closeTimeout: Duration = .seconds(10)
+    }
+
+    private enum State {
+        case open
+        /// This side sent its close frame and waits for the peer's.
+        case closing
+        case closed
+    }
+
+    private let configuration: Configuration
+    private let endpoint: any WebSocketEndpoint
+    private var state = State.open
+    private var context: ChannelHandlerContext?
+    private var fragments: ByteBuffer?
+    private var fragmentsAreText = false
+    /// The payload of the ping not yet answered.
+    private var unansweredPing: ByteBuffer?
+    private var heartbeat: RepeatedTask?
+    private var closeTimer: Scheduled<Void>?
+
+    init(configuration: Configuration, endpoint: any WebSocketEndpoint) {
+        self.configuration = configuration
+        self.endpoint = endpoint
+    }
+
+    var channel: any Channel { context!.channel }
+    var isWritable: Bool { context?.channel.isWritable ?? false }
+    var isOpen: Bool { state == .open }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if let period = configuration.heartbeat {
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: .init(period), delay: .init(period)) { _ in
+                loopBound.value.beat()
+            }
+        }
+        endpoint.opened(self)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        state = .closed
+        heartbeat?.cancel()
+        closeTimer?.cancel()
+        endpoint.closed()
+        context.fireChannelInactive()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { endpoint.writable() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        guard state != .closed else { return }
+        guard frame.reservedBits.isEmpty else { return fail(.protocolError) }
+        switch frame.opcode {
+        case .text, .binary:
+            guard fragments == nil else { return fail(.protocolError) }
+            guard state == .open else { return }
+            let data = frame.unmaskedData
+            guard data.readableBytes <= configuration.maxMessageBytes else { return fail(.messageTooLarge) }
+            if frame.fin {
+                deliver(data, text: frame.opcode == .text)
+            } else {
+                fragments = data
+                fragmentsAreText = frame.opcode == .text
+            }
+        case .continuation:
+            guard var buffer = fragments else { return fail(.protocolError) }
+            fragments = nil
+            var data = frame.unmaskedData
+            guard buffer.readableBytes + data.readableBytes <= configuration.maxMessageBytes else { return fail(.messageTooLarge) }
+            buffer.writeBuffer(&data)
+            if frame.fin {
+                if state == .open { deliver(buffer, text: fragmentsAreText) }
+            } else {
+                fragments = buffer
+            }
+        case .ping:
+            let data = frame.unmaskedData
+            guard frame.fin, data.readableBytes <= 125 else { return fail(.protocolError) }
+            guard state == .open else { return }
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: data)), promise: nil)
+        case .pong:
+            let data = frame.unmaskedData
+            guard frame.fin, data.readableBytes <= 125 else { return fail(.protocolError) }
+            if data == unansweredPing { unansweredPing = nil }
+        case .connectionClose:
+            guard frame.fin else { return fail(.protocolError) }
+            receivedClose(frame.unmaskedData)
+        default:
+            fail(.protocolError)
+        }
+    }
+
+    private func deliver(_ data: ByteBuffer, text: Bool) {
+        guard text else { return endpoint.receivedBinary(data) }
+        guard let string = String(validating: data.readableBytesView, as: UTF8.self) else { return fail(.dataInconsistentWithMessage) }
+        endpoint.received(text: string)
+    }
+
+    /// The peer's close: answered with its code when valid (else 1002), then the socket closes.
+    private func receivedClose(_ data: ByteBuffer) {
+        guard state == .open else {
+            // The answer to this side's close: the handshake is over.
+            state = .closed
+            context?.close(promise: nil)
+            return
+        }
+        var data = data
+        let code: WebSocketErrorCode
+        switch data.readableBytes {
+        case 0:
+            code = .normalClosure
+        case 1:
+            code = .protocolError
+        default:
+            let number = data.readInteger(as: UInt16.self)!
+            let reasonIsText = String(validating: data.readableBytesView, as: UTF8.self) != nil
+            if !reasonIsText {
+                code = .protocolError
+            } else if case .unknown(let unknown) = WebSocketErrorCode(codeNumber: Int(number)), unknown < 3000 || unknown > 4999 {
+                code = .protocolError
+            } else {
+                code = .normalClosure
+            }
+        }
+        closeNow(code, reason: nil)
+    }
+
+    /// A protocol error: close with `code` without waiting for the peer.
+    private func fail(_ code: WebSocketErrorCode) {
+        fragments = nil
+        closeNow(code, reason: nil)
+    }
+
+    private func closeNow(_ code: WebSocketErrorCode, reason: String?) {
+        guard let context, state != .closed else { return }
+        state = .closed
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(closeFrame(code, reason: reason))).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    private func closeFrame(_ code: WebSocketErrorCode, reason: String?) -> WebSocketFrame {
+        var buffer = context!.channel.allocator.buffer(capacity: 2 + (reason?.utf8.count ?? 0))
+        buffer.write(webSocketErrorCode: code)
+        if let reason { buffer.writeString(reason) }
+        return WebSocketFrame(fin: true, opcode: .connectionClose, data: buffer)
+    }
+
+    /// Every heartbeat: close a socket that left the last ping unanswered, else ping.
+    private func beat() {
+        guard state == .open, let context else { return }
+        if unansweredPing != nil {
+            closeNow(.goingAway, reason: "Ping timeout")
+            return
+        }
+        var payload = context.channel.allocator.buffer(capacity: 8)
+        payload.writeInteger(UInt64.random(in: .min ... .max))
+        unansweredPing = payload
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: payload)), promise: nil)
+    }
+
+    // MARK: Writing (on the event loop)
+
+    /// Queues a text message; it goes out at the next `flush`.
+    func write(text: String) {
+        guard state == .open, let context else { return }
+        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: context.channel.allocator.buffer(string: text))), promise: nil)
+    }
+
+    /// Queues a binary message; it goes out at the next `flush`.
+    func write(binary: ByteBuffer) {
+        guard state == .open, let context else { return }
+        context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: binary)), promise: nil)
+    }
+
+    func flush() { context?.flush() }
+
+    /// Starts the close handshake: what is queued goes out, then the close frame; the socket
+    /// closes when the peer answers, or after `closeTimeout`.
+    func close(_ code: WebSocketErrorCode, reason: String?) {
+        guard state == .open, let context else { return }
+        state = .closing
+        context.writeAndFlush(wrapOutboundOut(closeFrame(code, reason: reason)), promise: nil)
+        let channel = context.channel
+        closeTimer = context.eventLoop.scheduleTask(in: .init(configuration.closeTimeout)) { channel.close(promise: nil) }
+    }
+
+    /// Stops or resumes reading from the socket.
+    func setReading(_ on: Bool) {
+        _ = context?.channel.setOption(ChannelOptions.autoRead, value: on)
+    }
+}
+
+extension TimeAmount {
+    init(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}

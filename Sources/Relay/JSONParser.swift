@@ -126,9 +126,17 @@ struct JSONParser {
             index += 1
         }
         guard index < bytes.count else { throw Failure() }
-        var decoded = Array(bytes[start..<index])
+        var decoded: [UInt8] = []
+        decoded.reserveCapacity(bytes.count - start)
+        var run = start
         while index < bytes.count {
             let byte = bytes[index]
+            if byte >= 0x20 && byte != UInt8(ascii: "\"") && byte != UInt8(ascii: "\\") {
+                index += 1
+                continue
+            }
+            // The bytes since the last escape, in one copy.
+            decoded.append(contentsOf: UnsafeRawBufferPointer(rebasing: bytes[run..<index]))
             index += 1
             switch byte {
             case UInt8(ascii: "\""):
@@ -158,9 +166,10 @@ struct JSONParser {
                 default:
                     throw Failure()
                 }
+                run = index
             default:
-                guard byte >= 0x20 else { throw Failure() }
-                decoded.append(byte)
+                // A control character, unescaped.
+                throw Failure()
             }
         }
         throw Failure()

@@ -238,15 +238,16 @@ public final class RelayStore: Sendable {
     }
 
     private static func entries(_ db: Database, where filter: String, arguments: StatementArguments) throws -> [DeviceEntry] {
-        try Row.fetchAll(
-            db,
+        // Cached: a device's connect reads its row, and compiling the query each time cost more
+        // than running it.
+        let statement = try db.cachedStatement(
             sql: """
                 SELECT id, secret, previous_secret, label, revoked_at, created_at, last_seen_at,
                        (SELECT group_concat(user_id, char(10)) FROM (SELECT user_id FROM device_owner WHERE device_id = device.id ORDER BY user_id)) AS owners
                 FROM device \(filter) ORDER BY id
-                """,
-            arguments: arguments
-        ).map { row in
+                """
+        )
+        return try Row.fetchAll(statement, arguments: arguments).map { row in
             let owners: String? = row["owners"]
             let previous: String? = row["previous_secret"]
             return DeviceEntry(
@@ -275,23 +276,23 @@ public final class RelayStore: Sendable {
                 for event in events {
                     switch event {
                     case .sessionOpened(let sessionID, let userID, let deviceID, let at):
-                        try db.execute(
-                            sql: "INSERT OR IGNORE INTO session_audit (session_id, user_id, device_id, created_at) VALUES (?, ?, ?, ?)",
+                        try db.cachedStatement(
+                            sql: "INSERT OR IGNORE INTO session_audit (session_id, user_id, device_id, created_at) VALUES (?, ?, ?, ?)"
+                        ).execute(
                             arguments: [sessionID, userID, deviceID, at.timeIntervalSince1970]
                         )
                     case .sessionAnswered(let sessionID, let at):
-                        try db.execute(
-                            sql: "UPDATE session_audit SET answered_at = ? WHERE session_id = ? AND answered_at IS NULL",
+                        try db.cachedStatement(sql: "UPDATE session_audit SET answered_at = ? WHERE session_id = ? AND answered_at IS NULL").execute(
                             arguments: [at.timeIntervalSince1970, sessionID]
                         )
                     case .sessionClosed(let sessionID, let at, let reason, let closedBy):
-                        try db.execute(
-                            sql: "UPDATE session_audit SET closed_at = ?, close_reason = ?, closed_by = ? WHERE session_id = ? AND closed_at IS NULL",
+                        try db.cachedStatement(
+                            sql: "UPDATE session_audit SET closed_at = ?, close_reason = ?, closed_by = ? WHERE session_id = ? AND closed_at IS NULL"
+                        ).execute(
                             arguments: [at.timeIntervalSince1970, reason, closedBy, sessionID]
                         )
                     case .deviceSeen(let deviceID, let at):
-                        try db.execute(
-                            sql: "UPDATE device SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?",
+                        try db.cachedStatement(sql: "UPDATE device SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?").execute(
                             arguments: [at.timeIntervalSince1970, deviceID]
                         )
                     }

@@ -201,6 +201,8 @@ public func buildRelay(
         }
     }
 
+    let sockets = OpenSockets()
+    services.append(sockets)
     let webSocket = WebSocketConnection.Configuration(
         maxMessageBytes: configuration.maxMessageBytes,
         heartbeat: .seconds(configuration.heartbeatSeconds),
@@ -209,7 +211,7 @@ public func buildRelay(
     let application = Application(
         router: router,
         server: HTTPServerBuilder { responder in
-            RelayServerChannel(responder: responder, gate: gate, webSocket: webSocket, idleTimeout: nil)
+            RelayServerChannel(responder: responder, gate: gate, webSocket: webSocket, sockets: sockets, idleTimeout: nil)
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "relay"),
         services: services,

@@ -9,12 +9,14 @@ import NIOCore
 public func buildEchoApplication(host: String, port: Int, maxMessageBytes: Int = 64 * 1024, logger: Logger) -> some ApplicationProtocol {
     let gate = UpgradeGate { _, _, _ in .accept { EchoEndpoint() } }
     let webSocket = WebSocketConnection.Configuration(maxMessageBytes: maxMessageBytes, heartbeat: .seconds(20))
+    let sockets = OpenSockets()
     return Application(
         router: Router(),
         server: HTTPServerBuilder { responder in
-            RelayServerChannel(responder: responder, gate: gate, webSocket: webSocket, idleTimeout: nil)
+            RelayServerChannel(responder: responder, gate: gate, webSocket: webSocket, sockets: sockets, idleTimeout: nil)
         },
         configuration: .init(address: .hostname(host, port: port), serverName: "relay-echo"),
+        services: [sockets],
         logger: logger
     )
 }

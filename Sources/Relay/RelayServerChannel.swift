@@ -14,6 +14,7 @@ import NIOHTTPTypes
 import NIOHTTPTypesHTTP1
 import NIOWebSocket
 import ServiceLifecycle
+import Synchronization
 
 /// Decides whether a WebSocket upgrade request may proceed, before the upgrade.
 struct UpgradeGate: Sendable {
@@ -46,10 +47,16 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
     let responder: HTTPChannelHandler.Responder
     let gate: UpgradeGate
     let webSocket: WebSocketConnection.Configuration
+    /// Keeps each upgraded socket until it closes, for a graceful shutdown.
+    let sockets: OpenSockets
     let idleTimeout: Duration?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
+            try channel.syncOptions?.setOption(
+                ChannelOptions.recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536)
+            )
             // Both boxes are written and read on the channel's event loop: the gate's decision is
             // carried from `shouldUpgrade` to the upgrade (or to the refusal) without deciding twice,
             // which would spend a device's nonce twice.
@@ -125,13 +132,9 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
             case .refused(let http1, let error):
                 await writeRefusal(error, to: http1, logger: logger)
             case .websocket(let channel, let connection):
-                // The server's graceful shutdown waits for its connections: this one is done
-                // when its socket closes, which shutting down starts (1001) if nothing else did.
-                try await withGracefulShutdownHandler {
-                    try await channel.closeFuture.get()
-                } onGracefulShutdown: {
-                    channel.eventLoop.execute { connection.value.close(.goingAway, reason: "Server shutting down") }
-                }
+                // No task waits on the socket (a waiting task would hold kilobytes per idle
+                // link): `OpenSockets` keeps it, and closes it at a graceful shutdown.
+                sockets.add(channel, connection)
             }
         } catch let error as ChannelError where error == .inputClosed {
             logger.trace("Upgrade failed as input was closed")
@@ -154,5 +157,28 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
         } catch {
             logger.trace("Failed to write the upgrade refusal", metadata: ["error.type": "\(error)"])
         }
+    }
+}
+
+/// The open WebSockets. At a graceful shutdown it closes each (1001) that nothing else closed,
+/// and returns once all are gone (each closes at most `closeTimeout` after its close frame).
+final class OpenSockets: Service, Sendable {
+    private let open = Mutex<[ObjectIdentifier: (channel: any Channel, connection: NIOLoopBound<WebSocketConnection>)]>([:])
+
+    func add(_ channel: any Channel, _ connection: NIOLoopBound<WebSocketConnection>) {
+        let key = ObjectIdentifier(channel as AnyObject)
+        open.withLock { $0[key] = (channel, connection) }
+        channel.closeFuture.whenComplete { [self] _ in _ = open.withLock { $0.removeValue(forKey: key) } }
+    }
+
+    var count: Int { open.withLock { $0.count } }
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        let sockets = open.withLock { Array($0.values) }
+        for socket in sockets {
+            socket.channel.eventLoop.execute { socket.connection.value.close(.goingAway, reason: "Server shutting down") }
+        }
+        for socket in sockets { try? await socket.channel.closeFuture.get() }
     }
 }

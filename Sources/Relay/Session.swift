@@ -29,7 +29,8 @@ public final class Session: Sendable {
         /// may still be in use by the call, so all are revoked when it closes.
         var credentials: [CredentialDocument] = []
         /// Timers (credential refresh, set-up timeout), cancelled when the session closes.
-        var timers: [Task<Void, Never>] = []
+        /// Cancels each pending timer of the session, by name (a newer one replaces an older).
+        var timers: [String: @Sendable () -> Void] = [:]
         var answered = false
     }
 
@@ -64,15 +65,15 @@ public final class Session: Sendable {
         }
     }
 
-    /// Keeps `task` (a timer of the session) to cancel it on close; it is cancelled at once
-    /// when the session closed meanwhile.
-    func addTimer(_ task: Task<Void, Never>) {
+    /// Keeps `cancel` (of a timer of the session, under `name`) to call on close; called at
+    /// once when the session closed meanwhile.
+    func addTimer(_ name: String, cancel: @escaping @Sendable () -> Void) {
         let closed = state.withLock { state in
             guard state.phase != .closed else { return true }
-            state.timers.append(task)
+            state.timers[name] = cancel
             return false
         }
-        if closed { task.cancel() }
+        if closed { cancel() }
     }
 
     /// Records that an answer went through (the call is set up); true for the first answer.
@@ -99,17 +100,17 @@ public final class Session: Sendable {
     /// Marks the session closed; returns the phase it was in, or nil when it was already closed,
     /// so exactly one caller carries out a close.
     func markClosed() -> (previous: Phase, credentials: [CredentialDocument])? {
-        let closed: (Phase, [CredentialDocument], [Task<Void, Never>])? = state.withLock { state in
+        let closed: (Phase, [CredentialDocument], [String: @Sendable () -> Void])? = state.withLock { state in
             guard state.phase != .closed else { return nil }
             defer {
                 state.phase = .closed
                 state.credentials = []
-                state.timers = []
+                state.timers = [:]
             }
             return (state.phase, state.credentials, state.timers)
         }
         guard let closed else { return nil }
-        for timer in closed.2 { timer.cancel() }
+        for cancel in closed.2.values { cancel() }
         return (closed.0, closed.1)
     }
 }

@@ -71,9 +71,10 @@ import TURNBroker
         (try? ClientEnvelope(text: text)) != nil
     }
 
-    /// The app sends `text`; returns the bytes the device's link would write.
-    public func relay(_ text: String) async -> Int {
-        await switchboard.handle(text: text, from: app)
+    /// The app sends `text` (a message handled at once, such as an ICE candidate or an offer);
+    /// returns the bytes the device's link would write.
+    public func relay(_ text: String) -> Int {
+        _ = switchboard.receive(text: text, from: app)
         guard let frames = device.outbox.takePushed(generation: deviceGeneration)?.frames, let last = frames.last else { return 0 }
         device.outbox.acknowledge(through: last.seq)
         return frames.reduce(0) { $0 + $1.text.utf8.count }

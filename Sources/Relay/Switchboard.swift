@@ -1,6 +1,8 @@
 import DeviceAuth
 import Foundation
 import Logging
+import NIOCore
+import NIOPosix
 import Registry
 import TURNBroker
 
@@ -523,54 +525,48 @@ final class Switchboard: Sendable {
 
     /// Contract §3.3: a session not answered within the set-up timeout closes (`setup_timeout`).
     private func scheduleSetupTimeout(_ session: Session) {
-        let timeout = limits.setupTimeout
-        session.addTimer(
-            Task { [weak self] in
-                do { try await Task.sleep(for: timeout) } catch { return }
-                guard !session.isAnswered else { return }
-                self?.close(session, reason: "setup_timeout", by: "relay")
-            }
-        )
+        let scheduled = Self.timers.scheduleTask(in: TimeAmount(limits.setupTimeout)) { [weak self] in
+            guard !session.isAnswered else { return }
+            self?.close(session, reason: "setup_timeout", by: "relay")
+        }
+        session.addTimer("setup") { scheduled.cancel() }
     }
 
+    /// Where the sessions' timers run: an event loop, so a session costs no task of its own.
+    private static let timers = MultiThreadedEventLoopGroup.singleton.any()
+
     /// Contract §3.4: at 80 % of the credentials' ttl, mint fresh ones and send both parties
-    /// `ice_servers_refresh`, until the session closes (which cancels this task).
-    private func scheduleRefresh(_ session: Session, ttl: Int) {
-        let turn = turn
-        let logger = logger
-        let delay = refreshDelay(ttl)
-        session.addTimer(
-            Task {
-                var wait = delay
-                while !Task.isCancelled {
-                    do { try await Task.sleep(for: wait) } catch { return }
-                    let fresh: CredentialDocument
-                    do throws(TURNError) {
-                        fresh = try await turn.mint(ttl: ttl, identifier: session.id)
-                    } catch {
-                        logger.warning(
-                            "Refreshing ICE servers failed; retrying",
-                            metadata: ["session.id": "\(session.id)", "error": "\(error.detail)"]
-                        )
-                        wait = min(delay, .seconds(30))
-                        continue
-                    }
-                    let message = OutboundMessage(
-                        "ice_servers_refresh",
-                        ["session_id": .string(session.id), "ice_servers": .raw(Self.encode(fresh))]
-                    )
-                    let delivered = session.refreshCredentials(fresh) {
-                        session.app.send(message)
-                        session.device.send(message)
-                    }
-                    guard delivered else {
-                        await turn.revoke(fresh)
-                        return
-                    }
-                    wait = delay
-                }
-            }
+    /// `ice_servers_refresh`, until the session closes (which cancels the timer).
+    private func scheduleRefresh(_ session: Session, ttl: Int, after wait: Duration? = nil) {
+        let scheduled = Self.timers.scheduleTask(in: TimeAmount(wait ?? refreshDelay(ttl))) { [weak self] in
+            Task { await self?.refresh(session, ttl: ttl) }
+        }
+        session.addTimer("refresh") { scheduled.cancel() }
+    }
+
+    private func refresh(_ session: Session, ttl: Int) async {
+        let fresh: CredentialDocument
+        do throws(TURNError) {
+            fresh = try await turn.mint(ttl: ttl, identifier: session.id)
+        } catch {
+            logger.warning("Refreshing ICE servers failed; retrying", metadata: ["session.id": "\(session.id)", "error": "\(error.detail)"])
+            scheduleRefresh(session, ttl: ttl, after: min(refreshDelay(ttl), .seconds(30)))
+            return
+        }
+        let message = OutboundMessage(
+            "ice_servers_refresh",
+            ["session_id": .string(session.id), "ice_servers": .raw(Self.encode(fresh))]
         )
+        let delivered = session.refreshCredentials(fresh) {
+            session.app.send(message)
+            session.device.send(message)
+        }
+        guard delivered else {
+            // The session closed during the mint.
+            await turn.revoke(fresh)
+            return
+        }
+        scheduleRefresh(session, ttl: ttl)
     }
 
     /// `auth`: a fresh token for the same user keeps an app link authorized.
@@ -591,8 +587,17 @@ final class Switchboard: Sendable {
     }
 
     static func encode(_ document: CredentialDocument) -> String {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? String(decoding: encoder.encode(document), as: UTF8.self)) ?? "{}"
+        let servers: [JSONValue] = document.iceServers.map { server in
+            var fields: [String: JSONValue] = [:]
+            switch server.urls {
+            case .one(let url): fields["urls"] = .string(url)
+            case .many(let urls): fields["urls"] = .array(urls.map(JSONValue.string))
+            }
+            if let username = server.username { fields["username"] = .string(username) }
+            if let credential = server.credential { fields["credential"] = .string(credential) }
+            return .object(fields)
+        }
+        return JSONValue.object(["iceServers": .array(servers), "ttl": .number(Double(document.ttl)), "expiresAt": .string(document.expiresAt)])
+            .serialized
     }
 }

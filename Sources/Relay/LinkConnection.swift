@@ -41,7 +41,7 @@ struct LinkConnection: Sendable {
 /// link missed), messages read are handed to the switchboard where they are read, and an app's
 /// socket closes (4001) when its token expires. A message that waits on something slow (a
 /// request's ICE servers) holds back the messages after it until it is done, so they keep
-/// their order; reading pauses meanwhile.
+/// their order; past a few held back, reading pauses.
 final class LinkSocket: WebSocketEndpoint {
     private let connection: LinkConnection
     private let identity: ClientIdentity
@@ -50,6 +50,7 @@ final class LinkSocket: WebSocketEndpoint {
     private var link: Link?
     private var generation = 0
     private var busy = false
+    private var readingPaused = false
     private var waiting: Deque<String> = []
     private var expiry: Scheduled<Void>?
 
@@ -95,31 +96,37 @@ final class LinkSocket: WebSocketEndpoint {
     func writable() { drain() }
 
     func received(text: String) {
-        if busy {
-            waiting.append(text)
-        } else {
-            handle(text)
+        guard busy else { return handle(text) }
+        waiting.append(text)
+        // Past a few held back, stop reading: the socket's own buffers hold the rest.
+        if waiting.count >= Self.heldBackBeforePausing, !readingPaused {
+            readingPaused = true
+            socket?.setReading(false)
         }
     }
+
+    static let heldBackBeforePausing = 32
 
     private func handle(_ text: String) {
         guard let link, let socket else { return }
         guard case .pending(let work) = switchboard.receive(text: text, from: link) else { return }
         busy = true
-        socket.setReading(false)
         let this = NIOLoopBound(self, eventLoop: socket.channel.eventLoop)
         let eventLoop = socket.channel.eventLoop
         Task {
             await work()
-            eventLoop.execute { this.value.resumeReading() }
+            eventLoop.execute { this.value.finishedWaiting() }
         }
     }
 
     /// The slow message is done: the ones that arrived meanwhile, in order, then the socket.
-    private func resumeReading() {
+    private func finishedWaiting() {
         busy = false
         while !busy, let text = waiting.popFirst() { handle(text) }
-        if !busy { socket?.setReading(true) }
+        if readingPaused, waiting.count < Self.heldBackBeforePausing {
+            readingPaused = false
+            socket?.setReading(true)
+        }
     }
 
     func receivedBinary(_ data: ByteBuffer) {

@@ -4,6 +4,7 @@ import DeviceAuth
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 import Registry
 import Relay
 import ServiceLifecycle
@@ -18,6 +19,28 @@ struct RelayCommand: AsyncParsableCommand {
         subcommands: [Serve.self, Device.self, Token.self, SignURL.self],
         defaultSubcommand: Serve.self
     )
+
+    /// One event loop per CPU the process may run on: pinned to fewer CPUs than the machine
+    /// has (`taskset`), more loops would only take turns on them, and a message read on a loop
+    /// waiting for its turn waits a scheduler slice.
+    static func main() async {
+        if let cpus = allowedCPUCount() { NIOSingletons.groupLoopCountSuggestion = cpus }
+        await main(nil)
+    }
+}
+
+/// CPUs this process may run on (its affinity: `taskset`, cpusets), from `/proc/self/status`.
+func allowedCPUCount() -> Int? {
+    guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+        let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") })
+    else { return nil }
+    var count = 0
+    for range in line.dropFirst("Cpus_allowed_list:".count).trimmingCharacters(in: .whitespaces).split(separator: ",") {
+        let bounds = range.split(separator: "-").compactMap { Int($0) }
+        guard let first = bounds.first, let last = bounds.last, last >= first else { return nil }
+        count += last - first + 1
+    }
+    return count > 0 ? count : nil
 }
 
 /// Environment variables, then `.env` in the working directory; `overrides` (from flags) win.

@@ -113,7 +113,9 @@ final class LinkSocket: WebSocketEndpoint {
         busy = true
         let this = NIOLoopBound(self, eventLoop: socket.channel.eventLoop)
         let eventLoop = socket.channel.eventLoop
-        Task {
+        // On the socket's own event loop: what the work does between its waits costs no hop
+        // to another thread and back.
+        Task(executorPreference: EventLoopTaskExecutor(eventLoop)) {
             await work()
             eventLoop.execute { this.value.finishedWaiting() }
         }
@@ -152,5 +154,17 @@ final class LinkSocket: WebSocketEndpoint {
         }
         let this = NIOLoopBound(self, eventLoop: socket.channel.eventLoop)
         expiry = socket.channel.eventLoop.scheduleTask(in: .milliseconds(Int64(remaining * 1000) + 1)) { this.value.watchTokenExpiry() }
+    }
+}
+
+/// Runs a task's jobs on an event loop (a task prefers it with `Task(executorPreference:)`).
+final class EventLoopTaskExecutor: TaskExecutor {
+    let eventLoop: any EventLoop
+
+    init(_ eventLoop: any EventLoop) { self.eventLoop = eventLoop }
+
+    func enqueue(_ job: consuming ExecutorJob) {
+        let job = UnownedJob(job)
+        eventLoop.execute { job.runSynchronously(on: self.asUnownedTaskExecutor()) }
     }
 }

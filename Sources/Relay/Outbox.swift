@@ -2,9 +2,10 @@ import DequeModule
 import Synchronization
 
 /// A link's outgoing messages: numbered with the link's `seq`, kept until the client acks them
-/// so a resumed transport can replay what the last one missed, and handed to whichever writer
-/// task serves the link's current transport. Routing appends and returns; it never waits on a
-/// socket.
+/// so a resumed transport can replay what the last one missed, and handed to the link's current
+/// transport: a WebSocket takes them on its event loop (`push`, a batch per drain), an HTTP
+/// fallback's writer task waits for them (`next`). Routing appends and returns; it never waits
+/// on a socket.
 ///
 /// Bounds and policies:
 /// - Kept (unacked) messages: at most `maxMessages` and `maxBytes`; past that the oldest are

@@ -87,6 +87,19 @@ final class WebSocketConnection: ChannelInboundHandler {
         context.close(promise: nil)
     }
 
+    /// The peer ended its side of the TCP connection (a FIN without a close frame: a client
+    /// that dropped its socket). The server allows half-closed connections for HTTP; a
+    /// WebSocket that can no longer be read is over, so it closes now rather than at the next
+    /// missed ping.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if case .some(.inputClosed) = event as? ChannelEvent {
+            state = .closed
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         guard state != .closed else { return }

@@ -63,20 +63,26 @@ import Testing
         }
     }
 
-    @Test func deviceResumesAfterAnAbruptTCPReset() async throws {
+    @Test(arguments: [AbruptClient.Ending.reset, .fin])
+    func deviceResumesAfterItsConnectionEndsWithoutACloseFrame(_ ending: AbruptClient.Ending) async throws {
         try await TestRelay.run { relay in
             let device = try await relay.device()
             let app = try await relay.app()
             let (credentials, request) = try await relay.openSession(app: app, device: device)
             let sessionID = credentials["session_id"] as! String
             let lastSeq = request["seq"] as! Int
-            // The robot's network changes: a new transport takes the link over, then dies with a reset.
-            try await AbruptClient.connectThenReset(
+            // The robot's network changes: a new transport takes the link over, then ends without
+            // a close frame (a reset, or a FIN as from a client that aborts its socket).
+            let dropped = ContinuousClock.now
+            try await AbruptClient.connectThenDrop(
                 port: relay.port,
-                pathAndQuery: "/ws/device?\(relay.deviceQuery())&\(Self.resume(device.hello, lastSeq: lastSeq))"
+                pathAndQuery: "/ws/device?\(relay.deviceQuery())&\(Self.resume(device.hello, lastSeq: lastSeq))",
+                ending: ending
             )
             _ = try await device.closeCode()
             #expect(try await app.next("peer_status")["status"] as? String == "reconnecting")
+            // Noticed when the connection ended, not at the next missed heartbeat (20 s).
+            #expect(ContinuousClock.now - dropped < .seconds(5))
 
             try Self.sendNegotiation(from: app, sessionID: sessionID, count: 8)
             try await app.expectNothingPending()

@@ -8,9 +8,17 @@ public enum AbruptClient {
         public var response: String
     }
 
+    /// How a connection ends without a WebSocket close frame.
+    public enum Ending: Sendable {
+        /// A TCP reset (SO_LINGER 0), as when a network path dies.
+        case reset
+        /// A plain TCP close (FIN), as when a client process drops its socket (`abort()`).
+        case fin
+    }
+
     /// Opens a WebSocket, waits for `101 Switching Protocols` and the relay's first frame, then
-    /// resets the TCP connection: no close frame, as when a robot loses its network.
-    public static func connectThenReset(port: Int, pathAndQuery: String) async throws {
+    /// ends the TCP connection with `ending`: no close frame, as when a robot loses its network.
+    public static func connectThenDrop(port: Int, pathAndQuery: String, ending: Ending = .reset) async throws {
         let (channel, request) = try await open(port: port, pathAndQuery: pathAndQuery)
         try await channel.executeThenClose { inbound, outbound in
             try await outbound.write(ByteBuffer(string: request))
@@ -23,8 +31,10 @@ public enum AbruptClient {
                 // The hello frame follows the headers; once it is here the link is attached.
                 if text.utf8.count > text[..<end.upperBound].utf8.count + 2 { break }
             }
-            // SO_LINGER 0: close sends a reset instead of a FIN.
-            try await (channel.channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0)).get()
+            if ending == .reset {
+                // SO_LINGER 0: close sends a reset instead of a FIN.
+                try await (channel.channel as? any SocketOptionProvider)?.setSoLinger(linger(l_onoff: 1, l_linger: 0)).get()
+            }
         }
     }
 

@@ -38,5 +38,5 @@ private final class EchoEndpoint: WebSocketEndpoint {
     }
 
     func writable() {}
-    func closed() {}
+    func closed() { socket = nil }
 }

@@ -64,7 +64,7 @@ final class LinkSocket: WebSocketEndpoint {
 
     func opened(_ socket: WebSocketConnection) {
         self.socket = socket
-        let channel = socket.channel
+        let channel: any Channel = socket.channel
         let admission = switchboard.admit(identity, resume: resume.map { ($0.token, $0.lastSeq) }, dropTransport: { channel.close(promise: nil) })
         link = admission.link
         generation = admission.generation
@@ -138,6 +138,9 @@ final class LinkSocket: WebSocketEndpoint {
 
     func closed() {
         expiry?.cancel()
+        // The connection holds this endpoint and this holds the connection: let both go.
+        socket = nil
+        waiting.removeAll()
         guard let link else { return }
         switchboard.transportEnded(link, generation: generation)
     }

@@ -55,12 +55,14 @@ final class WebSocketConnection: ChannelInboundHandler {
         self.endpoint = endpoint
     }
 
-    var channel: any Channel { context!.channel }
+    /// The socket's channel (set when the handler is added, kept after it is removed).
+    private(set) var channel: (any Channel)!
     var isWritable: Bool { context?.channel.isWritable ?? false }
     var isOpen: Bool { state == .open }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.channel = context.channel
         if let period = configuration.heartbeat {
             let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
             heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: .init(period), delay: .init(period)) { _ in
@@ -68,6 +70,10 @@ final class WebSocketConnection: ChannelInboundHandler {
             }
         }
         endpoint.opened(self)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -92,7 +92,6 @@ public func buildRelay(
     )
     let connection = LinkConnection(
         switchboard: switchboard,
-        maxMessageBytes: configuration.maxMessageBytes,
         heartbeatMilliseconds: configuration.heartbeatSeconds * 1000,
         resumeGraceMilliseconds: configuration.resumeGraceSeconds * 1000,
         tokenLeeway: .seconds(configuration.tokens.leewaySeconds)

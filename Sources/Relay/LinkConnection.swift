@@ -9,7 +9,6 @@ import NIOWebSocket
 /// `HTTPLinkRoutes`.
 struct LinkConnection: Sendable {
     let switchboard: Switchboard
-    let maxMessageBytes: Int
     let heartbeatMilliseconds: Int
     let resumeGraceMilliseconds: Int
     /// Clock skew tolerated on `exp` before closing with 4001.

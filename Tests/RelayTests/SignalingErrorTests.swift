@@ -48,6 +48,42 @@ import Testing
         }
     }
 
+    /// The relay's own JSON parser and writer: what a client escapes arrives as it meant it,
+    /// and what JSON does not allow is refused.
+    @Test func escapedTextArrivesIntactAndInvalidJSONIsRefused() async throws {
+        try await TestRelay.run { relay in
+            let device = try await relay.device()
+            let app = try await relay.app()
+            let (credentials, _) = try await relay.openSession(app: app, device: device)
+            let sessionID = credentials["session_id"] as! String
+            // Quotes, backslashes, CRLF, a tab, a control character, an escaped slash, é written
+            // as is and as \u00e9, and an emoji as a surrogate pair.
+            let raw = #"{"type":"webrtc_offer","session_id":"\#(sessionID)","sdp":"v=0\r\na=\"x\"\\y\tz\u0001\/é\u00e9\ud83d\ude00"}"#
+            app.send(raw: .text(raw))
+            let offer = try await device.next("webrtc_offer")
+            #expect(offer["sdp"] as? String == "v=0\r\na=\"x\"\\y\tz\u{01}/éé😀")
+
+            let refused = [
+                #"{"type":"ping"} trailing"#,
+                #"{"type":"ping",}"#,
+                #"{"type":"ping","request_id":"\ud83d"}"#,
+                "{\"type\":\"ping\",\"request_id\":\"a\u{01}b\"}",
+                #"{"type":"ping","n":01}"#,
+                #"{"type":"ping","n":1.}"#,
+                #"{"type":"device_info","capabilities":"# + String(repeating: "[", count: 40) + String(repeating: "]", count: 40) + "}",
+            ]
+            for text in refused {
+                app.send(raw: .text(text))
+                _ = try await expectError(app, "bad_request", message: "Message must be a JSON object")
+            }
+            // Numbers, nesting within the limit and white space are fine.
+            app.send(raw: .text(" {\n\"type\" : \"ping\", \"n\": [-0.5e3, 1E2, {\"a\": [[]]}], \"request_id\": \"p1\"}\t"))
+            #expect(try await app.next("pong")["request_id"] as? String == "p1")
+            try await app.expectNothingPending()
+            try await device.expectNothingPending()
+        }
+    }
+
     @Test func fieldLimitsAreEnforced() async throws {
         try await TestRelay.run(["RELAY_MAX_MESSAGE_BYTES": "262144"]) { relay in
             let device = try await relay.device()

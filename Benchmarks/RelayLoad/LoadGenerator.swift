@@ -69,8 +69,8 @@ final class LoadGenerator: @unchecked Sendable {
     }
 
     /// Opens a socket on `path` from `source` (a 127.0.0.x address); `callbacks` hear its messages.
-    func connect(path: String, index: Int, source: String = "127.0.0.1", callbacks: LoadSocket.Callbacks) -> EventLoopFuture<LoadSocket> {
-        let socket = LoadSocket(path: path, index: index, flusher: flusher, callbacks: callbacks)
+    func connect(path: String, source: String = "127.0.0.1", callbacks: LoadSocket.Callbacks) -> EventLoopFuture<LoadSocket> {
+        let socket = LoadSocket(path: path, flusher: flusher, callbacks: callbacks)
         var bootstrap = ClientBootstrap(group: loop)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
@@ -98,6 +98,14 @@ final class LoadGenerator: @unchecked Sendable {
         let fields = stat[stat.index(after: close)...].split(separator: " ")
         let ticks = (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)
         return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
+    /// The relay's CPU time and the wall time over `during`, or over `seconds` of waiting.
+    func measure(seconds: Int, during: (() async -> Void)? = nil) async throws -> (serverCPU: Double, elapsed: Double) {
+        let cpuBefore = serverCPUSeconds
+        let started = ContinuousClock.now
+        if let during { await during() } else { try await Task.sleep(for: .seconds(seconds)) }
+        return (serverCPUSeconds - cpuBefore, (ContinuousClock.now - started).seconds)
     }
 
     /// The relay's resident memory, in KiB.

@@ -18,7 +18,6 @@ final class LoadSocket: ChannelInboundHandler, @unchecked Sendable {
     enum Phase { case handshaking, open, closed }
 
     let path: String
-    let index: Int
     var callbacks: Callbacks
     private(set) var phase = Phase.handshaking
     private var context: ChannelHandlerContext?
@@ -26,18 +25,14 @@ final class LoadSocket: ChannelInboundHandler, @unchecked Sendable {
     private var fragments: ByteBuffer?
     private var dirty = false
     private let flusher: Flusher
-    /// Highest `seq` received, and the last one acked.
-    var lastSeq = 0
-    var ackedSeq = 0
+    /// The last `seq` acked.
+    private var ackedSeq = 0
 
-    init(path: String, index: Int, flusher: Flusher, callbacks: Callbacks) {
+    init(path: String, flusher: Flusher, callbacks: Callbacks) {
         self.path = path
-        self.index = index
         self.flusher = flusher
         self.callbacks = callbacks
     }
-
-    var channel: (any Channel)? { context?.channel }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
@@ -140,12 +135,9 @@ final class LoadSocket: ChannelInboundHandler, @unchecked Sendable {
     /// Hands a message to the owner and acks every `ackEvery` numbered messages, as a client
     /// that keeps the relay's resume buffer short does.
     private func deliver(_ bytes: UnsafeRawBufferPointer) {
-        if let seq = Wire.seq(bytes) {
-            lastSeq = seq
-            if seq - ackedSeq >= Self.ackEvery {
-                ackedSeq = seq
-                send("{\"type\":\"ack\",\"seq\":\(seq)}")
-            }
+        if let seq = Wire.seq(bytes), seq - ackedSeq >= Self.ackEvery {
+            ackedSeq = seq
+            send("{\"type\":\"ack\",\"seq\":\(seq)}")
         }
         callbacks.message(self, bytes)
     }

@@ -37,9 +37,9 @@ struct LoadError: Error, CustomStringConvertible {
 
 extension LoadGenerator {
     /// Connects one socket and waits for its `hello`.
-    func open(path: String, index: Int, source: String = "127.0.0.1") -> EventLoopFuture<LoadSocket> {
+    func open(path: String, source: String = "127.0.0.1") -> EventLoopFuture<LoadSocket> {
         let hello = loop.makePromise(of: Void.self)
-        return connect(path: path, index: index, source: source, callbacks: Opening(hello: hello).callbacks)
+        return connect(path: path, source: source, callbacks: Opening(hello: hello).callbacks)
             .flatMap { socket in hello.futureResult.map { socket } }
     }
 
@@ -60,9 +60,9 @@ extension LoadGenerator {
                 let devicePath = Self.devicePath(pair.deviceID)
                 let appPath = try Self.appPath(pair.userID, devices: [pair.deviceID])
                 opening.append(
-                    open(path: devicePath, index: pair.index).flatMap { device in
+                    open(path: devicePath).flatMap { device in
                         pair.device = device
-                        return self.open(path: appPath, index: pair.index).map { pair.app = $0 }
+                        return self.open(path: appPath).map { pair.app = $0 }
                     }
                 )
             }

@@ -68,7 +68,7 @@ struct Idle: AsyncParsableCommand {
                 let index = next
                 next += 1
                 let source = "127.0.0.\(2 + index / perSource)"
-                let future = load.open(path: paths[index], index: index, source: source)
+                let future = load.open(path: paths[index], source: source)
                 group.addTask { do { return .success(try await future.get()) } catch { return .failure(error) } }
             }
             while next < min(concurrency, links) { startOne() }
@@ -135,11 +135,7 @@ struct Window {
 
     static func measure(_ traffic: Traffic, load: LoadGenerator, seconds: Int, during: (() async -> Void)? = nil) async throws -> Window {
         await traffic.startRecording()
-        let cpuBefore = load.serverCPUSeconds
-        let started = ContinuousClock.now
-        if let during { await during() } else { try await Task.sleep(for: .seconds(seconds)) }
-        let cpu = load.serverCPUSeconds - cpuBefore
-        let elapsed = (ContinuousClock.now - started).seconds
+        let (cpu, elapsed) = try await load.measure(seconds: seconds, during: during)
         let (delivered, latencies) = await traffic.stopRecording()
         return Window(seconds: elapsed, delivered: delivered, serverCPU: cpu, latencies: latencies)
     }

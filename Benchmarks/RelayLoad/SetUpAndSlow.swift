@@ -145,11 +145,7 @@ struct SetUp: AsyncParsableCommand {
         churn.start()
         try await Task.sleep(for: .seconds(warmup))
         await churn.startRecording()
-        let cpuBefore = load.serverCPUSeconds
-        let started = ContinuousClock.now
-        try await Task.sleep(for: .seconds(seconds))
-        let cpu = load.serverCPUSeconds - cpuBefore
-        let elapsed = (ContinuousClock.now - started).seconds
+        let (cpu, elapsed) = try await load.measure(seconds: seconds)
         let (completed, latencies) = await churn.stopRecording()
         try await churn.stop()
         let (errors, closes) = await churn.summary
@@ -295,12 +291,12 @@ extension LoadGenerator {
     /// One device in sessions with `count` apps (the flood's targets and sources).
     func openFlooders(count: Int) async throws -> Flood {
         let deviceID = "slow-robot"
-        let device = try await open(path: Self.devicePath(deviceID), index: 0).get()
+        let device = try await open(path: Self.devicePath(deviceID)).get()
         var apps: [Pair] = []
         for index in 0..<count {
             let pair = Pair(index: index, prefix: "flood", deviceID: deviceID)
             pair.device = device
-            pair.app = try await open(path: Self.appPath(pair.userID, devices: [deviceID]), index: index).get()
+            pair.app = try await open(path: Self.appPath(pair.userID, devices: [deviceID])).get()
             apps.append(pair)
         }
         // One at a time: every set-up replaces the device's callbacks.

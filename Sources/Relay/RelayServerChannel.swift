@@ -171,8 +171,6 @@ final class OpenSockets: Service, Sendable {
         channel.closeFuture.whenComplete { [self] _ in _ = open.withLock { $0.removeValue(forKey: key) } }
     }
 
-    var count: Int { open.withLock { $0.count } }
-
     func run() async throws {
         try? await gracefulShutdown()
         let sockets = open.withLock { Array($0.values) }

@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import NIOCore
 import ServiceLifecycle
 import Synchronization
 
@@ -111,6 +112,7 @@ struct HTTPLinkRoutes: Sendable {
         lease(link, generation: generation)
         let switchboard = switchboard
         let keepalive = keepalive
+        let departure = await ClientDeparture.future(of: context.channel)
         let body = ResponseBody { writer in
             leases.cancel(link, generation: generation)
             defer { switchboard.transportEnded(link, generation: generation) }
@@ -118,7 +120,7 @@ struct HTTPLinkRoutes: Sendable {
             // A server shutting down ends the stream (the shutdown service has already told
             // the client to go away).
             try await withGracefulShutdownHandler {
-                try await stream(link, generation: generation, keepalive: keepalive, to: &writer)
+                try await stream(link, generation: generation, keepalive: keepalive, departure: departure, to: &writer)
             } onGracefulShutdown: {
                 link.outbox.detach(generation: generation)
             }
@@ -131,9 +133,15 @@ struct HTTPLinkRoutes: Sendable {
         )
     }
 
-    private func stream(_ link: Link, generation: Int, keepalive: Duration, to writer: inout any ResponseBodyWriter) async throws {
+    private func stream(
+        _ link: Link,
+        generation: Int,
+        keepalive: Duration,
+        departure: EventLoopFuture<Void>?,
+        to writer: inout any ResponseBodyWriter
+    ) async throws {
         streaming: while true {
-            switch await Self.nextEvent(link.outbox, generation: generation, timeout: keepalive) {
+            switch await Self.nextEvent(link.outbox, generation: generation, timeout: keepalive, departure: departure) {
             case .event(.send(let frames)):
                 var text = ""
                 for frame in frames { text += "id: \(frame.seq)\nevent: message\ndata: \(frame.text)\n\n" }
@@ -144,7 +152,7 @@ struct HTTPLinkRoutes: Sendable {
             case .timedOut:
                 if closeIfExpired(link) { continue }
                 try await writer.write(ByteBuffer(string: ": keepalive\n\n"))
-            case .superseded:
+            case .superseded, .clientGone:
                 break streaming
             }
         }
@@ -181,12 +189,14 @@ struct HTTPLinkRoutes: Sendable {
         }
         let timeout = min(max(try Self.nonNegative(body["timeout_ms"], name: "timeout_ms") ?? 5000, 100), 15_000)
 
+        let departure = await ClientDeparture.future(of: context.channel)
         let transport = TransportSlot()
         let generation = try attach(link, resumingAfter: lastSeq, transport: transport)
         leases.replace(link, with: nil)
         _ = await handle(messages, from: link)
         var answer: [String: JSONValue] = ["messages": .array([])]
-        switch await Self.nextEvent(link.outbox, generation: generation, timeout: wait ? .milliseconds(timeout) : .zero) {
+        let waitFor: Duration = wait ? .milliseconds(timeout) : .zero
+        switch await Self.nextEvent(link.outbox, generation: generation, timeout: waitFor, departure: departure) {
         case .event(.send(let frames)):
             answer["messages"] = .array(frames.map { .raw($0.text) })
             lease(link, generation: generation)
@@ -202,6 +212,9 @@ struct HTTPLinkRoutes: Sendable {
         case .superseded:
             // A newer poll (or stream) has the link now.
             break
+        case .clientGone:
+            // Nobody will read the answer: the transport is lost now, not when a lease runs out.
+            switchboard.transportEnded(link, generation: generation)
         }
         return .json(.object(answer))
     }
@@ -273,11 +286,14 @@ struct HTTPLinkRoutes: Sendable {
         case event(Outbox.Event)
         case superseded
         case timedOut
+        /// The client closed or lost its connection (`ClientDeparture`).
+        case clientGone
     }
 
-    /// The next event for the transport of `generation`, or `timedOut` after `timeout`. Both
-    /// waits run to their end, so an event taken as the timer fires is still returned.
-    static func nextEvent(_ outbox: Outbox, generation: Int, timeout: Duration) async -> Wait {
+    /// The next event for the transport of `generation`, or `timedOut` after `timeout`, or
+    /// `clientGone` as soon as `departure` completes. The waits run to their end, so an event
+    /// taken as another wait finishes is still returned (and kept until acked).
+    static func nextEvent(_ outbox: Outbox, generation: Int, timeout: Duration, departure: EventLoopFuture<Void>? = nil) async -> Wait {
         await withTaskGroup(of: Wait?.self) { group in
             group.addTask {
                 if let event = await outbox.next(generation: generation) { return .event(event) }
@@ -286,6 +302,20 @@ struct HTTPLinkRoutes: Sendable {
             group.addTask {
                 try? await Task.sleep(for: timeout)
                 return Task.isCancelled ? nil : .timedOut
+            }
+            if let departure {
+                group.addTask {
+                    // A future's wait cannot be cancelled: this one ends at the departure or
+                    // when the group is cancelled, whichever comes first.
+                    let cancelled = departure.eventLoop.makePromise(of: Void.self)
+                    departure.cascade(to: cancelled)
+                    await withTaskCancellationHandler {
+                        try? await cancelled.futureResult.get()
+                    } onCancel: {
+                        cancelled.succeed()
+                    }
+                    return Task.isCancelled ? nil : .clientGone
+                }
             }
             var outcome = Wait.timedOut
             var first = true
@@ -297,6 +327,7 @@ struct HTTPLinkRoutes: Sendable {
                 switch result {
                 case .event?: outcome = result!
                 case .superseded?: if case .timedOut = outcome { outcome = .superseded }
+                case .clientGone?: if case .event = outcome {} else { outcome = .clientGone }
                 case .timedOut?, nil: break
                 }
             }

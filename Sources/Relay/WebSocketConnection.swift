@@ -18,8 +18,8 @@ protocol WebSocketEndpoint: AnyObject {
 /// RFC 6455 on top of NIO's frame decoder and encoder, as a channel handler: messages are
 /// assembled from fragments within `maxMessageBytes` (else 1009), text is checked as UTF-8
 /// (else 1007), protocol errors close with 1002, pings are answered, a ping goes out every
-/// `heartbeat` and a socket that has not answered the previous one is closed (1001 "Ping
-/// timeout"), and the close handshake is answered or, when this side closes, awaited for at
+/// `heartbeat` and a socket that has missed two pongs in a row is closed (1001 "Ping timeout",
+/// contract §4), and the close handshake is answered or, when this side closes, awaited for at
 /// most `closeTimeout`. A message is handed to the endpoint where it is read, on the event loop,
 /// so relaying one costs no hop between threads.
 final class WebSocketConnection: ChannelInboundHandler {
@@ -45,8 +45,9 @@ final class WebSocketConnection: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var fragments: ByteBuffer?
     private var fragmentsAreText = false
-    /// The payload of the ping not yet answered.
-    private var unansweredPing: ByteBuffer?
+    /// Whether the last ping is still unanswered, and how many pings in a row went unanswered.
+    private var awaitingPong = false
+    private var missedPongs = 0
     private var heartbeat: RepeatedTask?
     private var closeTimer: Scheduled<Void>?
 
@@ -141,7 +142,9 @@ final class WebSocketConnection: ChannelInboundHandler {
         case .pong:
             let data = frame.unmaskedData
             guard frame.fin, data.readableBytes <= 125 else { return fail(.protocolError) }
-            if data == unansweredPing { unansweredPing = nil }
+            // Any pong (a late one, or an unsolicited one) shows the peer is there.
+            awaitingPong = false
+            missedPongs = 0
         case .connectionClose:
             guard frame.fin else { return fail(.protocolError) }
             receivedClose(frame.unmaskedData)
@@ -205,18 +208,23 @@ final class WebSocketConnection: ChannelInboundHandler {
         return WebSocketFrame(fin: true, opcode: .connectionClose, data: buffer)
     }
 
-    /// Every heartbeat: close a socket that left the last ping unanswered, else ping.
+    /// Every heartbeat: close a socket that has left two pings in a row unanswered, else ping.
     private func beat() {
         guard state == .open, let context else { return }
-        if unansweredPing != nil {
-            closeNow(.goingAway, reason: "Ping timeout")
-            return
+        if awaitingPong {
+            missedPongs += 1
+            if missedPongs >= Self.missedPongsBeforeClosing {
+                closeNow(.goingAway, reason: "Ping timeout")
+                return
+            }
         }
         var payload = context.channel.allocator.buffer(capacity: 8)
         payload.writeInteger(UInt64.random(in: .min ... .max))
-        unansweredPing = payload
+        awaitingPong = true
         context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: payload)), promise: nil)
     }
+
+    static let missedPongsBeforeClosing = 2
 
     // MARK: Writing (on the event loop)
 

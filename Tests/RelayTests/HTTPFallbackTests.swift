@@ -92,6 +92,22 @@ import Testing
         }
     }
 
+    @Test func anEventStreamClosedByItsClientIsNoticedAtOnce() async throws {
+        // Keepalives far apart: the close must be noticed without writing to the stream.
+        try await TestRelay.run(["RELAY_SSE_KEEPALIVE_S": "30"]) { relay in
+            let device = try await relay.device()
+            let hello = try await openHTTPLink(port: relay.port, .app(token: relay.appToken()))
+            let app = try await EventStreamParty(port: relay.port, hello: hello)
+            try await app.send(["type": "webrtc_request", "device_id": "robot-1"])
+            _ = try await app.next("webrtc_credentials")
+            _ = try await device.next("webrtc_request")
+            let closedAt = ContinuousClock.now
+            await app.vanish()
+            #expect(try await device.next("peer_status")["status"] as? String == "reconnecting")
+            #expect(ContinuousClock.now - closedAt < .seconds(1))
+        }
+    }
+
     @Test func anHTTPLinkResumesWithItsTokenOnAnyTransport() async throws {
         try await TestRelay.run { relay in
             let hello = try await openHTTPLink(port: relay.port, .device(query: relay.deviceQuery()))
@@ -276,26 +292,26 @@ import Testing
             #expect(try await Self.poll(http, hello, ["last_seq": 0, "wait": false]).seqs == [1])
             let body = #"{"link_id":"\#(hello.linkID)","resume_token":"\#(hello.resumeToken)","last_seq":1,"timeout_ms":500}"#
             try await AbruptClient.postThenVanish(port: relay.port, path: "/api/link/poll", body: body)
+            // The dead poll is noticed when its connection goes (or, had the relay not read it
+            // yet, when the last poll's lease runs out): the link detaches.
+            #expect(try await app.next("peer_status")["status"] as? String == "reconnecting")
             try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": NSNull()])
             try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": NSNull()])
             try await app.expectNothingPending()
-            // Nothing sent into the dead poll is lost: the next poll gets both (polling again
-            // while the dead one, arriving late on its own connection, may still supersede it).
-            let back = try await eventually("the kept messages") { () -> [Int]? in
-                let seqs = try await Self.poll(http, hello, ["last_seq": 1, "wait": false]).seqs
-                return seqs.isEmpty ? nil : seqs
-            }
-            #expect(back == [2, 3])
+            // Nothing sent meanwhile is lost: the next poll gets both, and the link is back.
+            #expect(try await Self.poll(http, hello, ["last_seq": 1, "wait": false]).seqs == [2, 3])
+            #expect(try await app.next("peer_status")["status"] as? String == "connected")
 
-            // Vanishing for good: the link detaches after the poll's timeout and the lease (the
-            // resume grace), and ends after another grace.
+            // Vanishing for good: the link detaches as soon as the poll's connection is gone
+            // (not after the poll's timeout and a lease), and ends after the resume grace.
+            let start = ContinuousClock.now
             try await AbruptClient.postThenVanish(
                 port: relay.port,
                 path: "/api/link/poll",
                 body: body.replacingOccurrences(of: "\"last_seq\":1", with: "\"last_seq\":3")
             )
-            let start = ContinuousClock.now
             #expect(try await app.next("peer_status")["status"] as? String == "reconnecting")
+            #expect(ContinuousClock.now - start < .seconds(1))
             let closed = try await app.next("webrtc_close")
             #expect(closed["reason"] as? String == "peer_disconnected")
             #expect(ContinuousClock.now - start < .seconds(10))

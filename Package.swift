@@ -76,10 +76,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The relay's rules as pure state machines and values: no NIO, no Hummingbird (the
+        // compiler checks the layering), tested without sockets.
+        .target(
+            name: "RelayCore",
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "Relay",
             dependencies: [
-                "DeviceAuth", "OpenSSLCrypto", "Registry", "TURNBroker",
+                "DeviceAuth", "OpenSSLCrypto", "Registry", "RelayCore", "TURNBroker",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -184,6 +190,11 @@ let package = Package(
         .testTarget(
             name: "DeviceAuthTests",
             dependencies: ["DeviceAuth", "OpenSSLCrypto"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RelayCoreTests",
+            dependencies: ["RelayCore"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

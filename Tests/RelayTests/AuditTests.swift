@@ -139,7 +139,7 @@ import Testing
             app = try await restarted.app("alice")
             let last = try await restarted.openSession(app: app, device: device, deviceID: "robot-7")
             kill(relay.process.processIdentifier, SIGTERM)
-            #expect(await relay.process.exited() == 0)
+            #expect(try await relay.process.exited() == 0)
             let row = try #require(try await store.auditLog().first { $0.sessionID == last })
             #expect(row.closeReason == "shutdown")
             #expect(row.closedBy == "relay")

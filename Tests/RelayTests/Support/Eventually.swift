@@ -1,10 +1,6 @@
 import Foundation
+import RelayTestSupport
 import Testing
-
-struct TimedOut: Error, CustomStringConvertible {
-    var what: String
-    var description: String { "timed out waiting for \(what)" }
-}
 
 /// Polls `probe` until it gives a value or `timeout` passes: for effects with no event to await,
 /// such as a batch the relay commits to its store on its own schedule.

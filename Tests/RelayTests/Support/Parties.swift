@@ -137,7 +137,7 @@ final class EventStreamParty: Party {
     }
 
     func next() async throws -> JSONObject {
-        guard let event = await stream.next() else { throw TestSocket.SocketClosed() }
+        guard let event = try await stream.next() else { throw TestSocket.SocketClosed() }
         guard event.event == "message" else { return ["type": "sse:\(event.event)", "data": event.data] }
         let message = try #require(try JSONSerialization.jsonObject(with: Data(event.data.utf8)) as? JSONObject)
         #expect(event.id == (message["seq"] as? Int).map(String.init), "id: is the seq")
@@ -204,7 +204,7 @@ final class PollParty: Party {
     }
 
     func next() async throws -> JSONObject {
-        guard let data = await inbox.next() else { throw TestSocket.SocketClosed() }
+        guard let data = try await inbox.next() else { throw TestSocket.SocketClosed() }
         return try #require(try JSONSerialization.jsonObject(with: data) as? JSONObject)
     }
 

@@ -35,7 +35,7 @@ struct TestRelay: Sendable {
         turn: (any TURNProvider)? = nil,
         logs: LogCapture? = nil,
         refreshDelay: (@Sendable (Int) -> Duration)? = nil,
-        _ body: @Sendable (TestRelay) async throws -> Void
+        _ body: @escaping @Sendable (TestRelay) async throws -> Void
     ) async throws {
         var logger = logs?.logger() ?? Logger(label: "relay-test")
         if logs == nil { logger.logLevel = .warning }
@@ -48,8 +48,11 @@ struct TestRelay: Sendable {
                 logger: logger
             )
             let store = try RelayStore(path: environment["RELAY_DB"]!)
-            try await app.test(.live) { client in
-                try await body(TestRelay(port: client.port!, http: client, store: store))
+            // Bounded: a relay that never finishes shutting down fails this test, not the run.
+            try await withDeadline(.seconds(100), "the test relay to run and shut down") {
+                try await app.test(.live) { client in
+                    try await body(TestRelay(port: client.port!, http: client, store: store))
+                }
             }
         }
     }

@@ -27,7 +27,7 @@ public struct RelayProcess: Sendable {
         process.standardError = log
         process.standardOutput = FileHandle.nullDevice
         try process.run()
-        let port: Int? = await withCheckedContinuation { continuation in
+        let port: Int? = try? await withDeadline(.seconds(30), "the relay to listen") { await withCheckedContinuation { continuation in
             Thread.detachNewThread {
                 var seen = ""
                 var resumed = false
@@ -43,7 +43,7 @@ public struct RelayProcess: Sendable {
                 }
                 if !resumed { continuation.resume(returning: nil) }
             }
-        }
+        } }
         guard let port else {
             Foundation.kill(process.processIdentifier, SIGKILL)
             throw DidNotStart()
@@ -68,6 +68,6 @@ public struct RelayProcess: Sendable {
     /// Ends the relay with SIGKILL and returns once it is gone.
     public func killed() async {
         if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
-        _ = await process.exited()
+        _ = try? await process.exited()
     }
 }

@@ -73,12 +73,12 @@ public final class SSEClient: Sendable {
             } catch {}
             items.finish()
         }
-        guard case .head(let head)? = await items.next() else {
+        guard case .head(let head)? = try await items.next() else {
             task.cancel()
             throw NoResponse()
         }
         var errorBody = ""
-        if head.headers["content-type"] != "text/event-stream", case .body(let text)? = await items.next() { errorBody = text }
+        if head.headers["content-type"] != "text/event-stream", case .body(let text)? = try await items.next() { errorBody = text }
         return SSEClient(head: head, errorBody: errorBody, items: items, raw: rawBox, task: task)
     }
 
@@ -101,9 +101,9 @@ public final class SSEClient: Sendable {
     /// Everything the stream has sent so far, as text.
     public var text: String { raw.value }
 
-    /// The next event, or nil when the stream ended.
-    public func next() async -> SSEParser.Event? {
-        while let item = await items.next() {
+    /// The next event, or nil when the stream ended; throws `TimedOut` when none comes in time.
+    public func next() async throws -> SSEParser.Event? {
+        while let item = try await items.next() {
             switch item {
             case .event(let event): return event
             case .body, .head: continue

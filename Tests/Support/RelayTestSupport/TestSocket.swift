@@ -74,7 +74,7 @@ public final class TestSocket: Sendable {
             }
         }
         let socket = TestSocket(inbox: inbox, outgoing: continuation, connection: connection)
-        guard let first = await socket.inbox.next() else {
+        guard let first = try await socket.inbox.next() else {
             _ = try await connection.value
             throw SocketClosedBeforeHello()
         }
@@ -109,7 +109,7 @@ public final class TestSocket: Sendable {
 
     /// The next message, decoded; throws if the socket closes first.
     public func next() async throws -> JSONObject {
-        guard let text = await inbox.next() else { throw SocketClosed() }
+        guard let text = try await inbox.next() else { throw SocketClosed() }
         return try Self.decode(text)
     }
 
@@ -170,15 +170,27 @@ extension WebSocketErrorCode {
     }
 }
 
-/// Received items, in order, for one reader.
+/// Received items, in order, for one reader. A reader waits at most `within` (then
+/// `TimedOut` is thrown) and stops waiting when its task is cancelled, so an item that never
+/// comes fails one test instead of freezing the run.
 public final class Mailbox<Element: Sendable>: Sendable {
+    private struct Waiter {
+        var id: Int
+        var continuation: CheckedContinuation<Element?, any Error>
+        var timer: Task<Void, Never>?
+    }
+
     private struct State {
         var messages: [Element] = []
         var finished = false
-        var waiter: CheckedContinuation<Element?, Never>?
+        var waiter: Waiter?
+        var nextWaiterID = 0
     }
 
     private let state = Mutex(State())
+
+    /// How long a reader waits for the next item by default.
+    public static var defaultWait: Duration { .seconds(20) }
 
     public init() {}
     private let paused = Mutex(false)
@@ -190,7 +202,7 @@ public final class Mailbox<Element: Sendable>: Sendable {
     }
 
     public func append(_ text: Element) {
-        let waiter = state.withLock { state -> CheckedContinuation<Element?, Never>? in
+        let waiter = state.withLock { state -> Waiter? in
             if let waiter = state.waiter {
                 state.waiter = nil
                 return waiter
@@ -198,27 +210,66 @@ public final class Mailbox<Element: Sendable>: Sendable {
             state.messages.append(text)
             return nil
         }
-        waiter?.resume(returning: text)
+        waiter?.timer?.cancel()
+        waiter?.continuation.resume(returning: text)
     }
 
     public func finish() {
-        let waiter = state.withLock { state -> CheckedContinuation<Element?, Never>? in
+        let waiter = state.withLock { state -> Waiter? in
             state.finished = true
             defer { state.waiter = nil }
             return state.waiter
         }
-        waiter?.resume(returning: nil)
+        waiter?.timer?.cancel()
+        waiter?.continuation.resume(returning: nil)
     }
 
-    public func next() async -> Element? {
-        await withCheckedContinuation { continuation in
-            let ready: Element?? = state.withLock { state in
-                if !state.messages.isEmpty { return .some(state.messages.removeFirst()) }
-                if state.finished { return .some(nil) }
-                state.waiter = continuation
-                return .none
+    /// The next item; nil once finished; throws `TimedOut` after `within`, or when cancelled.
+    public func next(within timeout: Duration = Mailbox.defaultWait) async throws -> Element? {
+        let id = state.withLock { state in
+            defer { state.nextWaiterID += 1 }
+            return state.nextWaiterID
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { continuation in
+                let ready: Element?? = state.withLock { state in
+                    if !state.messages.isEmpty { return .some(state.messages.removeFirst()) }
+                    if state.finished { return .some(nil) }
+                    state.waiter = Waiter(id: id, continuation: continuation)
+                    return .none
+                }
+                if let ready { return continuation.resume(returning: ready) }
+                let timer = Task { [self] in
+                    guard (try? await Task.sleep(for: timeout)) != nil else { return }
+                    give(up: id, with: TimedOut(what: "the next item (\(timeout))"))
+                }
+                let stillWaiting = state.withLock { state in
+                    guard state.waiter?.id == id else { return false }
+                    state.waiter?.timer = timer
+                    return true
+                }
+                if !stillWaiting { timer.cancel() }
             }
-            if let ready { continuation.resume(returning: ready) }
+        } onCancel: {
+            give(up: id, with: CancellationError())
         }
     }
+
+    /// Ends the wait of reader `id` (if it still waits) with `error`.
+    private func give(up id: Int, with error: any Error) {
+        let waiter = state.withLock { state -> Waiter? in
+            guard let waiter = state.waiter, waiter.id == id else { return nil }
+            state.waiter = nil
+            return waiter
+        }
+        waiter?.timer?.cancel()
+        waiter?.continuation.resume(throwing: error)
+    }
+}
+
+/// A wait that did not end in time.
+public struct TimedOut: Error, CustomStringConvertible {
+    public var what: String
+    public init(what: String) { self.what = what }
+    public var description: String { "timed out waiting for \(what)" }
 }

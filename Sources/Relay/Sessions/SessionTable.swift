@@ -27,6 +27,7 @@ protocol SessionTable: Sendable {
         deviceID: String,
         maxPerDevice: Int,
         maxPerApp: Int,
+        setupTimeout: Duration,
         requestedAt: ContinuousClock.Instant
     )
         -> Result<Session, SessionRefusal>
@@ -98,10 +99,11 @@ final class LocalSessionTable: SessionTable {
         deviceID: String,
         maxPerDevice: Int,
         maxPerApp: Int,
+        setupTimeout: Duration,
         requestedAt: ContinuousClock.Instant
     ) -> Result<Session, SessionRefusal> {
         guard let device = devices[deviceID], device.isAttached else { return .failure(.deviceOffline) }
-        let session = Session(app: app, device: device, requestedAt: requestedAt)
+        let session = Session(app: app, device: device, setupTimeout: setupTimeout, requestedAt: requestedAt)
         guard device.join(session, limit: maxPerDevice) else { return .failure(.deviceBusy(limit: maxPerDevice)) }
         guard app.join(session, limit: maxPerApp) else {
             device.leave(session)

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import Registry
+import RelayCore
 import TURNBroker
 
 /// The relay's signaling logic: admits links, sets sessions up, routes what one party of a
@@ -157,7 +158,7 @@ final class Switchboard: Sendable {
         link.outbox.end()
         table.unregister(link)
         for session in sessions {
-            close(session, reason: "peer_disconnected", by: "relay")
+            close(session, reason: .peerDisconnected, by: .relay)
         }
         presence.unwatch(link)
         deviceSeen(link)
@@ -186,7 +187,7 @@ final class Switchboard: Sendable {
     /// `device_revoked` and its socket with 1008.
     func revoke(deviceID: String) {
         for link in table.links(of: .device, principal: deviceID) {
-            for session in link.sessions { close(session, reason: "device_revoked", by: "relay") }
+            for session in link.sessions { close(session, reason: .deviceRevoked, by: .relay) }
             link.outbox.close(code: RelayCloseCode.policyViolation, reason: "Device revoked")
             end(link)
             logger.info("Revoked device disconnected", metadata: ["device.id": "\(deviceID)", "link.id": "\(link.id)"])
@@ -213,7 +214,7 @@ final class Switchboard: Sendable {
             try? await Task.sleep(for: .milliseconds(50))
         }
         for link in table.allLinks {
-            for session in link.sessions { close(session, reason: "shutdown", by: "relay") }
+            for session in link.sessions { close(session, reason: .shutdown, by: .relay) }
             link.outbox.close(code: RelayCloseCode.goingAway, reason: "Relay shutting down")
         }
         // Let the writers put the close frames out.
@@ -326,7 +327,7 @@ final class Switchboard: Sendable {
 
         case .close(let sessionID, let reason):
             let session = try openSession(sessionID, of: link, requestID: requestID)
-            close(session, reason: reason, by: link.party.rawValue)
+            close(session, reason: SessionCloseReason(rawValue: reason), by: link.party.closer)
 
         case .reject(let sessionID, let reason):
             guard link.party == .device else {
@@ -338,7 +339,7 @@ final class Switchboard: Sendable {
                 )
             }
             let session = try openSession(sessionID, of: link, requestID: requestID)
-            close(session, reason: "rejected", by: "device", detail: reason)
+            close(session, reason: .rejected, by: .device, detail: reason)
 
         case .ping:
             link.send(OutboundMessage("pong", ["request_id": requestID.map(JSONValue.string)]))
@@ -381,7 +382,7 @@ final class Switchboard: Sendable {
 
     /// The open session `sessionID` of which `link` is a party; anything else is `unknown_session`.
     private func openSession(_ sessionID: String, of link: Link, requestID: String?) throws(SignalingError) -> Session {
-        guard let session = link.session(sessionID), session.currentPhase == .open else {
+        guard let session = link.session(sessionID), session.isOpen else {
             throw SignalingError(.unknownSession, "Unknown session", sessionID: sessionID, requestID: requestID)
         }
         return session
@@ -406,6 +407,7 @@ final class Switchboard: Sendable {
             deviceID: deviceID,
             maxPerDevice: limits.maxSessionsPerDevice,
             maxPerApp: limits.maxSessionsPerApp,
+            setupTimeout: limits.setupTimeout,
             requestedAt: requestedAt
         ) {
         case .success(let reserved):
@@ -423,7 +425,7 @@ final class Switchboard: Sendable {
         do throws(TURNError) {
             document = try await turn.mint(ttl: ttl ?? TURNLimits.defaultTTL, identifier: session.id)
         } catch {
-            close(session, reason: "turn_error", by: "relay")
+            close(session, reason: .turnError, by: .relay)
             logger.warning(
                 "Minting ICE servers failed",
                 metadata: ["session.id": "\(session.id)", "turn.provider": "\(turn.name)", "error": "\(error.detail)"]
@@ -431,7 +433,7 @@ final class Switchboard: Sendable {
             throw SignalingError(.turnError, "TURN error: \(error.detail)", requestID: requestID)
         }
         let iceServers = JSONValue.raw(Self.encode(document))
-        let opened = session.open(with: document) {
+        let opened = session.open(with: document, refreshIn: refreshDelay(document.ttl)) {
             link.send(
                 OutboundMessage(
                     "webrtc_credentials",
@@ -460,8 +462,7 @@ final class Switchboard: Sendable {
             revokeLater([document])
             throw SignalingError(.deviceOffline, "Device offline", requestID: requestID)
         }
-        scheduleRefresh(session, ttl: document.ttl)
-        scheduleSetupTimeout(session)
+        armTimer(session)
         metrics.sessionStarted()
         presence.changed(deviceID, status: status(of:))
         logger.info("Session opened", metadata: sessionMetadata(session))
@@ -486,26 +487,27 @@ final class Switchboard: Sendable {
     }
 
     /// Ends a session once, telling both parties who ended it and why.
-    func close(_ session: Session, reason: String, by closer: String, detail: String? = nil) {
-        guard let (previous, credentials) = session.markClosed() else { return }
+    func close(_ session: Session, reason: SessionCloseReason, by closer: SessionCloser, detail: String? = nil) {
+        let action = session.markClosed(reason, by: closer)
+        if case .none = action { return }
         table.remove(session)
-        revokeLater(credentials)
-        journal.record(.sessionClosed(sessionID: session.id, at: Date(), reason: reason, closedBy: closer))
+        journal.record(.sessionClosed(sessionID: session.id, at: Date(), reason: reason.rawValue, closedBy: closer.rawValue))
         var metadata = sessionMetadata(session)
         metadata["session.reason"] = "\(reason)"
-        metadata["session.closed_by"] = "\(closer)"
-        guard previous == .open else {
+        metadata["session.closed_by"] = "\(closer.rawValue)"
+        guard case .announce(let credentials) = action else {
             logger.info("Session ended before it opened", metadata: metadata)
             return
         }
-        metrics.sessionEnded(reason: reason, by: closer)
+        revokeLater(credentials)
+        metrics.sessionEnded(reason: reason.rawValue, by: closer.rawValue)
         presence.changed(session.deviceID, status: status(of:))
         let message = OutboundMessage(
             "webrtc_close",
             [
                 "session_id": .string(session.id),
-                "reason": .string(reason),
-                "by": .string(closer),
+                "reason": .string(reason.rawValue),
+                "by": .string(closer.rawValue),
                 "detail": detail.map(JSONValue.string),
             ]
         )
@@ -523,25 +525,29 @@ final class Switchboard: Sendable {
         }
     }
 
-    /// Contract §3.3: a session not answered within the set-up timeout closes (`setup_timeout`).
-    private func scheduleSetupTimeout(_ session: Session) {
-        let scheduled = Self.timers.scheduleTask(in: TimeAmount(limits.setupTimeout)) { [weak self] in
-            guard !session.isAnswered else { return }
-            self?.close(session, reason: "setup_timeout", by: "relay")
-        }
-        session.addTimer("setup") { scheduled.cancel() }
-    }
-
     /// Where the sessions' timers run: an event loop, so a session costs no task of its own.
     private static let timers = MultiThreadedEventLoopGroup.singleton.any()
 
-    /// Contract §3.4: at 80 % of the credentials' ttl, mint fresh ones and send both parties
-    /// `ice_servers_refresh`, until the session closes (which cancels the timer).
-    private func scheduleRefresh(_ session: Session, ttl: Int, after wait: Duration? = nil) {
-        let scheduled = Self.timers.scheduleTask(in: TimeAmount(wait ?? refreshDelay(ttl))) { [weak self] in
-            Task { await self?.refresh(session, ttl: ttl) }
+    /// Arms the session's timer for its next deadline (set-up timeout, ICE refresh).
+    private func armTimer(_ session: Session) {
+        session.armTimer { delay in
+            Self.timers.scheduleTask(in: TimeAmount(delay)) { [weak self] in self?.deadlinePassed(session) }
         }
-        session.addTimer("refresh") { scheduled.cancel() }
+    }
+
+    /// Contract §3.3: a session not answered within the set-up timeout closes (`setup_timeout`).
+    /// Contract §3.4: at 80 % of the credentials' ttl, fresh ones go to both parties as
+    /// `ice_servers_refresh`, until the session closes.
+    private func deadlinePassed(_ session: Session) {
+        switch session.deadlinePassed() {
+        case .none:
+            armTimer(session)
+        case .closeForSetupTimeout:
+            close(session, reason: .setupTimeout, by: .relay)
+        case .mint(let ttl):
+            armTimer(session)
+            Task { await refresh(session, ttl: ttl) }
+        }
     }
 
     private func refresh(_ session: Session, ttl: Int) async {
@@ -550,14 +556,14 @@ final class Switchboard: Sendable {
             fresh = try await turn.mint(ttl: ttl, identifier: session.id)
         } catch {
             logger.warning("Refreshing ICE servers failed; retrying", metadata: ["session.id": "\(session.id)", "error": "\(error.detail)"])
-            scheduleRefresh(session, ttl: ttl, after: min(refreshDelay(ttl), .seconds(30)))
+            if session.refreshFailed(retryIn: min(refreshDelay(ttl), .seconds(30))) { armTimer(session) }
             return
         }
         let message = OutboundMessage(
             "ice_servers_refresh",
             ["session_id": .string(session.id), "ice_servers": .raw(Self.encode(fresh))]
         )
-        let delivered = session.refreshCredentials(fresh) {
+        let delivered = session.refreshed(with: fresh, refreshIn: refreshDelay(fresh.ttl)) {
             session.app.send(message)
             session.device.send(message)
         }
@@ -566,7 +572,7 @@ final class Switchboard: Sendable {
             await turn.revoke(fresh)
             return
         }
-        scheduleRefresh(session, ttl: ttl)
+        armTimer(session)
     }
 
     /// `auth`: a fresh token for the same user keeps an app link authorized.

@@ -116,6 +116,7 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
                     }
                 }
             )
+            try channel.pipeline.syncOperations.addHandler(QuiesceBeforeFirstRequest())
             var upgradeConfiguration = NIOUpgradableHTTPServerPipelineConfiguration<UpgradeResult>(upgradeConfiguration: serverUpgradeConfiguration)
             upgradeConfiguration.enablePipelining = false
             upgradeConfiguration.enableErrorHandling = false

@@ -1,5 +1,6 @@
 import DeviceAuth
 import Foundation
+import RelayCore
 import OpenSSLCrypto
 import Synchronization
 
@@ -7,6 +8,14 @@ import Synchronization
 public enum Party: String, Sendable {
     case app
     case device
+
+    /// The party as the closer of a session it ends.
+    var closer: SessionCloser {
+        switch self {
+        case .app: .app
+        case .device: .device
+        }
+    }
 }
 
 /// One logical client connection (contract §4): an identity, the link's own `seq` numbering and

@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import OpenSSLCrypto
 import Registry
+import RelayCore
 
 /// `/admin/*` (contract §1.4, §9): operators list, add and revoke devices, list live sessions
 /// and end one. Every route needs `Authorization: Bearer <RELAY_ADMIN_TOKEN>`; the relay mounts
@@ -47,7 +48,7 @@ struct AdminRoutes: Sendable {
         admin.delete("sessions/:id") { request, context -> Response in
             try authorize(request)
             let session = try session(context)
-            switchboard.close(session, reason: "admin", by: "relay")
+            switchboard.close(session, reason: .admin, by: .relay)
             context.logger.info("Session ended by an operator", metadata: ["session.id": "\(session.id)"])
             return .json(.object(["session_id": .string(session.id), "closed": .bool(true)]))
         }

@@ -1,0 +1,134 @@
+/// One WebRTC call between an app link and a device link: its rules' state behind a lock, and its one timer.
+import Foundation
+import NIOCore
+import RelayCore
+import Synchronization
+import TURNBroker
+
+/// One WebRTC call between one app link and one device link. Its rules are a
+/// `SessionStateMachine`; this class holds it under a lock, runs what must happen under that
+/// lock (announcements, so no close slips between them), and keeps the one timer armed for the
+/// machine's next deadline.
+public final class Session: Sendable {
+    typealias Machine = SessionStateMachine<CredentialDocument, ContinuousClock.Instant>
+
+    public enum Phase: Sendable, Equatable {
+        /// Counted against the limits while ICE servers are minted; the parties don't know it yet.
+        case reserved
+        /// Both parties were told; negotiation messages flow.
+        case open
+        case closed
+    }
+
+    public let id: String
+    let app: Link
+    let device: Link
+    /// When the app asked for the session (the audit's `created`; the set-up time starts here).
+    let createdAt: Date
+    let requestedAt: ContinuousClock.Instant
+
+    /// The app's user id.
+    var userID: String { app.principal }
+    var deviceID: String { device.principal }
+
+    private struct State {
+        var machine: Machine
+        /// The timer armed for the machine's next deadline.
+        var timer: Scheduled<Void>?
+    }
+
+    private let state: Mutex<State>
+
+    init(app: Link, device: Link, setupTimeout: Duration, requestedAt: ContinuousClock.Instant = .now) {
+        self.id = UUID().uuidString.lowercased()
+        self.app = app
+        self.device = device
+        self.createdAt = Date()
+        self.requestedAt = requestedAt
+        self.state = Mutex(State(machine: Machine(setupTimeout: setupTimeout)))
+    }
+
+    var currentPhase: Phase {
+        state.withLock { state in
+            switch state.machine.state {
+            case .reserved: .reserved
+            case .open: .open
+            case .closed: .closed
+            }
+        }
+    }
+
+    /// Whether negotiation messages flow (the per-message check).
+    var isOpen: Bool { state.withLock { $0.machine.isOpen } }
+
+    var isAnswered: Bool { state.withLock { $0.machine.isAnswered } }
+
+    /// The party of the session other than `link`, or nil when `link` is not a party.
+    func peer(of link: Link) -> Link? {
+        if link === app { return device }
+        if link === device { return app }
+        return nil
+    }
+
+    private static func minted(_ document: CredentialDocument, now: ContinuousClock.Instant) -> Machine.Minted {
+        .init(document, expiresAt: now + .seconds(document.ttl))
+    }
+
+    /// Opens the reserved session with its first credentials and runs `announce` (which only
+    /// queues messages) under the same lock; false when it closed meanwhile.
+    func open(with document: CredentialDocument, refreshIn: Duration, now: ContinuousClock.Instant = .now, announce: () -> Void) -> Bool {
+        state.withLock { state in
+            guard case .announce = state.machine.open(with: Self.minted(document, now: now), ttlSeconds: document.ttl, refreshIn: refreshIn, now: now)
+            else { return false }
+            announce()
+            return true
+        }
+    }
+
+    /// Records that an answer went through; true for the first answer (the call is set up).
+    func markAnswered() -> Bool {
+        state.withLock { $0.machine.answered() }
+    }
+
+    /// A timer fired: what is due now.
+    func deadlinePassed(now: ContinuousClock.Instant = .now) -> Machine.DeadlineAction {
+        state.withLock { $0.machine.deadlinePassed(now: now) }
+    }
+
+    /// Adds freshly minted credentials and runs `announce` under the lock; false when the
+    /// session closed meanwhile (the caller then revokes what it minted).
+    func refreshed(with document: CredentialDocument, refreshIn: Duration, now: ContinuousClock.Instant = .now, announce: () -> Void) -> Bool {
+        state.withLock { state in
+            guard case .announce = state.machine.refreshed(with: Self.minted(document, now: now), refreshIn: refreshIn, now: now) else {
+                return false
+            }
+            announce()
+            return true
+        }
+    }
+
+    /// Minting fresh credentials failed; the next try is due after `retryIn`.
+    func refreshFailed(retryIn: Duration, now: ContinuousClock.Instant = .now) -> Bool {
+        state.withLock { $0.machine.refreshFailed(retryIn: retryIn, now: now) }
+    }
+
+    /// Arms `schedule` for the machine's next deadline (replacing the timer armed before), or
+    /// nothing when none is due.
+    func armTimer(now: ContinuousClock.Instant = .now, _ schedule: (Duration) -> Scheduled<Void>) {
+        let replaced: Scheduled<Void>? = state.withLock { state in
+            defer { state.timer = state.machine.nextDeadline.map { schedule(max($0 - now, .zero)) } }
+            return state.timer
+        }
+        replaced?.cancel()
+    }
+
+    /// Ends the session once: what to do about it (nothing when it had already closed).
+    func markClosed(_ reason: SessionCloseReason, by closer: SessionCloser) -> Machine.CloseAction {
+        let (action, timer): (Machine.CloseAction, Scheduled<Void>?) = state.withLock { state in
+            defer { state.timer = nil }
+            return (state.machine.close(reason, by: closer), state.timer)
+        }
+        timer?.cancel()
+        return action
+    }
+}

@@ -80,6 +80,7 @@ let package = Package(
         // compiler checks the layering), tested without sockets.
         .target(
             name: "RelayCore",
+            dependencies: [.product(name: "DequeModule", package: "swift-collections")],
             swiftSettings: swiftSettings
         ),
         .target(

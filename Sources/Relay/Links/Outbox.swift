@@ -1,9 +1,8 @@
-import DequeModule
+import RelayCore
 import Synchronization
 
-/// A link's outgoing messages: numbered with the link's `seq`, kept until the client acks them
-/// so a resumed transport can replay what the last one missed, and handed to the link's current
-/// transport: a WebSocket takes them on its event loop (`push`, a batch per drain), an HTTP
+/// A link's outgoing messages (an `OutboxBuffer`: `seq`, kept until acked, bounds) handed to
+/// the link's current transport: a WebSocket takes them on its event loop (`push`, a batch per drain), an HTTP
 /// fallback's writer task waits for them (`next`). Routing appends and returns; it never waits
 /// on a socket.
 ///
@@ -14,11 +13,7 @@ import Synchronization
 ///   transport is dropped at once (its writer may be stuck on a full socket) and the link
 ///   detaches, so memory stays bounded.
 final class Outbox: Sendable {
-    /// One message as the client receives it: its `seq` and its JSON text.
-    struct Frame: Sendable, Equatable {
-        var seq: Int
-        var text: String
-    }
+    typealias Frame = OutboxBuffer.Frame
 
     enum Event: Sendable, Equatable {
         /// Frames to write, in order.
@@ -32,16 +27,8 @@ final class Outbox: Sendable {
         var reason: String
     }
 
-    private typealias Entry = Frame
-
     private struct State {
-        var nextSeq = 1
-        var kept: Deque<Entry> = []
-        var keptBytes = 0
-        /// Seq of the next message to hand to the current transport's writer.
-        var sendCursor = 1
-        /// Bytes of the kept messages from `sendCursor` on (not yet handed to a writer).
-        var unsentBytes = 0
+        var buffer: OutboxBuffer
         /// Bumped whenever a transport attaches or detaches; a writer serves one generation.
         var generation = 0
         var attached = false
@@ -57,13 +44,10 @@ final class Outbox: Sendable {
         var pushScheduled = false
     }
 
-    private let state = Mutex(State())
-    let maxMessages: Int
-    let maxBytes: Int
+    private let state: Mutex<State>
 
     init(maxMessages: Int, maxBytes: Int) {
-        self.maxMessages = maxMessages
-        self.maxBytes = maxBytes
+        state = Mutex(State(buffer: OutboxBuffer(maxMessages: maxMessages, maxBytes: maxBytes)))
     }
 
     /// Numbers `message` with the link's next `seq` and keeps it until acked. Discarded once
@@ -72,23 +56,12 @@ final class Outbox: Sendable {
         let (wake, drop, push): ((CheckedContinuation<Event?, Never>, Event?)?, (@Sendable () -> Void)?, (@Sendable () -> Void)?) = state.withLock {
             state in
             guard !state.ended else { return (nil, nil, nil) }
-            let text = message.text(seq: state.nextSeq)
-            state.kept.append(Entry(seq: state.nextSeq, text: text))
-            state.keptBytes += text.utf8.count
-            state.unsentBytes += text.utf8.count
-            state.nextSeq += 1
+            let overBound = state.buffer.append(message.text(seq:))
             var drop: (@Sendable () -> Void)?
-            if state.attached, let dropTransport = state.dropTransport, Self.unsentOverBound(state, maxMessages: maxMessages, maxBytes: maxBytes) {
+            if overBound, state.attached, let dropTransport = state.dropTransport {
                 // Once: the transport is going; its link detaches when it is gone.
                 state.dropTransport = nil
                 drop = dropTransport
-            }
-            while state.kept.count > maxMessages || state.keptBytes > maxBytes, let oldest = state.kept.popFirst() {
-                state.keptBytes -= oldest.text.utf8.count
-                if oldest.seq >= state.sendCursor {
-                    state.unsentBytes -= oldest.text.utf8.count
-                    state.sendCursor = oldest.seq + 1
-                }
             }
             return (Self.takeWaiter(&state), drop, Self.schedulePush(&state))
         }
@@ -99,7 +72,7 @@ final class Outbox: Sendable {
 
     /// The push transport's drain to call, once until it takes what waits for it.
     private static func schedulePush(_ state: inout State) -> (@Sendable () -> Void)? {
-        guard let push = state.push, !state.pushScheduled, hasUnsent(state) || closePending(state) else { return nil }
+        guard let push = state.push, !state.pushScheduled, state.buffer.hasUnsent || closePending(state) else { return nil }
         state.pushScheduled = true
         return push
     }
@@ -113,7 +86,7 @@ final class Outbox: Sendable {
     /// When a newer transport replaces it, `drain` is called once more and `takePushed` says so.
     func push(generation: Int, drain: @escaping @Sendable () -> Void) {
         let first: (@Sendable () -> Void)? = state.withLock { state in
-            guard state.generation == generation, !state.ended || Self.hasUnsent(state) else { return nil }
+            guard state.generation == generation, !state.ended || state.buffer.hasUnsent else { return nil }
             state.push = drain
             state.pushScheduled = false
             return Self.schedulePush(&state)
@@ -127,32 +100,16 @@ final class Outbox: Sendable {
         state.withLock { state in
             guard state.generation == generation, state.push != nil else { return nil }
             state.pushScheduled = false
-            var frames: [Frame] = []
-            if Self.hasUnsent(state), let first = state.kept.first {
-                frames = Array(state.kept[max(0, state.sendCursor - first.seq)...])
-                state.sendCursor = state.nextSeq
-                state.unsentBytes = 0
-            }
+            let frames = state.buffer.takeUnsent()
             guard Self.closePending(state), let request = state.closeRequest else { return (frames, nil) }
             state.closeDelivered = true
             return (frames, (request.code, request.reason))
         }
     }
 
-    private static func unsentOverBound(_ state: State, maxMessages: Int, maxBytes: Int) -> Bool {
-        guard let first = state.kept.first else { return false }
-        return state.nextSeq - max(state.sendCursor, first.seq) > maxMessages || state.unsentBytes > maxBytes
-    }
-
     /// The client has processed everything up to `seq`: those need not be kept.
     func acknowledge(through seq: Int) {
-        state.withLock { state in
-            // Only what was handed to a transport can have been processed.
-            while let first = state.kept.first, first.seq <= seq, first.seq < state.sendCursor {
-                state.kept.removeFirst()
-                state.keptBytes -= first.text.utf8.count
-            }
-        }
+        state.withLock { $0.buffer.acknowledge(through: seq) }
     }
 
     /// A new transport attaches. With `lastSeq` (a resume), it will first get every kept
@@ -160,22 +117,7 @@ final class Outbox: Sendable {
     /// complete (messages after `lastSeq` were dropped, or `lastSeq` is in the future).
     func attach(resumingAfter lastSeq: Int?, dropTransport: @escaping @Sendable () -> Void) -> Int? {
         let (generation, stale, stalePush): (Int?, CheckedContinuation<Event?, Never>?, (@Sendable () -> Void)?) = state.withLock { state in
-            guard !state.ended else { return (nil, nil, nil) }
-            let resumeFrom: Int
-            if let lastSeq {
-                let firstAvailable = state.kept.first?.seq ?? state.nextSeq
-                guard lastSeq >= 0, lastSeq < state.nextSeq, lastSeq + 1 >= firstAvailable else { return (nil, nil, nil) }
-                resumeFrom = lastSeq + 1
-                // Everything up to lastSeq was processed: an implicit ack.
-                while let first = state.kept.first, first.seq <= lastSeq {
-                    state.kept.removeFirst()
-                    state.keptBytes -= first.text.utf8.count
-                }
-            } else {
-                resumeFrom = state.sendCursor
-            }
-            state.sendCursor = resumeFrom
-            state.unsentBytes = state.kept.reduce(0) { $1.seq >= resumeFrom ? $0 + $1.text.utf8.count : $0 }
+            guard !state.ended, state.buffer.rewind(resumingAfter: lastSeq) else { return (nil, nil, nil) }
             state.generation += 1
             state.attached = true
             state.dropTransport = dropTransport
@@ -224,15 +166,10 @@ final class Outbox: Sendable {
     func end() {
         state.withLock { state in
             state.ended = true
-            guard state.attached else {
-                state.kept.removeAll()
-                state.keptBytes = 0
-                state.unsentBytes = 0
-                return
-            }
-            while let first = state.kept.first, first.seq < state.sendCursor {
-                state.kept.removeFirst()
-                state.keptBytes -= first.text.utf8.count
+            if state.attached {
+                state.buffer.dropSent()
+            } else {
+                state.buffer.removeAll()
             }
         }
     }
@@ -270,20 +207,12 @@ final class Outbox: Sendable {
     }
 
     private static func takeEvent(_ state: inout State) -> Event? {
-        if let request = state.closeRequest, !state.closeDelivered, !hasUnsent(state) {
+        if let request = state.closeRequest, !state.closeDelivered, !state.buffer.hasUnsent {
             state.closeDelivered = true
             return .close(code: request.code, reason: request.reason)
         }
-        guard state.push == nil, hasUnsent(state), let first = state.kept.first else { return nil }
-        let frames = state.kept[max(0, state.sendCursor - first.seq)...]
-        state.sendCursor = state.nextSeq
-        state.unsentBytes = 0
-        return .send(Array(frames))
-    }
-
-    private static func hasUnsent(_ state: State) -> Bool {
-        guard let last = state.kept.last else { return false }
-        return last.seq >= state.sendCursor
+        guard state.push == nil, state.buffer.hasUnsent else { return nil }
+        return .send(state.buffer.takeUnsent())
     }
 }
 

@@ -1,6 +1,7 @@
 import DeviceAuth
 import Foundation
 import Logging
+import RelayCore
 import Registry
 import TURNBroker
 

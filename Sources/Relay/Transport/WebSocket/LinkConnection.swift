@@ -3,6 +3,7 @@ import DeviceAuth
 import Foundation
 import NIOCore
 import NIOWebSocket
+import RelayCore
 
 /// What every transport of a link shares: the settings its `hello` announces, and how long an
 /// app's token is honoured past `exp`. WebSockets run as `LinkSocket`s, the HTTP fallbacks in

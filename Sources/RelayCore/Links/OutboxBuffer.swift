@@ -1,0 +1,140 @@
+/// A link's outgoing messages as a pure value: `seq` numbering, what is kept until acked, what is unsent, and the bounds.
+import DequeModule
+
+/// The messages of one link on their way to the client (contract §4), as a value with no I/O:
+/// each is numbered with the link's next `seq` and kept until the client acks it, so a resumed
+/// transport can get what the last one missed; a cursor says which were handed to the current
+/// transport.
+///
+/// Bounds and policies:
+/// - Kept (unacked) messages: at most `maxMessages` and `maxBytes`; past that the oldest are
+///   dropped, and a resume that needs them cannot be complete (`rewind` says so).
+/// - Unsent messages: past the same bounds the reader is too slow (`append` says so; the
+///   owner drops that transport).
+public struct OutboxBuffer: Sendable {
+    /// One message as the client receives it: its `seq` and its JSON text.
+    public struct Frame: Sendable, Equatable {
+        public var seq: Int
+        public var text: String
+
+        @inlinable public init(seq: Int, text: String) {
+            self.seq = seq
+            self.text = text
+        }
+    }
+
+    public let maxMessages: Int
+    public let maxBytes: Int
+    @usableFromInline var kept: Deque<Frame> = []
+    @usableFromInline var keptBytes = 0
+    /// The seq the next message gets.
+    @usableFromInline var nextSeq = 1
+    /// Seq of the next message to hand to a transport.
+    @usableFromInline var sendCursor = 1
+    /// Bytes of the kept messages from `sendCursor` on.
+    @usableFromInline var unsentBytes = 0
+
+    public init(maxMessages: Int, maxBytes: Int) {
+        self.maxMessages = maxMessages
+        self.maxBytes = maxBytes
+    }
+
+    /// Numbers a message with the next `seq` (`text` makes its frame for that seq) and keeps
+    /// it, dropping the oldest kept ones past the bounds. True when the unsent messages are now
+    /// past the bounds: the transport is not keeping up.
+    @inlinable
+    public mutating func append(_ text: (Int) -> String) -> Bool {
+        let frame = Frame(seq: nextSeq, text: text(nextSeq))
+        let bytes = frame.text.utf8.count
+        kept.append(frame)
+        keptBytes += bytes
+        unsentBytes += bytes
+        nextSeq += 1
+        let overBound = unsentOverBound
+        while kept.count > maxMessages || keptBytes > maxBytes, let oldest = kept.popFirst() {
+            let bytes = oldest.text.utf8.count
+            keptBytes -= bytes
+            if oldest.seq >= sendCursor {
+                unsentBytes -= bytes
+                sendCursor = oldest.seq + 1
+            }
+        }
+        return overBound
+    }
+
+    @inlinable
+    var unsentOverBound: Bool {
+        guard let first = kept.first else { return false }
+        return nextSeq - max(sendCursor, first.seq) > maxMessages || unsentBytes > maxBytes
+    }
+
+    /// Whether some kept message has not been handed to a transport.
+    @inlinable
+    public var hasUnsent: Bool {
+        guard let last = kept.last else { return false }
+        return last.seq >= sendCursor
+    }
+
+    /// Hands every unsent message to the transport, in order.
+    @inlinable
+    public mutating func takeUnsent() -> [Frame] {
+        guard hasUnsent, let first = kept.first else { return [] }
+        let frames = Array(kept[max(0, sendCursor - first.seq)...])
+        sendCursor = nextSeq
+        unsentBytes = 0
+        return frames
+    }
+
+    /// The client has processed everything up to `seq`: those need not be kept. Only what was
+    /// handed to a transport can have been processed.
+    @inlinable
+    public mutating func acknowledge(through seq: Int) {
+        while let first = kept.first, first.seq <= seq, first.seq < sendCursor {
+            kept.removeFirst()
+            keptBytes -= first.text.utf8.count
+        }
+    }
+
+    /// A new transport takes over. With `lastSeq` (a resume), it gets every kept message after
+    /// it (an implicit ack of everything up to it); false when that replay cannot be complete
+    /// (messages after `lastSeq` were dropped, or `lastSeq` is in the future). Without, it gets
+    /// what no transport was handed yet.
+    public mutating func rewind(resumingAfter lastSeq: Int?) -> Bool {
+        let resumeFrom: Int
+        if let lastSeq {
+            let firstAvailable = kept.first?.seq ?? nextSeq
+            guard lastSeq >= 0, lastSeq < nextSeq, lastSeq + 1 >= firstAvailable else { return false }
+            resumeFrom = lastSeq + 1
+            while let first = kept.first, first.seq <= lastSeq {
+                kept.removeFirst()
+                keptBytes -= first.text.utf8.count
+            }
+        } else {
+            resumeFrom = sendCursor
+        }
+        sendCursor = resumeFrom
+        unsentBytes = kept.reduce(0) { $1.seq >= resumeFrom ? $0 + $1.text.utf8.count : $0 }
+        return true
+    }
+
+    /// Forgets what was already handed out (the link ended: only the unsent rest still goes).
+    public mutating func dropSent() {
+        while let first = kept.first, first.seq < sendCursor {
+            kept.removeFirst()
+            keptBytes -= first.text.utf8.count
+        }
+    }
+
+    /// Forgets everything.
+    public mutating func removeAll() {
+        kept.removeAll()
+        keptBytes = 0
+        unsentBytes = 0
+    }
+
+    /// The seq the next message will get.
+    public var upcomingSeq: Int { nextSeq }
+
+    /// How many messages and bytes are kept.
+    public var keptCount: (messages: Int, bytes: Int) { (kept.count, keptBytes) }
+}

@@ -1,0 +1,98 @@
+/// A link's outgoing messages without sockets: numbering, acks, replay on resume, and the bounds.
+import RelayCore
+import Testing
+
+@Suite struct OutboxBufferTests {
+    static func frame(_ seq: Int) -> String { #"{"type":"m","seq":\#(seq)}"# }
+
+    static func filled(_ count: Int, maxMessages: Int = 256, maxBytes: Int = 1 << 20) -> OutboxBuffer {
+        var buffer = OutboxBuffer(maxMessages: maxMessages, maxBytes: maxBytes)
+        for _ in 0..<count { _ = buffer.append(frame) }
+        return buffer
+    }
+
+    @Test func messagesAreNumberedFromOneAndHandedOutOnceInOrder() {
+        var buffer = Self.filled(3)
+        let first = buffer.takeUnsent()
+        let again = buffer.takeUnsent()
+        #expect(first.map(\.seq) == [1, 2, 3] && again.isEmpty && !buffer.hasUnsent)
+        _ = buffer.append(Self.frame)
+        let fourth = buffer.takeUnsent()
+        #expect(fourth == [.init(seq: 4, text: Self.frame(4))])
+    }
+
+    @Test func anAckForgetsOnlyWhatWasHandedOut() {
+        var buffer = Self.filled(3)
+        _ = buffer.takeUnsent()
+        _ = buffer.append(Self.frame)
+        // The client cannot have processed 4: it was never handed out.
+        buffer.acknowledge(through: 10)
+        #expect(buffer.keptCount.messages == 1)
+        let rest = buffer.takeUnsent()
+        #expect(rest.map(\.seq) == [4])
+    }
+
+    @Test func aResumeReplaysEverythingAfterTheClientsLastSeq() {
+        var buffer = Self.filled(5)
+        _ = buffer.takeUnsent()
+        let resumed = buffer.rewind(resumingAfter: 2)
+        let replay = buffer.takeUnsent()
+        #expect(resumed && replay.map(\.seq) == [3, 4, 5])
+        // Up to 2 counts as acked.
+        #expect(buffer.keptCount.messages == 3)
+        // A new transport without a resume gets only what nobody was handed.
+        _ = buffer.append(Self.frame)
+        let fresh = buffer.rewind(resumingAfter: nil)
+        let unsent = buffer.takeUnsent()
+        #expect(fresh && unsent.map(\.seq) == [6])
+    }
+
+    @Test func aResumeThatCannotBeCompleteIsRefused() {
+        // At most 3 kept: 1 and 2 are gone.
+        var buffer = Self.filled(5, maxMessages: 3)
+        let afterOne = buffer.rewind(resumingAfter: 1)
+        let fromTheFuture = buffer.rewind(resumingAfter: 6)
+        let negative = buffer.rewind(resumingAfter: -1)
+        #expect(!afterOne && !fromTheFuture && !negative)
+        let afterTwo = buffer.rewind(resumingAfter: 2)
+        let afterFive = buffer.rewind(resumingAfter: 5)
+        let nothingLeft = buffer.takeUnsent()
+        #expect(afterTwo && afterFive && nothingLeft.isEmpty)
+    }
+
+    @Test func keptMessagesAreBoundedByCountAndBytesOldestFirst() {
+        var byCount = Self.filled(300)
+        let unsent = byCount.takeUnsent()
+        #expect(byCount.keptCount.messages == 256 && unsent.first?.seq == 45)
+        let size = Self.frame(1).utf8.count
+        let byBytes = Self.filled(9, maxBytes: 4 * size)
+        #expect(byBytes.keptCount == (4, 4 * size))
+    }
+
+    @Test func aReaderThatFallsBehindTheBoundsIsReported() {
+        var buffer = OutboxBuffer(maxMessages: 4, maxBytes: 1 << 20)
+        var reported: [Bool] = []
+        for _ in 0..<5 { reported.append(buffer.append(Self.frame)) }
+        #expect(reported == [false, false, false, false, true], "a fifth unsent message is past the bound")
+        // A reader that keeps up is never reported.
+        var keepingUp = OutboxBuffer(maxMessages: 4, maxBytes: 1 << 20)
+        var everReported = false
+        for _ in 0..<100 {
+            everReported = keepingUp.append(Self.frame) || everReported
+            let taken = keepingUp.takeUnsent()
+            keepingUp.acknowledge(through: taken.last!.seq)
+        }
+        #expect(!everReported && keepingUp.keptCount.messages == 0)
+    }
+
+    @Test func anEndedLinkKeepsOnlyWhatItsTransportHasNotWrittenYet() {
+        var buffer = Self.filled(3)
+        _ = buffer.takeUnsent()
+        _ = buffer.append(Self.frame)
+        buffer.dropSent()
+        let last = buffer.takeUnsent()
+        #expect(buffer.keptCount.messages == 1 && last.map(\.seq) == [4])
+        buffer.removeAll()
+        #expect(buffer.keptCount.messages == 0 && !buffer.hasUnsent)
+    }
+}

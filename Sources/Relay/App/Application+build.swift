@@ -83,7 +83,8 @@ public func buildRelay(
             ratePerSecond: configuration.ratePerSecond,
             maxRefusedInARow: 100,
             resumeGrace: .seconds(configuration.resumeGraceSeconds),
-            setupTimeout: .seconds(configuration.setupTimeoutSeconds)
+            setupTimeout: .seconds(configuration.setupTimeoutSeconds),
+            tokenLeeway: configuration.tokens.leewaySeconds
         ),
         journal: journal,
         metrics: metrics,
@@ -93,8 +94,7 @@ public func buildRelay(
     let connection = LinkConnection(
         switchboard: switchboard,
         heartbeatMilliseconds: configuration.heartbeatSeconds * 1000,
-        resumeGraceMilliseconds: configuration.resumeGraceSeconds * 1000,
-        tokenLeeway: .seconds(configuration.tokens.leewaySeconds)
+        resumeGraceMilliseconds: configuration.resumeGraceSeconds * 1000
     )
     let connectionAttempts = RateLimiter(
         capacity: configuration.connectBurst,
@@ -177,7 +177,6 @@ public func buildRelay(
         maxMessageBytes: configuration.maxMessageBytes,
         resumeGrace: .seconds(configuration.resumeGraceSeconds),
         keepalive: .seconds(configuration.sseKeepaliveSeconds),
-        tokenLeeway: configuration.tokens.leewaySeconds,
         leases: .init()
     ).register(on: router)
     router.get("/demo") { _, _ in DemoPage.response() }

@@ -1,7 +1,9 @@
+/// One logical client connection: its rules (a `LinkStateMachine`) behind one lock, with the hooks of its current transport.
 import DeviceAuth
 import Foundation
-import RelayCore
+import NIOCore
 import OpenSSLCrypto
+import RelayCore
 import Synchronization
 
 /// Who is at the other end of a link.
@@ -18,57 +20,60 @@ public enum Party: String, Sendable {
     }
 }
 
-/// One logical client connection (contract §4): an identity, the link's own `seq` numbering and
-/// kept messages (its `Outbox`), and the sessions it takes part in. Transports (WebSockets)
-/// attach to it one after another: when one drops, the link is detached for the resume grace
-/// and a new transport can resume it without losing a message.
+/// One logical client connection (contract §4). Its rules (attachment, `seq` and kept
+/// messages, rate limit, token expiry) are a `LinkStateMachine`; this class holds it under one
+/// lock together with what its current transport needs to be woken or dropped, its sessions
+/// and its watches, and arms its grace timer. Routing offers a message and returns; it never
+/// waits on a transport.
+///
+/// A transport takes its messages one of two ways: a WebSocket on its own event loop
+/// (`push`: asked to drain once per batch, answering with `takePushed`), an HTTP fallback's
+/// task by waiting (`next`).
 public final class Link: Sendable {
+    typealias Machine = LinkStateMachine<ContinuousClock.Instant>
+    typealias Frame = OutboxBuffer.Frame
+
     public let id: String
     /// 256 random bits, base64url; proves a resume comes from whoever got this link's `hello`.
     public let resumeToken: String
     public let party: Party
     /// The user id for an app, the device id for a device.
     public let principal: String
-    let outbox: Outbox
     private let metrics: RelayMetrics
 
-    enum Attachment: Sendable {
-        /// Made, no transport yet.
-        case new
-        /// A transport serves the link; its writer is of this outbox generation.
-        case attached(generation: Int)
-        /// No transport since this moment; the grace timer runs.
-        case detached(since: ContinuousClock.Instant, grace: Task<Void, Never>?)
-        /// Gone for good.
-        case ended
+    /// What a waiting writer (`next`) gets.
+    enum Event: Sendable, Equatable {
+        /// Frames to write, in order.
+        case send([Frame])
+        /// Write a close with this code and reason, then stop.
+        case close(code: UInt16, reason: String)
     }
 
     private struct State {
+        var machine: Machine
         var app: AppIdentity?
         var sessions: [String: Session] = [:]
         /// Device ids this (app) link watches (contract §8).
         var watched: Set<String> = []
-        var attachment = Attachment.new
-        var rate: TokenBucket
+        /// Drops the current transport at once (its writer may be stuck on a full socket).
+        var dropTransport: (@Sendable () -> Void)?
+        /// A writer task waiting for the next event of its generation.
+        var waiter: (generation: Int, continuation: CheckedContinuation<Event?, Never>)?
+        /// A transport that takes frames on its own event loop: asked to drain once per batch.
+        var push: (@Sendable () -> Void)?
+        var pushScheduled = false
+        var graceTimer: Scheduled<Void>?
     }
 
     private let state: Mutex<State>
 
-    init(party: Party, principal: String, app: AppIdentity?, outbox: Outbox, rate: TokenBucket, metrics: RelayMetrics) {
+    init(party: Party, principal: String, app: AppIdentity?, machine: Machine, metrics: RelayMetrics) {
         self.metrics = metrics
         self.id = UUID().uuidString.lowercased()
         self.resumeToken = Base64URL.encode(LibCrypto.randomBytes(32))
         self.party = party
         self.principal = principal
-        self.outbox = outbox
-        self.state = Mutex(State(app: app, rate: rate))
-    }
-
-    /// The app's current token identity (nil for devices).
-    var appIdentity: AppIdentity? { state.withLock { $0.app } }
-
-    func replaceAppIdentity(_ identity: AppIdentity) {
-        state.withLock { $0.app = identity }
+        self.state = Mutex(State(machine: machine, app: app))
     }
 
     /// Constant-time check of a presented resume token.
@@ -76,10 +81,30 @@ public final class Link: Sendable {
         LibCrypto.constantTimeEquals(Array(resumeToken.utf8), Array(presented.utf8))
     }
 
-    /// Queues a message for the client; never waits. Kept while the link is detached.
-    func send(_ message: OutboundMessage) {
-        metrics.sent(message.type)
-        outbox.offer(message)
+    // MARK: Identity and limits
+
+    /// The app's current token identity (nil for devices).
+    var appIdentity: AppIdentity? { state.withLock { $0.app } }
+
+    /// A fresh token for the same user: honoured until `validUntil` (unix seconds).
+    func replaceAppIdentity(_ identity: AppIdentity, validUntil: Double) {
+        state.withLock { state in
+            state.app = identity
+            state.machine.tokenRefreshed(validUntil: validUntil)
+        }
+    }
+
+    /// Until when an app's token is honoured (unix seconds); nil for devices.
+    var tokenValidUntil: Double? { state.withLock { $0.machine.tokenValidUntil } }
+
+    func tokenHasExpired(at wallClock: Double = Date().timeIntervalSince1970) -> Bool {
+        state.withLock { $0.machine.tokenHasExpired(at: wallClock) }
+    }
+
+    /// Spends a token of the link's message budget: whether the message may pass, and how many
+    /// were refused in a row (0 when it passes).
+    func takeMessageToken(now: ContinuousClock.Instant = .now) -> (allowed: Bool, refusedInARow: Int) {
+        state.withLock { $0.machine.admitMessage(now: now) }
     }
 
     /// Replaces the set of watched devices; returns the previous one.
@@ -90,67 +115,172 @@ public final class Link: Sendable {
         }
     }
 
-    /// Spends a token of the link's message budget: whether the message may pass, and how many
-    /// were refused in a row (0 when it passes).
-    func takeMessageToken(now: ContinuousClock.Instant = .now) -> (allowed: Bool, refusedInARow: Int) {
-        state.withLock { state in
-            let allowed = state.rate.take(now: now)
-            return (allowed, state.rate.refusedInARow)
-        }
-    }
-
     // MARK: Attachment
 
-    var attachment: Attachment { state.withLock { $0.attachment } }
+    var attachment: Machine.Attachment { state.withLock { $0.machine.attachment } }
+    var isAttached: Bool { state.withLock { $0.machine.isAttached } }
+    var isEnded: Bool { state.withLock { $0.machine.isEnded } }
 
-    var isEnded: Bool {
-        if case .ended = attachment { return true }
-        return false
-    }
-
-    /// Records a new transport. False when the link ended meanwhile (its grace ran out as the
-    /// client came back); else returns the grace timer it makes unnecessary.
-    func markAttached(generation: Int) -> (attached: Bool, grace: Task<Void, Never>?) {
-        state.withLock { state in
-            var grace: Task<Void, Never>?
-            switch state.attachment {
-            case .ended: return (false, nil)
-            case .detached(_, let timer): grace = timer
-            case .new, .attached: break
+    /// A transport attaches (see `LinkStateMachine.attach`); `dropTransport` drops it if it
+    /// falls behind. The superseded writer is told to stop, the grace timer is cancelled.
+    func attach(resumingAfter lastSeq: Int?, dropTransport: @escaping @Sendable () -> Void) -> (generation: Int, previous: Machine.Previous)? {
+        let (action, stale, stalePush, grace):
+            (Machine.AttachAction, CheckedContinuation<Event?, Never>?, (@Sendable () -> Void)?, Scheduled<Void>?) = state.withLock { state in
+                let action = state.machine.attach(resumingAfter: lastSeq)
+                guard case .attached = action else { return (action, nil, nil, nil) }
+                state.dropTransport = dropTransport
+                defer {
+                    state.waiter = nil
+                    state.push = nil
+                    state.pushScheduled = false
+                    state.graceTimer = nil
+                }
+                return (action, state.waiter?.continuation, state.push, state.graceTimer)
             }
-            state.attachment = .attached(generation: generation)
-            return (true, grace)
-        }
+        stale?.resume(returning: nil)
+        stalePush?()
+        grace?.cancel()
+        guard case .attached(let generation, let previous) = action else { return nil }
+        return (generation, previous)
     }
 
-    /// Detaches the transport of `generation`, if it is still the current one.
-    func markDetached(generation: Int, grace: () -> Task<Void, Never>?) -> Bool {
-        state.withLock { state in
-            guard case .attached(let current) = state.attachment, current == generation else { return false }
-            state.attachment = .detached(since: .now, grace: grace())
-            return true
+    /// The transport of `generation` is gone: the link detaches (`armGrace` arms the timer for
+    /// the end of its grace, after the given delay) or, without a grace, is to end.
+    func transportEnded(generation: Int, now: ContinuousClock.Instant = .now, armGrace: (Duration) -> Scheduled<Void>) -> Machine.DetachAction {
+        let (action, waiter): (Machine.DetachAction, CheckedContinuation<Event?, Never>?) = state.withLock { state in
+            let action = state.machine.transportEnded(generation: generation, now: now)
+            guard case .detached(let deadline) = action else { return (action, nil) }
+            state.dropTransport = nil
+            state.push = nil
+            state.graceTimer = armGrace(deadline - now)
+            defer { state.waiter = nil }
+            return (action, state.waiter?.continuation)
         }
+        waiter?.resume(returning: nil)
+        return action
     }
 
-    /// Ends the link (only when detached, with `onlyIfDetached`); `ended` is false when it had
-    /// already ended or was not detached. Returns its sessions (now left) and its grace timer.
-    func markEnded(onlyIfDetached: Bool = false) -> (ended: Bool, sessions: [Session], grace: Task<Void, Never>?) {
-        state.withLock { state in
-            var grace: Task<Void, Never>?
-            switch state.attachment {
-            case .ended: return (false, [], nil)
-            case .detached(_, let timer): grace = timer
-            case .new, .attached: if onlyIfDetached { return (false, [], nil) }
+    /// Ends the link (with `graceOverAt`, only a detached link whose grace is over then); nil
+    /// when it did not end now, else the sessions it took part in (now left).
+    func markEnded(graceOverAt now: ContinuousClock.Instant? = nil) -> [Session]? {
+        let ended: ([Session], Scheduled<Void>?)? = state.withLock { state in
+            guard state.machine.end(graceOverAt: now) else { return nil }
+            defer {
+                state.sessions.removeAll()
+                state.graceTimer = nil
             }
-            state.attachment = .ended
-            defer { state.sessions.removeAll() }
-            return (true, Array(state.sessions.values), grace)
+            return (Array(state.sessions.values), state.graceTimer)
+        }
+        ended?.1?.cancel()
+        return ended?.0
+    }
+
+    // MARK: Messages to the client
+
+    /// Queues a message for the client; never waits. Kept while the link is detached;
+    /// discarded once it ended. Past the unsent bound, the live transport is dropped.
+    func send(_ message: OutboundMessage) {
+        metrics.sent(message.type)
+        let (wake, drop, push): ((CheckedContinuation<Event?, Never>, Event)?, (@Sendable () -> Void)?, (@Sendable () -> Void)?) = state.withLock {
+            state in
+            let action = state.machine.offer(message.text(seq:))
+            guard action != .discarded else { return (nil, nil, nil) }
+            var drop: (@Sendable () -> Void)?
+            if action == .queuedDroppingTransport {
+                // Once: the transport is going; the link detaches when it is gone.
+                drop = state.dropTransport
+                state.dropTransport = nil
+            }
+            return (Self.takeWaiter(&state), drop, Self.schedulePush(&state))
+        }
+        if let (continuation, event) = wake { continuation.resume(returning: event) }
+        push?()
+        drop?()
+    }
+
+    /// Asks the current transport to close once what is queued is written.
+    func close(code: UInt16, reason: String) {
+        let (wake, push): ((CheckedContinuation<Event?, Never>, Event)?, (@Sendable () -> Void)?) = state.withLock { state in
+            guard state.machine.requestClose(.init(code: code, reason: reason)) else { return (nil, nil) }
+            return (Self.takeWaiter(&state), Self.schedulePush(&state))
+        }
+        if let (continuation, event) = wake { continuation.resume(returning: event) }
+        push?()
+    }
+
+    /// The client has processed everything up to `seq`.
+    func acknowledge(through seq: Int) {
+        state.withLock { $0.machine.acknowledge(through: seq) }
+    }
+
+    /// The transport of `generation` takes its frames itself, on its own event loop: `drain` is
+    /// called (once per batch, from whichever thread offers) and answers with `takePushed`.
+    /// When a newer transport replaces it, `drain` is called once more and `takePushed` says so.
+    func push(generation: Int, drain: @escaping @Sendable () -> Void) {
+        let first: (@Sendable () -> Void)? = state.withLock { state in
+            guard state.machine.generation == generation, !state.machine.isEnded || state.machine.writerHasWork else { return nil }
+            state.push = drain
+            state.pushScheduled = false
+            return Self.schedulePush(&state)
+        }
+        first?()
+    }
+
+    /// What the push transport of `generation` is to write: every unsent frame, in order, then
+    /// the close when one was asked for. Nil when that transport is no longer the link's.
+    func takePushed(generation: Int) -> (frames: [Frame], close: Machine.CloseRequest?)? {
+        state.withLock { state in
+            guard state.push != nil, case .write(let frames, let close) = state.machine.take(generation: generation, closeWithFrames: true) else {
+                return nil
+            }
+            state.pushScheduled = false
+            return (frames, close)
         }
     }
 
-    var isAttached: Bool {
-        if case .attached = attachment { return true }
-        return false
+    /// The next thing for the waiting writer of `generation` to do; nil once its transport is
+    /// replaced, after its close was delivered, or on cancellation.
+    func next(generation: Int) async -> Event? {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Event?, Never>) in
+                let ready: Event?? = state.withLock { state in
+                    if Task.isCancelled || state.machine.generation != generation { return .some(nil) }
+                    if let event = Self.takeEvent(&state) { return .some(event) }
+                    if state.machine.closeWasDelivered { return .some(nil) }
+                    state.waiter = (generation, continuation)
+                    return .none
+                }
+                if let ready { continuation.resume(returning: ready) }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> CheckedContinuation<Event?, Never>? in
+                defer { state.waiter = nil }
+                return state.waiter?.continuation
+            }
+            waiter?.resume(returning: nil)
+        }
+    }
+
+    /// The push transport's drain to call, once until it takes what waits for it.
+    private static func schedulePush(_ state: inout State) -> (@Sendable () -> Void)? {
+        guard let push = state.push, !state.pushScheduled, state.machine.writerHasWork else { return nil }
+        state.pushScheduled = true
+        return push
+    }
+
+    private static func takeWaiter(_ state: inout State) -> (CheckedContinuation<Event?, Never>, Event)? {
+        guard let waiter = state.waiter, waiter.generation == state.machine.generation, let event = takeEvent(&state) else { return nil }
+        state.waiter = nil
+        return (waiter.continuation, event)
+    }
+
+    /// For a waiting writer: the frames first, the close once none is left.
+    private static func takeEvent(_ state: inout State) -> Event? {
+        guard state.push == nil, state.machine.writerHasWork,
+            case .write(let frames, let close) = state.machine.take(generation: state.machine.generation, closeWithFrames: false)
+        else { return nil }
+        if let close { return .close(code: close.code, reason: close.reason) }
+        return frames.isEmpty ? nil : .send(frames)
     }
 
     // MARK: Sessions
@@ -158,8 +288,7 @@ public final class Link: Sendable {
     /// Adds `session` unless the link ended or already takes part in `limit` sessions.
     func join(_ session: Session, limit: Int) -> Bool {
         state.withLock { state in
-            if case .ended = state.attachment { return false }
-            guard state.sessions.count < limit else { return false }
+            guard !state.machine.isEnded, state.sessions.count < limit else { return false }
             state.sessions[session.id] = session
             return true
         }
@@ -175,5 +304,12 @@ public final class Link: Sendable {
     }
 
     var sessions: [Session] { state.withLock { Array($0.sessions.values) } }
+}
 
+/// WebSocket close codes the relay uses (contract §3.6).
+enum RelayCloseCode {
+    static let goingAway: UInt16 = 1001
+    static let policyViolation: UInt16 = 1008
+    static let tokenExpired: UInt16 = 4001
+    static let replaced: UInt16 = 4002
 }

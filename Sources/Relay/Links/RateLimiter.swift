@@ -1,3 +1,4 @@
+import RelayCore
 import Synchronization
 
 /// Token buckets keyed by a string (a user id, a client IP): `capacity` calls at once, refilled
@@ -11,7 +12,7 @@ final class RateLimiter: Sendable {
         case denied(retryAfterSeconds: Int)
     }
 
-    private let buckets = Mutex<[String: TokenBucket]>([:])
+    private let buckets = Mutex<[String: TokenBucket<ContinuousClock.Instant>]>([:])
     let capacity: Int
     let perSecond: Double
     let maxKeys: Int
@@ -24,7 +25,7 @@ final class RateLimiter: Sendable {
 
     func take(_ key: String, now: ContinuousClock.Instant = .now) -> Decision {
         buckets.withLock { buckets in
-            var bucket = buckets[key] ?? TokenBucket(burst: capacity, perSecond: perSecond)
+            var bucket = buckets[key] ?? TokenBucket<ContinuousClock.Instant>(burst: capacity, perSecond: perSecond)
             let allowed = bucket.take(now: now)
             buckets[key] = bucket
             if buckets.count > maxKeys { prune(&buckets, now: now) }
@@ -32,7 +33,7 @@ final class RateLimiter: Sendable {
         }
     }
 
-    private func prune(_ buckets: inout [String: TokenBucket], now: ContinuousClock.Instant) {
+    private func prune(_ buckets: inout [String: TokenBucket<ContinuousClock.Instant>], now: ContinuousClock.Instant) {
         buckets = buckets.filter { !$0.value.isFull(at: now) }
         if buckets.count > maxKeys {
             let keep = buckets.sorted { ($0.value.updatedAt ?? now) > ($1.value.updatedAt ?? now) }.prefix(maxKeys / 2)

@@ -39,7 +39,8 @@ import TURNBroker
                 ratePerSecond: 100_000,
                 maxRefusedInARow: 100,
                 resumeGrace: .seconds(30),
-                setupTimeout: .seconds(3600)
+                setupTimeout: .seconds(3600),
+                tokenLeeway: 30
             ),
             journal: StoreWriter(store: store, interval: .seconds(3600), logger: logger),
             metrics: RelayMetrics(),
@@ -55,14 +56,14 @@ import TURNBroker
         (device, deviceGeneration, app, appGeneration) = (
             deviceAdmission.link, deviceAdmission.generation, appAdmission.link, appAdmission.generation
         )
-        device.outbox.push(generation: deviceGeneration) {}
-        app.outbox.push(generation: appGeneration) {}
+        device.push(generation: deviceGeneration) {}
+        app.push(generation: appGeneration) {}
         await switchboard.handle(text: #"{"type":"webrtc_request","device_id":"bench-robot"}"#, from: app)
-        guard let request = app.outbox.takePushed(generation: appGeneration)?.frames.first(where: { $0.text.contains("webrtc_credentials") }),
+        guard let request = app.takePushed(generation: appGeneration)?.frames.first(where: { $0.text.contains("webrtc_credentials") }),
             let session = (try? JSONParser.object(request.text))?["session_id"]?.stringValue
         else { throw SetUpFailed() }
         sessionID = session
-        _ = device.outbox.takePushed(generation: deviceGeneration)
+        _ = device.takePushed(generation: deviceGeneration)
     }
 
     struct SetUpFailed: Error {}
@@ -76,8 +77,8 @@ import TURNBroker
     /// returns the bytes the device's link would write.
     public func relay(_ text: String) -> Int {
         _ = switchboard.receive(text: text, from: app)
-        guard let frames = device.outbox.takePushed(generation: deviceGeneration)?.frames, let last = frames.last else { return 0 }
-        device.outbox.acknowledge(through: last.seq)
+        guard let frames = device.takePushed(generation: deviceGeneration)?.frames, let last = frames.last else { return 0 }
+        device.acknowledge(through: last.seq)
         return frames.reduce(0) { $0 + $1.text.utf8.count }
     }
 }

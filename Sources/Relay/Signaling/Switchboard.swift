@@ -21,6 +21,8 @@ final class Switchboard: Sendable {
         var maxRefusedInARow: Int
         var resumeGrace: Duration
         var setupTimeout: Duration
+        /// How long past `exp` an app's token is honoured.
+        var tokenLeeway: Double
     }
 
     let table: any SessionTable
@@ -63,7 +65,7 @@ final class Switchboard: Sendable {
     /// A transport admitted onto a link.
     struct Admission: Sendable {
         var link: Link
-        /// The outbox generation the transport's writer serves.
+        /// The link's generation the transport's writer serves.
         var generation: Int
         var resumed: Bool
     }
@@ -83,7 +85,7 @@ final class Switchboard: Sendable {
         }
         if let resume, let link = table.links(of: party, principal: principal).first(where: { $0.accepts(resumeToken: resume.token) }) {
             if let generation = attachTransport(to: link, resumingAfter: resume.lastSeq, dropTransport: dropTransport) {
-                if let app { link.replaceAppIdentity(app) }
+                if let app { link.replaceAppIdentity(app, validUntil: app.expiresAt + limits.tokenLeeway) }
                 logger.info("Link resumed", metadata: ["link.id": "\(link.id)", "link.party": "\(party.rawValue)"])
                 return Admission(link: link, generation: generation, resumed: true)
             }
@@ -95,15 +97,18 @@ final class Switchboard: Sendable {
             party: party,
             principal: principal,
             app: app,
-            outbox: Outbox(maxMessages: limits.keptMessages, maxBytes: limits.keptBytes),
-            rate: TokenBucket(burst: limits.rateBurst, perSecond: limits.ratePerSecond),
+            machine: Link.Machine(
+                outbox: OutboxBuffer(maxMessages: limits.keptMessages, maxBytes: limits.keptBytes),
+                rate: TokenBucket(burst: limits.rateBurst, perSecond: limits.ratePerSecond),
+                resumeGrace: limits.resumeGrace,
+                tokenValidUntil: app.map { $0.expiresAt + limits.tokenLeeway }
+            ),
             metrics: metrics
         )
-        let generation = link.outbox.attach(resumingAfter: nil, dropTransport: dropTransport)!
-        _ = link.markAttached(generation: generation)
+        let generation = link.attach(resumingAfter: nil, dropTransport: dropTransport)!.generation
         if let replaced = table.register(link) {
             logger.info("Device connected again; replacing its older link", metadata: ["device.id": "\(principal)", "link.id": "\(replaced.id)"])
-            replaced.outbox.close(code: RelayCloseCode.replaced, reason: "Replaced by a newer connection")
+            replaced.close(code: RelayCloseCode.replaced, reason: "Replaced by a newer connection")
             end(replaced)
         }
         deviceSeen(link)
@@ -117,12 +122,8 @@ final class Switchboard: Sendable {
     /// `connected` if the link was detached. Nil when the link ended or the replay cannot be
     /// complete.
     func attachTransport(to link: Link, resumingAfter lastSeq: Int?, dropTransport: @escaping @Sendable () -> Void) -> Int? {
-        let wasAttached = link.isAttached
-        guard !link.isEnded, let generation = link.outbox.attach(resumingAfter: lastSeq, dropTransport: dropTransport),
-            case (true, let grace) = link.markAttached(generation: generation)
-        else { return nil }
-        grace?.cancel()
-        if !wasAttached {
+        guard let (generation, previous) = link.attach(resumingAfter: lastSeq, dropTransport: dropTransport) else { return nil }
+        if previous == .detached {
             announce(link, status: "connected")
             deviceSeen(link)
         }
@@ -132,30 +133,25 @@ final class Switchboard: Sendable {
     /// The transport of `generation` is gone. The link detaches for the resume grace (its
     /// messages are kept; the other parties hear `reconnecting`), then ends.
     func transportEnded(_ link: Link, generation: Int) {
-        let grace = limits.resumeGrace
-        guard grace > .zero else {
-            if case .attached(let current) = link.attachment, current == generation { end(link) }
+        let action = link.transportEnded(generation: generation) { delay in
+            Self.timers.scheduleTask(in: TimeAmount(delay)) { [weak self] in self?.end(link, graceOverAt: .now) }
+        }
+        switch action {
+        case .none:
             return
+        case .end:
+            end(link)
+        case .detached:
+            announce(link, status: "reconnecting")
+            deviceSeen(link)
+            logger.debug("Link detached", metadata: ["link.id": "\(link.id)", "link.party": "\(link.party.rawValue)"])
         }
-        let detached = link.markDetached(generation: generation) {
-            Task { [weak self] in
-                do { try await Task.sleep(for: grace) } catch { return }
-                self?.end(link, onlyIfDetached: true)
-            }
-        }
-        guard detached else { return }
-        link.outbox.detach(generation: generation)
-        announce(link, status: "reconnecting")
-        deviceSeen(link)
-        logger.debug("Link detached", metadata: ["link.id": "\(link.id)", "link.party": "\(link.party.rawValue)"])
     }
 
-    /// Ends a link for good: its sessions close with `peer_disconnected`.
-    func end(_ link: Link, onlyIfDetached: Bool = false) {
-        let (ended, sessions, grace) = link.markEnded(onlyIfDetached: onlyIfDetached)
-        guard ended else { return }
-        grace?.cancel()
-        link.outbox.end()
+    /// Ends a link for good (with `graceOverAt`, only a detached link whose grace is over):
+    /// its sessions close with `peer_disconnected`.
+    func end(_ link: Link, graceOverAt now: ContinuousClock.Instant? = nil) {
+        guard let sessions = link.markEnded(graceOverAt: now) else { return }
         table.unregister(link)
         for session in sessions {
             close(session, reason: .peerDisconnected, by: .relay)
@@ -188,7 +184,7 @@ final class Switchboard: Sendable {
     func revoke(deviceID: String) {
         for link in table.links(of: .device, principal: deviceID) {
             for session in link.sessions { close(session, reason: .deviceRevoked, by: .relay) }
-            link.outbox.close(code: RelayCloseCode.policyViolation, reason: "Device revoked")
+            link.close(code: RelayCloseCode.policyViolation, reason: "Device revoked")
             end(link)
             logger.info("Revoked device disconnected", metadata: ["device.id": "\(deviceID)", "link.id": "\(link.id)"])
         }
@@ -215,7 +211,7 @@ final class Switchboard: Sendable {
         }
         for link in table.allLinks {
             for session in link.sessions { close(session, reason: .shutdown, by: .relay) }
-            link.outbox.close(code: RelayCloseCode.goingAway, reason: "Relay shutting down")
+            link.close(code: RelayCloseCode.goingAway, reason: "Relay shutting down")
         }
         // Let the writers put the close frames out.
         let closing = ContinuousClock.now + .seconds(2)
@@ -293,7 +289,7 @@ final class Switchboard: Sendable {
         if allowed { return true }
         metrics.rateLimited()
         if refused >= limits.maxRefusedInARow {
-            link.outbox.close(code: RelayCloseCode.policyViolation, reason: "Too many messages")
+            link.close(code: RelayCloseCode.policyViolation, reason: "Too many messages")
         } else {
             link.send(SignalingError(.rateLimited, "Too many messages; this one was dropped").outbound)
         }
@@ -345,7 +341,7 @@ final class Switchboard: Sendable {
             link.send(OutboundMessage("pong", ["request_id": requestID.map(JSONValue.string)]))
 
         case .ack(let seq):
-            link.outbox.acknowledge(through: seq)
+            link.acknowledge(through: seq)
 
         case .auth(let token):
             try refreshToken(token, on: link, requestID: requestID)
@@ -589,7 +585,7 @@ final class Switchboard: Sendable {
         guard identity.userID == current.userID else {
             throw SignalingError(.unauthorized, "The new token is for another user", requestID: requestID)
         }
-        link.replaceAppIdentity(identity)
+        link.replaceAppIdentity(identity, validUntil: identity.expiresAt + limits.tokenLeeway)
     }
 
     static func encode(_ document: CredentialDocument) -> String {

@@ -10,7 +10,7 @@ import Synchronization
 
 /// Contract §7: the same links, `seq` numbers, resume and messages as the WebSockets, carried
 /// over plain HTTP for networks that break WebSockets. Each event stream and each poll is a
-/// transport of the link (an outbox generation, like a socket): a new one supersedes the last,
+/// transport of the link (a generation, like a socket): a new one supersedes the last,
 /// and one that goes away detaches the link exactly as a dropped socket does. Between polls the
 /// link stays attached on a lease of `resume_grace_ms`; a lease that runs out is a transport
 /// lost.
@@ -22,7 +22,6 @@ struct HTTPLinkRoutes: Sendable {
     let maxMessageBytes: Int
     let resumeGrace: Duration
     let keepalive: Duration
-    let tokenLeeway: Double
     let leases: Leases
 
     /// The lease timer of each HTTP link between its polls, with the generation it is for.
@@ -123,7 +122,7 @@ struct HTTPLinkRoutes: Sendable {
             try await withGracefulShutdownHandler {
                 try await stream(link, generation: generation, keepalive: keepalive, departure: departure, to: &writer)
             } onGracefulShutdown: {
-                link.outbox.detach(generation: generation)
+                switchboard.transportEnded(link, generation: generation)
             }
             try await writer.finish(nil)
         }
@@ -142,7 +141,7 @@ struct HTTPLinkRoutes: Sendable {
         to writer: inout any ResponseBodyWriter
     ) async throws {
         streaming: while true {
-            switch await Self.nextEvent(link.outbox, generation: generation, timeout: keepalive, departure: departure) {
+            switch await Self.nextEvent(link, generation: generation, timeout: keepalive, departure: departure) {
             case .event(.send(let frames)):
                 var text = ""
                 for frame in frames { text += "id: \(frame.seq)\nevent: message\ndata: \(frame.text)\n\n" }
@@ -197,7 +196,7 @@ struct HTTPLinkRoutes: Sendable {
         _ = await handle(messages, from: link)
         var answer: [String: JSONValue] = ["messages": .array([])]
         let waitFor: Duration = wait ? .milliseconds(timeout) : .zero
-        switch await Self.nextEvent(link.outbox, generation: generation, timeout: waitFor, departure: departure) {
+        switch await Self.nextEvent(link, generation: generation, timeout: waitFor, departure: departure) {
         case .event(.send(let frames)):
             answer["messages"] = .array(frames.map { .raw($0.text) })
             lease(link, generation: generation)
@@ -267,14 +266,13 @@ struct HTTPLinkRoutes: Sendable {
     /// An app link whose token expired closes its transport with 4001, as a socket would.
     private func closeIfExpired(_ link: Link) -> Bool {
         guard isExpired(link) else { return false }
-        link.outbox.close(code: RelayCloseCode.tokenExpired, reason: "Token expired")
+        link.close(code: RelayCloseCode.tokenExpired, reason: "Token expired")
         return true
     }
 
     /// An app link whose token is past `exp` + leeway (devices never expire).
     private func isExpired(_ link: Link) -> Bool {
-        guard let identity = link.appIdentity else { return false }
-        return identity.expiresAt + tokenLeeway < Date().timeIntervalSince1970
+        link.tokenHasExpired()
     }
 
     private func handle(_ messages: [String], from link: Link) async -> Int {
@@ -284,7 +282,7 @@ struct HTTPLinkRoutes: Sendable {
     }
 
     enum Wait: Sendable {
-        case event(Outbox.Event)
+        case event(Link.Event)
         case superseded
         case timedOut
         /// The client closed or lost its connection (`ClientDeparture`).
@@ -294,10 +292,10 @@ struct HTTPLinkRoutes: Sendable {
     /// The next event for the transport of `generation`, or `timedOut` after `timeout`, or
     /// `clientGone` as soon as `departure` completes. The waits run to their end, so an event
     /// taken as another wait finishes is still returned (and kept until acked).
-    static func nextEvent(_ outbox: Outbox, generation: Int, timeout: Duration, departure: EventLoopFuture<Void>? = nil) async -> Wait {
+    static func nextEvent(_ link: Link, generation: Int, timeout: Duration, departure: EventLoopFuture<Void>? = nil) async -> Wait {
         await withTaskGroup(of: Wait?.self) { group in
             group.addTask {
-                if let event = await outbox.next(generation: generation) { return .event(event) }
+                if let event = await link.next(generation: generation) { return .event(event) }
                 return Task.isCancelled ? nil : .superseded
             }
             group.addTask {
@@ -369,7 +367,7 @@ struct HTTPLinkRoutes: Sendable {
     }
 }
 
-/// Which link and generation an HTTP transport is, once known, so the outbox can drop it (a
+/// Which link and generation an HTTP transport is, once known, so the link can drop it (a
 /// slow reader) the same way it drops a socket.
 final class TransportSlot: Sendable {
     private let target = Mutex<(link: Link, generation: Int)?>(nil)

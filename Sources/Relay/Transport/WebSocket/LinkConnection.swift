@@ -12,8 +12,6 @@ struct LinkConnection: Sendable {
     let switchboard: Switchboard
     let heartbeatMilliseconds: Int
     let resumeGraceMilliseconds: Int
-    /// Clock skew tolerated on `exp` before closing with 4001.
-    let tokenLeeway: Duration
 
     /// What a client asks for when it resumes: `resume_token` and `last_seq` query parameters.
     struct Resume: Sendable {
@@ -73,14 +71,14 @@ final class LinkSocket: WebSocketEndpoint {
         let this = NIOLoopBound(self, eventLoop: channel.eventLoop)
         // The drain runs on the loop's next turn even when offered from the loop itself, so
         // what else this turn offers goes out in the same write.
-        admission.link.outbox.push(generation: admission.generation) { channel.eventLoop.execute { this.value.drain() } }
+        admission.link.push(generation: admission.generation) { channel.eventLoop.execute { this.value.drain() } }
         if admission.link.party == .app { watchTokenExpiry() }
     }
 
-    /// Writes what the outbox holds for this transport, if the socket can take it.
+    /// Writes what the link holds for this transport, if the socket can take it.
     private func drain() {
         guard let socket, let link, socket.isOpen, socket.isWritable else { return }
-        guard let (frames, close) = link.outbox.takePushed(generation: generation) else {
+        guard let (frames, close) = link.takePushed(generation: generation) else {
             // A newer transport took the link over: this socket is done.
             socket.close(.normalClosure, reason: nil)
             return
@@ -148,13 +146,15 @@ final class LinkSocket: WebSocketEndpoint {
     /// Contract §1.1: without a fresh token (`auth`) by `exp` + leeway, close with 4001. An
     /// `auth` may move `exp` meanwhile; the check reads it again when it fires.
     private func watchTokenExpiry() {
-        guard let link, let identity = link.appIdentity, let socket else { return }
-        let deadline = Date(timeIntervalSince1970: identity.expiresAt) + TimeInterval(connection.tokenLeeway.components.seconds)
-        let remaining = deadline.timeIntervalSinceNow
-        if remaining <= 0 {
-            link.outbox.close(code: RelayCloseCode.tokenExpired, reason: "Token expired")
+        guard let link, let validUntil = link.tokenValidUntil, let socket else { return }
+        let now = Date().timeIntervalSince1970
+        if link.tokenHasExpired(at: now) {
+            link.close(code: RelayCloseCode.tokenExpired, reason: "Token expired")
             return
         }
+        // Checked again at least daily: a far-future `exp` (a nanosecond timestamp, 1e300) is
+        // never turned into a delay too large to represent.
+        let remaining = min(validUntil - now, 86_400)
         let this = NIOLoopBound(self, eventLoop: socket.channel.eventLoop)
         expiry = socket.channel.eventLoop.scheduleTask(in: .milliseconds(Int64(remaining * 1000) + 1)) { this.value.watchTokenExpiry() }
     }

@@ -1,20 +1,24 @@
-/// A token bucket: `burst` at once, refilled at `perSecond`; counts refusals in a row.
-struct TokenBucket: Sendable {
-    let burst: Double
-    let perSecond: Double
-    private(set) var tokens: Double
-    private(set) var updatedAt: ContinuousClock.Instant?
-    /// Takes refused since the last one let through.
-    private(set) var refusedInARow = 0
+/// A token bucket (burst, refill rate) that counts refusals in a row: the per-link and per-address limits.
 
-    init(burst: Int, perSecond: Double) {
+/// A token bucket: `burst` at once, refilled at `perSecond`; counts refusals in a row. Time
+/// comes in as instants of the caller's clock.
+public struct TokenBucket<Instant: InstantProtocol & Sendable>: Sendable where Instant.Duration == Duration {
+    public let burst: Double
+    public let perSecond: Double
+    @usableFromInline var tokens: Double
+    /// When a token was last taken.
+    public private(set) var updatedAt: Instant?
+    /// Takes refused since the last one let through.
+    public private(set) var refusedInARow = 0
+
+    public init(burst: Int, perSecond: Double) {
         self.burst = Double(burst)
         self.perSecond = perSecond
         self.tokens = Double(burst)
     }
 
     /// Spends a token if there is one.
-    mutating func take(now: ContinuousClock.Instant) -> Bool {
+    public mutating func take(now: Instant) -> Bool {
         tokens = tokens(at: now)
         updatedAt = now
         guard tokens >= 1 else {
@@ -27,18 +31,18 @@ struct TokenBucket: Sendable {
     }
 
     /// Whole seconds (at least 1) until a token is back.
-    var secondsUntilNextToken: Int {
+    public var secondsUntilNextToken: Int {
         max(1, Int(((1 - tokens) / perSecond).rounded(.up)))
     }
 
     /// True once the bucket has refilled: it then says nothing a fresh one would not.
-    func isFull(at now: ContinuousClock.Instant) -> Bool {
+    public func isFull(at now: Instant) -> Bool {
         tokens(at: now) >= burst
     }
 
-    private func tokens(at now: ContinuousClock.Instant) -> Double {
+    private func tokens(at now: Instant) -> Double {
         guard let updatedAt else { return tokens }
-        let elapsed = now - updatedAt
+        let elapsed = updatedAt.duration(to: now)
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         return min(burst, tokens + max(0, seconds) * perSecond)
     }

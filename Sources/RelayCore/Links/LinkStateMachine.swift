@@ -1,0 +1,225 @@
+/// The rules of one link (contract §4): transports attaching and going, the resume grace, the outbox, the rate limit, the app token's expiry.
+
+/// One logical client connection as a pure state machine. Transports (a WebSocket, an event
+/// stream, a poll) attach one after another, each as a *generation*: a newer one supersedes the
+/// older one's writer, and one that goes away detaches the link for the resume grace, after
+/// which it ends. Its outgoing messages are an `OutboxBuffer`; its incoming ones pass a token
+/// bucket; an app's token expiry is one rule for every transport.
+///
+/// new → attached(generation) → detached(until grace deadline) → attached(next generation) … → ended
+public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable where Instant.Duration == Duration {
+    public enum Attachment: Sendable, Equatable {
+        /// Made, no transport yet.
+        case new
+        /// A transport serves the link; its writer serves this generation.
+        case attached(generation: Int)
+        /// No transport; the link ends at this deadline unless one attaches.
+        case detached(until: Instant)
+        /// Gone for good.
+        case ended
+    }
+
+    /// A close a transport is to carry out once what is queued is written (a WebSocket close
+    /// code and reason; the HTTP transports send them as an event).
+    public struct CloseRequest: Sendable, Equatable {
+        public var code: UInt16
+        public var reason: String
+
+        public init(code: UInt16, reason: String) {
+            self.code = code
+            self.reason = reason
+        }
+    }
+
+    public private(set) var attachment = Attachment.new
+    @usableFromInline var outbox: OutboxBuffer
+    @usableFromInline var rate: TokenBucket<Instant>
+    /// Bumped by every attach and detach: a writer serves one generation.
+    public private(set) var generation = 0
+    @usableFromInline var closeRequest: CloseRequest?
+    @usableFromInline var closeDelivered = false
+    /// The current transport is being dropped (it fell behind); once per generation.
+    @usableFromInline var dropping = false
+    let resumeGrace: Duration
+    /// An app's token is honoured until then (unix seconds, leeway included); nil for devices.
+    public private(set) var tokenValidUntil: Double?
+
+    public init(outbox: OutboxBuffer, rate: TokenBucket<Instant>, resumeGrace: Duration, tokenValidUntil: Double?) {
+        self.outbox = outbox
+        self.rate = rate
+        self.resumeGrace = resumeGrace
+        self.tokenValidUntil = tokenValidUntil
+    }
+
+    public var isAttached: Bool {
+        if case .attached = attachment { return true }
+        return false
+    }
+
+    public var isEnded: Bool { attachment == .ended }
+
+    // MARK: Transports
+
+    /// What a new transport was before it attached.
+    public enum Previous: Sendable, Equatable {
+        /// The link is new.
+        case none
+        /// Another transport served the link; its writer (of this generation) must stop.
+        case superseded(generation: Int)
+        /// The link was detached: the other parties hear `connected`, the grace timer stops.
+        case detached
+    }
+
+    public enum AttachAction: Sendable, Equatable {
+        /// The link ended, or the replay from `lastSeq` cannot be complete.
+        case refused
+        case attached(generation: Int, previous: Previous)
+    }
+
+    /// A transport attaches: with `lastSeq` (a resume) it first gets every kept message after
+    /// it; without, what no transport was handed yet.
+    public mutating func attach(resumingAfter lastSeq: Int?) -> AttachAction {
+        guard !isEnded, outbox.rewind(resumingAfter: lastSeq) else { return .refused }
+        let previous: Previous
+        switch attachment {
+        case .new, .ended: previous = .none
+        case .attached(let old): previous = .superseded(generation: old)
+        case .detached: previous = .detached
+        }
+        generation += 1
+        attachment = .attached(generation: generation)
+        closeRequest = nil
+        closeDelivered = false
+        dropping = false
+        return .attached(generation: generation, previous: previous)
+    }
+
+    public enum DetachAction: Sendable, Equatable {
+        /// That transport was no longer the link's.
+        case none
+        /// The link is detached until this deadline (tell the other parties `reconnecting`).
+        case detached(until: Instant)
+        /// No grace: end the link now.
+        case end
+    }
+
+    /// The transport of `generation` is gone.
+    public mutating func transportEnded(generation ended: Int, now: Instant) -> DetachAction {
+        guard case .attached(let current) = attachment, current == ended else { return .none }
+        guard resumeGrace > .zero else { return .end }
+        let deadline = now.advanced(by: resumeGrace)
+        generation += 1
+        attachment = .detached(until: deadline)
+        return .detached(until: deadline)
+    }
+
+    /// Whether a detached link's grace is over at `now` (its timer fired; the caller ends it
+    /// with `end(graceOverAt:)`).
+    public func graceIsOver(at now: Instant) -> Bool {
+        guard case .detached(let deadline) = attachment else { return false }
+        return deadline <= now
+    }
+
+    /// Ends the link: nothing more is taken. A live transport still writes what it has not
+    /// written yet (the last messages, such as its sessions' `webrtc_close`), then its close.
+    /// With `graceOverAt`, only a detached link whose grace is over at that instant ends (a
+    /// transport may have come back as the timer fired). False when it did not end now.
+    public mutating func end(graceOverAt now: Instant? = nil) -> Bool {
+        if let now, !graceIsOver(at: now) { return false }
+        switch attachment {
+        case .ended:
+            return false
+        case .attached:
+            outbox.dropSent()
+        case .new, .detached:
+            outbox.removeAll()
+        }
+        attachment = .ended
+        return true
+    }
+
+    // MARK: Messages to the client
+
+    public enum OfferAction: Sendable, Equatable {
+        /// The link ended: the message goes nowhere.
+        case discarded
+        /// Kept and numbered; wake the writer.
+        case queued
+        /// Kept, but the transport has fallen too far behind: drop it (the link detaches).
+        case queuedDroppingTransport
+    }
+
+    /// Numbers a message with the link's next `seq` (`text` makes its frame) and keeps it.
+    @inlinable
+    public mutating func offer(_ text: (Int) -> String) -> OfferAction {
+        guard attachment != .ended else { return .discarded }
+        let overBound = outbox.append(text)
+        guard overBound, case .attached = attachment, !dropping else { return .queued }
+        dropping = true
+        return .queuedDroppingTransport
+    }
+
+    /// The client has processed everything up to `seq`.
+    public mutating func acknowledge(through seq: Int) {
+        outbox.acknowledge(through: seq)
+    }
+
+    /// Asks the current transport to close once what is queued is written; the first request
+    /// wins. False when one was already made.
+    public mutating func requestClose(_ request: CloseRequest) -> Bool {
+        guard closeRequest == nil else { return false }
+        closeRequest = request
+        return true
+    }
+
+    /// Whether the writer of the current transport has something to take.
+    @inlinable
+    public var writerHasWork: Bool {
+        outbox.hasUnsent || (closeRequest != nil && !closeDelivered)
+    }
+
+    /// Whether the close was asked for and handed to the writer.
+    public var closeWasDelivered: Bool { closeDelivered }
+
+    public enum Take: Sendable, Equatable {
+        /// A newer transport has the link (or it detached): this writer stops.
+        case superseded
+        /// Frames to write in order, then the close when there is one.
+        case write([OutboxBuffer.Frame], close: CloseRequest?)
+    }
+
+    /// What the writer of `generation` is to write now. With `closeWithFrames`, the close comes
+    /// with the last frames (a socket writes both in one go); without, only once no frame is
+    /// left (a poll answers frames, and the close at the next poll).
+    @inlinable
+    public mutating func take(generation writer: Int, closeWithFrames: Bool) -> Take {
+        guard writer == generation, attachment == .attached(generation: writer) || attachment == .ended else { return .superseded }
+        let frames = outbox.takeUnsent()
+        guard let request = closeRequest, !closeDelivered, closeWithFrames || frames.isEmpty else { return .write(frames, close: nil) }
+        closeDelivered = true
+        return .write(frames, close: request)
+    }
+
+    // MARK: Messages from the client
+
+    /// Contract §5: a token of the link's message budget. Whether the message may pass, and
+    /// how many were refused in a row (0 when it passes).
+    @inlinable
+    public mutating func admitMessage(now: Instant) -> (allowed: Bool, refusedInARow: Int) {
+        let allowed = rate.take(now: now)
+        return (allowed, rate.refusedInARow)
+    }
+
+    // MARK: The app's token
+
+    /// A fresh token (`auth`, or a resume with a new token) moves the expiry.
+    public mutating func tokenRefreshed(validUntil: Double) {
+        tokenValidUntil = validUntil
+    }
+
+    /// Contract §1.1, for every transport: past this, an app link's transport closes with 4001.
+    public func tokenHasExpired(at wallClock: Double) -> Bool {
+        guard let tokenValidUntil else { return false }
+        return tokenValidUntil < wallClock
+    }
+}

@@ -112,27 +112,26 @@ public func buildRelay(
     services.append(
         RevocationWatcher(store: store, switchboard: switchboard, interval: .milliseconds(configuration.registryPollMilliseconds), logger: logger)
     )
+    let admission = ClientAdmission(authenticator: authenticator, attempts: connectionAttempts)
     // Authentication happens here, before the upgrade, so a refusal is an HTTP answer.
     let gate = UpgradeGate { request, remoteIP, logger in
-        if case .denied(let retryAfter) = connectionAttempts.take(remoteIP ?? "unknown") {
-            logger.info("Too many connection attempts", metadata: ["client.ip": "\(remoteIP ?? "unknown")"])
-            return .refuse(
-                RelayHTTPError(.tooManyRequests, "Too many connection attempts; retry in \(retryAfter) s", headers: [.retryAfter: String(retryAfter)])
-            )
+        let party: Party
+        switch request.uri.path {
+        case "/ws/app": party = .app
+        case "/ws/device": party = .device
+        default: return .refuse(RelayHTTPError(.notFound, "No WebSocket endpoint at this path"))
         }
-        let identity: ClientIdentity
-        let resume: LinkConnection.Resume?
         do throws(RelayHTTPError) {
-            resume = try resumeRequest(in: request)
-            switch request.uri.path {
-            case "/ws/app": identity = .app(try authenticator.app(request, logger: logger))
-            case "/ws/device": identity = .device(try await authenticator.device(request, logger: logger))
-            default: return .refuse(RelayHTTPError(.notFound, "No WebSocket endpoint at this path"))
-            }
+            let query = request.uri.queryParameters
+            let resume = try ResumeRequest.requested(
+                token: query.get("resume_token").map(RequestField.present) ?? .absent,
+                lastSeq: query.get("last_seq").map { Int($0).map(RequestField.present) ?? .malformed } ?? .absent
+            )
+            let identity = try await admission.admit(request, as: party, from: remoteIP, logger: logger)
+            return .accept { LinkSocket(connection: connection, identity: identity, resume: resume) }
         } catch {
             return .refuse(error)
         }
-        return .accept { LinkSocket(connection: connection, identity: identity, resume: resume) }
     }
 
     let router = Router(context: RelayRequestContext.self)
@@ -171,9 +170,8 @@ public func buildRelay(
     }
     HTTPLinkRoutes(
         switchboard: switchboard,
-        authenticator: authenticator,
+        admission: admission,
         connection: connection,
-        connectionAttempts: connectionAttempts,
         maxMessageBytes: configuration.maxMessageBytes,
         resumeGrace: .seconds(configuration.resumeGraceSeconds),
         keepalive: .seconds(configuration.sseKeepaliveSeconds),
@@ -216,16 +214,6 @@ public func buildRelay(
         logger: logger
     )
     return (application, ShutdownService(switchboard: switchboard, drain: .seconds(configuration.shutdownDrainSeconds)))
-}
-
-/// `resume_token` and `last_seq` (default 0) when the client asks to resume a link.
-private func resumeRequest(in request: Request) throws(RelayHTTPError) -> LinkConnection.Resume? {
-    let query = request.uri.queryParameters
-    guard let token = query.get("resume_token") else { return nil }
-    guard token.utf8.count <= 128 else { throw RelayHTTPError(.badRequest, "resume_token is malformed") }
-    guard let text = query.get("last_seq") else { return .init(token: token, lastSeq: 0) }
-    guard let lastSeq = Int(text), lastSeq >= 0 else { throw RelayHTTPError(.badRequest, "last_seq must be a non-negative integer") }
-    return .init(token: token, lastSeq: lastSeq)
 }
 
 /// Graceful shutdown (SIGTERM/SIGINT): `go_away` to every link, a drain, then 1001. Run it in

@@ -94,6 +94,17 @@ extension ClientEnvelope {
         guard let object = try? JSONParser.object(text) else {
             throw SignalingError(.badRequest, "Message must be a JSON object")
         }
+        try self.init(object: object)
+    }
+
+    /// Validates one message an HTTP request carried, already decoded with its body.
+    init(value: JSONValue) throws(SignalingError) {
+        guard case .object(let object) = value else { throw SignalingError(.badRequest, "Message must be a JSON object") }
+        try self.init(object: object)
+    }
+
+    /// Validates a decoded message object.
+    init(object: [String: JSONValue]) throws(SignalingError) {
         var requestID: String?
         if let value = object["request_id"] {
             guard let id = value.stringValue, id.count <= MessageLimits.requestIDLength else {

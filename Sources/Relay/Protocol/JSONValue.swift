@@ -34,6 +34,33 @@ public enum JSONValue: Sendable, Equatable {
         return out
     }
 
+    /// The length in bytes of `serialized`, counted without building it.
+    var serializedByteCount: Int {
+        switch self {
+        case .null: 4
+        case .bool(let value): value ? 4 : 5
+        case .number: serialized.utf8.count
+        case .string(let value): Self.serializedByteCount(of: value)
+        case .array(let values): 2 + max(0, values.count - 1) + values.reduce(0) { $0 + $1.serializedByteCount }
+        case .object(let fields):
+            2 + max(0, fields.count - 1) + fields.reduce(0) { $0 + Self.serializedByteCount(of: $1.key) + 1 + $1.value.serializedByteCount }
+        case .raw(let text): text.utf8.count
+        }
+    }
+
+    /// The length of a string as `writeString` writes it: quoted, with its escapes.
+    static func serializedByteCount(of value: String) -> Int {
+        var count = 2
+        for byte in value.utf8 {
+            switch byte {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), 0x0A, 0x0D, 0x09: count += 2
+            case ..<0x20: count += 6
+            default: count += 1
+            }
+        }
+        return count
+    }
+
     func write(to out: inout String) {
         switch self {
         case .null: out += "null"

@@ -16,9 +16,8 @@ import Synchronization
 /// lost.
 struct HTTPLinkRoutes: Sendable {
     let switchboard: Switchboard
-    let authenticator: ClientAuthenticator
+    let admission: ClientAdmission
     let connection: LinkConnection
-    let connectionAttempts: RateLimiter
     let maxMessageBytes: Int
     let resumeGrace: Duration
     let keepalive: Duration
@@ -60,35 +59,23 @@ struct HTTPLinkRoutes: Sendable {
     /// Opens (or resumes, with `{"resume_token","last_seq"}`) a link with the app's or the
     /// device's own credentials; answers its `hello`.
     @Sendable func open(_ request: Request, context: RelayRequestContext) async throws -> Response {
-        if case .denied(let retryAfter) = connectionAttempts.take(context.remoteIP ?? "unknown") {
-            throw RelayHTTPError(
-                .tooManyRequests,
-                "Too many connection attempts; retry in \(retryAfter) s",
-                headers: [.retryAfter: String(retryAfter)]
-            )
-        }
-        let identity: ClientIdentity
-        if request.uri.queryParameters.get("device_id") != nil || request.uri.queryParameters.get("sig") != nil {
-            identity = .device(try await authenticator.device(request, logger: context.logger))
-        } else {
-            identity = .app(try authenticator.app(request, logger: context.logger))
-        }
+        let query = request.uri.queryParameters
+        let party: Party = query.get("device_id") != nil || query.get("sig") != nil ? .device : .app
+        let identity = try await self.admission.admit(request, as: party, from: context.remoteIP, logger: context.logger)
         let body = try await request.jsonObject(upTo: 4096, required: false)
-        var resume: (token: String, lastSeq: Int)?
-        if let token = body["resume_token"] {
-            guard let token = token.stringValue, token.utf8.count <= 128 else { throw RelayHTTPError(.badRequest, "resume_token is malformed") }
-            let lastSeq = try Self.nonNegative(body["last_seq"], name: "last_seq") ?? 0
-            resume = (token, lastSeq)
-        }
+        let resume = try ResumeRequest.requested(
+            token: body["resume_token"].map { $0.stringValue.map(RequestField.present) ?? .malformed } ?? .absent,
+            lastSeq: body["last_seq"].map { $0.intValue.map(RequestField.present) ?? .malformed } ?? .absent
+        )
         let transport = TransportSlot()
-        let admission = switchboard.admit(identity, resume: resume) { [switchboard] in transport.drop(switchboard) }
-        transport.set(admission.link, generation: admission.generation)
-        lease(admission.link, generation: admission.generation)
-        context.logger.debug("HTTP link opened", metadata: ["link.id": "\(admission.link.id)", "link.resumed": "\(admission.resumed)"])
+        let admitted = switchboard.admit(identity, resume: resume) { [switchboard] in transport.drop(switchboard) }
+        transport.set(admitted.link, generation: admitted.generation)
+        lease(admitted.link, generation: admitted.generation)
+        context.logger.debug("HTTP link opened", metadata: ["link.id": "\(admitted.link.id)", "link.resumed": "\(admitted.resumed)"])
         return Response(
             status: .ok,
             headers: [.contentType: "application/json; charset=utf-8", .cacheControl: "no-store"],
-            body: .init(byteBuffer: ByteBuffer(string: connection.hello(admission.link, resumed: admission.resumed).text(seq: nil)))
+            body: .init(byteBuffer: ByteBuffer(string: connection.hello(admitted.link, resumed: admitted.resumed).text(seq: nil)))
         )
     }
 
@@ -275,9 +262,9 @@ struct HTTPLinkRoutes: Sendable {
         link.tokenHasExpired()
     }
 
-    private func handle(_ messages: [String], from link: Link) async -> Int {
+    private func handle(_ messages: [JSONValue], from link: Link) async -> Int {
         var accepted = 0
-        for message in messages where await switchboard.handle(text: message, from: link) { accepted += 1 }
+        for message in messages where await switchboard.handle(message: message, from: link) { accepted += 1 }
         return accepted
     }
 
@@ -349,21 +336,18 @@ struct HTTPLinkRoutes: Sendable {
         return number
     }
 
-    /// The `messages` array as text frames; the whole request is refused (nothing handled) when
-    /// one is too large or there are too many.
-    private static func messages(_ value: JSONValue?, maxMessageBytes: Int) throws -> [String] {
+    /// The `messages` array, decoded with the body; the whole request is refused (nothing
+    /// handled) when one is larger than a WebSocket message may be, or there are too many.
+    private static func messages(_ value: JSONValue?, maxMessageBytes: Int) throws -> [JSONValue] {
         guard let value else { return [] }
         guard case .array(let items) = value else { throw RelayHTTPError(.badRequest, "messages must be an array of message objects") }
         guard items.count <= maxMessagesPerRequest else {
             throw RelayHTTPError(.contentTooLarge, "At most \(maxMessagesPerRequest) messages per request")
         }
-        return try items.map { item in
-            let text = item.serialized
-            guard text.utf8.count <= maxMessageBytes else {
-                throw RelayHTTPError(.contentTooLarge, "A message is larger than \(maxMessageBytes) bytes")
-            }
-            return text
+        for item in items where item.serializedByteCount > maxMessageBytes {
+            throw RelayHTTPError(.contentTooLarge, "A message is larger than \(maxMessageBytes) bytes")
         }
+        return items
     }
 }
 

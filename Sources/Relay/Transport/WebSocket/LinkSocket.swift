@@ -1,38 +1,10 @@
+/// One WebSocket as a transport of a link: `hello`, the link's frames out, messages in, the token's expiry.
 import DequeModule
 import DeviceAuth
 import Foundation
 import NIOCore
 import NIOWebSocket
 import RelayCore
-
-/// What every transport of a link shares: the settings its `hello` announces, and how long an
-/// app's token is honoured past `exp`. WebSockets run as `LinkSocket`s, the HTTP fallbacks in
-/// `HTTPLinkRoutes`.
-struct LinkConnection: Sendable {
-    let switchboard: Switchboard
-    let heartbeatMilliseconds: Int
-    let resumeGraceMilliseconds: Int
-
-    /// What a client asks for when it resumes: `resume_token` and `last_seq` query parameters.
-    struct Resume: Sendable {
-        var token: String
-        var lastSeq: Int
-    }
-
-    /// The first message on every new connection (contract §4), without `seq`.
-    func hello(_ link: Link, resumed: Bool) -> OutboundMessage {
-        OutboundMessage(
-            "hello",
-            [
-                "link_id": .string(link.id),
-                "resume_token": .string(link.resumeToken),
-                "heartbeat_ms": .number(Double(heartbeatMilliseconds)),
-                "resume_grace_ms": .number(Double(resumeGraceMilliseconds)),
-                "resumed": .bool(resumed),
-            ]
-        )
-    }
-}
 
 /// One WebSocket as a transport of a link, on its event loop: `hello` first, then the link's
 /// frames are written as its outbox offers them (a batch per flush, replaying what a resumed
@@ -43,7 +15,7 @@ struct LinkConnection: Sendable {
 final class LinkSocket: WebSocketEndpoint {
     private let connection: LinkConnection
     private let identity: ClientIdentity
-    private let resume: LinkConnection.Resume?
+    private let resume: ResumeRequest?
     private var socket: WebSocketConnection?
     private var link: Link?
     private var generation = 0
@@ -52,7 +24,7 @@ final class LinkSocket: WebSocketEndpoint {
     private var waiting: Deque<String> = []
     private var expiry: Scheduled<Void>?
 
-    init(connection: LinkConnection, identity: ClientIdentity, resume: LinkConnection.Resume?) {
+    init(connection: LinkConnection, identity: ClientIdentity, resume: ResumeRequest?) {
         self.connection = connection
         self.identity = identity
         self.resume = resume
@@ -63,7 +35,7 @@ final class LinkSocket: WebSocketEndpoint {
     func opened(_ socket: WebSocketConnection) {
         self.socket = socket
         let channel: any Channel = socket.channel
-        let admission = switchboard.admit(identity, resume: resume.map { ($0.token, $0.lastSeq) }, dropTransport: { channel.close(promise: nil) })
+        let admission = switchboard.admit(identity, resume: resume, dropTransport: { channel.close(promise: nil) })
         link = admission.link
         generation = admission.generation
         socket.write(text: connection.hello(admission.link, resumed: admission.resumed).text(seq: nil))

@@ -1,0 +1,172 @@
+/// How links come and go on the switchboard: admission, resume, detach and grace, end, revocation, shutdown.
+import DeviceAuth
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Registry
+import RelayCore
+import TURNBroker
+
+extension Switchboard {
+    // MARK: Links
+
+    /// A transport admitted onto a link.
+    struct Admission: Sendable {
+        var link: Link
+        /// The link's generation the transport's writer serves.
+        var generation: Int
+        var resumed: Bool
+    }
+
+    /// Admits a new transport: onto the client's detached link when it resumes with that link's
+    /// token and the replay can be complete, else onto a fresh link. A device's fresh link ends
+    /// its older link (close 4002 on a socket still open).
+    func admit(_ identity: ClientIdentity, resume: ResumeRequest?, dropTransport: @escaping @Sendable () -> Void) -> Admission {
+        let party: Party
+        let principal: String
+        var app: AppIdentity?
+        switch identity {
+        case .app(let identity):
+            (party, principal, app) = (.app, identity.userID, identity)
+        case .device(let record):
+            (party, principal) = (.device, record.deviceID)
+        }
+        if let resume, let link = table.links(of: party, principal: principal).first(where: { $0.accepts(resumeToken: resume.token) }) {
+            if let generation = attachTransport(to: link, resumingAfter: resume.lastSeq, dropTransport: dropTransport) {
+                if let app { link.replaceAppIdentity(app, validUntil: app.expiresAt + limits.tokenLeeway) }
+                logger.info("Link resumed", metadata: ["link.id": "\(link.id)", "link.party": "\(party.rawValue)"])
+                return Admission(link: link, generation: generation, resumed: true)
+            }
+            // The replay cannot be complete: this link is over; the client starts afresh.
+            logger.info("Link cannot be resumed; starting a fresh one", metadata: ["link.id": "\(link.id)"])
+            end(link)
+        }
+        let link = Link(
+            party: party,
+            principal: principal,
+            app: app,
+            machine: Link.Machine(
+                outbox: OutboxBuffer(maxMessages: limits.keptMessages, maxBytes: limits.keptBytes),
+                rate: TokenBucket(burst: limits.rateBurst, perSecond: limits.ratePerSecond),
+                resumeGrace: limits.resumeGrace,
+                tokenValidUntil: app.map { $0.expiresAt + limits.tokenLeeway }
+            ),
+            metrics: metrics
+        )
+        let generation = link.attach(resumingAfter: nil, dropTransport: dropTransport)!.generation
+        if let replaced = table.register(link) {
+            logger.info("Device connected again; replacing its older link", metadata: ["device.id": "\(principal)", "link.id": "\(replaced.id)"])
+            replaced.close(code: RelayCloseCode.replaced, reason: "Replaced by a newer connection")
+            end(replaced)
+        }
+        deviceSeen(link)
+        logger.debug("Link attached", metadata: ["link.id": "\(link.id)", "link.party": "\(party.rawValue)"])
+        return Admission(link: link, generation: generation, resumed: false)
+    }
+
+    /// Attaches a new transport to an existing link (a resume, or the next poll or event stream
+    /// of an HTTP link): it supersedes the previous transport, gets every kept message after
+    /// `lastSeq` (nil: after what was already handed out), and the other parties hear
+    /// `connected` if the link was detached. Nil when the link ended or the replay cannot be
+    /// complete.
+    func attachTransport(to link: Link, resumingAfter lastSeq: Int?, dropTransport: @escaping @Sendable () -> Void) -> Int? {
+        guard let (generation, previous) = link.attach(resumingAfter: lastSeq, dropTransport: dropTransport) else { return nil }
+        if previous == .detached {
+            announce(link, status: "connected")
+            deviceSeen(link)
+        }
+        return generation
+    }
+
+    /// The transport of `generation` is gone. The link detaches for the resume grace (its
+    /// messages are kept; the other parties hear `reconnecting`), then ends.
+    func transportEnded(_ link: Link, generation: Int) {
+        let action = link.transportEnded(generation: generation) { delay in
+            Self.timers.scheduleTask(in: TimeAmount(delay)) { [weak self] in self?.end(link, graceOverAt: .now) }
+        }
+        switch action {
+        case .none:
+            return
+        case .end:
+            end(link)
+        case .detached:
+            announce(link, status: "reconnecting")
+            deviceSeen(link)
+            logger.debug("Link detached", metadata: ["link.id": "\(link.id)", "link.party": "\(link.party.rawValue)"])
+        }
+    }
+
+    /// Ends a link for good (with `graceOverAt`, only a detached link whose grace is over):
+    /// its sessions close with `peer_disconnected`.
+    func end(_ link: Link, graceOverAt now: ContinuousClock.Instant? = nil) {
+        guard let sessions = link.markEnded(graceOverAt: now) else { return }
+        table.unregister(link)
+        for session in sessions {
+            close(session, reason: .peerDisconnected, by: .relay)
+        }
+        presence.unwatch(link)
+        deviceSeen(link)
+        logger.debug("Link ended", metadata: ["link.id": "\(link.id)", "link.party": "\(link.party.rawValue)"])
+    }
+
+    /// A device link came, went or detached: its watchers hear of it, and when it was last seen
+    /// is recorded.
+    func deviceSeen(_ link: Link) {
+        guard link.party == .device else { return }
+        let now = Date()
+        presence.seen(link.principal, at: now)
+        journal.record(.deviceSeen(deviceID: link.principal, at: now))
+        presence.changed(link.principal, status: status(of:))
+    }
+
+    /// A device's presence as watchers see it: a detached (reconnecting) device is offline.
+    func status(of deviceID: String) -> PresenceBoard.Status {
+        guard let link = table.links(of: .device, principal: deviceID).first, link.isAttached else {
+            return .init(online: false, sessions: 0)
+        }
+        return .init(online: true, sessions: link.sessions.count { $0.currentPhase == .open })
+    }
+
+    /// Contract §9: a revoked device's live link ends at once; its sessions close with
+    /// `device_revoked` and its socket with 1008.
+    func revoke(deviceID: String) {
+        for link in table.links(of: .device, principal: deviceID) {
+            for session in link.sessions { close(session, reason: .deviceRevoked, by: .relay) }
+            link.close(code: RelayCloseCode.policyViolation, reason: "Device revoked")
+            end(link)
+            logger.info("Revoked device disconnected", metadata: ["device.id": "\(deviceID)", "link.id": "\(link.id)"])
+        }
+    }
+
+    /// Tells the other party of each of the link's sessions that the link is `status`.
+    func announce(_ link: Link, status: String) {
+        for session in link.sessions where session.currentPhase == .open {
+            session.peer(of: link)?.send(OutboundMessage("peer_status", ["session_id": .string(session.id), "status": .string(status)]))
+        }
+    }
+
+    /// Graceful shutdown: `go_away` to every link, up to `drain` for clients to leave, then every
+    /// session closes (`shutdown`) and every remaining socket closes with 1001.
+    func shutdown(drain: Duration) async {
+        let links = table.allLinks
+        logger.info("Shutting down: telling clients to go away", metadata: ["links": "\(links.count)"])
+        for link in links {
+            link.send(OutboundMessage("go_away", ["reconnect_after_ms": .number(Double(Int.random(in: 1000...5000)))]))
+        }
+        let deadline = ContinuousClock.now + drain
+        while ContinuousClock.now < deadline, table.allLinks.contains(where: \.isAttached) {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        for link in table.allLinks {
+            for session in link.sessions { close(session, reason: .shutdown, by: .relay) }
+            link.close(code: RelayCloseCode.goingAway, reason: "Relay shutting down")
+        }
+        // Let the writers put the close frames out.
+        let closing = ContinuousClock.now + .seconds(2)
+        while ContinuousClock.now < closing, table.allLinks.contains(where: \.isAttached) {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        for link in table.allLinks { end(link) }
+    }
+}

@@ -1,0 +1,228 @@
+/// How sessions are set up, kept fresh and ended on the switchboard: reservation, ICE servers, timers, closes.
+import DeviceAuth
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import Registry
+import RelayCore
+import TURNBroker
+
+extension Switchboard {
+    /// The first answer went through: the session is set up.
+    func answered(_ session: Session) {
+        metrics.sessionAnswered(requestedAt: session.requestedAt)
+        journal.record(.sessionAnswered(sessionID: session.id, at: Date()))
+        logger.info("Session answered", metadata: sessionMetadata(session))
+    }
+
+    /// The open session `sessionID` of which `link` is a party; anything else is `unknown_session`.
+    func openSession(_ sessionID: String, of link: Link, requestID: String?) throws(SignalingError) -> Session {
+        guard let session = link.session(sessionID), session.isOpen else {
+            throw SignalingError(.unknownSession, "Unknown session", sessionID: sessionID, requestID: requestID)
+        }
+        return session
+    }
+
+    /// Contract §3.1: checks in order (well formed, authorized, online, not busy, ICE servers),
+    /// then tells the app and the device.
+    func openSession(deviceID: String, ttl: Int?, metadata: JSONValue?, from link: Link, requestID: String?) async throws(SignalingError) {
+        let requestedAt = ContinuousClock.now
+        guard link.party == .app, let identity = link.appIdentity else {
+            throw SignalingError(.badRequest, "webrtc_request is for apps", requestID: requestID)
+        }
+        guard DeviceSignature.isValidDeviceID(deviceID) else {
+            throw SignalingError(.badRequest, "device_id must be 1-128 characters of [A-Za-z0-9._:-]", requestID: requestID)
+        }
+        guard await mayReach(identity, deviceID: deviceID) else {
+            throw SignalingError(.unauthorized, "Not authorized", requestID: requestID)
+        }
+        let session: Session
+        switch table.reserveSession(
+            app: link,
+            deviceID: deviceID,
+            maxPerDevice: limits.maxSessionsPerDevice,
+            maxPerApp: limits.maxSessionsPerApp,
+            setupTimeout: limits.setupTimeout,
+            requestedAt: requestedAt
+        ) {
+        case .success(let reserved):
+            session = reserved
+            journal.record(.sessionOpened(sessionID: session.id, userID: identity.userID, deviceID: deviceID, at: session.createdAt))
+        case .failure(.deviceOffline):
+            throw SignalingError(.deviceOffline, "Device offline", requestID: requestID)
+        case .failure(.deviceBusy(let limit)):
+            throw SignalingError(.deviceBusy, "Device busy: it already has \(limit) sessions", requestID: requestID)
+        case .failure(.appLimit(let limit)):
+            throw SignalingError(.rateLimited, "Too many sessions on this connection (at most \(limit))", requestID: requestID)
+        }
+
+        let document: CredentialDocument
+        do throws(TURNError) {
+            document = try await turn.mint(ttl: ttl ?? TURNLimits.defaultTTL, identifier: session.id)
+        } catch {
+            close(session, reason: .turnError, by: .relay)
+            logger.warning(
+                "Minting ICE servers failed",
+                metadata: ["session.id": "\(session.id)", "turn.provider": "\(turn.name)", "error": "\(error.detail)"]
+            )
+            throw SignalingError(.turnError, "TURN error: \(error.detail)", requestID: requestID)
+        }
+        let iceServers = JSONValue.raw(Self.encode(document))
+        let opened = session.open(with: document, refreshIn: refreshDelay(document.ttl)) {
+            link.send(
+                OutboundMessage(
+                    "webrtc_credentials",
+                    [
+                        "session_id": .string(session.id),
+                        "device_id": .string(deviceID),
+                        "ice_servers": iceServers,
+                        "request_id": requestID.map(JSONValue.string),
+                    ]
+                )
+            )
+            session.device.send(
+                OutboundMessage(
+                    "webrtc_request",
+                    [
+                        "session_id": .string(session.id),
+                        "user_id": .string(identity.userID),
+                        "ice_servers": iceServers,
+                        "metadata": metadata,
+                    ]
+                )
+            )
+        }
+        guard opened else {
+            // The device left while ICE servers were minted.
+            revokeLater([document])
+            throw SignalingError(.deviceOffline, "Device offline", requestID: requestID)
+        }
+        armTimer(session)
+        metrics.sessionStarted()
+        presence.changed(deviceID, status: status(of:))
+        logger.info("Session opened", metadata: sessionMetadata(session))
+    }
+
+    func sessionMetadata(_ session: Session) -> Logger.Metadata {
+        [
+            "session.id": "\(session.id)", "user.id": "\(session.userID)", "device.id": "\(session.deviceID)",
+            "app.link.id": "\(session.app.id)", "device.link.id": "\(session.device.id)",
+        ]
+    }
+
+    /// Contract §1.3: the token's `devices` claim, or the registry's owners.
+    func mayReach(_ identity: AppIdentity, deviceID: String) async -> Bool {
+        if identity.devices?.contains(deviceID) == true { return true }
+        do {
+            return try await directory.device(deviceID)?.owners.contains(identity.userID) ?? false
+        } catch {
+            logger.error("Device registry lookup failed", metadata: ["device.id": "\(deviceID)", "error": "\(error)"])
+            return false
+        }
+    }
+
+    /// Ends a session once, telling both parties who ended it and why.
+    func close(_ session: Session, reason: SessionCloseReason, by closer: SessionCloser, detail: String? = nil) {
+        let action = session.markClosed(reason, by: closer)
+        if case .none = action { return }
+        table.remove(session)
+        journal.record(.sessionClosed(sessionID: session.id, at: Date(), reason: reason.rawValue, closedBy: closer.rawValue))
+        var metadata = sessionMetadata(session)
+        metadata["session.reason"] = "\(reason)"
+        metadata["session.closed_by"] = "\(closer.rawValue)"
+        guard case .announce(let credentials) = action else {
+            logger.info("Session ended before it opened", metadata: metadata)
+            return
+        }
+        revokeLater(credentials)
+        metrics.sessionEnded(reason: reason.rawValue, by: closer.rawValue)
+        presence.changed(session.deviceID, status: status(of:))
+        let message = OutboundMessage(
+            "webrtc_close",
+            [
+                "session_id": .string(session.id),
+                "reason": .string(reason.rawValue),
+                "by": .string(closer.rawValue),
+                "detail": detail.map(JSONValue.string),
+            ]
+        )
+        session.app.send(message)
+        session.device.send(message)
+        logger.info("Session closed", metadata: metadata)
+    }
+
+    /// Revokes credentials off the caller's path: a close never waits on the TURN provider.
+    func revokeLater(_ documents: [CredentialDocument]) {
+        guard !documents.isEmpty else { return }
+        let turn = turn
+        Task {
+            for document in documents { await turn.revoke(document) }
+        }
+    }
+
+    /// Where the sessions' timers run: an event loop, so a session costs no task of its own.
+    static let timers = MultiThreadedEventLoopGroup.singleton.any()
+
+    /// Arms the session's timer for its next deadline (set-up timeout, ICE refresh).
+    func armTimer(_ session: Session) {
+        session.armTimer { delay in
+            Self.timers.scheduleTask(in: TimeAmount(delay)) { [weak self] in self?.deadlinePassed(session) }
+        }
+    }
+
+    /// Contract §3.3: a session not answered within the set-up timeout closes (`setup_timeout`).
+    /// Contract §3.4: at 80 % of the credentials' ttl, fresh ones go to both parties as
+    /// `ice_servers_refresh`, until the session closes.
+    func deadlinePassed(_ session: Session) {
+        switch session.deadlinePassed() {
+        case .none:
+            armTimer(session)
+        case .closeForSetupTimeout:
+            close(session, reason: .setupTimeout, by: .relay)
+        case .mint(let ttl):
+            armTimer(session)
+            Task { await refresh(session, ttl: ttl) }
+        }
+    }
+
+    func refresh(_ session: Session, ttl: Int) async {
+        let fresh: CredentialDocument
+        do throws(TURNError) {
+            fresh = try await turn.mint(ttl: ttl, identifier: session.id)
+        } catch {
+            logger.warning("Refreshing ICE servers failed; retrying", metadata: ["session.id": "\(session.id)", "error": "\(error.detail)"])
+            if session.refreshFailed(retryIn: min(refreshDelay(ttl), .seconds(30))) { armTimer(session) }
+            return
+        }
+        let message = OutboundMessage(
+            "ice_servers_refresh",
+            ["session_id": .string(session.id), "ice_servers": .raw(Self.encode(fresh))]
+        )
+        let delivered = session.refreshed(with: fresh, refreshIn: refreshDelay(fresh.ttl)) {
+            session.app.send(message)
+            session.device.send(message)
+        }
+        guard delivered else {
+            // The session closed during the mint.
+            await turn.revoke(fresh)
+            return
+        }
+        armTimer(session)
+    }
+
+    static func encode(_ document: CredentialDocument) -> String {
+        let servers: [JSONValue] = document.iceServers.map { server in
+            var fields: [String: JSONValue] = [:]
+            switch server.urls {
+            case .one(let url): fields["urls"] = .string(url)
+            case .many(let urls): fields["urls"] = .array(urls.map(JSONValue.string))
+            }
+            if let username = server.username { fields["username"] = .string(username) }
+            if let credential = server.credential { fields["credential"] = .string(credential) }
+            return .object(fields)
+        }
+        return JSONValue.object(["iceServers": .array(servers), "ttl": .number(Double(document.ttl)), "expiresAt": .string(document.expiresAt)])
+            .serialized
+    }
+}

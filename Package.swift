@@ -83,10 +83,26 @@ let package = Package(
             dependencies: [.product(name: "DequeModule", package: "swift-collections")],
             swiftSettings: swiftSettings
         ),
+        // The server's connections: RFC 6455 on SwiftNIO, the upgrade gate, the open sockets;
+        // used by the relay and by the echo server.
+        .target(
+            name: "RelayWebSocket",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "Relay",
             dependencies: [
-                "DeviceAuth", "OpenSSLCrypto", "Registry", "RelayCore", "TURNBroker",
+                "DeviceAuth", "OpenSSLCrypto", "Registry", "RelayCore", "RelayWebSocket", "TURNBroker",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -135,7 +151,8 @@ let package = Package(
         .executableTarget(
             name: "RelayEcho",
             dependencies: [
-                "Relay",
+                "RelayWebSocket",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ],

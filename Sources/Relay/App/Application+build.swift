@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import Registry
+import RelayWebSocket
 import ServiceLifecycle
 import TURNBroker
 
@@ -119,7 +120,7 @@ public func buildRelay(
         switch request.uri.path {
         case "/ws/app": party = .app
         case "/ws/device": party = .device
-        default: return .refuse(RelayHTTPError(.notFound, "No WebSocket endpoint at this path"))
+        default: return .refuse(RelayHTTPError(.notFound, "No WebSocket endpoint at this path").refusal)
         }
         do throws(RelayHTTPError) {
             let query = request.uri.queryParameters
@@ -130,7 +131,7 @@ public func buildRelay(
             let identity = try await admission.admit(request, as: party, from: remoteIP, logger: logger)
             return .accept { LinkSocket(connection: connection, identity: identity, resume: resume) }
         } catch {
-            return .refuse(error)
+            return .refuse(error.refusal)
         }
     }
 
@@ -207,7 +208,7 @@ public func buildRelay(
     let application = Application(
         router: router,
         server: HTTPServerBuilder { responder in
-            RelayServerChannel(responder: responder, gate: gate, webSocket: webSocket, sockets: sockets, idleTimeout: nil)
+            WebSocketServerChannel(responder: responder, gate: gate, webSocket: webSocket, sockets: sockets, idleTimeout: nil)
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "relay"),
         services: services,

@@ -2,6 +2,7 @@ import DeviceAuth
 import Foundation
 import HTTPTypes
 import Hummingbird
+import RelayWebSocket
 
 /// An HTTP error answered as `{"detail": "..."}` with one status.
 public struct RelayHTTPError: HTTPResponseError, Sendable {
@@ -28,6 +29,11 @@ public struct RelayHTTPError: HTTPResponseError, Sendable {
         var body = "{\"detail\":"
         JSONValue.writeString(detail, to: &body)
         return body + "}"
+    }
+
+    /// The same answer to a WebSocket upgrade.
+    var refusal: UpgradeRefusal {
+        UpgradeRefusal(status: status, headers: headers, body: body)
     }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {

@@ -1,6 +1,5 @@
 import Hummingbird
 import Logging
-import Relay
 
 // `relay-echo [port]`: the relay's WebSocket layer as an echo server, for Autobahn (kosoku).
 let port = CommandLine.arguments.dropFirst().first.flatMap(Int.init) ?? 9001

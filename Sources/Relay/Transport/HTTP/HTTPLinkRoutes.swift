@@ -5,6 +5,7 @@ import Hummingbird
 import Logging
 import NIOCore
 import RelayCore
+import RelayWebSocket
 import ServiceLifecycle
 import Synchronization
 

@@ -5,6 +5,7 @@ import Foundation
 import NIOCore
 import NIOWebSocket
 import RelayCore
+import RelayWebSocket
 
 /// One WebSocket as a transport of a link, on its event loop: `hello` first, then the link's
 /// frames are written as its outbox offers them (a batch per flush, replaying what a resumed

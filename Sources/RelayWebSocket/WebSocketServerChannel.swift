@@ -1,3 +1,5 @@
+/// The server's connections: HTTP/1.1 to the router, WebSocket upgrades through a gate, and the open sockets.
+
 // Adapted from hummingbird-websocket's HTTP1WebSocketUpgradeChannel (Apache-2.0, Copyright (c)
 // the Hummingbird authors). That channel answers every refused upgrade with a fixed status and
 // no body; the relay's contract needs the refusal's own status and `{"detail": ...}` so a robot
@@ -17,41 +19,73 @@ import ServiceLifecycle
 import Synchronization
 
 /// Decides whether a WebSocket upgrade request may proceed, before the upgrade.
-struct UpgradeGate: Sendable {
-    enum Decision: Sendable {
+public struct UpgradeGate: Sendable {
+    public enum Decision: Sendable {
         /// Upgrade and run the endpoint this makes (on the socket's event loop).
         case accept(@Sendable () -> any WebSocketEndpoint)
-        /// Answer with this error instead of upgrading.
-        case refuse(RelayHTTPError)
+        /// Answer with this instead of upgrading.
+        case refuse(UpgradeRefusal)
     }
 
     /// Decides for a request from a client at an IP address (nil when unknown).
     let decide: @Sendable (Request, String?, Logger) async -> Decision
+
+    public init(decide: @escaping @Sendable (Request, String?, Logger) async -> Decision) {
+        self.decide = decide
+    }
+}
+
+/// The HTTP answer to an upgrade that may not proceed: a status, headers and a JSON body.
+public struct UpgradeRefusal: Error, Sendable {
+    public var status: HTTPResponse.Status
+    public var headers: HTTPFields
+    /// JSON text.
+    public var body: String
+
+    public init(status: HTTPResponse.Status, headers: HTTPFields = [:], body: String) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
 }
 
 /// A server child channel: HTTP/1.1 requests go to the router; WebSocket upgrade requests go
 /// through the `UpgradeGate`, and a refusal is written with its status and JSON body.
-struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
-    enum UpgradeResult: Sendable {
+public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
+    public enum UpgradeResult: Sendable {
         /// The socket runs as a `WebSocketConnection` on its event loop until it closes.
         case websocket(any Channel, NIOLoopBound<WebSocketConnection>)
         case notUpgraded(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
-        case refused(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, RelayHTTPError)
+        case refused(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, UpgradeRefusal)
     }
 
-    struct Value: ServerChildChannelValue {
+    public struct Value: ServerChildChannelValue {
         let upgradeResult: EventLoopFuture<UpgradeResult>
-        let channel: any Channel
+        public let channel: any Channel
     }
 
-    let responder: HTTPChannelHandler.Responder
+    public let responder: HTTPChannelHandler.Responder
     let gate: UpgradeGate
     let webSocket: WebSocketConnection.Configuration
     /// Keeps each upgraded socket until it closes, for a graceful shutdown.
     let sockets: OpenSockets
     let idleTimeout: Duration?
 
-    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+    public init(
+        responder: @escaping HTTPChannelHandler.Responder,
+        gate: UpgradeGate,
+        webSocket: WebSocketConnection.Configuration,
+        sockets: OpenSockets,
+        idleTimeout: Duration?
+    ) {
+        self.responder = responder
+        self.gate = gate
+        self.webSocket = webSocket
+        self.sockets = sockets
+        self.idleTimeout = idleTimeout
+    }
+
+    public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
             try channel.syncOptions?.setOption(
                 ChannelOptions.recvAllocator,
@@ -61,7 +95,7 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
             // carried from `shouldUpgrade` to the upgrade (or to the refusal) without deciding twice,
             // which would spend a device's nonce twice.
             let accepted = NIOLoopBoundBox<(@Sendable () -> any WebSocketEndpoint)?>(nil, eventLoop: channel.eventLoop)
-            let refusal = NIOLoopBoundBox<RelayHTTPError?>(nil, eventLoop: channel.eventLoop)
+            let refusal = NIOLoopBoundBox<UpgradeRefusal?>(nil, eventLoop: channel.eventLoop)
             var logger = logger
             logger[metadataKey: "hb.request.id"] = .stringConvertible(RequestID())
             let configuration = webSocket
@@ -72,7 +106,7 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
                     let promise = channel.eventLoop.makePromise(of: UpgradeGate.Decision.self)
                     promise.completeWithTask {
                         guard let request = try? HTTPRequest(head, secure: false, splitCookie: false) else {
-                            return .refuse(RelayHTTPError(.badRequest, "Malformed upgrade request"))
+                            return .refuse(UpgradeRefusal(status: .badRequest, body: #"{"detail":"Malformed upgrade request"}"#))
                         }
                         return await gate.decide(Request(head: request, body: .init(buffer: .init())), channel.remoteAddress?.ipAddress, logger)
                     }
@@ -126,7 +160,7 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
         }
     }
 
-    func handle(value: Value, logger: Logger) async {
+    public func handle(value: Value, logger: Logger) async {
         do {
             switch try await value.upgradeResult.get() {
             case .notUpgraded(let http1):
@@ -146,7 +180,7 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     /// Writes the gate's refusal (`{"detail": ...}`) and closes the connection.
-    private func writeRefusal(_ error: RelayHTTPError, to asyncChannel: NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, logger: Logger) async {
+    private func writeRefusal(_ error: UpgradeRefusal, to asyncChannel: NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, logger: Logger) async {
         let body = ByteBuffer(string: error.body)
         var headers = error.headers
         headers[.contentType] = "application/json; charset=utf-8"
@@ -164,8 +198,10 @@ struct RelayServerChannel: ServerChildChannel, HTTPChannelHandler {
 
 /// The open WebSockets. At a graceful shutdown it closes each (1001) that nothing else closed,
 /// and returns once all are gone (each closes at most `closeTimeout` after its close frame).
-final class OpenSockets: Service, Sendable {
+public final class OpenSockets: Service, Sendable {
     private let open = Mutex<[ObjectIdentifier: (channel: any Channel, connection: NIOLoopBound<WebSocketConnection>)]>([:])
+
+    public init() {}
 
     func add(_ channel: any Channel, _ connection: NIOLoopBound<WebSocketConnection>) {
         let key = ObjectIdentifier(channel as AnyObject)
@@ -173,7 +209,7 @@ final class OpenSockets: Service, Sendable {
         channel.closeFuture.whenComplete { [self] _ in _ = open.withLock { $0.removeValue(forKey: key) } }
     }
 
-    func run() async throws {
+    public func run() async throws {
         try? await gracefulShutdown()
         let sockets = open.withLock { Array($0.values) }
         for socket in sockets {

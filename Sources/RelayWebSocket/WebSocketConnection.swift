@@ -1,8 +1,9 @@
+/// RFC 6455 on a channel: messages, limits, UTF-8, pings and the heartbeat, the close handshake.
 import NIOCore
 import NIOWebSocket
 
 /// What runs on an accepted WebSocket. Every call comes on the socket's event loop.
-protocol WebSocketEndpoint: AnyObject {
+public protocol WebSocketEndpoint: AnyObject {
     /// The socket is open; `connection` writes on it.
     func opened(_ connection: WebSocketConnection)
     /// A whole text message (valid UTF-8, within the size limit).
@@ -22,14 +23,21 @@ protocol WebSocketEndpoint: AnyObject {
 /// contract §4), and the close handshake is answered or, when this side closes, awaited for at
 /// most `closeTimeout`. A message is handed to the endpoint where it is read, on the event loop,
 /// so relaying one costs no hop between threads.
-final class WebSocketConnection: ChannelInboundHandler {
-    typealias InboundIn = WebSocketFrame
-    typealias OutboundOut = WebSocketFrame
+public final class WebSocketConnection: ChannelInboundHandler {
+    public typealias InboundIn = WebSocketFrame
+    public typealias OutboundOut = WebSocketFrame
 
-    struct Configuration: Sendable {
-        var maxMessageBytes: Int
-        var heartbeat: Duration?
-        var closeTimeout: Duration = .seconds(10)
+    public struct Configuration: Sendable {
+        public var maxMessageBytes: Int
+        /// How often to ping; nil: never.
+        public var heartbeat: Duration?
+        public var closeTimeout: Duration
+
+        public init(maxMessageBytes: Int, heartbeat: Duration?, closeTimeout: Duration = .seconds(10)) {
+            self.maxMessageBytes = maxMessageBytes
+            self.heartbeat = heartbeat
+            self.closeTimeout = closeTimeout
+        }
     }
 
     private enum State {
@@ -51,17 +59,17 @@ final class WebSocketConnection: ChannelInboundHandler {
     private var heartbeat: RepeatedTask?
     private var closeTimer: Scheduled<Void>?
 
-    init(configuration: Configuration, endpoint: any WebSocketEndpoint) {
+    public init(configuration: Configuration, endpoint: any WebSocketEndpoint) {
         self.configuration = configuration
         self.endpoint = endpoint
     }
 
     /// The socket's channel (set when the handler is added, kept after it is removed).
-    private(set) var channel: (any Channel)!
-    var isWritable: Bool { context?.channel.isWritable ?? false }
-    var isOpen: Bool { state == .open }
+    public private(set) var channel: (any Channel)!
+    public var isWritable: Bool { context?.channel.isWritable ?? false }
+    public var isOpen: Bool { state == .open }
 
-    func handlerAdded(context: ChannelHandlerContext) {
+    public func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.channel = context.channel
         if let period = configuration.heartbeat {
@@ -73,11 +81,11 @@ final class WebSocketConnection: ChannelInboundHandler {
         endpoint.opened(self)
     }
 
-    func handlerRemoved(context: ChannelHandlerContext) {
+    public func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    public func channelInactive(context: ChannelHandlerContext) {
         state = .closed
         heartbeat?.cancel()
         closeTimer?.cancel()
@@ -85,12 +93,12 @@ final class WebSocketConnection: ChannelInboundHandler {
         context.fireChannelInactive()
     }
 
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
+    public func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable { endpoint.writable() }
         context.fireChannelWritabilityChanged()
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+    public func errorCaught(context: ChannelHandlerContext, error: any Error) {
         context.close(promise: nil)
     }
 
@@ -98,7 +106,7 @@ final class WebSocketConnection: ChannelInboundHandler {
     /// that dropped its socket). The server allows half-closed connections for HTTP; a
     /// WebSocket that can no longer be read is over, so it closes now rather than at the next
     /// missed ping.
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+    public func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .some(.inputClosed) = event as? ChannelEvent {
             state = .closed
             context.close(promise: nil)
@@ -107,7 +115,7 @@ final class WebSocketConnection: ChannelInboundHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
         guard state != .closed else { return }
         guard frame.reservedBits.isEmpty else { return fail(.protocolError) }
@@ -229,22 +237,22 @@ final class WebSocketConnection: ChannelInboundHandler {
     // MARK: Writing (on the event loop)
 
     /// Queues a text message; it goes out at the next `flush`.
-    func write(text: String) {
+    public func write(text: String) {
         guard state == .open, let context else { return }
         context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: context.channel.allocator.buffer(string: text))), promise: nil)
     }
 
     /// Queues a binary message; it goes out at the next `flush`.
-    func write(binary: ByteBuffer) {
+    public func write(binary: ByteBuffer) {
         guard state == .open, let context else { return }
         context.write(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: binary)), promise: nil)
     }
 
-    func flush() { context?.flush() }
+    public func flush() { context?.flush() }
 
     /// Starts the close handshake: what is queued goes out, then the close frame; the socket
     /// closes when the peer answers, or after `closeTimeout`.
-    func close(_ code: WebSocketErrorCode, reason: String?) {
+    public func close(_ code: WebSocketErrorCode, reason: String?) {
         guard state == .open, let context else { return }
         state = .closing
         context.writeAndFlush(wrapOutboundOut(closeFrame(code, reason: reason)), promise: nil)
@@ -253,14 +261,7 @@ final class WebSocketConnection: ChannelInboundHandler {
     }
 
     /// Stops or resumes reading from the socket.
-    func setReading(_ on: Bool) {
+    public func setReading(_ on: Bool) {
         _ = context?.channel.setOption(ChannelOptions.autoRead, value: on)
-    }
-}
-
-extension TimeAmount {
-    init(_ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        self = .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 }

@@ -218,7 +218,7 @@ let package = Package(
         .testTarget(
             name: "RelayTests",
             dependencies: [
-                "Relay", "DeviceAuth", "OpenSSLCrypto", "Registry", "TURNBroker", "RelayTestSupport",
+                "Relay", "RelayCore", "DeviceAuth", "OpenSSLCrypto", "Registry", "TURNBroker", "RelayTestSupport",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Relay
+import RelayCore
 import RelayTestSupport
 import TURNBroker
 import Testing
@@ -300,5 +301,10 @@ extension CloudflareTURNTests {
         #expect(CredentialDocument(iceServers: [], ttl: 60, issuedAt: Date(timeIntervalSince1970: 0)).expiresAt == "1970-01-01T00:01:00Z")
         #expect(!document.hasExpired(at: Date(timeIntervalSince1970: 1_795_294_873)))
         #expect(document.hasExpired(at: Date(timeIntervalSince1970: 1_795_294_875)))
+    }
+
+    @Test func aSessionMayAskForEveryTtlTheProvidersMintAndNoOther() {
+        // The message rules (RelayCore) and the providers (TURNBroker) keep one range each.
+        #expect(MessageLimits.ttlRange == TURNLimits.ttlRange)
     }
 }

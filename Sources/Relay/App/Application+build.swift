@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdCore
 import Logging
 import Registry
+import RelayCore
 import RelayWebSocket
 import ServiceLifecycle
 import TURNBroker

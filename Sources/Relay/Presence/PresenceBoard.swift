@@ -1,4 +1,5 @@
 import Foundation
+import RelayCore
 
 /// Contract §8: which app links watch which devices, and `device_status` to them at once and on
 /// every change of a device's presence (online, number of open sessions). It also remembers

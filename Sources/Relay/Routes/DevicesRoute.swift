@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import Logging
 import Registry
+import RelayCore
 
 /// `GET /api/devices` (contract §8): the devices the user may reach (registry owners and the
 /// token's `devices` claim), with presence.

@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import RelayCore
 
 extension Response {
     /// A JSON answer built from a `JSONValue` (keys sorted).

@@ -2,6 +2,7 @@ import DeviceAuth
 import Foundation
 import HTTPTypes
 import Hummingbird
+import RelayCore
 import RelayWebSocket
 
 /// An HTTP error answered as `{"detail": "..."}` with one status.

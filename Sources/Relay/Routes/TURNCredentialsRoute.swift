@@ -2,6 +2,7 @@ import DeviceAuth
 import Foundation
 import Hummingbird
 import Logging
+import RelayCore
 import TURNBroker
 
 /// `POST /api/turn/credentials` (contract §6): an app mints ICE servers outside a session.

@@ -1,8 +1,8 @@
 import CFuzzMain
 import DeviceAuth
 import Foundation
-
 @testable import Relay
+import RelayCore
 
 // libFuzzer entry: the first byte picks the parser, the rest is its input. Build and run with
 //   swift build -c debug --sanitize=fuzzer --product relay-fuzz --scratch-path .build-fuzz

@@ -2,13 +2,13 @@
 /// one pass over the bytes, strings without escapes made in one copy, integers without a
 /// detour through text. Nesting deeper than `maxDepth` is refused (no unbounded recursion on
 /// a hostile message). Input is valid UTF-8 (a WebSocket text frame or a Swift string).
-struct JSONParser {
-    struct Failure: Error {}
+public struct JSONParser {
+    public struct Failure: Error {}
 
-    static let maxDepth = 32
+    public static let maxDepth = 32
 
     /// Parses a whole text holding one JSON object.
-    static func object(_ text: String) throws(Failure) -> [String: JSONValue] {
+    public static func object(_ text: String) throws(Failure) -> [String: JSONValue] {
         var text = text
         let result: Result<[String: JSONValue], Failure> = text.withUTF8 { bytes in
             var parser = JSONParser(bytes: UnsafeRawBufferPointer(bytes))

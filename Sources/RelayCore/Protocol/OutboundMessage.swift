@@ -3,13 +3,13 @@
 public struct OutboundMessage: Sendable {
     public let type: String
     /// `{"type":"...",...` without the closing brace.
-    let openBody: String
+    public let openBody: String
 
-    init(_ type: String, _ fields: KeyValuePairs<String, JSONValue?>) {
+    public init(_ type: String, _ fields: KeyValuePairs<String, JSONValue?>) {
         self.init(type, fields: fields.map { ($0.key, $0.value) })
     }
 
-    init(_ type: String, fields: [(String, JSONValue?)]) {
+    public init(_ type: String, fields: [(String, JSONValue?)]) {
         var body = "{\"type\":"
         JSONValue.writeString(type, to: &body)
         for (key, value) in fields {
@@ -24,7 +24,7 @@ public struct OutboundMessage: Sendable {
     }
 
     /// The text frame carrying this message as number `seq` on its link (nil only for `hello`).
-    func text(seq: Int?) -> String {
+    public func text(seq: Int?) -> String {
         guard let seq else { return openBody + "}" }
         return openBody + ",\"seq\":\(seq)}"
     }

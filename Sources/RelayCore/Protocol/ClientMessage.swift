@@ -1,9 +1,6 @@
-import DeviceAuth
-import Foundation
-import TURNBroker
 
 /// A message a client sent, validated: only the fields the contract names survive.
-enum ClientMessage: Sendable {
+public enum ClientMessage: Sendable {
     case webrtcRequest(deviceID: String, ttl: Int?, metadata: JSONValue?)
     /// `webrtc_offer`, `webrtc_answer` or `webrtc_ice`, with the fields to forward.
     case negotiation(type: String, sessionID: String, fields: [(String, JSONValue?)])
@@ -16,7 +13,7 @@ enum ClientMessage: Sendable {
     case deviceInfo(capabilities: JSONValue)
 
     /// The message's `type`, as the client spelled it.
-    var type: String {
+    public var type: String {
         switch self {
         case .webrtcRequest: "webrtc_request"
         case .negotiation(let type, _, _): type
@@ -32,13 +29,13 @@ enum ClientMessage: Sendable {
 }
 
 /// A client message with the `request_id` to echo on whatever it causes.
-struct ClientEnvelope: Sendable {
-    var message: ClientMessage
-    var requestID: String?
+public struct ClientEnvelope: Sendable {
+    public var message: ClientMessage
+    public var requestID: String?
 }
 
 /// The error codes of contract §3.6.
-enum ErrorCode: String, Sendable {
+public enum ErrorCode: String, Sendable {
     case badRequest = "bad_request"
     case unauthorized
     case deviceOffline = "device_offline"
@@ -49,20 +46,20 @@ enum ErrorCode: String, Sendable {
 }
 
 /// An error answered on the link; the socket stays open.
-struct SignalingError: Error, Sendable {
-    var code: ErrorCode
-    var message: String
-    var sessionID: String?
-    var requestID: String?
+public struct SignalingError: Error, Sendable {
+    public var code: ErrorCode
+    public var message: String
+    public var sessionID: String?
+    public var requestID: String?
 
-    init(_ code: ErrorCode, _ message: String, sessionID: String? = nil, requestID: String? = nil) {
+    public init(_ code: ErrorCode, _ message: String, sessionID: String? = nil, requestID: String? = nil) {
         self.code = code
         self.message = message
         self.sessionID = sessionID
         self.requestID = requestID
     }
 
-    var outbound: OutboundMessage {
+    public var outbound: OutboundMessage {
         OutboundMessage(
             "error",
             [
@@ -76,21 +73,23 @@ struct SignalingError: Error, Sendable {
 }
 
 /// Field limits of contract §3.
-enum MessageLimits {
-    static let requestIDLength = 64
-    static let sessionIDLength = 64
-    static let sdpBytes = 64 * 1024
-    static let candidateBytes = 1024
-    static let sdpMidLength = 64
-    static let usernameFragmentBytes = 256
-    static let objectBytes = 4 * 1024
-    static let reasonLength = 256
-    static let watchedDevices = 256
+public enum MessageLimits {
+    public static let requestIDLength = 64
+    public static let sessionIDLength = 64
+    public static let sdpBytes = 64 * 1024
+    public static let candidateBytes = 1024
+    public static let sdpMidLength = 64
+    public static let usernameFragmentBytes = 256
+    public static let objectBytes = 4 * 1024
+    public static let reasonLength = 256
+    public static let watchedDevices = 256
+    /// A session's ICE server ttl (seconds) a `webrtc_request` may ask for: TURN providers' own range.
+    public static let ttlRange = 60...172_800
 }
 
 extension ClientEnvelope {
     /// Decodes and validates one text frame.
-    init(text: String) throws(SignalingError) {
+    public init(text: String) throws(SignalingError) {
         guard let object = try? JSONParser.object(text) else {
             throw SignalingError(.badRequest, "Message must be a JSON object")
         }
@@ -98,13 +97,13 @@ extension ClientEnvelope {
     }
 
     /// Validates one message an HTTP request carried, already decoded with its body.
-    init(value: JSONValue) throws(SignalingError) {
+    public init(value: JSONValue) throws(SignalingError) {
         guard case .object(let object) = value else { throw SignalingError(.badRequest, "Message must be a JSON object") }
         try self.init(object: object)
     }
 
     /// Validates a decoded message object.
-    init(object: [String: JSONValue]) throws(SignalingError) {
+    public init(object: [String: JSONValue]) throws(SignalingError) {
         var requestID: String?
         if let value = object["request_id"] {
             guard let id = value.stringValue, id.count <= MessageLimits.requestIDLength else {
@@ -121,8 +120,8 @@ extension ClientEnvelope {
             let deviceID = try fields.string("device_id")
             var ttl: Int?
             if let value = object["ttl"] {
-                guard let seconds = value.intValue, TURNLimits.ttlRange.contains(seconds) else {
-                    throw fields.error("ttl must be an integer from \(TURNLimits.ttlRange.lowerBound) to \(TURNLimits.ttlRange.upperBound)")
+                guard let seconds = value.intValue, MessageLimits.ttlRange.contains(seconds) else {
+                    throw fields.error("ttl must be an integer from \(MessageLimits.ttlRange.lowerBound) to \(MessageLimits.ttlRange.upperBound)")
                 }
                 ttl = seconds
             }

@@ -1,5 +1,3 @@
-import Foundation
-
 /// A JSON value as a client sent it, kept only to validate and forward named fields.
 public enum JSONValue: Sendable, Equatable {
     case null
@@ -11,31 +9,31 @@ public enum JSONValue: Sendable, Equatable {
     /// Already-serialized JSON, spliced in as is (a credential document encoded once per session).
     case raw(String)
 
-    var stringValue: String? {
+    public var stringValue: String? {
         if case .string(let value) = self { return value }
         return nil
     }
 
-    var objectValue: [String: JSONValue]? {
+    public var objectValue: [String: JSONValue]? {
         if case .object(let value) = self { return value }
         return nil
     }
 
     /// The value as an integer, when it is a number with no fractional part.
-    var intValue: Int? {
+    public var intValue: Int? {
         guard case .number(let value) = self, value.rounded() == value, abs(value) < 9e15 else { return nil }
         return Int(value)
     }
 
     /// Compact JSON text.
-    var serialized: String {
+    public var serialized: String {
         var out = ""
         write(to: &out)
         return out
     }
 
     /// The length in bytes of `serialized`, counted without building it.
-    var serializedByteCount: Int {
+    public var serializedByteCount: Int {
         switch self {
         case .null: 4
         case .bool(let value): value ? 4 : 5
@@ -49,7 +47,7 @@ public enum JSONValue: Sendable, Equatable {
     }
 
     /// The length of a string as `writeString` writes it: quoted, with its escapes.
-    static func serializedByteCount(of value: String) -> Int {
+    public static func serializedByteCount(of value: String) -> Int {
         var count = 2
         for byte in value.utf8 {
             switch byte {
@@ -61,7 +59,7 @@ public enum JSONValue: Sendable, Equatable {
         return count
     }
 
-    func write(to out: inout String) {
+    public func write(to out: inout String) {
         switch self {
         case .null: out += "null"
         case .bool(let value): out += value ? "true" : "false"
@@ -92,7 +90,7 @@ public enum JSONValue: Sendable, Equatable {
         }
     }
 
-    static func writeString(_ value: String, to out: inout String) {
+    public static func writeString(_ value: String, to out: inout String) {
         var value = value
         value.withUTF8 { bytes in
             out += "\""

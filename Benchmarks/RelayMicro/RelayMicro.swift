@@ -42,7 +42,8 @@ let benchmarks: @Sendable () -> Void = {
     func offer(_ session: String) -> String { #"{"type":"webrtc_offer","session_id":"\#(session)","sdp":"\#(escaped)"}"# }
     func signalingPath() async throws -> SignalingPath {
         try await SignalingPath(
-            storePath: FileManager.default.temporaryDirectory.appendingPathComponent("relay-micro-\(UUID().uuidString).sqlite").path
+            storePath: FileManager.default.temporaryDirectory.appendingPathComponent("relay-micro-\(UUID().uuidString).sqlite").path,
+            tokenSecret: Array("bench-secret-bench-secret-bench-s".utf8)
         )
     }
     let session = UUID().uuidString.lowercased()

@@ -1,3 +1,4 @@
+/// Verifies an app's JWT: length cap, header checks, libjwt with the expected key, strict claims.
 import Foundation
 import OpenSSLCrypto
 

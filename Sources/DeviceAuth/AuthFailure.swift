@@ -1,4 +1,5 @@
 /// Why a client was not let in. Every failure maps to one HTTP status and one human-readable
+
 /// `detail`; neither ever repeats the credential itself.
 public struct AuthFailure: Error, Sendable, Equatable, CustomStringConvertible {
     public enum Status: Sendable, Equatable {

@@ -1,3 +1,4 @@
+/// Base64url without padding, in one pass (resume tokens, JWT segments).
 import Foundation
 
 /// Unpadded base64url (RFC 7515 §2), used by JWTs and by the tokens the relay hands out.

@@ -1,3 +1,4 @@
+/// A device's HMAC-signed connect query: parsing, signing, and checking it against the device's secrets.
 import OpenSSLCrypto
 
 /// The signed query parameters a device connects with (contract §1.2):

@@ -1,3 +1,4 @@
+/// libjwt behind one small Swift type: decode a token with a given key and report its algorithm.
 import CJWT
 
 #if canImport(Glibc)

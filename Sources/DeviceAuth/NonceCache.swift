@@ -1,3 +1,4 @@
+/// Device nonces seen within the signature window, so a signed URL works once.
 import Synchronization
 
 /// Remembers which `(device id, nonce)` pairs were accepted while their signature could still be

@@ -1,3 +1,4 @@
+/// OpenSSL's libcrypto behind one small Swift type: HMAC, constant-time compare, random bytes.
 import CCrypto
 
 /// The relay's only door to OpenSSL's libcrypto: HMAC, constant-time comparison, random bytes

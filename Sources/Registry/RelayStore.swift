@@ -1,3 +1,4 @@
+/// The embedded SQLite store (GRDB): device registry, owners, session audit log.
 import DeviceAuth
 import Foundation
 import GRDB
@@ -9,7 +10,7 @@ import OpenSSLCrypto
 /// a device it does not hold in its token; it writes to it only in batches (`StoreWriter`), never
 /// on the per-message path. The `relay device` commands open the same file from another process.
 public final class RelayStore: Sendable {
-    private let pool: DatabasePool
+    let pool: DatabasePool
     public let path: String
 
     /// Opens (creating when missing, readable by its owner only: it holds device secrets) and
@@ -267,79 +268,6 @@ public final class RelayStore: Sendable {
         LibCrypto.randomBytes(32).map { String(format: "%02x", $0) }.joined()
     }
 
-    // MARK: Audit
-
-    /// Applies a batch of events in one transaction, in order.
-    func apply(_ events: [StoreEvent]) async throws(StoreError) {
-        try await run {
-            try await self.pool.write { db in
-                for event in events {
-                    switch event {
-                    case .sessionOpened(let sessionID, let userID, let deviceID, let at):
-                        try db.cachedStatement(
-                            sql: "INSERT OR IGNORE INTO session_audit (session_id, user_id, device_id, created_at) VALUES (?, ?, ?, ?)"
-                        ).execute(
-                            arguments: [sessionID, userID, deviceID, at.timeIntervalSince1970]
-                        )
-                    case .sessionAnswered(let sessionID, let at):
-                        try db.cachedStatement(sql: "UPDATE session_audit SET answered_at = ? WHERE session_id = ? AND answered_at IS NULL").execute(
-                            arguments: [at.timeIntervalSince1970, sessionID]
-                        )
-                    case .sessionClosed(let sessionID, let at, let reason, let closedBy):
-                        try db.cachedStatement(
-                            sql: "UPDATE session_audit SET closed_at = ?, close_reason = ?, closed_by = ? WHERE session_id = ? AND closed_at IS NULL"
-                        ).execute(
-                            arguments: [at.timeIntervalSince1970, reason, closedBy, sessionID]
-                        )
-                    case .deviceSeen(let deviceID, let at):
-                        try db.cachedStatement(sql: "UPDATE device SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?").execute(
-                            arguments: [at.timeIntervalSince1970, deviceID]
-                        )
-                    }
-                }
-            }
-        }
-    }
-
-    /// Sessions a previous run left open (the relay was killed): closed as `relay_stopped`, with
-    /// no close time, since when they ended is unknown. Only `relay serve` calls this, at start.
-    @discardableResult
-    public func closeSessionsLeftOpen() throws(StoreError) -> Int {
-        try run {
-            try pool.write { db in
-                try db.execute(sql: "UPDATE session_audit SET close_reason = 'relay_stopped', closed_by = 'relay' WHERE close_reason IS NULL")
-                return db.changesCount
-            }
-        }
-    }
-
-    /// Audit rows, newest first.
-    public func auditLog(deviceID: String? = nil, limit: Int = 100) async throws(StoreError) -> [AuditEntry] {
-        try await run {
-            try await self.pool.read { db in
-                try Row.fetchAll(
-                    db,
-                    sql: """
-                        SELECT * FROM session_audit \(deviceID == nil ? "" : "WHERE device_id = ?")
-                        ORDER BY created_at DESC, rowid DESC LIMIT ?
-                        """,
-                    arguments: StatementArguments(deviceID.map { [$0] } ?? []) + [limit]
-                ).map { row in
-                    AuditEntry(
-                        sessionID: row["session_id"],
-                        userID: row["user_id"],
-                        deviceID: row["device_id"],
-                        createdAt: Date(timeIntervalSince1970: row["created_at"]),
-                        answeredAt: (row["answered_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
-                        closedAt: (row["closed_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
-                        closeReason: row["close_reason"],
-                        closedBy: row["closed_by"]
-                    )
-                }
-            }
-        }
-    }
-
     /// SQLite's own consistency check: "ok" when the file is sound.
     public func integrityCheck() throws(StoreError) -> String {
         try run { try pool.read { db in try String.fetchOne(db, sql: "PRAGMA integrity_check") ?? "" } }
@@ -347,7 +275,7 @@ public final class RelayStore: Sendable {
 
     // MARK: Errors
 
-    private func run<T>(_ body: () throws -> T) throws(StoreError) -> T {
+    func run<T>(_ body: () throws -> T) throws(StoreError) -> T {
         do {
             return try body()
         } catch let error as StoreError {
@@ -357,7 +285,7 @@ public final class RelayStore: Sendable {
         }
     }
 
-    private func run<T>(_ body: () async throws -> T) async throws(StoreError) -> T {
+    func run<T>(_ body: () async throws -> T) async throws(StoreError) -> T {
         do {
             return try await body()
         } catch let error as StoreError {
@@ -372,71 +300,5 @@ extension RelayStore: DeviceDirectory {
     /// The registry's record of a device (what device authentication checks).
     public func device(_ deviceID: String) async throws -> DeviceRecord? {
         try await pool.read { db in try Self.entry(deviceID, in: db) }.map(\.record)
-    }
-}
-
-/// A registered device as the registry holds it.
-public struct DeviceEntry: Sendable, Equatable {
-    public var deviceID: String
-    /// The current secret first; the previous one during a rotation.
-    public var secrets: [String]
-    public var owners: [String]
-    public var label: String
-    public var revokedAt: Date?
-    public var createdAt: Date
-    public var lastSeenAt: Date?
-
-    public var revoked: Bool { revokedAt != nil }
-
-    public var record: DeviceRecord {
-        DeviceRecord(deviceID: deviceID, secrets: secrets, owners: Set(owners), revoked: revoked)
-    }
-}
-
-/// One session of the audit log.
-public struct AuditEntry: Sendable, Equatable {
-    public var sessionID: String
-    public var userID: String
-    public var deviceID: String
-    public var createdAt: Date
-    public var answeredAt: Date?
-    public var closedAt: Date?
-    public var closeReason: String?
-    public var closedBy: String?
-}
-
-/// What the relay records, in batches.
-public enum StoreEvent: Sendable {
-    case sessionOpened(sessionID: String, userID: String, deviceID: String, at: Date)
-    case sessionAnswered(sessionID: String, at: Date)
-    case sessionClosed(sessionID: String, at: Date, reason: String, closedBy: String)
-    case deviceSeen(deviceID: String, at: Date)
-}
-
-/// A store operation that failed, with a line a person can act on.
-public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
-    public enum Kind: Sendable, Equatable {
-        case deviceExists
-        case unknownDevice
-        case invalidDeviceID
-        case unusable
-    }
-
-    public var kind: Kind
-    public var description: String
-
-    init(_ kind: Kind, _ description: String) {
-        self.kind = kind
-        self.description = description
-    }
-
-    init(_ description: String) {
-        self.init(.unusable, description)
-    }
-
-    public static func deviceExists(_ id: String) -> StoreError { StoreError(.deviceExists, "device '\(id)' is already registered") }
-    public static func unknownDevice(_ id: String) -> StoreError { StoreError(.unknownDevice, "device '\(id)' is not registered") }
-    public static func invalidDeviceID(_ id: String) -> StoreError {
-        StoreError(.invalidDeviceID, "'\(id)' is not a valid device id (1-128 characters of [A-Za-z0-9._:-])")
     }
 }

@@ -1,3 +1,4 @@
+/// Audit events and device sightings written to the store in batches, off the message path.
 import Foundation
 import Logging
 import ServiceLifecycle

@@ -1,3 +1,4 @@
+/// `relay device`: the registry from the command line.
 import ArgumentParser
 import Configuration
 import Foundation

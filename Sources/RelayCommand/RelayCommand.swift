@@ -1,3 +1,4 @@
+/// The `relay` command: `serve`, `token`, `sign-url`, `device`.
 import ArgumentParser
 import Configuration
 import DeviceAuth

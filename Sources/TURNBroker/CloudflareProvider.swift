@@ -1,3 +1,4 @@
+/// ICE servers from Cloudflare's TURN API (through libcurl), with revocation.
 import Foundation
 import Logging
 import Metrics

@@ -1,3 +1,4 @@
+/// ICE servers for a self-hosted coturn: time-limited credentials from its shared secret.
 import Foundation
 import OpenSSLCrypto
 

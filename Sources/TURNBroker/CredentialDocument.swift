@@ -1,3 +1,4 @@
+/// The ICE server document both parties receive, with its ttl and expiry.
 import Foundation
 
 /// One `RTCIceServer`: `urls` is a string or an array on the wire; it is kept as sent.

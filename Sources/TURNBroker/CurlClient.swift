@@ -1,3 +1,4 @@
+/// libcurl behind one small Swift type: bounded HTTPS transfers on a thread pool.
 import CCurl
 import DequeModule
 import NIOPosix

@@ -1,3 +1,4 @@
+/// STUN-only ICE servers from the configuration (no TURN).
 import Foundation
 
 /// STUN only, no credentials: `STUN_URIS`. The default provider, and enough on open networks

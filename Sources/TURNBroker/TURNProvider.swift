@@ -1,3 +1,4 @@
+/// What a TURN provider does (mint, revoke) and the ttl limits.
 import Foundation
 
 /// Mints ICE servers for one session (or one HTTP caller).

@@ -1,3 +1,4 @@
+/// Builds the relay from its configuration: store, TURN provider, switchboard, routes, server and services.
 import DeviceAuth
 import Foundation
 import Hummingbird

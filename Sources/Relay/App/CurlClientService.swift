@@ -1,3 +1,4 @@
+/// Runs libcurl's client for the life of the application (its global init and its transfers' threads).
 import ServiceLifecycle
 import TURNBroker
 

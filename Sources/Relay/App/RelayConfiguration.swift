@@ -1,3 +1,4 @@
+/// Every setting of `relay serve`, read from the environment, `.env` and defaults, with its checks.
 import Configuration
 import DeviceAuth
 import Foundation

@@ -1,3 +1,4 @@
+/// Authenticates a request as an app (JWT) or a device (signed query); refusals become HTTP answers.
 import DeviceAuth
 import Foundation
 import Hummingbird

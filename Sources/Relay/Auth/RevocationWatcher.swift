@@ -1,3 +1,4 @@
+/// Notices devices revoked by another process (the command line) and disconnects them.
 import Logging
 import Registry
 import ServiceLifecycle

@@ -1,3 +1,4 @@
+/// Token buckets keyed by a string (a user, a client address), bounded in memory.
 import RelayCore
 import Synchronization
 

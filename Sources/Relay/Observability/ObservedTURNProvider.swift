@@ -1,3 +1,4 @@
+/// Wraps the configured TURN provider with mint metrics and its health for /readyz.
 import Foundation
 import Metrics
 import Synchronization

@@ -1,3 +1,4 @@
+/// The relay's metrics (swift-metrics on a Prometheus registry of its own) and their rendering.
 import CoreMetrics
 import Foundation
 import Prometheus

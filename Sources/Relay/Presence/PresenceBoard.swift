@@ -1,3 +1,4 @@
+/// Who watches which device, last-seen times and capabilities, and sending `device_status` on changes.
 import Foundation
 import RelayCore
 

@@ -1,3 +1,4 @@
+/// The admin API behind `RELAY_ADMIN_TOKEN`: devices and sessions for operators.
 import DeviceAuth
 import Foundation
 import Hummingbird

@@ -1,3 +1,4 @@
+/// `GET /demo`: a browser page that opens a session with a robot.
 import Hummingbird
 
 /// `GET /demo`: a browser app client in plain JavaScript (no build step). It takes an app token,

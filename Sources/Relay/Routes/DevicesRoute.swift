@@ -1,3 +1,4 @@
+/// `GET /api/devices`: the devices a user may reach, with presence.
 import DeviceAuth
 import Foundation
 import Hummingbird

@@ -1,3 +1,4 @@
+/// JSON request bodies and responses for the HTTP routes.
 import Foundation
 import HTTPTypes
 import Hummingbird

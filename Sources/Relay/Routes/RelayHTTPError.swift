@@ -1,3 +1,4 @@
+/// An HTTP error answered as `{"detail": ...}` with one status (routes and upgrade refusals).
 import DeviceAuth
 import Foundation
 import HTTPTypes

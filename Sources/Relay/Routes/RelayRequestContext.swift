@@ -1,3 +1,4 @@
+/// The request context of the relay's HTTP routes: the client's address and connection.
 import Hummingbird
 import NIOCore
 

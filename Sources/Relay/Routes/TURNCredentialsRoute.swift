@@ -1,3 +1,4 @@
+/// `POST /api/turn/credentials`: an app mints ICE servers outside a session.
 import DeviceAuth
 import Foundation
 import Hummingbird

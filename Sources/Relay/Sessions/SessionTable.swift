@@ -1,3 +1,4 @@
+/// The live links and sessions of this process: find a device's link, reserve and forget sessions.
 import Synchronization
 
 /// Why a session could not be reserved.

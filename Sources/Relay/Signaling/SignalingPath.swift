@@ -1,3 +1,4 @@
+/// The per-message path without sockets, for the microbenchmarks (an SPI door into a real switchboard).
 import DeviceAuth
 import Foundation
 import Logging
@@ -18,8 +19,9 @@ import TURNBroker
     /// The open session's id.
     public let sessionID: String
 
-    /// A switchboard on a scratch store at `storePath`, with the app's session to the device open.
-    public init(storePath: String) async throws {
+    /// A switchboard on a scratch store at `storePath`, with the app's session to the device
+    /// open; app tokens would be checked with `tokenSecret` (the path admits its parties directly).
+    public init(storePath: String, tokenSecret: [UInt8]) async throws {
         var logger = Logger(label: "relay.bench")
         logger.logLevel = .critical
         let store = try RelayStore(path: storePath)
@@ -28,7 +30,7 @@ import TURNBroker
             turn: StaticProvider(),
             directory: store,
             tokens: AppTokenVerifier(
-                configuration: .init(algorithms: [.hs256], secretKeys: [.init(secret: Array("bench-secret-bench-secret-bench-s".utf8))])
+                configuration: .init(algorithms: [.hs256], secretKeys: [.init(secret: tokenSecret)])
             ),
             limits: .init(
                 maxSessionsPerDevice: 4,

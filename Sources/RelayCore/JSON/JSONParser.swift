@@ -1,3 +1,5 @@
+/// The JSON parser of the per-message path: strict, one pass, bounded nesting.
+
 /// A strict RFC 8259 parser from UTF-8 bytes to `JSONValue`, written for the per-message path:
 /// one pass over the bytes, strings without escapes made in one copy, integers without a
 /// detour through text. Nesting deeper than `maxDepth` is refused (no unbounded recursion on

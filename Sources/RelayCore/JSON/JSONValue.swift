@@ -1,3 +1,5 @@
+/// A JSON value, and JSON text written the way the relay writes it.
+
 /// A JSON value as a client sent it, kept only to validate and forward named fields.
 public enum JSONValue: Sendable, Equatable {
     case null

@@ -1,3 +1,4 @@
+/// A client's messages as the relay accepts them (contract §3): decoded, validated, typed.
 
 /// A message a client sent, validated: only the fields the contract names survive.
 public enum ClientMessage: Sendable {

@@ -1,3 +1,5 @@
+/// A relay → client message, serialized once, with `seq` added as it is queued.
+
 /// A relay → client message: its `type` and named fields in a fixed order. The link adds `seq`
 /// when it queues the message, so the body is serialized once, without its closing brace.
 public struct OutboundMessage: Sendable {

@@ -1,3 +1,4 @@
+/// The HTTP fallbacks (contract §7): links over Server-Sent Events and long polls.
 import DeviceAuth
 import Foundation
 import HTTPTypes

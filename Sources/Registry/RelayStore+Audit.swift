@@ -1,0 +1,78 @@
+/// The session audit log in the store: batches of events, what a killed run left open, reading it back.
+import DeviceAuth
+import Foundation
+import GRDB
+import OpenSSLCrypto
+
+extension RelayStore {
+    /// Applies a batch of events in one transaction, in order.
+    func apply(_ events: [StoreEvent]) async throws(StoreError) {
+        try await run {
+            try await self.pool.write { db in
+                for event in events {
+                    switch event {
+                    case .sessionOpened(let sessionID, let userID, let deviceID, let at):
+                        try db.cachedStatement(
+                            sql: "INSERT OR IGNORE INTO session_audit (session_id, user_id, device_id, created_at) VALUES (?, ?, ?, ?)"
+                        ).execute(
+                            arguments: [sessionID, userID, deviceID, at.timeIntervalSince1970]
+                        )
+                    case .sessionAnswered(let sessionID, let at):
+                        try db.cachedStatement(sql: "UPDATE session_audit SET answered_at = ? WHERE session_id = ? AND answered_at IS NULL").execute(
+                            arguments: [at.timeIntervalSince1970, sessionID]
+                        )
+                    case .sessionClosed(let sessionID, let at, let reason, let closedBy):
+                        try db.cachedStatement(
+                            sql: "UPDATE session_audit SET closed_at = ?, close_reason = ?, closed_by = ? WHERE session_id = ? AND closed_at IS NULL"
+                        ).execute(
+                            arguments: [at.timeIntervalSince1970, reason, closedBy, sessionID]
+                        )
+                    case .deviceSeen(let deviceID, let at):
+                        try db.cachedStatement(sql: "UPDATE device SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?").execute(
+                            arguments: [at.timeIntervalSince1970, deviceID]
+                        )
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sessions a previous run left open (the relay was killed): closed as `relay_stopped`, with
+    /// no close time, since when they ended is unknown. Only `relay serve` calls this, at start.
+    @discardableResult
+    public func closeSessionsLeftOpen() throws(StoreError) -> Int {
+        try run {
+            try pool.write { db in
+                try db.execute(sql: "UPDATE session_audit SET close_reason = 'relay_stopped', closed_by = 'relay' WHERE close_reason IS NULL")
+                return db.changesCount
+            }
+        }
+    }
+
+    /// Audit rows, newest first.
+    public func auditLog(deviceID: String? = nil, limit: Int = 100) async throws(StoreError) -> [AuditEntry] {
+        try await run {
+            try await self.pool.read { db in
+                try Row.fetchAll(
+                    db,
+                    sql: """
+                        SELECT * FROM session_audit \(deviceID == nil ? "" : "WHERE device_id = ?")
+                        ORDER BY created_at DESC, rowid DESC LIMIT ?
+                        """,
+                    arguments: StatementArguments(deviceID.map { [$0] } ?? []) + [limit]
+                ).map { row in
+                    AuditEntry(
+                        sessionID: row["session_id"],
+                        userID: row["user_id"],
+                        deviceID: row["device_id"],
+                        createdAt: Date(timeIntervalSince1970: row["created_at"]),
+                        answeredAt: (row["answered_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
+                        closedAt: (row["closed_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
+                        closeReason: row["close_reason"],
+                        closedBy: row["closed_by"]
+                    )
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+/// What the store hands out and takes in: device entries, audit rows, events, and its error.
+import DeviceAuth
+import Foundation
+import GRDB
+import OpenSSLCrypto
+
+/// A registered device as the registry holds it.
+public struct DeviceEntry: Sendable, Equatable {
+    public var deviceID: String
+    /// The current secret first; the previous one during a rotation.
+    public var secrets: [String]
+    public var owners: [String]
+    public var label: String
+    public var revokedAt: Date?
+    public var createdAt: Date
+    public var lastSeenAt: Date?
+
+    public var revoked: Bool { revokedAt != nil }
+
+    public var record: DeviceRecord {
+        DeviceRecord(deviceID: deviceID, secrets: secrets, owners: Set(owners), revoked: revoked)
+    }
+}
+
+/// One session of the audit log.
+public struct AuditEntry: Sendable, Equatable {
+    public var sessionID: String
+    public var userID: String
+    public var deviceID: String
+    public var createdAt: Date
+    public var answeredAt: Date?
+    public var closedAt: Date?
+    public var closeReason: String?
+    public var closedBy: String?
+}
+
+/// What the relay records, in batches.
+public enum StoreEvent: Sendable {
+    case sessionOpened(sessionID: String, userID: String, deviceID: String, at: Date)
+    case sessionAnswered(sessionID: String, at: Date)
+    case sessionClosed(sessionID: String, at: Date, reason: String, closedBy: String)
+    case deviceSeen(deviceID: String, at: Date)
+}
+
+/// A store operation that failed, with a line a person can act on.
+public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
+    public enum Kind: Sendable, Equatable {
+        case deviceExists
+        case unknownDevice
+        case invalidDeviceID
+        case unusable
+    }
+
+    public var kind: Kind
+    public var description: String
+
+    init(_ kind: Kind, _ description: String) {
+        self.kind = kind
+        self.description = description
+    }
+
+    init(_ description: String) {
+        self.init(.unusable, description)
+    }
+
+    public static func deviceExists(_ id: String) -> StoreError { StoreError(.deviceExists, "device '\(id)' is already registered") }
+    public static func unknownDevice(_ id: String) -> StoreError { StoreError(.unknownDevice, "device '\(id)' is not registered") }
+    public static func invalidDeviceID(_ id: String) -> StoreError {
+        StoreError(.invalidDeviceID, "'\(id)' is not a valid device id (1-128 characters of [A-Za-z0-9._:-])")
+    }
+}

@@ -266,16 +266,17 @@ import Testing
         try await TestRelay.run { relay in
             let hello = try await openHTTPLink(port: relay.port, .device(query: relay.deviceQuery()))
             let (one, two) = (HTTPClient(port: relay.port), HTTPClient(port: relay.port))
-            async let first = Self.poll(one, hello, ["timeout_ms": 10_000])
-            try await Task.sleep(for: .milliseconds(300))
-            async let second = Self.poll(two, hello, ["timeout_ms": 10_000])
-            let ended = try await first
-            #expect(ended.seqs.isEmpty)
-            #expect(ended.elapsed < .seconds(5))
-            let app = try await relay.app()
-            try app.send(["type": "webrtc_request", "device_id": "robot-1"])
-            _ = try await app.next("webrtc_credentials")
-            #expect(try await second.seqs == [1])
+            // Two polls at once: whichever the relay takes second ends the other at once.
+            try await withThrowingTaskGroup(of: (seqs: [Int], types: [String], elapsed: Duration).self) { group in
+                for client in [one, two] { group.addTask { try await Self.poll(client, hello, ["timeout_ms": 10_000]) } }
+                let ended = try #require(try await group.next())
+                #expect(ended.seqs.isEmpty)
+                #expect(ended.elapsed < .seconds(5))
+                let app = try await relay.app()
+                try app.send(["type": "webrtc_request", "device_id": "robot-1"])
+                _ = try await app.next("webrtc_credentials")
+                #expect(try await group.next()?.seqs == [1])
+            }
             await one.shutdown()
             await two.shutdown()
         }

@@ -6,20 +6,6 @@ import OpenSSLCrypto
 import RelayCore
 import Synchronization
 
-/// Who is at the other end of a link.
-public enum Party: String, Sendable {
-    case app
-    case device
-
-    /// The party as the closer of a session it ends.
-    var closer: SessionCloser {
-        switch self {
-        case .app: .app
-        case .device: .device
-        }
-    }
-}
-
 /// One logical client connection (contract §4). Its rules (attachment, `seq` and kept
 /// messages, rate limit, token expiry) are a `LinkStateMachine`; this class holds it under one
 /// lock together with what its current transport needs to be woken or dropped, its sessions
@@ -39,6 +25,8 @@ public final class Link: Sendable {
     public let party: Party
     /// The user id for an app, the device id for a device.
     public let principal: String
+    /// Where the link lives (this node).
+    let address: LinkAddress
     private let metrics: RelayMetrics
 
     /// What a waiting writer (`next`) gets.
@@ -67,9 +55,10 @@ public final class Link: Sendable {
 
     private let state: Mutex<State>
 
-    init(party: Party, principal: String, app: AppIdentity?, machine: Machine, metrics: RelayMetrics) {
+    init(node: NodeID, party: Party, principal: String, app: AppIdentity?, machine: Machine, metrics: RelayMetrics) {
         self.metrics = metrics
         self.id = UUID().uuidString.lowercased()
+        self.address = LinkAddress(node: node, linkID: id)
         self.resumeToken = Base64URL.encode(LibCrypto.randomBytes(32))
         self.party = party
         self.principal = principal
@@ -183,7 +172,7 @@ public final class Link: Sendable {
         metrics.sent(message.type)
         let (wake, drop, push): ((CheckedContinuation<Event?, Never>, Event)?, (@Sendable () -> Void)?, (@Sendable () -> Void)?) = state.withLock {
             state in
-            let action = state.machine.offer(message.text(seq:))
+            let action = state.machine.offer { message.text(seq: $0) }
             guard action != .discarded else { return (nil, nil, nil) }
             var drop: (@Sendable () -> Void)?
             if action == .queuedDroppingTransport {
@@ -281,6 +270,11 @@ public final class Link: Sendable {
         else { return nil }
         if let close { return .close(code: close.code, reason: close.reason) }
         return frames.isEmpty ? nil : .send(frames)
+    }
+
+    /// The link as the directory knows it.
+    var record: LinkRecord {
+        LinkRecord(address: address, party: party, principal: principal, attached: isAttached)
     }
 
     // MARK: Sessions

@@ -2,6 +2,7 @@
 import CoreMetrics
 import Foundation
 import Prometheus
+import RelayCore
 
 /// The relay's metrics, created once per relay and exported by `GET /metrics` in Prometheus
 /// text format. Each relay has its own registry (through swift-metrics' `factory:`), so several

@@ -39,8 +39,11 @@ public final class Session: Sendable {
 
     private let state: Mutex<State>
 
-    init(app: Link, device: Link, setupTimeout: Duration, requestedAt: ContinuousClock.Instant = .now) {
-        self.id = UUID().uuidString.lowercased()
+    /// A fresh session id.
+    static func makeID() -> String { UUID().uuidString.lowercased() }
+
+    init(id: String, app: Link, device: Link, setupTimeout: Duration, requestedAt: ContinuousClock.Instant = .now) {
+        self.id = id
         self.app = app
         self.device = device
         self.createdAt = Date()

@@ -1,19 +1,19 @@
-/// The live links and sessions of this process: find a device's link, reserve and forget sessions.
+/// The live links and sessions of this process: the facts in the store seam (`LocalStore`), the objects that route messages beside them.
+import RelayCore
 import Synchronization
 
-/// Why a session could not be reserved.
-enum SessionRefusal: Error, Sendable {
-    case deviceOffline
-    case deviceBusy(limit: Int)
-    case appLimit(limit: Int)
-}
-
 /// The table of live links and sessions: the one interface the rest of the relay uses to find
-/// a device's link, reserve and find sessions, and forget them. This implementation keeps them
-/// in this process; a shared implementation (several relay nodes) conforms to the same protocol.
+/// a device's link, reserve and find sessions, and forget them. The facts (which link is a
+/// device's live one, which sessions exist and between whom, the capacity rule) are values in a
+/// `LinkDirectory` and `SessionStore`; beside them this process keeps the `Link` and `Session`
+/// objects that route messages, by id.
 protocol SessionTable: Sendable {
+    /// This process's node.
+    var node: NodeID { get }
     /// Makes `link` live. For a device, returns the link it replaces, if any.
     func register(_ link: Link) -> Link?
+    /// Records whether a transport serves `link` (a device then may take new sessions).
+    func setAttached(_ link: Link)
     /// Forgets `link` if it is still the live one for its principal.
     func unregister(_ link: Link)
     /// The links a resume by `principal` may be for (an app user may have several).
@@ -23,14 +23,7 @@ protocol SessionTable: Sendable {
     /// Every link (for shutdown).
     var allLinks: [Link] { get }
     /// Reserves a session between `app` and the live link of `deviceID`, within the limits.
-    func reserveSession(
-        app: Link,
-        deviceID: String,
-        maxPerDevice: Int,
-        maxPerApp: Int,
-        setupTimeout: Duration,
-        requestedAt: ContinuousClock.Instant
-    )
+    func reserveSession(app: Link, deviceID: String, limits: SessionLimits, setupTimeout: Duration, requestedAt: ContinuousClock.Instant)
         -> Result<Session, SessionRefusal>
     /// Removes a session from the table and from both parties.
     func remove(_ session: Session)
@@ -42,84 +35,73 @@ protocol SessionTable: Sendable {
     var counts: (apps: Int, devices: Int, sessions: Int) { get }
 }
 
-/// An in-process `SessionTable`. No global lock: devices and sessions live in hash-sharded maps,
-/// and the hot path (routing inside a session) touches only the two links' own state.
+/// The `SessionTable` of a relay that runs alone: the facts in a `LocalStore`, the objects in
+/// hash-sharded maps (no global lock on the per-message path, which touches only the two links'
+/// own state).
 final class LocalSessionTable: SessionTable {
-    private let devices = ShardedMap<String, Link>()
+    let store: LocalStore
+    private let links = ShardedMap<String, Link>()
     private let sessions = ShardedMap<String, Session>()
-    /// App links by user id.
-    private let appLinks = ShardedMap<String, [Link]>()
-    private let linksByID = ShardedMap<String, Link>()
+
+    init(store: LocalStore = LocalStore()) {
+        self.store = store
+    }
+
+    var node: NodeID { store.node }
 
     func register(_ link: Link) -> Link? {
-        linksByID.update(link.id) { $0 = link }
-        switch link.party {
-        case .app:
-            appLinks.update(link.principal) { links in links = (links ?? []) + [link] }
-            return nil
-        case .device:
-            return devices.update(link.principal) { current in
-                defer { current = link }
-                return current
-            }
-        }
+        links.update(link.id) { $0 = link }
+        return store.register(link.record).flatMap { links[$0.linkID] }
+    }
+
+    func setAttached(_ link: Link) {
+        store.setAttached(link.isAttached, at: link.address)
     }
 
     func unregister(_ link: Link) {
-        linksByID.update(link.id) { $0 = nil }
-        switch link.party {
-        case .app:
-            appLinks.update(link.principal) { links in
-                links = links?.filter { $0 !== link }
-                if links?.isEmpty == true { links = nil }
-            }
-        case .device:
-            devices.update(link.principal) { current in
-                if current === link { current = nil }
-            }
+        store.unregister(link.address)
+        links.update(link.id) { current in
+            if current === link { current = nil }
         }
     }
 
     func link(id: String) -> Link? {
-        linksByID[id]
+        links[id]
     }
 
     func links(of party: Party, principal: String) -> [Link] {
-        switch party {
-        case .app: appLinks[principal] ?? []
-        case .device: devices[principal].map { [$0] } ?? []
-        }
+        store.links(of: party, principal: principal).compactMap { links[$0.address.linkID] }
     }
 
-    var allLinks: [Link] {
-        appLinks.values.flatMap { $0 } + devices.values
-    }
+    var allLinks: [Link] { links.values }
 
-    func reserveSession(
-        app: Link,
-        deviceID: String,
-        maxPerDevice: Int,
-        maxPerApp: Int,
-        setupTimeout: Duration,
-        requestedAt: ContinuousClock.Instant
-    ) -> Result<Session, SessionRefusal> {
-        guard let device = devices[deviceID], device.isAttached else { return .failure(.deviceOffline) }
-        let session = Session(app: app, device: device, setupTimeout: setupTimeout, requestedAt: requestedAt)
-        guard device.join(session, limit: maxPerDevice) else { return .failure(.deviceBusy(limit: maxPerDevice)) }
-        guard app.join(session, limit: maxPerApp) else {
-            device.leave(session)
-            return .failure(.appLimit(limit: maxPerApp))
+    func reserveSession(app: Link, deviceID: String, limits: SessionLimits, setupTimeout: Duration, requestedAt: ContinuousClock.Instant)
+        -> Result<Session, SessionRefusal>
+    {
+        let id = Session.makeID()
+        let record: SessionRecord
+        switch store.reserve(sessionID: id, app: app.address, userID: app.principal, deviceID: deviceID, limits: limits) {
+        case .failure(let refusal): return .failure(refusal)
+        case .success(let reserved): record = reserved
         }
-        sessions.update(session.id) { $0 = session }
-        // The device may have been replaced or gone while we joined it: re-check.
-        guard devices[deviceID] === device, device.isAttached else {
-            remove(session)
+        let session = links[record.device.linkID].map { Session(id: id, app: app, device: $0, setupTimeout: setupTimeout, requestedAt: requestedAt) }
+        // The links' own lists are for routing; the store has already enforced the limits. A
+        // link that ended meanwhile refuses to join: the device went offline.
+        guard let session, session.device.join(session, limit: .max) else {
+            _ = store.update(id) { $0 = nil }
             return .failure(.deviceOffline)
         }
+        guard app.join(session, limit: .max) else {
+            session.device.leave(session)
+            _ = store.update(id) { $0 = nil }
+            return .failure(.deviceOffline)
+        }
+        sessions.update(id) { $0 = session }
         return .success(session)
     }
 
     func remove(_ session: Session) {
+        _ = store.update(session.id) { $0 = nil }
         sessions.update(session.id) { current in
             if current === session { current = nil }
         }
@@ -133,9 +115,7 @@ final class LocalSessionTable: SessionTable {
 
     var allSessions: [Session] { sessions.values }
 
-    var counts: (apps: Int, devices: Int, sessions: Int) {
-        (appLinks.values.reduce(0) { $0 + $1.count }, devices.count, sessions.count)
-    }
+    var counts: (apps: Int, devices: Int, sessions: Int) { store.counts }
 }
 
 /// A dictionary split into independently locked shards, so unrelated keys never contend.

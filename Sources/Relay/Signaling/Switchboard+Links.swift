@@ -43,6 +43,7 @@ extension Switchboard {
             end(link)
         }
         let link = Link(
+            node: table.node,
             party: party,
             principal: principal,
             app: app,
@@ -73,6 +74,7 @@ extension Switchboard {
     func attachTransport(to link: Link, resumingAfter lastSeq: Int?, dropTransport: @escaping @Sendable () -> Void) -> Int? {
         guard let (generation, previous) = link.attach(resumingAfter: lastSeq, dropTransport: dropTransport) else { return nil }
         if previous == .detached {
+            table.setAttached(link)
             announce(link, status: "connected")
             deviceSeen(link)
         }
@@ -91,6 +93,7 @@ extension Switchboard {
         case .end:
             end(link)
         case .detached:
+            table.setAttached(link)
             announce(link, status: "reconnecting")
             deviceSeen(link)
             logger.debug("Link detached", metadata: ["link.id": "\(link.id)", "link.party": "\(link.party.rawValue)"])

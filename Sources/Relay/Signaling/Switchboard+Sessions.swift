@@ -41,8 +41,7 @@ extension Switchboard {
         switch table.reserveSession(
             app: link,
             deviceID: deviceID,
-            maxPerDevice: limits.maxSessionsPerDevice,
-            maxPerApp: limits.maxSessionsPerApp,
+            limits: SessionLimits(maxPerDevice: limits.maxSessionsPerDevice, maxPerApp: limits.maxSessionsPerApp),
             setupTimeout: limits.setupTimeout,
             requestedAt: requestedAt
         ) {

@@ -1,6 +1,7 @@
 /// One admission for every transport: the connection-attempt limit, the client's credentials, and what it asks to resume.
 import Hummingbird
 import Logging
+import RelayCore
 
 /// How a client gets onto a link, decided the same way for a WebSocket upgrade and for
 /// `POST /api/link` (contract §1, §4, §5): connection attempts are limited per client address,

@@ -7,9 +7,12 @@ public struct TokenBucket<Instant: InstantProtocol & Sendable>: Sendable where I
     public let perSecond: Double
     @usableFromInline var tokens: Double
     /// When a token was last taken.
-    public private(set) var updatedAt: Instant?
+    @usableFromInline var lastTaken: Instant?
     /// Takes refused since the last one let through.
-    public private(set) var refusedInARow = 0
+    @usableFromInline var refused = 0
+
+    public var updatedAt: Instant? { lastTaken }
+    public var refusedInARow: Int { refused }
 
     public init(burst: Int, perSecond: Double) {
         self.burst = Double(burst)
@@ -18,15 +21,16 @@ public struct TokenBucket<Instant: InstantProtocol & Sendable>: Sendable where I
     }
 
     /// Spends a token if there is one.
+    @inlinable
     public mutating func take(now: Instant) -> Bool {
         tokens = tokens(at: now)
-        updatedAt = now
+        lastTaken = now
         guard tokens >= 1 else {
-            refusedInARow += 1
+            refused += 1
             return false
         }
         tokens -= 1
-        refusedInARow = 0
+        refused = 0
         return true
     }
 
@@ -40,9 +44,10 @@ public struct TokenBucket<Instant: InstantProtocol & Sendable>: Sendable where I
         tokens(at: now) >= burst
     }
 
-    private func tokens(at now: Instant) -> Double {
-        guard let updatedAt else { return tokens }
-        let elapsed = updatedAt.duration(to: now)
+    @inlinable
+    func tokens(at now: Instant) -> Double {
+        guard let lastTaken else { return tokens }
+        let elapsed = lastTaken.duration(to: now)
         let seconds = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
         return min(burst, tokens + max(0, seconds) * perSecond)
     }

@@ -107,6 +107,12 @@ public final class Link: Sendable {
     // MARK: Attachment
 
     var attachment: Machine.Attachment { state.withLock { $0.machine.attachment } }
+
+    /// Runs `body` with whether a transport serves the link, under the link's lock: what it
+    /// records elsewhere (the directory) cannot be overtaken by a later attach or detach.
+    func withAttachment(_ body: (Bool) -> Void) {
+        state.withLock { body($0.machine.isAttached) }
+    }
     var isAttached: Bool { state.withLock { $0.machine.isAttached } }
     var isEnded: Bool { state.withLock { $0.machine.isEnded } }
 

@@ -55,7 +55,7 @@ final class LocalSessionTable: SessionTable {
     }
 
     func setAttached(_ link: Link) {
-        store.setAttached(link.isAttached, at: link.address)
+        link.withAttachment { store.setAttached($0, at: link.address) }
     }
 
     func unregister(_ link: Link) {

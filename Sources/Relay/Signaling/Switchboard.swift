@@ -84,6 +84,7 @@ final class Switchboard: Sendable {
     }
 
     /// Every message, whatever carried it: the link's rate limit, then the message's route.
+    @inline(__always)
     private func receive(from link: Link, decode: () throws(SignalingError) -> ClientEnvelope) -> Reception {
         guard admitMessage(from: link) else { return .refused }
         let envelope: ClientEnvelope

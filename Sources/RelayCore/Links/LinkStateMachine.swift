@@ -51,12 +51,17 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
         self.tokenValidUntil = tokenValidUntil
     }
 
+    @inlinable
     public var isAttached: Bool {
         if case .attached = attachment { return true }
         return false
     }
 
-    public var isEnded: Bool { attachment == .ended }
+    @inlinable
+    public var isEnded: Bool {
+        if case .ended = attachment { return true }
+        return false
+    }
 
     // MARK: Transports
 
@@ -152,7 +157,8 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
     /// Numbers a message with the link's next `seq` (`text` makes its frame) and keeps it.
     @inlinable
     public mutating func offer(_ text: (Int) -> String) -> OfferAction {
-        guard attachment != .ended else { return .discarded }
+        // Pattern matching rather than `==`: it stays inlined in the caller (the hot path).
+        if case .ended = attachment { return .discarded }
         let overBound = outbox.append(text)
         guard overBound, case .attached = attachment, !dropping else { return .queued }
         dropping = true
@@ -160,6 +166,7 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
     }
 
     /// The client has processed everything up to `seq`.
+    @inlinable
     public mutating func acknowledge(through seq: Int) {
         outbox.acknowledge(through: seq)
     }
@@ -193,7 +200,12 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
     /// left (a poll answers frames, and the close at the next poll).
     @inlinable
     public mutating func take(generation writer: Int, closeWithFrames: Bool) -> Take {
-        guard writer == generation, attachment == .attached(generation: writer) || attachment == .ended else { return .superseded }
+        guard writer == generation else { return .superseded }
+        switch attachment {
+        case .attached(let current) where current == writer: break
+        case .ended: break
+        default: return .superseded
+        }
         let frames = outbox.takeUnsent()
         guard let request = closeRequest, !closeDelivered, closeWithFrames || frames.isEmpty else { return .write(frames, close: nil) }
         closeDelivered = true

@@ -46,16 +46,19 @@ public struct SessionStateMachine<Credential: Sendable, Instant: InstantProtocol
         self.setupTimeout = setupTimeout
     }
 
+    @inlinable
     public var isOpen: Bool {
         if case .open = state { return true }
         return false
     }
 
+    @inlinable
     public var isClosed: Bool {
         if case .closed = state { return true }
         return false
     }
 
+    @inlinable
     public var isAnswered: Bool {
         if case .open(let open) = state { return open.answered }
         return false

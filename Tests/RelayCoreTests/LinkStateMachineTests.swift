@@ -88,6 +88,35 @@ import Testing
         #expect(link.transportEnded(generation: 1, now: .zero) == .end)
     }
 
+    @Test func anHTTPLeaseHoldsTheLinkUntilItsDeadlineUnlessAnotherRequestComes() {
+        var clock = TestClock()
+        var link = Self.machine()
+        _ = link.attach(resumingAfter: nil)
+        // The poll answered: the link stays attached for the grace.
+        #expect(link.lease(generation: 1, now: clock.now) == clock.now.advanced(by: .seconds(30)))
+        clock.advance(.seconds(29))
+        #expect(link.leaseExpired(generation: 1, now: clock.now) == .none && link.isAttached)
+        clock.advance(.seconds(1))
+        #expect(link.leaseExpired(generation: 1, now: clock.now) == .detached(until: clock.now.advanced(by: .seconds(30))))
+
+        // The next poll attaches before the lease is over: the old lease's timer does nothing.
+        var polled = Self.machine()
+        _ = polled.attach(resumingAfter: nil)
+        _ = polled.lease(generation: 1, now: .zero)
+        _ = polled.attach(resumingAfter: nil)
+        #expect(polled.leaseUntil == nil)
+        #expect(polled.leaseExpired(generation: 1, now: .zero.advanced(by: .seconds(60))) == .none && polled.isAttached)
+        // A stream that starts writing ends its own lease, not a newer transport's.
+        _ = polled.lease(generation: 2, now: .zero)
+        polled.endLease(generation: 1)
+        #expect(polled.leaseUntil != nil)
+        polled.endLease(generation: 2)
+        #expect(polled.leaseUntil == nil)
+        #expect(polled.leaseExpired(generation: 2, now: .zero.advanced(by: .seconds(60))) == .none)
+        // A transport that is no longer the link's cannot take a lease.
+        #expect(polled.lease(generation: 1, now: .zero) == nil)
+    }
+
     @Test func aSlowReaderIsDroppedOncePerTransport() {
         var link = Self.machine(maxMessages: 4)
         _ = link.attach(resumingAfter: nil)

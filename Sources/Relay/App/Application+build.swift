@@ -176,9 +176,7 @@ public func buildRelay(
         admission: admission,
         connection: connection,
         maxMessageBytes: configuration.maxMessageBytes,
-        resumeGrace: .seconds(configuration.resumeGraceSeconds),
-        keepalive: .seconds(configuration.sseKeepaliveSeconds),
-        leases: .init()
+        keepalive: .seconds(configuration.sseKeepaliveSeconds)
     ).register(on: router)
     router.get("/demo") { _, _ in DemoPage.response() }
     router.get("/api/devices", use: DevicesRoute(authenticator: authenticator, store: store, switchboard: switchboard).respond)

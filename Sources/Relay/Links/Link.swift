@@ -51,6 +51,8 @@ public final class Link: Sendable {
         var push: (@Sendable () -> Void)?
         var pushScheduled = false
         var graceTimer: Scheduled<Void>?
+        /// The HTTP lease's timer (contract §7).
+        var leaseTimer: Scheduled<Void>?
     }
 
     private let state: Mutex<State>
@@ -129,7 +131,9 @@ public final class Link: Sendable {
                     state.push = nil
                     state.pushScheduled = false
                     state.graceTimer = nil
+                    state.leaseTimer = nil
                 }
+                state.leaseTimer?.cancel()
                 return (action, state.waiter?.continuation, state.push, state.graceTimer)
             }
         stale?.resume(returning: nil)
@@ -142,11 +146,27 @@ public final class Link: Sendable {
     /// The transport of `generation` is gone: the link detaches (`armGrace` arms the timer for
     /// the end of its grace, after the given delay) or, without a grace, is to end.
     func transportEnded(generation: Int, now: ContinuousClock.Instant = .now, armGrace: (Duration) -> Scheduled<Void>) -> Machine.DetachAction {
+        detach(now: now, armGrace: armGrace) { $0.transportEnded(generation: generation, now: now) }
+    }
+
+    /// The lease timer of `generation` fired: detaches the link as `transportEnded` does if that
+    /// lease is still on and over.
+    func leaseExpired(generation: Int, now: ContinuousClock.Instant = .now, armGrace: (Duration) -> Scheduled<Void>) -> Machine.DetachAction {
+        detach(now: now, armGrace: armGrace) { $0.leaseExpired(generation: generation, now: now) }
+    }
+
+    private func detach(
+        now: ContinuousClock.Instant,
+        armGrace: (Duration) -> Scheduled<Void>,
+        _ event: (inout Machine) -> Machine.DetachAction
+    ) -> Machine.DetachAction {
         let (action, waiter): (Machine.DetachAction, CheckedContinuation<Event?, Never>?) = state.withLock { state in
-            let action = state.machine.transportEnded(generation: generation, now: now)
+            let action = event(&state.machine)
             guard case .detached(let deadline) = action else { return (action, nil) }
             state.dropTransport = nil
             state.push = nil
+            state.leaseTimer?.cancel()
+            state.leaseTimer = nil
             state.graceTimer = armGrace(deadline - now)
             defer { state.waiter = nil }
             return (action, state.waiter?.continuation)
@@ -155,18 +175,41 @@ public final class Link: Sendable {
         return action
     }
 
+    /// Contract §7: the HTTP transport of `generation` keeps the link for the resume grace
+    /// with no request waiting; `arm` arms the timer (after the given delay) that ends it.
+    func lease(generation: Int, now: ContinuousClock.Instant = .now, arm: (Duration) -> Scheduled<Void>) {
+        let replaced: Scheduled<Void>? = state.withLock { state in
+            guard let deadline = state.machine.lease(generation: generation, now: now) else { return nil }
+            defer { state.leaseTimer = arm(deadline - now) }
+            return state.leaseTimer
+        }
+        replaced?.cancel()
+    }
+
+    /// A request of the transport of `generation` waits again: its lease ends.
+    func endLease(generation: Int) {
+        let timer: Scheduled<Void>? = state.withLock { state in
+            state.machine.endLease(generation: generation)
+            guard state.machine.leaseUntil == nil else { return nil }
+            defer { state.leaseTimer = nil }
+            return state.leaseTimer
+        }
+        timer?.cancel()
+    }
+
     /// Ends the link (with `graceOverAt`, only a detached link whose grace is over then); nil
     /// when it did not end now, else the sessions it took part in (now left).
     func markEnded(graceOverAt now: ContinuousClock.Instant? = nil) -> [Session]? {
-        let ended: ([Session], Scheduled<Void>?)? = state.withLock { state in
+        let ended: ([Session], [Scheduled<Void>])? = state.withLock { state in
             guard state.machine.end(graceOverAt: now) else { return nil }
             defer {
                 state.sessions.removeAll()
                 state.graceTimer = nil
+                state.leaseTimer = nil
             }
-            return (Array(state.sessions.values), state.graceTimer)
+            return (Array(state.sessions.values), [state.graceTimer, state.leaseTimer].compactMap { $0 })
         }
-        ended?.1?.cancel()
+        for timer in ended?.1 ?? [] { timer.cancel() }
         return ended?.0
     }
 

@@ -84,9 +84,27 @@ extension Switchboard {
     /// The transport of `generation` is gone. The link detaches for the resume grace (its
     /// messages are kept; the other parties hear `reconnecting`), then ends.
     func transportEnded(_ link: Link, generation: Int) {
-        let action = link.transportEnded(generation: generation) { delay in
-            Self.timers.scheduleTask(in: TimeAmount(delay)) { [weak self] in self?.end(link, graceOverAt: .now) }
+        detached(link, link.transportEnded(generation: generation, armGrace: graceTimer(for: link)))
+    }
+
+    /// Contract §7: an HTTP transport whose poll answered keeps the link for the resume grace;
+    /// if no poll or stream comes by then, the transport is lost (`transportEnded`).
+    func lease(_ link: Link, generation: Int) {
+        link.lease(generation: generation) { delay in
+            Self.timers.scheduleTask(in: TimeAmount(delay)) { [weak self] in
+                guard let self else { return }
+                detached(link, link.leaseExpired(generation: generation, armGrace: graceTimer(for: link)))
+            }
         }
+    }
+
+    /// Arms the end of a detached link's grace.
+    private func graceTimer(for link: Link) -> (Duration) -> Scheduled<Void> {
+        { delay in Self.timers.scheduleTask(in: TimeAmount(delay)) { [weak self] in self?.end(link, graceOverAt: .now) } }
+    }
+
+    /// What follows a transport's loss.
+    private func detached(_ link: Link, _ action: Link.Machine.DetachAction) {
         switch action {
         case .none:
             return

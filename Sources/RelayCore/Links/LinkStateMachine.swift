@@ -43,6 +43,9 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
     let resumeGrace: Duration
     /// An app's token is honoured until then (unix seconds, leeway included); nil for devices.
     public private(set) var tokenValidUntil: Double?
+    /// Until when the current transport holds the link with no request waiting (an HTTP poll
+    /// that answered, a stream not yet writing): contract §7's lease.
+    public private(set) var leaseUntil: Instant?
 
     public init(outbox: OutboxBuffer, rate: TokenBucket<Instant>, resumeGrace: Duration, tokenValidUntil: Double?) {
         self.outbox = outbox
@@ -93,6 +96,7 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
         }
         generation += 1
         attachment = .attached(generation: generation)
+        leaseUntil = nil
         closeRequest = nil
         closeDelivered = false
         dropping = false
@@ -115,7 +119,34 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
         let deadline = now.advanced(by: resumeGrace)
         generation += 1
         attachment = .detached(until: deadline)
+        leaseUntil = nil
         return .detached(until: deadline)
+    }
+
+    // MARK: The HTTP lease
+
+    /// The HTTP transport of `generation` holds the link for the resume grace although no
+    /// request of it waits (its poll answered): the deadline to arm a timer for, nil when that
+    /// transport is no longer the link's. A poll or stream that comes meanwhile attaches and
+    /// ends the lease.
+    public mutating func lease(generation leased: Int, now: Instant) -> Instant? {
+        guard attachment == .attached(generation: leased) else { return nil }
+        let deadline = now.advanced(by: resumeGrace)
+        leaseUntil = deadline
+        return deadline
+    }
+
+    /// A request of the transport of `generation` waits again (its stream writes): no lease.
+    public mutating func endLease(generation leased: Int) {
+        guard attachment == .attached(generation: leased) else { return }
+        leaseUntil = nil
+    }
+
+    /// The lease timer of `generation` fired at `now`: if the lease is still that transport's
+    /// and is over, the transport is lost, exactly as when a socket drops.
+    public mutating func leaseExpired(generation leased: Int, now: Instant) -> DetachAction {
+        guard attachment == .attached(generation: leased), let leaseUntil, leaseUntil <= now else { return .none }
+        return transportEnded(generation: leased, now: now)
     }
 
     /// Whether a detached link's grace is over at `now` (its timer fired; the caller ends it

@@ -21,31 +21,7 @@ struct HTTPLinkRoutes: Sendable {
     let admission: ClientAdmission
     let connection: LinkConnection
     let maxMessageBytes: Int
-    let resumeGrace: Duration
     let keepalive: Duration
-    let leases: Leases
-
-    /// The lease timer of each HTTP link between its polls, with the generation it is for.
-    final class Leases: Sendable {
-        private let timers = ShardedMap<String, (generation: Int, timer: Task<Void, Never>)>()
-
-        /// Replaces the link's lease (a new transport supersedes whatever the old one was for).
-        func replace(_ link: Link, with lease: (generation: Int, timer: Task<Void, Never>)?) {
-            timers.update(link.id) { current in
-                current?.timer.cancel()
-                current = lease
-            }
-        }
-
-        /// Cancels the lease of `generation` only: a newer transport's lease stays.
-        func cancel(_ link: Link, generation: Int) {
-            timers.update(link.id) { current in
-                guard current?.generation == generation else { return }
-                current?.timer.cancel()
-                current = nil
-            }
-        }
-    }
 
     static let maxMessagesPerRequest = 100
 
@@ -103,7 +79,7 @@ struct HTTPLinkRoutes: Sendable {
         let keepalive = keepalive
         let departure = await ClientDeparture.future(of: context.channel)
         let body = ResponseBody { writer in
-            leases.cancel(link, generation: generation)
+            link.endLease(generation: generation)
             defer { switchboard.transportEnded(link, generation: generation) }
             try await writer.write(ByteBuffer(string: "retry: 2000\n\n"))
             // A server shutting down ends the stream (the shutdown service has already told
@@ -181,7 +157,6 @@ struct HTTPLinkRoutes: Sendable {
         let departure = await ClientDeparture.future(of: context.channel)
         let transport = TransportSlot()
         let generation = try attach(link, resumingAfter: lastSeq, transport: transport)
-        leases.replace(link, with: nil)
         _ = await handle(messages, from: link)
         var answer: [String: JSONValue] = ["messages": .array([])]
         let waitFor: Duration = wait ? .milliseconds(timeout) : .zero
@@ -243,13 +218,7 @@ struct HTTPLinkRoutes: Sendable {
     /// Keeps `link` attached for the resume grace; if no poll or stream comes, the transport of
     /// `generation` is lost (the link detaches, then ends after another grace).
     private func lease(_ link: Link, generation: Int) {
-        let grace = resumeGrace
-        let switchboard = switchboard
-        let timer = Task {
-            do { try await Task.sleep(for: grace) } catch { return }
-            switchboard.transportEnded(link, generation: generation)
-        }
-        leases.replace(link, with: (generation, timer))
+        switchboard.lease(link, generation: generation)
     }
 
     /// An app link whose token expired closes its transport with 4001, as a socket would.

@@ -102,8 +102,19 @@ public struct AppTokenVerifier: Sendable {
         return try check(claims, now: now)
     }
 
+    /// The latest NumericDate a token may carry: the end of the year 9999. A time past it (a
+    /// timestamp in milliseconds or nanoseconds, `1e300`) is a mistake, refused before any
+    /// arithmetic is done with it.
+    static let latestNumericDate = 253_402_300_799.0
+
     private func check(_ claims: Claims, now: Double) throws(AuthFailure) -> AppIdentity {
         let leeway = configuration.leewaySeconds
+        for (name, value) in [("exp", claims.exp), ("nbf", claims.nbf), ("iat", claims.iat)] {
+            guard let value else { continue }
+            guard value.isFinite, (0...Self.latestNumericDate).contains(value) else {
+                throw .invalidClaims("\(name) must be a time in seconds since 1970, at most \(Int(Self.latestNumericDate))")
+            }
+        }
         guard !claims.sub.isEmpty, claims.sub.utf8.count <= 256 else { throw .invalidClaims("sub must be a non-empty string of at most 256 bytes") }
         guard now < claims.exp + leeway else { throw .expired }
         if let nbf = claims.nbf, now + leeway < nbf { throw .notYetValid }

@@ -141,6 +141,17 @@ import Testing
         #expect(refusal(verifier(), huge) == .tokenTooLong)
     }
 
+    @Test func timesOutOfRangeAreRefusedBeforeAnyArithmetic() throws {
+        let message = "must be a time in seconds since 1970, at most 253402300799"
+        for (name, value) in [("exp", 1e300), ("exp", 1.8e18), ("exp", -1.0), ("nbf", 1e300), ("iat", -5.0)] {
+            let token = try forge(header: ["alg": "HS256", "typ": "JWT"], claims: claims([name: value]))
+            #expect(refusal(verifier(), token) == .invalidClaims("\(name) \(message)"), "\(name) = \(value)")
+        }
+        // The last second of the year 9999 is still a time.
+        let farButValid = try forge(header: ["alg": "HS256", "typ": "JWT"], claims: claims(["exp": 253_402_300_799]))
+        #expect(try verifier().verify(farButValid, now: now).expiresAt == 253_402_300_799)
+    }
+
     @Test func claimsOfTheWrongTypeAreRefused() throws {
         #expect(
             refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["exp": "\(Int(now) + 600)"])))

@@ -1,6 +1,7 @@
 import DeviceAuth
 import Foundation
 import HTTPTypes
+import OpenSSLCrypto
 import Registry
 import Relay
 import RelayTestSupport
@@ -32,6 +33,23 @@ import Testing
 
             result = try await relay.upgrade("/ws/app?token=abc.def")
             #expect(result.status == .unauthorized)
+        }
+    }
+
+    @Test func aValidlySignedTokenWithAFarFutureExpiryIsRefusedAndTheRelayKeepsServing() async throws {
+        try await TestRelay.run { relay in
+            for exp in [1e300, 1.8e18] {
+                // Signed with the relay's own secret: only the time is wrong.
+                let header = Base64URL.encode(Array(#"{"alg":"HS256","typ":"JWT"}"#.utf8))
+                let claims = Base64URL.encode(Array(#"{"sub":"alice","devices":["robot-1"],"exp":\#(exp)}"#.utf8))
+                let mac = LibCrypto.hmacSHA256(key: Array(TestRelay.jwtSecret.utf8), message: Array("\(header).\(claims)".utf8))
+                let result = try await relay.upgrade("/ws/app?token=\(header).\(claims).\(Base64URL.encode(mac))")
+                #expect(result.status == .unauthorized)
+                #expect(result.detail == "App token claims are invalid: exp must be a time in seconds since 1970, at most 253402300799")
+            }
+            // Still serving.
+            let app = try await relay.app()
+            try await app.expectNothingPending()
         }
     }
 

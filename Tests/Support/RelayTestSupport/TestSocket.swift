@@ -232,13 +232,15 @@ public final class Mailbox<Element: Sendable>: Sendable {
         }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { continuation in
-                let ready: Element?? = state.withLock { state in
-                    if !state.messages.isEmpty { return .some(state.messages.removeFirst()) }
-                    if state.finished { return .some(nil) }
+                let ready: Result<Element?, any Error>? = state.withLock { state in
+                    if !state.messages.isEmpty { return .success(state.messages.removeFirst()) }
+                    if state.finished { return .success(nil) }
+                    // Cancelled before this reader waited: the cancellation handler found no one.
+                    if Task.isCancelled { return .failure(CancellationError()) }
                     state.waiter = Waiter(id: id, continuation: continuation)
-                    return .none
+                    return nil
                 }
-                if let ready { return continuation.resume(returning: ready) }
+                if let ready { return continuation.resume(with: ready) }
                 let timer = Task { [self] in
                     guard (try? await Task.sleep(for: timeout)) != nil else { return }
                     give(up: id, with: TimedOut(what: "the next item (\(timeout))"))

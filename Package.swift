@@ -201,7 +201,7 @@ let package = Package(
         .target(name: "CFuzzMain", path: "Tests/Fuzz/CFuzzMain"),
         .executableTarget(
             name: "RelayFuzz",
-            dependencies: ["Relay", "DeviceAuth", "CFuzzMain"],
+            dependencies: ["Relay", "RelayCore", "DeviceAuth", "OpenSSLCrypto", "CFuzzMain"],
             path: "Tests/Fuzz/RelayFuzz",
             swiftSettings: swiftSettings + [.unsafeFlags(["-parse-as-library"])]
         ),

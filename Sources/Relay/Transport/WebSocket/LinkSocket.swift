@@ -125,11 +125,16 @@ final class LinkSocket: WebSocketEndpoint {
             link.close(code: RelayCloseCode.tokenExpired, reason: "Token expired")
             return
         }
-        // Checked again at least daily: a far-future `exp` (a nanosecond timestamp, 1e300) is
-        // never turned into a delay too large to represent.
-        let remaining = min(validUntil - now, 86_400)
         let this = NIOLoopBound(self, eventLoop: socket.channel.eventLoop)
-        expiry = socket.channel.eventLoop.scheduleTask(in: .milliseconds(Int64(remaining * 1000) + 1)) { this.value.watchTokenExpiry() }
+        expiry = socket.channel.eventLoop.scheduleTask(in: Self.expiryCheckDelay(validUntil: validUntil, now: now)) { this.value.watchTokenExpiry() }
+    }
+
+    /// When to look at a token's expiry again: just after it, and at least daily, so that no
+    /// `exp` becomes a delay too large to represent (the verifier refuses times past the year
+    /// 9999, and this holds for any finite time).
+    static func expiryCheckDelay(validUntil: Double, now: Double) -> TimeAmount {
+        let remaining = min(max(validUntil - now, 0), 86_400)
+        return .milliseconds(Int64(remaining * 1000) + 1)
     }
 }
 

@@ -18,7 +18,7 @@ public protocol WebSocketEndpoint: AnyObject {
 
 /// RFC 6455 on top of NIO's frame decoder and encoder, as a channel handler: messages are
 /// assembled from fragments within `maxMessageBytes` (else 1009), text is checked as UTF-8
-/// (else 1007), protocol errors close with 1002, pings are answered, a ping goes out every
+/// (else 1007), protocol errors (an unmasked frame among them) close with 1002, pings are answered, a ping goes out every
 /// `heartbeat` and a socket that has missed two pongs in a row is closed (1001 "Ping timeout",
 /// contract §4), and the close handshake is answered or, when this side closes, awaited for at
 /// most `closeTimeout`. A message is handed to the endpoint where it is read, on the event loop,
@@ -119,6 +119,8 @@ public final class WebSocketConnection: ChannelInboundHandler {
         let frame = unwrapInboundIn(data)
         guard state != .closed else { return }
         guard frame.reservedBits.isEmpty else { return fail(.protocolError) }
+        // RFC 6455 §5.1: a client masks every frame; the server closes on one that is not.
+        guard frame.maskKey != nil else { return fail(.protocolError) }
         switch frame.opcode {
         case .text, .binary:
             guard fragments == nil else { return fail(.protocolError) }

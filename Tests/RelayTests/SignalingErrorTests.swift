@@ -199,6 +199,16 @@ import Testing
         }
     }
 
+    @Test func anUnmaskedFrameFromAClientClosesWith1002() async throws {
+        try await TestRelay.run { relay in
+            let query = relay.deviceQuery()
+            let code = try await withDeadline(.seconds(10), "the relay to close the connection") {
+                try await AbruptClient.sendUnmaskedFrame(port: relay.port, pathAndQuery: "/ws/device?\(query)", text: #"{"type":"ping"}"#)
+            }
+            #expect(code == 1002)
+        }
+    }
+
     @Test func appTokenRefreshMustKeepTheUser() async throws {
         try await TestRelay.run { relay in
             let app = try await relay.app("alice")

@@ -82,6 +82,7 @@ public struct AppTokenVerifier: Sendable {
         guard let algorithm = JWTAlgorithm(rawValue: header.alg), configuration.algorithms.contains(algorithm) else {
             throw .algorithmNotAllowed(header.alg)
         }
+        if let critical = header.crit { throw .unsupportedCritical(critical) }
         guard let key = key(for: algorithm, id: header.kid) else { throw .unknownKey }
 
         let decoded: (algorithm: JWTAlgorithm?, claimsJSON: String)
@@ -149,6 +150,8 @@ public struct AppTokenVerifier: Sendable {
     private struct Header: Decodable {
         var alg: String
         var kid: String?
+        /// Extensions the verifier must understand (RFC 7515 §4.1.11).
+        var crit: [String]?
     }
 
     /// The claims the relay reads, decoded strictly: a string `exp` or a numeric `sub` is refused.

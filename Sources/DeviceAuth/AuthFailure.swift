@@ -40,6 +40,15 @@ public struct AuthFailure: Error, Sendable, Equatable, CustomStringConvertible {
     public static func algorithmNotAllowed(_ name: String) -> AuthFailure {
         AuthFailure(.unauthenticated, reason: "algorithm_not_allowed", "App token algorithm '\(name.prefix(16))' is not allowed")
     }
+    /// RFC 7515 §4.1.11: a token whose `crit` header names extensions must be refused by a
+    /// verifier that does not understand them, and the relay understands none.
+    public static func unsupportedCritical(_ names: [String]) -> AuthFailure {
+        AuthFailure(
+            .unauthenticated,
+            reason: "unsupported_crit",
+            "App token header requires extensions the relay does not support (crit: \(names.joined(separator: ", ")))"
+        )
+    }
     public static let unknownKey = AuthFailure(.unauthenticated, reason: "unknown_key", "No configured key matches the app token's algorithm and kid")
     public static let badSignature = AuthFailure(.unauthenticated, reason: "bad_signature", "App token signature is invalid")
     public static let expired = AuthFailure(.unauthenticated, reason: "expired", "App token has expired")

@@ -141,6 +141,15 @@ import Testing
         #expect(refusal(verifier(), huge) == .tokenTooLong)
     }
 
+    @Test func aCriticalHeaderExtensionIsRefused() throws {
+        let critical = try forge(header: ["alg": "HS256", "typ": "JWT", "crit": ["exp-ms"], "exp-ms": 1], claims: claims())
+        #expect(refusal(verifier(), critical) == .unsupportedCritical(["exp-ms"]))
+        #expect(AuthFailure.unsupportedCritical(["exp-ms"]).detail == "App token header requires extensions the relay does not support (crit: exp-ms)")
+        // Without crit, unknown header fields are ignored, as RFC 7515 asks.
+        let extra = try forge(header: ["alg": "HS256", "typ": "JWT", "x-note": "hello"], claims: claims())
+        #expect(refusal(verifier(), extra) == nil)
+    }
+
     @Test func timesOutOfRangeAreRefusedBeforeAnyArithmetic() throws {
         let message = "must be a time in seconds since 1970, at most 253402300799"
         for (name, value) in [("exp", 1e300), ("exp", 1.8e18), ("exp", -1.0), ("nbf", 1e300), ("iat", -5.0)] {

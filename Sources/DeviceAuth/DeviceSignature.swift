@@ -6,12 +6,16 @@ import OpenSSLCrypto
 public struct DeviceSignature: Sendable, Equatable {
     public var deviceID: String
     public var timestamp: Int
+    /// `ts` exactly as the device sent it: the signature covers these characters (contract
+    /// §1.2), so a leading zero is part of what was signed.
+    public var timestampText: String
     public var nonce: String
     public var signature: String
 
-    public init(deviceID: String, timestamp: Int, nonce: String, signature: String) {
+    public init(deviceID: String, timestamp: Int, timestampText: String? = nil, nonce: String, signature: String) {
         self.deviceID = deviceID
         self.timestamp = timestamp
+        self.timestampText = timestampText ?? String(timestamp)
         self.nonce = nonce
         self.signature = signature
     }
@@ -28,18 +32,29 @@ public struct DeviceSignature: Sendable, Equatable {
         guard ts.utf8.count <= 12, ts.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let timestamp = Int(ts) else { throw .malformedTimestamp }
         guard (16...64).contains(nonce.utf8.count), nonce.utf8.allSatisfy(Self.isNonceByte) else { throw .malformedNonce }
         guard signature.utf8.count == 64, signature.utf8.allSatisfy(Self.isLowerHexByte) else { throw .malformedSignature }
-        self.init(deviceID: deviceID, timestamp: timestamp, nonce: nonce, signature: signature)
+        self.init(deviceID: deviceID, timestamp: timestamp, timestampText: ts, nonce: nonce, signature: signature)
     }
 
-    /// The message the signature covers.
-    public static func message(deviceID: String, timestamp: Int, nonce: String) -> String {
-        "\(deviceID)\n\(timestamp)\n\(nonce)"
+    /// The message the signature covers: `ts` as sent.
+    public static func message(deviceID: String, timestampText: String, nonce: String) -> String {
+        "\(deviceID)\n\(timestampText)\n\(nonce)"
+    }
+
+    /// The signature of these parameters with `secret`, as lowercase hex.
+    public static func mac(deviceID: String, timestampText: String, nonce: String, secret: String) -> String {
+        LibCrypto.hmacSHA256(key: Array(secret.utf8), message: Array(message(deviceID: deviceID, timestampText: timestampText, nonce: nonce).utf8)).hexString
     }
 
     /// Signs the connection parameters with `secret`.
     public static func sign(deviceID: String, timestamp: Int, nonce: String, secret: String) -> DeviceSignature {
-        let mac = LibCrypto.hmacSHA256(key: Array(secret.utf8), message: Array(message(deviceID: deviceID, timestamp: timestamp, nonce: nonce).utf8))
-        return DeviceSignature(deviceID: deviceID, timestamp: timestamp, nonce: nonce, signature: mac.hexString)
+        let text = String(timestamp)
+        return DeviceSignature(
+            deviceID: deviceID,
+            timestamp: timestamp,
+            timestampText: text,
+            nonce: nonce,
+            signature: mac(deviceID: deviceID, timestampText: text, nonce: nonce, secret: secret)
+        )
     }
 
     /// A fresh random nonce (128 bits, hex).
@@ -54,7 +69,7 @@ public struct DeviceSignature: Sendable, Equatable {
 
     /// The URL query that carries this signature.
     public var query: String {
-        "device_id=\(deviceID)&ts=\(timestamp)&nonce=\(nonce)&sig=\(signature)"
+        "device_id=\(deviceID)&ts=\(timestampText)&nonce=\(nonce)&sig=\(signature)"
     }
 
     /// True when `id` is 1-128 characters of `[A-Za-z0-9._:-]`.
@@ -116,9 +131,9 @@ public struct DeviceAuthenticator: Sendable {
         let presented = Array(signature.signature.utf8)
         var matched = false
         for secret in record.secrets where !secret.isEmpty {
-            let expected = DeviceSignature.sign(deviceID: signature.deviceID, timestamp: signature.timestamp, nonce: signature.nonce, secret: secret)
+            let expected = DeviceSignature.mac(deviceID: signature.deviceID, timestampText: signature.timestampText, nonce: signature.nonce, secret: secret)
             // Non-short-circuiting on purpose: every secret is compared, whichever matches.
-            matched = LibCrypto.constantTimeEquals(Array(expected.signature.utf8), presented) || matched
+            matched = LibCrypto.constantTimeEquals(Array(expected.utf8), presented) || matched
         }
         guard matched else { throw .badDeviceSignature }
         guard !record.revoked else { throw .deviceRevoked }

@@ -30,6 +30,23 @@ import Testing
         #expect(signature.query == "device_id=robot-1&ts=1800000000&nonce=nonce-0123456789&sig=\(signature.signature)")
     }
 
+    @Test func theSignatureCoversTsAsSentLeadingZeroIncluded() async {
+        let directory = StaticDirectory(records: ["robot-1": DeviceRecord(deviceID: "robot-1", secrets: ["s3cret"])])
+        let authenticator = DeviceAuthenticator(directory: directory, masterKey: nil)
+        func parsed(ts: String, signedOver signedTs: String, nonce: String) throws -> DeviceSignature {
+            let sig = DeviceSignature.mac(deviceID: "robot-1", timestampText: signedTs, nonce: nonce, secret: "s3cret")
+            let query = ["device_id": "robot-1", "ts": ts, "nonce": nonce, "sig": sig]
+            return try DeviceSignature { query[$0] }
+        }
+        // Signed over "01800000000" and sent so: accepted, and its query carries ts as sent.
+        let zeroPadded = try! parsed(ts: "01800000000", signedOver: "01800000000", nonce: "nonce-aaaaaaaaaaaaa")
+        #expect(zeroPadded.query.contains("&ts=01800000000&"))
+        #expect(await authenticate(zeroPadded, with: authenticator).map(\.deviceID) == .success("robot-1"))
+        // Signed over the number but sent with a leading zero: the message differs, refused.
+        let altered = try! parsed(ts: "01800000000", signedOver: "1800000000", nonce: "nonce-bbbbbbbbbbbbb")
+        #expect(await authenticate(altered, with: authenticator).map(\.deviceID) == .failure(.badDeviceSignature))
+    }
+
     @Test func seedFormNamesTheMissingParameters() {
         let query = ["device_id": "robot-1", "sig": String(repeating: "a", count: 64)]
         #expect(throws: AuthFailure.missingDeviceParameters(["ts", "nonce"])) { try DeviceSignature { query[$0] } }

@@ -76,6 +76,7 @@ import Testing
             #expect(sessions.first?["user_id"] as? String == "alice")
             #expect(sessions.first?["device_id"] as? String == "robot-7")
             #expect(sessions.first?["answered"] as? Bool == false)
+            #expect(sessions.first?["phase"] as? String == "open")
             #expect(try await relay.request(.get, "/admin/sessions/\(sessionID)", token: Self.token).status == .ok)
 
             #expect(try await relay.request(.delete, "/admin/sessions/\(sessionID)", token: Self.token).status == .ok)

@@ -108,8 +108,6 @@ public final class Link: Sendable {
 
     // MARK: Attachment
 
-    var attachment: Machine.Attachment { state.withLock { $0.machine.attachment } }
-
     /// Runs `body` with whether a transport serves the link, under the link's lock: what it
     /// records elsewhere (the directory) cannot be overtaken by a later attach or detach.
     func withAttachment(_ body: (Bool) -> Void) {
@@ -119,12 +117,13 @@ public final class Link: Sendable {
     var isEnded: Bool { state.withLock { $0.machine.isEnded } }
 
     /// A transport attaches (see `LinkStateMachine.attach`); `dropTransport` drops it if it
-    /// falls behind. The superseded writer is told to stop, the grace timer is cancelled.
+    /// falls behind. The superseded writer is told to stop, the grace and lease timers are
+    /// cancelled.
     func attach(resumingAfter lastSeq: Int?, dropTransport: @escaping @Sendable () -> Void) -> (generation: Int, previous: Machine.Previous)? {
-        let (action, stale, stalePush, grace):
-            (Machine.AttachAction, CheckedContinuation<Event?, Never>?, (@Sendable () -> Void)?, Scheduled<Void>?) = state.withLock { state in
+        let (action, stale, stalePush, timers):
+            (Machine.AttachAction, CheckedContinuation<Event?, Never>?, (@Sendable () -> Void)?, [Scheduled<Void>]) = state.withLock { state in
                 let action = state.machine.attach(resumingAfter: lastSeq)
-                guard case .attached = action else { return (action, nil, nil, nil) }
+                guard case .attached = action else { return (action, nil, nil, []) }
                 state.dropTransport = dropTransport
                 defer {
                     state.waiter = nil
@@ -133,12 +132,11 @@ public final class Link: Sendable {
                     state.graceTimer = nil
                     state.leaseTimer = nil
                 }
-                state.leaseTimer?.cancel()
-                return (action, state.waiter?.continuation, state.push, state.graceTimer)
+                return (action, state.waiter?.continuation, state.push, [state.graceTimer, state.leaseTimer].compactMap { $0 })
             }
         stale?.resume(returning: nil)
         stalePush?()
-        grace?.cancel()
+        for timer in timers { timer.cancel() }
         guard case .attached(let generation, let previous) = action else { return nil }
         return (generation, previous)
     }

@@ -25,6 +25,8 @@ protocol SessionTable: Sendable {
     /// Reserves a session between `app` and the live link of `deviceID`, within the limits.
     func reserveSession(app: Link, deviceID: String, limits: SessionLimits, setupTimeout: Duration, requestedAt: ContinuousClock.Instant)
         -> Result<Session, SessionRefusal>
+    /// Records that a reserved session opened (its parties were told).
+    func opened(_ session: Session)
     /// Removes a session from the table and from both parties.
     func remove(_ session: Session)
     /// The session with `id`, whoever its parties are (for operators).
@@ -98,6 +100,12 @@ final class LocalSessionTable: SessionTable {
         }
         sessions.update(id) { $0 = session }
         return .success(session)
+    }
+
+    func opened(_ session: Session) {
+        store.update(session.id) { record in
+            if record?.phase == .reserved { record?.phase = .open }
+        }
     }
 
     func remove(_ session: Session) {

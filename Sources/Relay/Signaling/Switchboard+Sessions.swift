@@ -97,6 +97,7 @@ extension Switchboard {
             revokeLater([document])
             throw SignalingError(.deviceOffline, "Device offline", requestID: requestID)
         }
+        table.opened(session)
         armTimer(session)
         metrics.sessionStarted()
         presence.changed(deviceID, status: status(of:))

@@ -48,7 +48,7 @@ struct HTTPLinkRoutes: Sendable {
         let transport = TransportSlot()
         let admitted = switchboard.admit(identity, resume: resume) { [switchboard] in transport.drop(switchboard) }
         transport.set(admitted.link, generation: admitted.generation)
-        lease(admitted.link, generation: admitted.generation)
+        switchboard.lease(admitted.link, generation: admitted.generation)
         context.logger.debug("HTTP link opened", metadata: ["link.id": "\(admitted.link.id)", "link.resumed": "\(admitted.resumed)"])
         return Response(
             status: .ok,
@@ -74,7 +74,7 @@ struct HTTPLinkRoutes: Sendable {
         let generation = try attach(link, resumingAfter: lastSeq, transport: transport)
         // Until the stream starts writing, the lease keeps the link (a client gone before the
         // first byte still ends up detached).
-        lease(link, generation: generation)
+        switchboard.lease(link, generation: generation)
         let switchboard = switchboard
         let keepalive = keepalive
         let departure = await ClientDeparture.future(of: context.channel)
@@ -163,7 +163,7 @@ struct HTTPLinkRoutes: Sendable {
         switch await Self.nextEvent(link, generation: generation, timeout: waitFor, departure: departure) {
         case .event(.send(let frames)):
             answer["messages"] = .array(frames.map { .raw($0.text) })
-            lease(link, generation: generation)
+            switchboard.lease(link, generation: generation)
         case .event(.close(let code, let reason)):
             answer["closed"] = .raw(Self.closeObject(code: code, reason: reason))
             switchboard.transportEnded(link, generation: generation)
@@ -171,7 +171,7 @@ struct HTTPLinkRoutes: Sendable {
             if closeIfExpired(link) {
                 switchboard.transportEnded(link, generation: generation)
             } else {
-                lease(link, generation: generation)
+                switchboard.lease(link, generation: generation)
             }
         case .superseded:
             // A newer poll (or stream) has the link now.
@@ -192,7 +192,7 @@ struct HTTPLinkRoutes: Sendable {
             throw RelayHTTPError(.notFound, "Unknown link: open one with POST /api/link")
         }
         guard link.accepts(resumeToken: token) else { throw RelayHTTPError(.unauthorized, "resume_token does not match this link") }
-        if isExpired(link) {
+        if link.tokenHasExpired() {
             throw RelayHTTPError(.unauthorized, "App token has expired: POST /api/link with a fresh token and this link's resume_token")
         }
         return link
@@ -215,22 +215,11 @@ struct HTTPLinkRoutes: Sendable {
         return generation
     }
 
-    /// Keeps `link` attached for the resume grace; if no poll or stream comes, the transport of
-    /// `generation` is lost (the link detaches, then ends after another grace).
-    private func lease(_ link: Link, generation: Int) {
-        switchboard.lease(link, generation: generation)
-    }
-
     /// An app link whose token expired closes its transport with 4001, as a socket would.
     private func closeIfExpired(_ link: Link) -> Bool {
-        guard isExpired(link) else { return false }
+        guard link.tokenHasExpired() else { return false }
         link.close(code: RelayCloseCode.tokenExpired, reason: "Token expired")
         return true
-    }
-
-    /// An app link whose token is past `exp` + leeway (devices never expire).
-    private func isExpired(_ link: Link) -> Bool {
-        link.tokenHasExpired()
     }
 
     private func handle(_ messages: [JSONValue], from link: Link) async -> Int {

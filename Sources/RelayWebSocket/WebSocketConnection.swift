@@ -18,10 +18,13 @@ public protocol WebSocketEndpoint: AnyObject {
 
 /// RFC 6455 on top of NIO's frame decoder and encoder, as a channel handler: messages are
 /// assembled from fragments within `maxMessageBytes` (else 1009), text is checked as UTF-8
-/// (else 1007), protocol errors (an unmasked frame among them) close with 1002, pings are answered, a ping goes out every
-/// `heartbeat` and a socket that has missed two pongs in a row is closed (1001 "Ping timeout",
-/// contract §4), and the close handshake is answered or, when this side closes, awaited for at
-/// most `closeTimeout`. A message is handed to the endpoint where it is read, on the event loop,
+/// (else 1007), protocol errors (an unmasked frame among them) close with 1002; pings are answered
+/// (the most recent of those read together, as RFC 6455 §5.5.3 allows, and never more than one
+/// held while the socket cannot take writes) and limited to `pingsPerSecond` (else 1008); a ping
+/// goes out every `heartbeat` and a socket that has missed two pongs in a row is closed (1001
+/// "Ping timeout", contract §4): only a pong echoing one of those pings counts, so a client that
+/// does not read cannot stay open by sending pongs of its own; the close handshake is answered
+/// or, when this side closes, awaited for at most `closeTimeout`. A message is handed to the endpoint where it is read, on the event loop,
 /// so relaying one costs no hop between threads.
 public final class WebSocketConnection: ChannelInboundHandler {
     public typealias InboundIn = WebSocketFrame
@@ -32,11 +35,22 @@ public final class WebSocketConnection: ChannelInboundHandler {
         /// How often to ping; nil: never.
         public var heartbeat: Duration?
         public var closeTimeout: Duration
+        /// The peer's pings: at most `burst` at once and `perSecond` on average (else 1008).
+        public var pingBurst: Int
+        public var pingsPerSecond: Int
 
-        public init(maxMessageBytes: Int, heartbeat: Duration?, closeTimeout: Duration = .seconds(10)) {
+        public init(
+            maxMessageBytes: Int,
+            heartbeat: Duration?,
+            closeTimeout: Duration = .seconds(10),
+            pingBurst: Int = 50,
+            pingsPerSecond: Int = 10
+        ) {
             self.maxMessageBytes = maxMessageBytes
             self.heartbeat = heartbeat
             self.closeTimeout = closeTimeout
+            self.pingBurst = pingBurst
+            self.pingsPerSecond = pingsPerSecond
         }
     }
 
@@ -53,9 +67,16 @@ public final class WebSocketConnection: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var fragments: ByteBuffer?
     private var fragmentsAreText = false
-    /// Whether the last ping is still unanswered, and how many pings in a row went unanswered.
-    private var awaitingPong = false
+    /// The payloads of this side's pings not yet answered (oldest first), and how many pings in
+    /// a row went unanswered.
+    private var unansweredPings: [UInt64] = []
     private var missedPongs = 0
+    /// The pong owed for the peer's latest ping, written when this read ends (or when the
+    /// socket can take it): one at most, whatever the peer sends.
+    private var owedPong: ByteBuffer?
+    /// The peer's ping budget: tokens left and when they were counted.
+    private var pingTokens: Double = 0
+    private var pingTokensCounted = NIODeadline.uptimeNanoseconds(0)
     private var heartbeat: RepeatedTask?
     private var closeTimer: Scheduled<Void>?
 
@@ -72,6 +93,8 @@ public final class WebSocketConnection: ChannelInboundHandler {
     public func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.channel = context.channel
+        pingTokens = Double(configuration.pingBurst)
+        pingTokensCounted = .now()
         if let period = configuration.heartbeat {
             let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
             heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: .init(period), delay: .init(period)) { _ in
@@ -94,8 +117,36 @@ public final class WebSocketConnection: ChannelInboundHandler {
     }
 
     public func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { endpoint.writable() }
+        if context.channel.isWritable {
+            payOwedPong(context: context)
+            endpoint.writable()
+        }
         context.fireChannelWritabilityChanged()
+    }
+
+    public func channelReadComplete(context: ChannelHandlerContext) {
+        payOwedPong(context: context)
+        context.fireChannelReadComplete()
+    }
+
+    /// Writes the pong owed for the peer's latest ping, unless the socket cannot take it now
+    /// (then it waits, alone, for the socket to drain; a peer that never reads is closed by the
+    /// heartbeat).
+    private func payOwedPong(context: ChannelHandlerContext) {
+        guard let data = owedPong, state == .open, context.channel.isWritable else { return }
+        owedPong = nil
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: data)), promise: nil)
+    }
+
+    /// Takes one ping from the peer's budget; false when it is spent.
+    private func spendPingToken() -> Bool {
+        let now = NIODeadline.now()
+        let elapsed = Double((now - pingTokensCounted).nanoseconds) / 1e9
+        pingTokensCounted = now
+        pingTokens = min(Double(configuration.pingBurst), pingTokens + elapsed * Double(configuration.pingsPerSecond))
+        guard pingTokens >= 1 else { return false }
+        pingTokens -= 1
+        return true
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -148,13 +199,18 @@ public final class WebSocketConnection: ChannelInboundHandler {
             let data = frame.unmaskedData
             guard frame.fin, data.readableBytes <= 125 else { return fail(.protocolError) }
             guard state == .open else { return }
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: data)), promise: nil)
+            guard spendPingToken() else { return fail(.policyViolation) }
+            // Answered when this read ends: a burst of pings read together gets one pong.
+            owedPong = data
         case .pong:
-            let data = frame.unmaskedData
+            var data = frame.unmaskedData
             guard frame.fin, data.readableBytes <= 125 else { return fail(.protocolError) }
-            // Any pong (a late one, or an unsolicited one) shows the peer is there.
-            awaitingPong = false
-            missedPongs = 0
+            // A pong echoing one of this side's pings (a late one too) shows the peer is there
+            // and reading; an unsolicited pong shows neither.
+            if data.readableBytes == 8, let payload = data.readInteger(as: UInt64.self), unansweredPings.contains(payload) {
+                unansweredPings.removeAll()
+                missedPongs = 0
+            }
         case .connectionClose:
             guard frame.fin else { return fail(.protocolError) }
             receivedClose(frame.unmaskedData)
@@ -201,6 +257,7 @@ public final class WebSocketConnection: ChannelInboundHandler {
     /// A protocol error: close with `code` without waiting for the peer.
     private func fail(_ code: WebSocketErrorCode) {
         fragments = nil
+        owedPong = nil
         closeNow(code, reason: nil)
     }
 
@@ -221,16 +278,17 @@ public final class WebSocketConnection: ChannelInboundHandler {
     /// Every heartbeat: close a socket that has left two pings in a row unanswered, else ping.
     private func beat() {
         guard state == .open, let context else { return }
-        if awaitingPong {
+        if !unansweredPings.isEmpty {
             missedPongs += 1
             if missedPongs >= Self.missedPongsBeforeClosing {
                 closeNow(.goingAway, reason: "Ping timeout")
                 return
             }
         }
+        let number = UInt64.random(in: .min ... .max)
         var payload = context.channel.allocator.buffer(capacity: 8)
-        payload.writeInteger(UInt64.random(in: .min ... .max))
-        awaitingPong = true
+        payload.writeInteger(number)
+        unansweredPings.append(number)
         context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: payload)), promise: nil)
     }
 

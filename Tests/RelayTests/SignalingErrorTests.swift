@@ -202,10 +202,11 @@ import Testing
     @Test func anUnmaskedFrameFromAClientClosesWith1002() async throws {
         try await TestRelay.run { relay in
             let query = relay.deviceQuery()
-            let code = try await withDeadline(.seconds(10), "the relay to close the connection") {
-                try await AbruptClient.sendUnmaskedFrame(port: relay.port, pathAndQuery: "/ws/device?\(query)", text: #"{"type":"ping"}"#)
-            }
-            #expect(code == 1002)
+            let client = try RawConnection.open(port: relay.port)
+            try client.send(RawFrame.upgradeRequest(port: relay.port, pathAndQuery: "/ws/device?\(query)"))
+            try client.send(RawFrame.make(RawFrame.text, Array(#"{"type":"ping"}"#.utf8), masked: false))
+            let (bytes, _) = try await client.readUntilEnd(within: .seconds(10))
+            #expect(RawFrame.closeCode(RawFrame.parse(bytes)) == 1002)
         }
     }
 

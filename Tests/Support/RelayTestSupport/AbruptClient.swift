@@ -51,43 +51,6 @@ public enum AbruptClient {
         return ContinuousClock.now - start
     }
 
-    /// Opens a WebSocket, sends one text frame without a mask (as no client may), and reads
-    /// until the relay closes: the code of the close frame it sent, if any.
-    public static func sendUnmaskedFrame(port: Int, pathAndQuery: String, text: String) async throws -> UInt16? {
-        let (channel, request) = try await open(port: port, pathAndQuery: pathAndQuery)
-        return try await channel.executeThenClose { inbound, outbound in
-            try await outbound.write(ByteBuffer(string: request))
-            var frame = ByteBuffer(bytes: [0x81, UInt8(text.utf8.count)])
-            frame.writeString(text)
-            try await outbound.write(frame)
-            var received = ByteBuffer()
-            for try await chunk in inbound {
-                var chunk = chunk
-                received.writeBuffer(&chunk)
-            }
-            // Skip the 101 answer, then walk the server's (unmasked) frames to the close.
-            let bytes = Array(received.readableBytesView)
-            guard let end = bytes.indices.first(where: { Array(bytes[$0..<min($0 + 4, bytes.count)]) == Array("\r\n\r\n".utf8) }) else {
-                return nil
-            }
-            var index = end + 4
-            while index + 2 <= bytes.count {
-                let opcode = bytes[index] & 0x0F
-                var length = Int(bytes[index + 1] & 0x7F)
-                var header = 2
-                if length == 126, index + 4 <= bytes.count {
-                    length = Int(bytes[index + 2]) << 8 | Int(bytes[index + 3])
-                    header = 4
-                }
-                if opcode == 0x8, length >= 2, index + header + 2 <= bytes.count {
-                    return UInt16(bytes[index + header]) << 8 | UInt16(bytes[index + header + 1])
-                }
-                index += header + length
-            }
-            return nil
-        }
-    }
-
     /// Sends `POST path` with a JSON `body` and resets the connection without reading the
     /// answer: an HTTP client (a long poll) that vanishes mid-request.
     public static func postThenVanish(port: Int, path: String, body: String) async throws {

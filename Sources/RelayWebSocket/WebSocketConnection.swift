@@ -19,8 +19,8 @@ public protocol WebSocketEndpoint: AnyObject {
 /// RFC 6455 on top of NIO's frame decoder and encoder, as a channel handler: messages are
 /// assembled from fragments within `maxMessageBytes` (else 1009), text is checked as UTF-8
 /// (else 1007), protocol errors (an unmasked frame among them) close with 1002; pings are answered
-/// (the most recent of those read together, as RFC 6455 §5.5.3 allows, and never more than one
-/// held while the socket cannot take writes) and limited to `pingsPerSecond` (else 1008); a ping
+/// in order, but while the socket cannot take writes only the latest is owed (RFC 6455 §5.5.3
+/// allows answering just the most recent), and they are limited to `pingsPerSecond` (else 1008); a ping
 /// goes out every `heartbeat` and a socket that has missed two pongs in a row is closed (1001
 /// "Ping timeout", contract §4): only a pong echoing one of those pings counts, so a client that
 /// does not read cannot stay open by sending pongs of its own; the close handshake is answered
@@ -71,8 +71,8 @@ public final class WebSocketConnection: ChannelInboundHandler {
     /// a row went unanswered.
     private var unansweredPings: [UInt64] = []
     private var missedPongs = 0
-    /// The pong owed for the peer's latest ping, written when this read ends (or when the
-    /// socket can take it): one at most, whatever the peer sends.
+    /// The pong owed for the peer's latest ping while the socket could not take it: one at
+    /// most, whatever the peer sends.
     private var owedPong: ByteBuffer?
     /// The peer's ping budget: tokens left and when they were counted.
     private var pingTokens: Double = 0
@@ -122,11 +122,6 @@ public final class WebSocketConnection: ChannelInboundHandler {
             endpoint.writable()
         }
         context.fireChannelWritabilityChanged()
-    }
-
-    public func channelReadComplete(context: ChannelHandlerContext) {
-        payOwedPong(context: context)
-        context.fireChannelReadComplete()
     }
 
     /// Writes the pong owed for the peer's latest ping, unless the socket cannot take it now
@@ -200,8 +195,8 @@ public final class WebSocketConnection: ChannelInboundHandler {
             guard frame.fin, data.readableBytes <= 125 else { return fail(.protocolError) }
             guard state == .open else { return }
             guard spendPingToken() else { return fail(.policyViolation) }
-            // Answered when this read ends: a burst of pings read together gets one pong.
             owedPong = data
+            payOwedPong(context: context)
         case .pong:
             var data = frame.unmaskedData
             guard frame.fin, data.readableBytes <= 125 else { return fail(.protocolError) }

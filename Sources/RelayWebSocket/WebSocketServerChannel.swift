@@ -69,24 +69,33 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
     let webSocket: WebSocketConnection.Configuration
     /// Keeps each upgraded socket until it closes, for a graceful shutdown.
     let sockets: OpenSockets
-    let idleTimeout: Duration?
+    let limits: HTTPLimits
+    let connections: ConnectionsPerAddress
 
     public init(
         responder: @escaping HTTPChannelHandler.Responder,
         gate: UpgradeGate,
         webSocket: WebSocketConnection.Configuration,
         sockets: OpenSockets,
-        idleTimeout: Duration?
+        limits: HTTPLimits,
+        connections: ConnectionsPerAddress
     ) {
         self.responder = responder
         self.gate = gate
         self.webSocket = webSocket
         self.sockets = sockets
-        self.idleTimeout = idleTimeout
+        self.limits = limits
+        self.connections = connections
     }
 
     public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
-        channel.eventLoop.makeCompletedFuture {
+        guard connections.admit(channel) else {
+            // Over its address's cap: closed before anything is read. (Failing the setup instead
+            // would reach the server's accept loop as an error.)
+            channel.close(promise: nil)
+            return channel.eventLoop.makeSucceededFuture(Value(upgradeResult: channel.eventLoop.makeFailedFuture(ChannelError.inputClosed), channel: channel))
+        }
+        return channel.eventLoop.makeCompletedFuture {
             try channel.syncOptions?.setOption(
                 ChannelOptions.recvAllocator,
                 value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536)
@@ -100,6 +109,9 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
             logger[metadataKey: "hb.request.id"] = .stringConvertible(RequestID())
             let configuration = webSocket
             let gate = gate
+            // Bounds every HTTP request; it leaves when a WebSocket upgrade is accepted.
+            let requestLimits = HTTPRequestLimits(limits: limits)
+            let limitsOnLoop = NIOLoopBound(requestLimits, eventLoop: channel.eventLoop)
             let upgrader = NIOTypedWebSocketServerUpgrader<UpgradeResult>(
                 maxFrameSize: configuration.maxMessageBytes,
                 shouldUpgrade: { channel, head in
@@ -124,6 +136,7 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
                 upgradePipelineHandler: { channel, _ in
                     channel.eventLoop.makeCompletedFuture {
                         guard let makeEndpoint = accepted.value else { throw ChannelError.inputClosed }
+                        _ = channel.pipeline.syncOperations.removeHandler(limitsOnLoop.value)
                         let connection = WebSocketConnection(configuration: configuration, endpoint: makeEndpoint())
                         try channel.pipeline.syncOperations.addHandler(connection)
                         return UpgradeResult.websocket(channel, NIOLoopBound(connection, eventLoop: channel.eventLoop))
@@ -137,7 +150,8 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
                         try channel.pipeline.syncOperations.addHandler(ClientDeparture())
                         try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
                         try channel.pipeline.syncOperations.addHandler(
-                            HTTPConnectionStateHandler(idleTimeout: idleTimeout, logger: logger)
+                            // Answers a graceful shutdown's quiesce; the timeouts are `HTTPRequestLimits`'.
+                            HTTPConnectionStateHandler(idleTimeout: nil, logger: logger)
                         )
                         let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
                             wrappingChannelSynchronously: channel,
@@ -153,9 +167,12 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
             try channel.pipeline.syncOperations.addHandler(QuiesceBeforeFirstRequest())
             var upgradeConfiguration = NIOUpgradableHTTPServerPipelineConfiguration<UpgradeResult>(upgradeConfiguration: serverUpgradeConfiguration)
             upgradeConfiguration.enablePipelining = false
+            // `HTTPRequestLimits` answers malformed and oversized requests.
             upgradeConfiguration.enableErrorHandling = false
             upgradeConfiguration.enableResponseHeaderValidation = false
+            upgradeConfiguration.decoderConfiguration = limits.decoder
             let negotiation = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: upgradeConfiguration)
+            try channel.pipeline.syncOperations.addHandler(requestLimits)
             return Value(upgradeResult: negotiation, channel: channel)
         }
     }

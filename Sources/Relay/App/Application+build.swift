@@ -200,6 +200,7 @@ public func buildRelay(
 
     let sockets = OpenSockets()
     services.append(sockets)
+    let connections = ConnectionsPerAddress(limit: configuration.maxConnectionsPerAddress)
     let webSocket = WebSocketConnection.Configuration(
         maxMessageBytes: configuration.maxMessageBytes,
         heartbeat: .seconds(configuration.heartbeatSeconds),
@@ -208,7 +209,14 @@ public func buildRelay(
     let application = Application(
         router: router,
         server: HTTPServerBuilder { responder in
-            WebSocketServerChannel(responder: responder, gate: gate, webSocket: webSocket, sockets: sockets, idleTimeout: nil)
+            WebSocketServerChannel(
+                responder: responder,
+                gate: gate,
+                webSocket: webSocket,
+                sockets: sockets,
+                limits: configuration.http,
+                connections: connections
+            )
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "relay"),
         services: services,

@@ -4,6 +4,7 @@ import DeviceAuth
 import Foundation
 import Logging
 import OpenSSLCrypto
+import RelayWebSocket
 import TURNBroker
 
 /// Everything `relay serve` reads, from the environment, a `.env` file and flags.
@@ -19,6 +20,9 @@ import TURNBroker
 ///   `RELAY_RESUME_BUFFER_BYTES` (1048576), `RELAY_SETUP_TIMEOUT_S` (30)
 /// - `RELAY_RATE_BURST` (50), `RELAY_RATE_PER_S` (10): messages per link;
 ///   `RELAY_CONNECT_BURST` (30), `RELAY_CONNECT_RATE_PER_MIN` (120): connection attempts per IP
+/// - `RELAY_HTTP_MAX_HEADER_BYTES` (16384): request line and headers; `RELAY_HTTP_REQUEST_TIMEOUT_S`
+///   (10): for a request to arrive; `RELAY_HTTP_IDLE_TIMEOUT_S` (30): a kept-alive connection
+///   between requests; `RELAY_MAX_CONNECTIONS_PER_IP` (1000): open TCP connections per address
 /// - `RELAY_SHUTDOWN_DRAIN_S` (10): how long clients get to leave after `go_away`
 /// - `RELAY_SSE_KEEPALIVE_S` (15): the `: keepalive` comment interval of event streams
 /// - `RELAY_TURN_PROVIDER` (`static`, `cloudflare` or `coturn`), `STUN_URIS` (comma separated),
@@ -53,6 +57,8 @@ public struct RelayConfiguration: Sendable {
     public var ratePerSecond = 10.0
     public var connectBurst = 30
     public var connectRatePerMinute = 120
+    public var http = HTTPLimits()
+    public var maxConnectionsPerAddress = 1000
     public var shutdownDrainSeconds = 10
     public var sseKeepaliveSeconds = 15
     public var stunURIs = StaticProvider.defaultSTUNURIs
@@ -162,6 +168,10 @@ public struct RelayConfiguration: Sendable {
         ratePerSecond = Double(read.int("RELAY_RATE_PER_S", in: 1...100_000) ?? Int(ratePerSecond))
         connectBurst = read.int("RELAY_CONNECT_BURST", in: 1...100_000) ?? connectBurst
         connectRatePerMinute = read.int("RELAY_CONNECT_RATE_PER_MIN", in: 1...1_000_000) ?? connectRatePerMinute
+        http.maxHeadBytes = read.int("RELAY_HTTP_MAX_HEADER_BYTES", in: 4096...(1024 * 1024)) ?? http.maxHeadBytes
+        read.int("RELAY_HTTP_REQUEST_TIMEOUT_S", in: 1...600).map { http.requestTimeout = .seconds($0) }
+        read.int("RELAY_HTTP_IDLE_TIMEOUT_S", in: 1...3600).map { http.idleTimeout = .seconds($0) }
+        maxConnectionsPerAddress = read.int("RELAY_MAX_CONNECTIONS_PER_IP", in: 1...1_000_000) ?? maxConnectionsPerAddress
         shutdownDrainSeconds = read.int("RELAY_SHUTDOWN_DRAIN_S", in: 0...600) ?? shutdownDrainSeconds
         sseKeepaliveSeconds = read.int("RELAY_SSE_KEEPALIVE_S", in: 1...300) ?? sseKeepaliveSeconds
 

@@ -15,7 +15,14 @@ func buildEchoApplication(host: String, port: Int, maxMessageBytes: Int = 64 * 1
     return Application(
         router: Router(),
         server: HTTPServerBuilder { responder in
-            WebSocketServerChannel(responder: responder, gate: gate, webSocket: webSocket, sockets: sockets, idleTimeout: nil)
+            WebSocketServerChannel(
+                responder: responder,
+                gate: gate,
+                webSocket: webSocket,
+                sockets: sockets,
+                limits: HTTPLimits(),
+                connections: ConnectionsPerAddress(limit: 10_000)
+            )
         },
         configuration: .init(address: .hostname(host, port: port), serverName: "relay-echo"),
         services: [sockets],

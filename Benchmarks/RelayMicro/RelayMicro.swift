@@ -22,7 +22,7 @@ let benchmarks: @Sendable () -> Void = {
     let masterKey = "bench-master-key-bench-master-key-0"
     let deviceSecret = DeviceSignature.derivedSecret(deviceID: "robot-1", masterKey: masterKey)
     Benchmark("Connect: device signature check", configuration: .init(maxIterations: 50_000)) { benchmark in
-        let authenticator = DeviceAuthenticator(directory: NoRegisteredDevices(), masterKey: masterKey, nonces: NonceCache(capacity: 200_000))
+        let authenticator = DeviceAuthenticator(directory: NoRegisteredDevices(), masterKey: masterKey, nonces: NonceCache(perDevice: 200_000))
         let timestamp = Int(now)
         let signatures = (0..<benchmark.scaledIterations.count).map { _ in
             DeviceSignature.sign(deviceID: "robot-1", timestamp: timestamp, nonce: DeviceSignature.makeNonce(), secret: deviceSecret)

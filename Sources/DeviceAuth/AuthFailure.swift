@@ -9,6 +9,8 @@ public struct AuthFailure: Error, Sendable, Equatable, CustomStringConvertible {
         case forbidden
         /// The relay cannot take the connection now: HTTP 503.
         case unavailable
+        /// This client is connecting too often: HTTP 429.
+        case tooMany
     }
 
     public var status: Status
@@ -87,6 +89,11 @@ public struct AuthFailure: Error, Sendable, Equatable, CustomStringConvertible {
         "This nonce was already used: sign each connection with a fresh nonce"
     )
     public static let deviceRevoked = AuthFailure(.forbidden, reason: "device_revoked", "Device is revoked")
+    public static let deviceNoncesExhausted = AuthFailure(
+        .tooMany,
+        reason: "device_nonces_exhausted",
+        "This device connected too often within the signature window; try again shortly"
+    )
     public static let replayCacheFull = AuthFailure(
         .unavailable,
         reason: "replay_cache_full",

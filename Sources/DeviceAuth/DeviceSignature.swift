@@ -140,6 +140,7 @@ public struct DeviceAuthenticator: Sendable {
         switch nonces.insert(deviceID: signature.deviceID, nonce: signature.nonce, expiresAt: signature.timestamp + windowSeconds, now: now) {
         case .accepted: return record
         case .replayed: throw .replayedNonce
+        case .deviceFull: throw .deviceNoncesExhausted
         case .full: throw .replayCacheFull
         }
     }

@@ -9,6 +9,7 @@ extension RelayStore {
     func apply(_ events: [StoreEvent]) async throws(StoreError) {
         try await run {
             try await self.pool.write { db in
+                var spentNonces = false
                 for event in events {
                     switch event {
                     case .sessionOpened(let sessionID, let userID, let deviceID, let at):
@@ -31,7 +32,29 @@ extension RelayStore {
                         try db.cachedStatement(sql: "UPDATE device SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?").execute(
                             arguments: [at.timeIntervalSince1970, deviceID]
                         )
+                    case .nonceSpent(let deviceID, let nonce, let expiresAt):
+                        spentNonces = true
+                        try db.cachedStatement(sql: "INSERT OR IGNORE INTO device_nonce (device_id, nonce, expires_at) VALUES (?, ?, ?)").execute(
+                            arguments: [deviceID, nonce, expiresAt]
+                        )
                     }
+                }
+                if spentNonces {
+                    // Nonces whose signatures are dead anyway are forgotten as new ones come.
+                    try db.cachedStatement(sql: "DELETE FROM device_nonce WHERE expires_at < ?").execute(
+                        arguments: [Int(Date().timeIntervalSince1970)]
+                    )
+                }
+            }
+        }
+    }
+
+    /// Device nonces spent and still live at `now` (Unix seconds), for a relay starting up.
+    public func liveNonces(now: Int) throws(StoreError) -> [(deviceID: String, nonce: String, expiresAt: Int)] {
+        try run {
+            try pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT device_id, nonce, expires_at FROM device_nonce WHERE expires_at >= ?", arguments: [now]).map {
+                    (deviceID: $0["device_id"], nonce: $0["nonce"], expiresAt: $0["expires_at"])
                 }
             }
         }

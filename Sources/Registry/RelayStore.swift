@@ -1,4 +1,4 @@
-/// The embedded SQLite store (GRDB): device registry, owners, session audit log.
+/// The embedded SQLite store (GRDB): device registry, owners, session audit log, spent nonces.
 import DeviceAuth
 import Foundation
 import GRDB
@@ -80,6 +80,19 @@ public final class RelayStore: Sendable {
                     );
                     CREATE INDEX session_audit_by_device ON session_audit(device_id, created_at);
                     CREATE INDEX session_audit_by_user ON session_audit(user_id, created_at);
+                    """
+            )
+        }
+        migrator.registerMigration("v2: spent device nonces") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE device_nonce (
+                        device_id TEXT NOT NULL,
+                        nonce TEXT NOT NULL,
+                        expires_at INTEGER NOT NULL,
+                        PRIMARY KEY (device_id, nonce)
+                    ) WITHOUT ROWID;
+                    CREATE INDEX device_nonce_by_expiry ON device_nonce(expires_at);
                     """
             )
         }

@@ -40,6 +40,8 @@ public enum StoreEvent: Sendable {
     case sessionAnswered(sessionID: String, at: Date)
     case sessionClosed(sessionID: String, at: Date, reason: String, closedBy: String)
     case deviceSeen(deviceID: String, at: Date)
+    /// A device signature's nonce was spent; it stays spent until `expiresAt` (Unix seconds).
+    case nonceSpent(deviceID: String, nonce: String, expiresAt: Int)
 }
 
 /// A store operation that failed, with a line a person can act on.

@@ -1,4 +1,5 @@
 import OpenSSLCrypto
+import Synchronization
 import Testing
 
 @testable import DeviceAuth
@@ -128,17 +129,32 @@ import Testing
         #expect(AuthFailure.deviceRevoked.status == .forbidden)
     }
 
-    @Test func replayCacheStaysBoundedAndForgetsExpiredNonces() {
-        let cache = NonceCache(capacity: 3)
+    @Test func eachDeviceHasItsOwnShareOfTheReplayCache() {
+        let cache = NonceCache(perDevice: 3, devices: 2)
         for index in 0..<3 {
             #expect(cache.insert(deviceID: "d", nonce: "n\(index)", expiresAt: now + 10, now: now) == .accepted)
         }
-        // Full of live nonces: refuse rather than forget one that could be replayed.
-        #expect(cache.insert(deviceID: "d", nonce: "n3", expiresAt: now + 10, now: now) == .full)
+        // Its share is spent on live nonces: refused rather than forgetting one that could be replayed.
+        #expect(cache.insert(deviceID: "d", nonce: "n3", expiresAt: now + 10, now: now) == .deviceFull)
         #expect(cache.insert(deviceID: "d", nonce: "n0", expiresAt: now + 10, now: now) == .replayed)
+        // Another device is not affected; a third is past the bound on devices.
+        #expect(cache.insert(deviceID: "e", nonce: "n0", expiresAt: now + 10, now: now) == .accepted)
+        #expect(cache.insert(deviceID: "f", nonce: "n0", expiresAt: now + 10, now: now) == .full)
         // Once they expire there is room again.
         #expect(cache.insert(deviceID: "d", nonce: "n3", expiresAt: now + 30, now: now + 11) == .accepted)
+        // A minute on, every dead nonce is forgotten, and with them the devices that held them.
+        #expect(cache.insert(deviceID: "f", nonce: "n0", expiresAt: now + 80, now: now + 61) == .accepted)
         #expect(cache.count == 1)
+    }
+
+    @Test func spentNoncesAreToldAndRememberedOnesStaySpent() {
+        let told = Mutex<[String]>([])
+        let cache = NonceCache { deviceID, nonce, expiresAt in told.withLock { $0.append("\(deviceID)/\(nonce)/\(expiresAt)") } }
+        cache.remember([(deviceID: "d", nonce: "old", expiresAt: now + 10)])
+        #expect(cache.insert(deviceID: "d", nonce: "old", expiresAt: now + 10, now: now) == .replayed)
+        #expect(cache.insert(deviceID: "d", nonce: "new", expiresAt: now + 10, now: now) == .accepted)
+        #expect(cache.insert(deviceID: "d", nonce: "new", expiresAt: now + 10, now: now) == .replayed)
+        #expect(told.withLock { $0 } == ["d/new/\(now + 10)"])
     }
 }
 

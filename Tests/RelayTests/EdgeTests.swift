@@ -1,5 +1,8 @@
 /// The edge (issue "The edge"): what a hostile or broken client can make the relay hold or do.
+import DeviceAuth
 import Foundation
+import HTTPTypes
+import Registry
 import RelayTestSupport
 import Testing
 
@@ -180,6 +183,54 @@ import Testing
                 let answer = try? await again.request("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 return answer?.hasPrefix("HTTP/1.1 200") == true ? true : nil
             }
+        }
+    }
+}
+
+/// Device nonces (contract §1.2): each device has its own share of the replay cache, and a
+/// spent nonce stays spent when the relay restarts, even after a kill.
+@Suite(.timeLimit(.minutes(1))) struct ReplayCacheTests {
+    @Test func aDeviceThatSpendsItsShareIsRefusedAndOthersAreNot() async throws {
+        try await TestRelay.run(["RELAY_DEVICE_CONNECTS_PER_WINDOW": "5"]) { relay in
+            for _ in 0..<5 { try await relay.device("robot-1").close() }
+            let refused = try await relay.upgrade("/ws/device?\(relay.deviceQuery("robot-1"))")
+            #expect(refused.status == .tooManyRequests)
+            #expect(refused.detail == "This device connected too often within the signature window; try again shortly")
+            // Another device connects as usual.
+            let other = try await relay.device("robot-2")
+            try other.send(["type": "ping"])
+            _ = try await other.next("pong")
+        }
+    }
+
+    @Test func aSpentNonceStaysSpentAfterTheRelayIsKilledAndRestarted() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = "\(directory)/relay.sqlite"
+            let environment = ["RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey, "RELAY_DB": path]
+            let secret = DeviceSignature.derivedSecret(deviceID: "robot-1", masterKey: TestRelay.masterKey)
+            let query = DeviceSignature.sign(
+                deviceID: "robot-1",
+                timestamp: Int(Date().timeIntervalSince1970),
+                nonce: DeviceSignature.makeNonce(),
+                secret: secret
+            ).query
+            var relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+            defer { relay.kill() }
+            let device = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(query)")
+            _ = device.hello
+            // Spent nonces are committed with the store's batches; once this one is, a kill
+            // cannot lose it.
+            let store = try RelayStore(path: path)
+            _ = try await eventually("the nonce to be committed") { try store.liveNonces(now: Int(Date().timeIntervalSince1970)).first }
+            await relay.killed()
+
+            relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+            let replay = try RawConnection.open(port: relay.port)
+            let answer = try await replay.request(RawFrame.upgradeRequest(port: relay.port, pathAndQuery: "/ws/device?\(query)"))
+            #expect(answer.hasPrefix("HTTP/1.1 401"), "\(answer)")
+            #expect(answer.contains(AuthFailure.replayedNonce.detail))
+            // A fresh signature still gets in.
+            _ = try await ProcessClient(port: relay.port).device("robot-1", secret: secret)
         }
     }
 }

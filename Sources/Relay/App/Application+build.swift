@@ -51,6 +51,11 @@ public func buildRelay(
         logger.warning("The previous run stopped without closing its sessions; audited them as relay_stopped", metadata: ["sessions": "\(left)"])
     }
     let journal = StoreWriter(store: store, interval: .milliseconds(configuration.auditFlushMilliseconds), logger: logger)
+    // Spent nonces go to the store with the audit batches; those a previous run spent stay spent.
+    let nonces = NonceCache(perDevice: configuration.deviceConnectsPerWindow) { deviceID, nonce, expiresAt in
+        journal.record(.nonceSpent(deviceID: deviceID, nonce: nonce, expiresAt: expiresAt))
+    }
+    nonces.remember(try store.liveNonces(now: Int(Date().timeIntervalSince1970)))
     var services: [any Service] = [journal]
     let configured: any TURNProvider
     if let provided = dependencies.turn {
@@ -108,7 +113,8 @@ public func buildRelay(
         devices: DeviceAuthenticator(
             directory: store,
             masterKey: configuration.deviceMasterKey,
-            windowSeconds: configuration.deviceSignatureWindowSeconds
+            windowSeconds: configuration.deviceSignatureWindowSeconds,
+            nonces: nonces
         ),
         metrics: metrics
     )

@@ -14,7 +14,8 @@ import TURNBroker
 /// - `RELAY_JWT_SECRET` (secret, ≥ 32 bytes), `RELAY_JWT_SECRETS` (secret, `kid=secret,...`),
 ///   `RELAY_JWT_PUBLIC_KEY_FILE` (`path` or `kid=path,...`), `RELAY_JWT_ALGORITHMS` (`HS256`),
 ///   `RELAY_JWT_ISSUER`, `RELAY_JWT_AUDIENCE` (checked when set), `RELAY_JWT_LEEWAY_S` (30)
-/// - `RELAY_DEVICE_MASTER_KEY` (secret, ≥ 32 bytes), `RELAY_DEVICE_SIG_WINDOW_S` (int, 300)
+/// - `RELAY_DEVICE_MASTER_KEY` (secret, ≥ 32 bytes), `RELAY_DEVICE_SIG_WINDOW_S` (int, 300),
+///   `RELAY_DEVICE_CONNECTS_PER_WINDOW` (1000): a device's share of the replay cache
 /// - `RELAY_MAX_MESSAGE_BYTES` (65536), `RELAY_MAX_SESSIONS_PER_DEVICE` (4), `RELAY_MAX_SESSIONS_PER_APP` (8)
 /// - `RELAY_HEARTBEAT_S` (20), `RELAY_RESUME_GRACE_S` (30), `RELAY_RESUME_BUFFER_MESSAGES` (256),
 ///   `RELAY_RESUME_BUFFER_BYTES` (1048576), `RELAY_SETUP_TIMEOUT_S` (30)
@@ -45,6 +46,7 @@ public struct RelayConfiguration: Sendable {
     public var tokens = AppTokenVerifier.Configuration()
     public var deviceMasterKey: String?
     public var deviceSignatureWindowSeconds = 300
+    public var deviceConnectsPerWindow = 1000
     public var maxMessageBytes = 64 * 1024
     public var maxSessionsPerDevice = 4
     public var maxSessionsPerApp = 8
@@ -156,6 +158,7 @@ public struct RelayConfiguration: Sendable {
             deviceMasterKey = key
         }
         deviceSignatureWindowSeconds = read.int("RELAY_DEVICE_SIG_WINDOW_S", in: 10...3600) ?? deviceSignatureWindowSeconds
+        deviceConnectsPerWindow = read.int("RELAY_DEVICE_CONNECTS_PER_WINDOW", in: 1...1_000_000) ?? deviceConnectsPerWindow
         maxMessageBytes = read.int("RELAY_MAX_MESSAGE_BYTES", in: 1024...(16 * 1024 * 1024)) ?? maxMessageBytes
         maxSessionsPerDevice = read.int("RELAY_MAX_SESSIONS_PER_DEVICE", in: 1...1000) ?? maxSessionsPerDevice
         maxSessionsPerApp = read.int("RELAY_MAX_SESSIONS_PER_APP", in: 1...1000) ?? maxSessionsPerApp

@@ -23,6 +23,7 @@ public struct RelayHTTPError: HTTPResponseError, Sendable {
         case .unauthenticated: self.init(.unauthorized, failure.detail)
         case .forbidden: self.init(.forbidden, failure.detail)
         case .unavailable: self.init(.serviceUnavailable, failure.detail, headers: [.retryAfter: "5"])
+        case .tooMany: self.init(.tooManyRequests, failure.detail, headers: [.retryAfter: "5"])
         }
     }
 

@@ -234,3 +234,48 @@ import Testing
         }
     }
 }
+
+/// HTTP fallback links are forgotten when they end (contract §7): opening and abandoning many
+/// leaves the relay's memory where it was.
+@Suite(.timeLimit(.minutes(3))) struct HTTPLinkMemoryTests {
+    @Test func thirtyThousandAbandonedHTTPLinksLeaveNothingBehind() async throws {
+        let environment = [
+            "RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_RESUME_GRACE_S": "1",
+            "RELAY_CONNECT_BURST": "100000", "RELAY_CONNECT_RATE_PER_MIN": "1000000",
+        ]
+        let relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+        defer { relay.kill() }
+        let token = try AppTokenSigner(secret: Array(TestRelay.jwtSecret.utf8)).token(
+            userID: "alice", devices: nil, now: Date().timeIntervalSince1970, lifetime: 3600
+        )
+        let port = relay.port
+        /// Opens `count` app links over one kept-alive connection and leaves each to lapse;
+        /// returns once the relay says none is left, with its resident memory then.
+        func openAndAbandon(_ count: Int) async throws -> Int {
+            let opened = try await onOwnThread {
+                let client = try RawConnection.open(port: port)
+                var opened = 0
+                for _ in 0..<count {
+                    let answer = try client.exchange(
+                        "POST /api/link HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+                    )
+                    if answer.head.hasPrefix("HTTP/1.1 200") { opened += 1 }
+                }
+                return opened
+            }
+            #expect(opened == count)
+            _ = try await eventually("every link to end", timeout: .seconds(30)) { () -> Bool? in
+                let metrics = try await onOwnThread {
+                    try RawConnection.open(port: port).exchange("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").body
+                }
+                return metrics.contains(#"relay_links{kind="app"} 0"#) ? true : nil
+            }
+            return try #require(relay.residentKiB)
+        }
+        // The first batch grows the allocator's pools; the second must find them reusable.
+        let first = try await openAndAbandon(15_000)
+        let second = try await openAndAbandon(15_000)
+        // A leak of ~1.4 KiB a link (the finding) would be ~20 MiB here.
+        #expect(second - first < 4 * 1024, "resident \(first) KiB after the first 15,000 links, \(second) KiB after the next")
+    }
+}

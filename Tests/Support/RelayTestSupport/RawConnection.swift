@@ -20,6 +20,8 @@ public final class RawConnection: @unchecked Sendable {
     }
 
     private let fd: Int32
+    /// Bytes read past the end of the last answer `exchange` returned.
+    private var pending: [UInt8] = []
 
     private init(fd: Int32) { self.fd = fd }
 
@@ -107,6 +109,28 @@ public final class RawConnection: @unchecked Sendable {
                 if text.contains("\r\n\r\n") || ending != nil { return text }
             }
             throw TimedOut(what: "an answer (\(within))")
+        }
+    }
+
+    /// Blocking: sends one HTTP request and reads its answer, head and `Content-Length` body, so
+    /// the connection can carry the next one (keep-alive).
+    public func exchange(_ request: String) throws -> (head: String, body: String) {
+        try send(request)
+        let terminator = Array("\r\n\r\n".utf8)
+        while true {
+            if let end = pending.indices.first(where: { pending[$0...].starts(with: terminator) }) {
+                let head = String(decoding: pending[..<end], as: UTF8.self)
+                let length = head.split(separator: "\r\n").first { $0.lowercased().hasPrefix("content-length:") }
+                    .flatMap { Int($0.split(separator: ":")[1].trimmingCharacters(in: .whitespaces)) } ?? 0
+                if pending.count >= end + 4 + length {
+                    let body = String(decoding: pending[(end + 4)..<(end + 4 + length)], as: UTF8.self)
+                    pending.removeFirst(end + 4 + length)
+                    return (head, body)
+                }
+            }
+            let (more, ending) = try receive(timeout: .seconds(10))
+            if ending != nil || more.isEmpty { throw Failure(call: "exchange", code: ending == .reset ? ECONNRESET : ETIMEDOUT) }
+            pending += more
         }
     }
 

@@ -16,10 +16,11 @@ struct Device: AsyncParsableCommand {
     struct StoreOptions: ParsableArguments {
         @Option(help: "The SQLite store (default: RELAY_DB, else ./relay.sqlite).") var db: String?
         @Flag(help: "Print JSON for scripts instead of a table.") var json = false
+        @OptionGroup var settings: SettingsOptions
 
         func open() async throws -> RelayStore {
             var path = db
-            if path == nil { path = try await configReader().string(forKey: ["relay", "db"], default: "./relay.sqlite") }
+            if path == nil { path = try settings.reader(command: "relay device").string(forKey: ["relay", "db"], default: "./relay.sqlite") }
             guard let path else { throw ExitCode(1) }
             do {
                 return try RelayStore(path: path)

@@ -44,13 +44,38 @@ func allowedCPUCount() -> Int? {
     return count > 0 ? count : nil
 }
 
-/// Environment variables, then `.env` in the working directory; `overrides` (from flags) win.
-func configReader(overrides: [String: String] = [:]) async throws -> ConfigReader {
-    var providers: [any ConfigProvider] = []
-    if !overrides.isEmpty { providers.append(EnvironmentVariablesProvider(environmentVariables: overrides)) }
-    providers.append(EnvironmentVariablesProvider())
-    providers.append(try await EnvironmentVariablesProvider(environmentFilePath: ".env", allowMissing: true))
-    return ConfigReader(providers: providers)
+/// Where every command's settings come from: flags, then the environment, then a `.env` file.
+struct SettingsOptions: ParsableArguments {
+    @Option(name: .customLong("env-file"), help: "Read settings from this file (default: ./.env when there is one).") var envFile: String?
+
+    /// The settings, `overrides` (from flags) first. A `.env` line a shell would read
+    /// differently, a missing `--env-file`, or a `RELAY_*` key that is no setting stops the
+    /// command with one line per problem (exit 78).
+    func reader(command: String, overrides: [String: String] = [:]) throws -> ConfigReader {
+        let environment = ProcessInfo.processInfo.environment
+        var fromFile: [(name: String, value: String)] = []
+        var problems: [String] = []
+        let path = envFile ?? ".env"
+        if let data = FileManager.default.contents(atPath: path) {
+            do {
+                fromFile = try DotEnv.parse(String(decoding: data, as: UTF8.self), path: path, environment: environment)
+            } catch {
+                problems += error.problems
+            }
+        } else if envFile != nil {
+            problems.append("cannot read the settings file \(path) (--env-file)")
+        }
+        problems += RelayConfiguration.unknownKeyProblems(Array(environment.keys) + fromFile.map(\.name))
+        guard problems.isEmpty else {
+            for problem in problems { printError("\(command): configuration: \(problem)") }
+            throw ExitCode(78)
+        }
+        var providers: [any ConfigProvider] = []
+        if !overrides.isEmpty { providers.append(EnvironmentVariablesProvider(environmentVariables: overrides)) }
+        providers.append(EnvironmentVariablesProvider())
+        providers.append(EnvironmentVariablesProvider(environmentVariables: Dictionary(fromFile, uniquingKeysWith: { _, last in last })))
+        return ConfigReader(providers: providers)
+    }
 }
 
 func printError(_ line: String) {
@@ -62,6 +87,8 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Address to listen on (overrides RELAY_HOST).") var host: String?
     @Option(help: "Port to listen on (overrides RELAY_PORT).") var port: Int?
+    @Flag(help: "Development mode: with no secrets configured, make some up (this machine only).") var dev = false
+    @OptionGroup var settings: SettingsOptions
 
     func run() async throws {
         var overrides: [String: String] = [:]
@@ -69,7 +96,7 @@ struct Serve: AsyncParsableCommand {
         if let port { overrides["RELAY_PORT"] = String(port) }
         let configuration: RelayConfiguration
         do {
-            configuration = try RelayConfiguration(reader: try await configReader(overrides: overrides))
+            configuration = try RelayConfiguration(reader: try settings.reader(command: "relay", overrides: overrides), development: dev)
         } catch let invalid as RelayConfiguration.Invalid {
             for problem in invalid.problems { printError("relay: configuration: \(problem)") }
             throw ExitCode(78)
@@ -108,7 +135,7 @@ struct Serve: AsyncParsableCommand {
         printError(
             """
             \(rule)
-            DEVELOPMENT MODE: nothing is configured, so this relay made up its own secrets.
+            DEVELOPMENT MODE (--dev): nothing is configured, so this relay made up its own secrets.
             They change on every start. Do not use this relay for anything real: set
             RELAY_JWT_SECRET and RELAY_DEVICE_MASTER_KEY (see .env.example).
 
@@ -146,9 +173,10 @@ struct Token: AsyncParsableCommand {
     @Option(help: "Lifetime in seconds.") var ttl: Int = 3600
     @Option(help: "Sign with this secret instead of RELAY_JWT_SECRET.") var secret: String?
     @Option(help: "Put this kid in the token's header.") var kid: String?
+    @OptionGroup var settings: SettingsOptions
 
     func run() async throws {
-        let reader = try await configReader()
+        let reader = try settings.reader(command: "relay token")
         guard let secret = secret ?? reader.string(forKey: ["relay", "jwt", "secret"], isSecret: true), !secret.isEmpty else {
             printError("relay token: RELAY_JWT_SECRET is not set (in the environment or .env); pass --secret")
             throw ExitCode(2)
@@ -184,13 +212,14 @@ struct SignURL: AsyncParsableCommand {
     @Option(name: .customLong("master-key"), help: "Derive the device secret from this master key (default: RELAY_DEVICE_MASTER_KEY).") var masterKey:
         String?
     @Option(help: "The relay's base URL (default: ws://RELAY_HOST:RELAY_PORT).") var url: String?
+    @OptionGroup var settings: SettingsOptions
 
     func run() async throws {
         guard DeviceSignature.isValidDeviceID(deviceID) else {
             printError("relay sign-url: '\(deviceID)' is not a valid device id (1-128 characters of [A-Za-z0-9._:-])")
             throw ExitCode(2)
         }
-        let reader = try await configReader()
+        let reader = try settings.reader(command: "relay sign-url")
         let deviceSecret: String
         if let secret {
             deviceSecret = secret

@@ -16,19 +16,19 @@ import Testing
         var stderr: String
     }
 
-    static func relay(_ arguments: [String], environment: [String: String] = [:]) async throws -> Run {
+    static func relay(_ arguments: [String], environment: [String: String] = [:], directory: String? = nil) async throws -> Run {
         try await withDeadline(.seconds(30), "relay \(arguments.joined(separator: " "))") {
-            try await onOwnThread { try runRelay(arguments, environment: environment) }
+            try await onOwnThread { try runRelay(arguments, environment: environment, directory: directory) }
         }
     }
 
-    private static func runRelay(_ arguments: [String], environment: [String: String]) throws -> Run {
+    private static func runRelay(_ arguments: [String], environment: [String: String], directory: String?) throws -> Run {
         let process = Process()
         process.executableURL = relayBinary
         process.arguments = arguments
         // Only what the test sets: no developer's RELAY_* leaks in. The working directory holds no .env.
         process.environment = environment.merging(["PATH": "/usr/bin:/bin"]) { old, _ in old }
-        process.currentDirectoryURL = FileManager.default.temporaryDirectory
+        process.currentDirectoryURL = directory.map { URL(fileURLWithPath: $0) } ?? FileManager.default.temporaryDirectory
         let out = Pipe()
         let err = Pipe()
         process.standardOutput = out
@@ -103,7 +103,7 @@ import Testing
         try await withTemporaryDirectory { directory in
             // A file where the store's directory should be.
             FileManager.default.createFile(atPath: "\(directory)/not-a-directory", contents: Data("x".utf8))
-            let run = try await Self.relay(["serve"], environment: ["RELAY_DB": "\(directory)/not-a-directory/relay.sqlite"])
+            let run = try await Self.relay(["serve", "--dev"], environment: ["RELAY_DB": "\(directory)/not-a-directory/relay.sqlite"])
             #expect(run.status == 1)
             let lines = run.stderr.split(separator: "\n").filter { $0.hasPrefix("relay: ") }
             #expect(lines.count == 1)

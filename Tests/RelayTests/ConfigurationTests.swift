@@ -1,3 +1,4 @@
+import Foundation
 import Configuration
 import Relay
 import RelayTestSupport
@@ -5,22 +6,105 @@ import Testing
 
 /// Start-up configuration: one clear line per problem, and a loud development mode.
 @Suite struct ConfigurationTests {
-    func read(_ variables: [String: String]) -> Result<RelayConfiguration, RelayConfiguration.Invalid> {
+    func read(_ variables: [String: String], development: Bool = false) -> Result<RelayConfiguration, RelayConfiguration.Invalid> {
         do {
-            return .success(try RelayConfiguration(reader: ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: variables))))
+            return .success(
+                try RelayConfiguration(
+                    reader: ConfigReader(provider: EnvironmentVariablesProvider(environmentVariables: variables)),
+                    development: development
+                )
+            )
         } catch {
             return .failure(error)
         }
     }
 
-    @Test func nothingConfiguredMeansDevelopmentModeWithFreshSecrets() throws {
-        let first = try read([:]).get()
-        let second = try read([:]).get()
+    @Test func devWithNothingConfiguredMeansDevelopmentModeWithFreshSecrets() throws {
+        let first = try read([:], development: true).get()
+        let second = try read([:], development: true).get()
         let development = try #require(first.development)
         #expect(development.jwtSecret.count == 64)
         #expect(development.jwtSecret != second.development?.jwtSecret)
         #expect(first.deviceMasterKey == development.deviceMasterKey)
         #expect(first.host == "127.0.0.1" && first.port == 8080)
+    }
+
+    @Test func developmentModeIsOnlyAskedForAndOnlyOnThisMachine() {
+        let secret = String(repeating: "s", count: 32)
+        #expect(
+            read([:]).problems == [
+                "nothing is configured: set RELAY_JWT_SECRET and RELAY_DEVICE_MASTER_KEY (see .env.example), or try the relay with made-up secrets: relay serve --dev"
+            ]
+        )
+        #expect(
+            read(["RELAY_HOST": "0.0.0.0"], development: true).problems == [
+                "--dev serves only this machine (RELAY_HOST 127.0.0.1, ::1 or localhost), not '0.0.0.0': its secrets are made up"
+            ]
+        )
+        #expect(
+            read(["RELAY_JWT_SECRET": secret], development: true).problems == [
+                "--dev makes up the secrets of a relay with none configured, but this one has some: leave out --dev"
+            ]
+        )
+        #expect(read([:], development: true).problems.isEmpty)
+    }
+
+    @Test func aKeyThatIsNoSettingIsNamedWithTheClosestOne() {
+        #expect(
+            RelayConfiguration.unknownKeyProblems(["RELAY_HEARTBEAT_SEC", "RELAY_JWT_SECRET", "PATH", "RELAY_JWT_SECERT", "CLOUDFLARE_TURN_KEYID"]) == [
+                "CLOUDFLARE_TURN_KEYID is not a setting of the relay (did you mean CLOUDFLARE_TURN_KEY_ID?)",
+                "RELAY_HEARTBEAT_SEC is not a setting of the relay (did you mean RELAY_HEARTBEAT_S?)",
+                "RELAY_JWT_SECERT is not a setting of the relay (did you mean RELAY_JWT_SECRET?)",
+            ]
+        )
+    }
+
+    @Test func theExampleFileListsEveryKeyTheRelayReads() throws {
+        let example = try String(contentsOfFile: URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../.env.example").path, encoding: .utf8)
+        let listed = Set(example.split(separator: "\n").compactMap { line -> String? in
+            let text = line.drop { $0 == "#" || $0 == " " }
+            guard let equals = text.firstIndex(of: "="), text[..<equals].allSatisfy({ $0.isUppercase || $0.isNumber || $0 == "_" }) else { return nil }
+            return String(text[..<equals])
+        })
+        #expect(listed == RelayConfiguration.knownKeys)
+    }
+
+    @Test func aDotEnvIsReadAsAShellReadsIt() throws {
+        let text = """
+            # a comment
+            export RELAY_JWT_SECRET="quoted secret with \\"escapes\\" and $HOME"
+            RELAY_DEVICE_MASTER_KEY='single $quoted'   # trailing comment
+              RELAY_PORT=8081#not-a-comment
+            RELAY_HOST=127.0.0.1 # comment
+            RELAY_DB=${BASE}/relay.sqlite
+            RELAY_LOG_LEVEL=a\\ b
+            RELAY_ADMIN_TOKEN="spans
+            two lines"
+            RELAY_EMPTY=
+
+            """
+        let parsed = try DotEnv.parse(text, path: ".env", environment: ["HOME": "/home/robot", "BASE": "/var/lib/relay"])
+        #expect(parsed.map(\.name) == [
+            "RELAY_JWT_SECRET", "RELAY_DEVICE_MASTER_KEY", "RELAY_PORT", "RELAY_HOST", "RELAY_DB", "RELAY_LOG_LEVEL", "RELAY_ADMIN_TOKEN", "RELAY_EMPTY",
+        ])
+        #expect(parsed.map(\.value) == [
+            #"quoted secret with "escapes" and /home/robot"#, "single $quoted", "8081#not-a-comment", "127.0.0.1", "/var/lib/relay/relay.sqlite",
+            "a b", "spans\ntwo lines", "",
+        ])
+    }
+
+    @Test func aDotEnvLineAShellWouldReadDifferentlyIsAProblem() {
+        let text = "RELAY_PORT = 8080\nRELAY_HOST=two words\nRELAY_DB=\"open\n"
+        #expect(throws: DotEnv.Invalid.self) { try DotEnv.parse(text, path: "x.env") }
+        do {
+            _ = try DotEnv.parse(text, path: "x.env")
+        } catch {
+            #expect(error.problems == [
+                "x.env line 1: no spaces around '=' (a shell would run 'RELAY_PORT' as a command)",
+                "x.env line 2: a space inside an unquoted value: quote the value",
+                "x.env line 3: unterminated double quote",
+            ])
+        }
     }
 
     @Test func configuredRelayIsNotInDevelopmentMode() throws {
@@ -143,5 +227,13 @@ import Testing
                 ]) { $1 }
             ) == ["CLOUDFLARE_TURN_API_BASE must be an https:// URL (plain http only on 127.0.0.1 or localhost)"]
         )
+    }
+}
+
+extension Result where Failure == RelayConfiguration.Invalid {
+    /// The problems of a configuration that was refused; none when it was read.
+    var problems: [String] {
+        if case .failure(let invalid) = self { return invalid.problems }
+        return []
     }
 }

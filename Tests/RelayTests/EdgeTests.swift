@@ -13,9 +13,11 @@ import Testing
         try await TestRelay.run { relay in
             let client = try RawConnection.open(port: relay.port)
             try client.send(RawFrame.upgradeRequest(port: relay.port, pathAndQuery: "/ws/device?\(relay.deviceQuery())"))
-            // 500 pings of 125 bytes in one go, more than the 50 a burst may hold.
+            // 60 pings of 125 bytes in one go, more than the 50 a burst may hold. (Few enough that
+            // the relay has read them all when it closes: unread bytes would turn its close into
+            // a reset, which discards what the client has not read yet.)
             let ping = RawFrame.make(RawFrame.ping, [UInt8](repeating: 7, count: 125))
-            try? client.send(Array((0..<500).map { _ in ping }.joined()))
+            try client.send(Array((0..<60).map { _ in ping }.joined()))
             let (bytes, _) = try await client.readUntilEnd(within: .seconds(10))
             let frames = RawFrame.parse(bytes)
             #expect(RawFrame.closeCode(frames) == 1008)
@@ -163,23 +165,26 @@ import Testing
 
     @Test func oneAddressHoldsAtMostItsShareOfConnections() async throws {
         try await TestRelay.run(["RELAY_MAX_CONNECTIONS_PER_IP": "5"]) { relay in
-            let held = try (0..<5).map { _ in try RawConnection.open(port: relay.port) }
+            // An address of its own, so no other client of this relay counts against it.
+            let address = "127.0.0.3"
+            let held = try (0..<5).map { _ in try RawConnection.open(port: relay.port, source: address) }
             // Each of the five is served.
             for connection in held {
-                #expect(try await connection.request("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").hasPrefix("HTTP/1.1 200"))
+                let answer = try await connection.request("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                #expect(answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
             }
             // A sixth from the same address is closed at once, unanswered.
-            let sixth = try RawConnection.open(port: relay.port)
+            let sixth = try RawConnection.open(port: relay.port, source: address)
             try? sixth.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
             let refused = try await sixth.readUntilEnd(within: .seconds(5))
             #expect(refused.bytes.isEmpty)
             // Another address is not affected.
-            let other = try RawConnection.open(port: relay.port, source: "127.0.0.2")
+            let other = try RawConnection.open(port: relay.port, source: "127.0.0.4")
             #expect(try await other.request("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").hasPrefix("HTTP/1.1 200"))
             // Once one of the five ends, the address may open another.
             held[0].reset()
             _ = try await eventually("the address to have room again") { () -> Bool? in
-                let again = try RawConnection.open(port: relay.port)
+                let again = try RawConnection.open(port: relay.port, source: address)
                 let answer = try? await again.request("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
                 return answer?.hasPrefix("HTTP/1.1 200") == true ? true : nil
             }
@@ -277,5 +282,68 @@ import Testing
         let second = try await openAndAbandon(15_000)
         // A leak of ~1.4 KiB a link (the finding) would be ~20 MiB here.
         #expect(second - first < 4 * 1024, "resident \(first) KiB after the first 15,000 links, \(second) KiB after the next")
+    }
+}
+
+/// Configuration that cannot surprise (issue "The edge", 8): no accidental development mode, a
+/// `.env` read as a shell reads it, misspelt keys named.
+@Suite(.timeLimit(.minutes(1))) struct ConfigurationTrapTests {
+    @Test func nothingConfiguredDoesNotStartWithoutDev() async throws {
+        let run = try await CommandLineTests.relay(["serve"])
+        #expect(run.status == 78)
+        #expect(run.stderr.contains("relay: configuration: nothing is configured: set RELAY_JWT_SECRET and RELAY_DEVICE_MASTER_KEY"))
+        #expect(!run.stderr.contains("DEVELOPMENT MODE"))
+    }
+
+    @Test func devNeverListensBeyondThisMachine() async throws {
+        for arguments in [["serve", "--dev", "--host", "0.0.0.0"], ["serve", "--dev"]] {
+            let run = try await CommandLineTests.relay(arguments, environment: arguments.count == 2 ? ["RELAY_HOST": "0.0.0.0"] : [:])
+            #expect(run.status == 78)
+            #expect(run.stderr.contains("--dev serves only this machine (RELAY_HOST 127.0.0.1, ::1 or localhost), not '0.0.0.0'"))
+        }
+    }
+
+    @Test func aMisspeltKeyStopsStartUpNamingTheRightOne() async throws {
+        let run = try await CommandLineTests.relay(
+            ["serve"],
+            environment: ["RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey, "RELAY_HEARTBEAT_SEC": "5"]
+        )
+        #expect(run.status == 78)
+        #expect(run.stderr == "relay: configuration: RELAY_HEARTBEAT_SEC is not a setting of the relay (did you mean RELAY_HEARTBEAT_S?)\n")
+    }
+
+    @Test func aDotEnvWithExportQuotesAndCommentsConfiguresTheRelay() async throws {
+        try await withTemporaryDirectory { directory in
+            try """
+            # the relay's secrets
+            export RELAY_JWT_SECRET="\(TestRelay.jwtSecret)"   # quoted, as many .env files are
+            export RELAY_DEVICE_MASTER_KEY='\(TestRelay.masterKey)'
+
+            """.write(toFile: "\(directory)/.env", atomically: true, encoding: .utf8)
+            let relay = try await RelayProcess.start(
+                binary: CommandLineTests.relayBinary,
+                environment: [:],
+                directory: URL(fileURLWithPath: directory)
+            )
+            defer { relay.kill() }
+            // Not development mode: the secrets are the file's, without their quotes.
+            let client = ProcessClient(port: relay.port)
+            let app = try await client.app("alice")
+            let device = try await client.device("robot-1", secret: DeviceSignature.derivedSecret(deviceID: "robot-1", masterKey: TestRelay.masterKey))
+            _ = (app.hello, device.hello)
+        }
+    }
+
+    @Test func theSettingsFileCanLiveElsewhere() async throws {
+        try await withTemporaryDirectory { directory in
+            try "RELAY_JWT_SECRET=\(TestRelay.jwtSecret)\n".write(toFile: "\(directory)/relay.env", atomically: true, encoding: .utf8)
+            let signed = try await CommandLineTests.relay(["token", "--sub", "alice", "--env-file", "\(directory)/relay.env"])
+            #expect(signed.status == 0)
+            let verifier = AppTokenVerifier(configuration: .init(secretKeys: [.init(secret: Array(TestRelay.jwtSecret.utf8))]))
+            #expect(try verifier.verify(signed.stdout.trimmingCharacters(in: .whitespacesAndNewlines), now: Date().timeIntervalSince1970).userID == "alice")
+            let missing = try await CommandLineTests.relay(["serve", "--env-file", "\(directory)/missing.env"])
+            #expect(missing.status == 78)
+            #expect(missing.stderr == "relay: configuration: cannot read the settings file \(directory)/missing.env (--env-file)\n")
+        }
     }
 }

@@ -38,8 +38,9 @@ import TURNBroker
 /// - `RELAY_ADMIN_TOKEN` (secret, ≥ 32 bytes): enables `/admin/*`
 /// - `RELAY_LOG_LEVEL` (`info`)
 ///
-/// With no app-token key and no device master key at all, the relay runs in development mode:
-/// it makes random ones and says so loudly.
+/// Development mode (`relay serve --dev`, on a loopback address only, with no app-token key and
+/// no device master key configured) makes random ones and says so loudly; without `--dev` a
+/// relay with nothing configured does not start.
 public struct RelayConfiguration: Sendable {
     public var host = "127.0.0.1"
     public var port = 8080
@@ -106,8 +107,47 @@ public struct RelayConfiguration: Sendable {
 
     public init() {}
 
-    /// Reads and checks the configuration, collecting every problem before failing.
-    public init(reader: ConfigReader) throws(Invalid) {
+    /// Every key the relay reads (`.env.example` lists each with its default).
+    public static let knownKeys: Set<String> = [
+        "RELAY_HOST", "RELAY_PORT", "RELAY_JWT_SECRET", "RELAY_JWT_SECRETS", "RELAY_JWT_PUBLIC_KEY_FILE", "RELAY_JWT_ALGORITHMS",
+        "RELAY_JWT_ISSUER", "RELAY_JWT_AUDIENCE", "RELAY_JWT_LEEWAY_S", "RELAY_DEVICE_MASTER_KEY", "RELAY_DEVICE_SIG_WINDOW_S",
+        "RELAY_DEVICE_CONNECTS_PER_WINDOW", "RELAY_MAX_MESSAGE_BYTES", "RELAY_MAX_SESSIONS_PER_DEVICE", "RELAY_MAX_SESSIONS_PER_APP",
+        "RELAY_HEARTBEAT_S", "RELAY_RESUME_GRACE_S", "RELAY_RESUME_BUFFER_MESSAGES", "RELAY_RESUME_BUFFER_BYTES", "RELAY_SETUP_TIMEOUT_S",
+        "RELAY_RATE_BURST", "RELAY_RATE_PER_S", "RELAY_CONNECT_BURST", "RELAY_CONNECT_RATE_PER_MIN", "RELAY_HTTP_MAX_HEADER_BYTES",
+        "RELAY_HTTP_REQUEST_TIMEOUT_S", "RELAY_HTTP_IDLE_TIMEOUT_S", "RELAY_MAX_CONNECTIONS_PER_IP", "RELAY_SHUTDOWN_DRAIN_S",
+        "RELAY_SSE_KEEPALIVE_S", "RELAY_TURN_PROVIDER", "STUN_URIS", "RELAY_TURN_RATE_PER_MIN", "CLOUDFLARE_TURN_KEY_ID",
+        "CLOUDFLARE_TURN_API_TOKEN", "CLOUDFLARE_TURN_API_BASE", "CLOUDFLARE_TURN_KEEP_PORT_53", "CLOUDFLARE_TURN_CONNECT_TIMEOUT_MS",
+        "CLOUDFLARE_TURN_TIMEOUT_MS", "TURN_SHARED_SECRET", "TURN_URIS", "RELAY_DB", "RELAY_AUDIT_FLUSH_MS", "RELAY_REGISTRY_POLL_MS",
+        "RELAY_ADMIN_TOKEN", "RELAY_LOG_LEVEL",
+    ]
+
+    /// One problem for each of `names` that looks like a relay setting (`RELAY_*`,
+    /// `CLOUDFLARE_TURN_*`) but is none, naming the closest known key: a misspelt key would
+    /// otherwise leave its setting at the default without a word.
+    public static func unknownKeyProblems(_ names: some Sequence<String>) -> [String] {
+        Set(names).filter { ($0.hasPrefix("RELAY_") || $0.hasPrefix("CLOUDFLARE_TURN_")) && !knownKeys.contains($0) }.sorted().map { name in
+            let closest = knownKeys.min { editDistance(name, $0) < editDistance(name, $1) || (editDistance(name, $0) == editDistance(name, $1) && $0 < $1) }!
+            return "\(name) is not a setting of the relay (did you mean \(closest)?)"
+        }
+    }
+
+    /// Levenshtein distance between two keys.
+    static func editDistance(_ a: String, _ b: String) -> Int {
+        let a = Array(a.utf8), b = Array(b.utf8)
+        var previous = Array(0...b.count)
+        for (i, x) in a.enumerated() {
+            var row = [i + 1]
+            for (j, y) in b.enumerated() {
+                row.append(Swift.min(previous[j + 1] + 1, row[j] + 1, previous[j] + (x == y ? 0 : 1)))
+            }
+            previous = row
+        }
+        return previous[b.count]
+    }
+
+    /// Reads and checks the configuration, collecting every problem before failing. With
+    /// `development` (`relay serve --dev`) and no key configured, it makes up its secrets.
+    public init(reader: ConfigReader, development allowsDevelopment: Bool = false) throws(Invalid) {
         var read = Reader(reader: reader)
         host = read.string("RELAY_HOST") ?? host
         port = read.int("RELAY_PORT", in: 0...65535) ?? port
@@ -236,7 +276,15 @@ public struct RelayConfiguration: Sendable {
 
         let anyTokenKey = !secretKeys.isEmpty || !publicKeys.isEmpty
         let nothingConfigured = read.absent(["RELAY_JWT_SECRET", "RELAY_JWT_SECRETS", "RELAY_JWT_PUBLIC_KEY_FILE", "RELAY_DEVICE_MASTER_KEY"])
-        if nothingConfigured {
+        if nothingConfigured && !allowsDevelopment {
+            read.problem(
+                "nothing is configured: set RELAY_JWT_SECRET and RELAY_DEVICE_MASTER_KEY (see .env.example), or try the relay with made-up secrets: relay serve --dev"
+            )
+        } else if allowsDevelopment && !nothingConfigured {
+            read.problem("--dev makes up the secrets of a relay with none configured, but this one has some: leave out --dev")
+        } else if nothingConfigured && !["127.0.0.1", "::1", "localhost"].contains(host) {
+            read.problem("--dev serves only this machine (RELAY_HOST 127.0.0.1, ::1 or localhost), not '\(host)': its secrets are made up")
+        } else if nothingConfigured {
             let secrets = DevelopmentSecrets(jwtSecret: LibCrypto.randomBytes(32).hexString, deviceMasterKey: LibCrypto.randomBytes(32).hexString)
             development = secrets
             tokens.secretKeys = [.init(secret: Array(secrets.jwtSecret.utf8))]
@@ -244,7 +292,7 @@ public struct RelayConfiguration: Sendable {
         } else if !anyTokenKey && read.problems.isEmpty {
             read.problem("RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY_FILE is required to verify app tokens")
         }
-        if anyTokenKey || nothingConfigured {
+        if anyTokenKey || development != nil {
             let families = Set(tokens.algorithms.map(\.family))
             let keyed = Set((tokens.secretKeys.isEmpty ? [] : [JWTAlgorithm.Family.hmac]) + tokens.publicKeys.map { $0.kind == .rsa ? .rsa : .ec })
             if families.isDisjoint(with: keyed) && !tokens.algorithms.isEmpty {
@@ -276,6 +324,7 @@ public struct RelayConfiguration: Sendable {
         }
 
         func string(_ name: String, isSecret: Bool = false) -> String? {
+            assert(RelayConfiguration.knownKeys.contains(name), "\(name) is read but not in knownKeys")
             guard let value = reader.string(forKey: Self.key(name), isSecret: isSecret)?.trimmingCharacters(in: .whitespaces), !value.isEmpty else {
                 return nil
             }

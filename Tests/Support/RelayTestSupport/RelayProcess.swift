@@ -11,18 +11,25 @@ public struct RelayProcess: Sendable {
     /// its own unless `RELAY_DB` is given); returns once it says where it listens. Its log keeps
     /// being drained so it never blocks on a full pipe. With `cpu`, it runs pinned to that core
     /// (through `taskset`, which execs it: the process id stays the relay's).
-    public static func start(binary: URL, environment: [String: String], cpu: Int? = nil) async throws -> RelayProcess {
+    /// `arguments` follow `serve`; it runs in `directory` (default: the temporary directory, where no `.env` is).
+    public static func start(
+        binary: URL,
+        environment: [String: String],
+        arguments: [String] = [],
+        directory: URL? = nil,
+        cpu: Int? = nil
+    ) async throws -> RelayProcess {
         let process = Process()
         if let cpu {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/taskset")
-            process.arguments = ["-c", String(cpu), binary.path, "serve"]
+            process.arguments = ["-c", String(cpu), binary.path, "serve"] + arguments
         } else {
             process.executableURL = binary
-            process.arguments = ["serve"]
+            process.arguments = ["serve"] + arguments
         }
         let store = FileManager.default.temporaryDirectory.appendingPathComponent("relay-\(UUID().uuidString).sqlite").path
         process.environment = environment.merging(["PATH": "/usr/bin:/bin", "RELAY_PORT": "0", "RELAY_DB": store]) { old, _ in old }
-        process.currentDirectoryURL = FileManager.default.temporaryDirectory
+        process.currentDirectoryURL = directory ?? FileManager.default.temporaryDirectory
         let log = Pipe()
         process.standardError = log
         process.standardOutput = FileHandle.nullDevice

@@ -256,12 +256,21 @@ public final class WebSocketConnection: ChannelInboundHandler {
         closeNow(code, reason: nil)
     }
 
+    /// Sends the close frame and ends this side. The connection is half-closed rather than
+    /// closed, and what the peer still sends is read and dropped until it closes too (or for
+    /// `lingerAfterFailure`): closing with unread bytes would send a reset, which makes the peer's
+    /// system discard what it has not read yet, this close frame with it.
     private func closeNow(_ code: WebSocketErrorCode, reason: String?) {
         guard let context, state != .closed else { return }
         state = .closed
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(closeFrame(code, reason: reason))).whenComplete { _ in channel.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(closeFrame(code, reason: reason))).whenComplete { _ in
+            channel.close(mode: .output, promise: nil)
+        }
+        closeTimer = context.eventLoop.scheduleTask(in: .init(Self.lingerAfterFailure)) { channel.close(promise: nil) }
     }
+
+    static let lingerAfterFailure = Duration.seconds(2)
 
     private func closeFrame(_ code: WebSocketErrorCode, reason: String?) -> WebSocketFrame {
         var buffer = context!.channel.allocator.buffer(capacity: 2 + (reason?.utf8.count ?? 0))

@@ -6,6 +6,9 @@ import Synchronization
 
 /// The relay's only door to libcurl: HTTPS POSTs for TURN providers, run on a small thread pool
 /// (never an event loop), with warm connections, hard timeouts and a bound on waiting calls.
+/// A call's timeouts count from the call, not from the moment a thread takes it: one waiting
+/// for a free thread behind transfers to a hanging upstream fails (`timedOut`) at its own
+/// deadline, and a transfer gets only what is left of it.
 public final class CurlClient: Sendable {
     public struct Configuration: Sendable {
         public var connectTimeoutMilliseconds = 2000
@@ -55,23 +58,33 @@ public final class CurlClient: Sendable {
         try await pool.shutdownGracefully()
     }
 
-    /// POSTs `body` to `url` with `headers` (`Name: value` lines).
+    /// POSTs `body` to `url` with `headers` (`Name: value` lines), within the configured total
+    /// timeout from now.
     public func post(url: String, headers: [String], body: [UInt8]) async throws(Failure) -> Response {
-        guard await slots.acquire() else { throw .overloaded }
+        let deadline = ContinuousClock.now + .milliseconds(configuration.totalTimeoutMilliseconds)
+        switch await slots.acquire(until: deadline) {
+        case .acquired: break
+        case .full: throw .overloaded
+        case .timedOut: throw .timedOut
+        }
         defer { slots.release() }
-        let configuration = configuration
+        var transfer = configuration
+        let left = deadline - ContinuousClock.now
+        let leftMilliseconds = max(1, Int(left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000))
+        transfer.totalTimeoutMilliseconds = min(transfer.totalTimeoutMilliseconds, leftMilliseconds)
+        transfer.connectTimeoutMilliseconds = min(transfer.connectTimeoutMilliseconds, leftMilliseconds)
         let handle = idleHandles.withLock { $0.popLast() } ?? EasyHandle()
         let result: Result<Response, Failure>
         do {
-            result = try await pool.runIfActive {
-                handle.perform(url: url, headers: headers, body: body, configuration: configuration)
+            result = try await pool.runIfActive { [transfer] in
+                handle.perform(url: url, headers: headers, body: body, configuration: transfer)
             }
         } catch {
             throw .transport("transfer pool stopped")
         }
         // A handle keeps its connection alive for the next transfer to the same host.
         idleHandles.withLock { handles in
-            if handles.count < configuration.maxConcurrent { handles.append(handle) }
+            if handles.count < self.configuration.maxConcurrent { handles.append(handle) }
         }
         return try result.get()
     }
@@ -155,11 +168,20 @@ private final class EasyHandle: @unchecked Sendable {
     }
 }
 
-/// A counting semaphore with a bounded waiting line.
+/// A counting semaphore with a bounded waiting line whose waiters give up at their deadline.
 private final class Slots: Sendable {
+    enum Outcome: Sendable {
+        case acquired
+        /// The waiting line is full.
+        case full
+        /// The deadline passed while waiting.
+        case timedOut
+    }
+
     private struct State {
         var inUse = 0
-        var waiting: Deque<CheckedContinuation<Bool, Never>> = []
+        var nextID = 0
+        var waiting: Deque<(id: Int, continuation: CheckedContinuation<Outcome, Never>)> = []
     }
 
     private let state = Mutex(State())
@@ -171,16 +193,30 @@ private final class Slots: Sendable {
         self.maxWaiting = maxWaiting
     }
 
-    /// Waits for a slot; false at once when the waiting line is full.
-    func acquire() async -> Bool {
-        await withCheckedContinuation { continuation in
-            let immediate: Bool? = state.withLock { state in
+    /// Waits for a slot until `deadline`; `.full` at once when the waiting line is full.
+    func acquire(until deadline: ContinuousClock.Instant) async -> Outcome {
+        let id = state.withLock { state in
+            defer { state.nextID += 1 }
+            return state.nextID
+        }
+        let giveUp = Task { [self] in
+            try? await Task.sleep(until: deadline, clock: .continuous)
+            let waiter = state.withLock { state -> CheckedContinuation<Outcome, Never>? in
+                guard let index = state.waiting.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.waiting.remove(at: index).continuation
+            }
+            waiter?.resume(returning: .timedOut)
+        }
+        defer { giveUp.cancel() }
+        return await withCheckedContinuation { continuation in
+            let immediate: Outcome? = state.withLock { state in
                 if state.inUse < limit {
                     state.inUse += 1
-                    return true
+                    return .acquired
                 }
-                guard state.waiting.count < maxWaiting else { return false }
-                state.waiting.append(continuation)
+                guard state.waiting.count < maxWaiting else { return .full }
+                guard ContinuousClock.now < deadline else { return .timedOut }
+                state.waiting.append((id, continuation))
                 return nil
             }
             if let immediate { continuation.resume(returning: immediate) }
@@ -188,12 +224,12 @@ private final class Slots: Sendable {
     }
 
     func release() {
-        let next = state.withLock { state -> CheckedContinuation<Bool, Never>? in
+        let next = state.withLock { state -> CheckedContinuation<Outcome, Never>? in
             // The slot passes straight to the next waiter, if any.
-            if let next = state.waiting.popFirst() { return next }
+            if let next = state.waiting.popFirst() { return next.continuation }
             state.inUse -= 1
             return nil
         }
-        next?.resume(returning: true)
+        next?.resume(returning: .acquired)
     }
 }

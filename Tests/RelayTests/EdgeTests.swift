@@ -13,11 +13,11 @@ import Testing
         try await TestRelay.run { relay in
             let client = try RawConnection.open(port: relay.port)
             try client.send(RawFrame.upgradeRequest(port: relay.port, pathAndQuery: "/ws/device?\(relay.deviceQuery())"))
-            // 60 pings of 125 bytes in one go, more than the 50 a burst may hold. (Few enough that
-            // the relay has read them all when it closes: unread bytes would turn its close into
-            // a reset, which discards what the client has not read yet.)
+            // 500 pings of 125 bytes in one go, more than the 50 a burst may hold. The relay
+            // half-closes after its close frame and drops what still comes, so the flood does
+            // not turn its close into a reset (which would discard the close frame unread).
             let ping = RawFrame.make(RawFrame.ping, [UInt8](repeating: 7, count: 125))
-            try client.send(Array((0..<60).map { _ in ping }.joined()))
+            try client.send(Array((0..<500).map { _ in ping }.joined()))
             let (bytes, _) = try await client.readUntilEnd(within: .seconds(10))
             let frames = RawFrame.parse(bytes)
             #expect(RawFrame.closeCode(frames) == 1008)
@@ -344,6 +344,58 @@ import Testing
             let missing = try await CommandLineTests.relay(["serve", "--env-file", "\(directory)/missing.env"])
             #expect(missing.status == 78)
             #expect(missing.stderr == "relay: configuration: cannot read the settings file \(directory)/missing.env (--env-file)\n")
+        }
+    }
+}
+
+/// A TURN upstream that hangs (issue "The edge", 7): every pending set-up is answered within its
+/// timeouts, and a link's pending request holds up nothing else on it.
+@Suite(.timeLimit(.minutes(1))) struct HangingTURNTests {
+    @Test func fiftyPendingSetUpsGetTurnErrorInTimeAndTheLinksOtherSessionsFlow() async throws {
+        let fake = FakeCloudflareTURN()
+        try await fake.run { base in
+            let environment = CloudflareTURNTests.environment(
+                base,
+                [
+                    "CLOUDFLARE_TURN_CONNECT_TIMEOUT_MS": "500", "CLOUDFLARE_TURN_TIMEOUT_MS": "1000", "RELAY_MAX_SESSIONS_PER_DEVICE": "60",
+                    "RELAY_MAX_SESSIONS_PER_APP": "60", "RELAY_RATE_BURST": "200",
+                ]
+            )
+            try await TestRelay.run(environment) { relay in
+                let device = try await relay.device()
+                let app = try await relay.app()
+                let (credentials, _) = try await relay.openSession(app: app, device: device)
+                let sessionID = try #require(credentials["session_id"] as? String)
+                // From now on the upstream never answers.
+                fake.script(Array(repeating: .hang, count: 200))
+                let start = ContinuousClock.now
+                for index in 0..<50 { try app.send(["type": "webrtc_request", "device_id": "robot-1", "request_id": "r\(index)"]) }
+                // The session already open goes on at once.
+                try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "candidate:1 1 udp 1 192.0.2.1 1 typ host"]])
+                _ = try await device.next("webrtc_ice")
+                #expect(ContinuousClock.now - start < .seconds(1), "ICE waited \(ContinuousClock.now - start)")
+                // Each request: one attempt (1 s), a retry after at most 300 ms, the retry (1 s).
+                var answered: Set<String> = []
+                while answered.count < 50 {
+                    let error = try await app.next("error")
+                    #expect(error["code"] as? String == "turn_error")
+                    answered.insert(try #require(error["request_id"] as? String))
+                }
+                let elapsed = ContinuousClock.now - start
+                #expect(elapsed < .seconds(4), "the last turn_error came after \(elapsed)")
+                // Nothing was left reserved: the device's sessions are the one that works.
+                try device.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "candidate:2 1 udp 1 192.0.2.2 1 typ host"]])
+                _ = try await app.next("webrtc_ice")
+            }
+        }
+    }
+
+    @Test func readinessSaysNoWhileTheProviderCannotBeReachedFromTheStart() async throws {
+        // Nothing listens on port 1: every call to the provider is refused.
+        try await TestRelay.run(CloudflareTURNTests.environment("http://127.0.0.1:1")) { relay in
+            let answer = try await relay.request(.get, "/readyz")
+            #expect(answer.status == .serviceUnavailable)
+            #expect((answer.json["problems"] as? [String])?.first?.hasPrefix("turn (cloudflare): Cloudflare API error") == true, "\(answer.json)")
         }
     }
 }

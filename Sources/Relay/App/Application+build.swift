@@ -76,7 +76,8 @@ public func buildRelay(
             configured = CoturnProvider(sharedSecret: secret, turnURIs: uris, stunURIs: configuration.stunURIs)
         }
     }
-    let turn = ObservedTURNProvider(configured, factory: metrics.metricsFactory)
+    let turn = ObservedTURNProvider(configured, probeEvery: .seconds(configuration.turnProbeSeconds), factory: metrics.metricsFactory)
+    services.append(turn)
     let switchboard = Switchboard(
         table: LocalSessionTable(),
         turn: turn,

@@ -27,7 +27,7 @@ import TURNBroker
 /// - `RELAY_SHUTDOWN_DRAIN_S` (10): how long clients get to leave after `go_away`
 /// - `RELAY_SSE_KEEPALIVE_S` (15): the `: keepalive` comment interval of event streams
 /// - `RELAY_TURN_PROVIDER` (`static`, `cloudflare` or `coturn`), `STUN_URIS` (comma separated),
-///   `RELAY_TURN_RATE_PER_MIN` (20)
+///   `RELAY_TURN_RATE_PER_MIN` (20), `RELAY_TURN_PROBE_S` (30): an idle relay probes its provider this often
 /// - `cloudflare`: `CLOUDFLARE_TURN_KEY_ID`, `CLOUDFLARE_TURN_API_TOKEN` (secret),
 ///   `CLOUDFLARE_TURN_API_BASE` (`https://rtc.live.cloudflare.com/v1`), `CLOUDFLARE_TURN_KEEP_PORT_53` (0),
 ///   `CLOUDFLARE_TURN_CONNECT_TIMEOUT_MS` (2000), `CLOUDFLARE_TURN_TIMEOUT_MS` (5000)
@@ -68,6 +68,8 @@ public struct RelayConfiguration: Sendable {
     public var turn = TURNSettings.staticSTUN
     /// `POST /api/turn/credentials` calls allowed per user per minute.
     public var turnRatePerMinute = 20
+    /// With no mint for this long, the relay probes its TURN provider (for `/readyz`).
+    public var turnProbeSeconds = 30
     public var logLevel = Logger.Level.info
     /// `RELAY_DB`: the SQLite store of contract §9.
     public var databasePath = "./relay.sqlite"
@@ -115,7 +117,7 @@ public struct RelayConfiguration: Sendable {
         "RELAY_HEARTBEAT_S", "RELAY_RESUME_GRACE_S", "RELAY_RESUME_BUFFER_MESSAGES", "RELAY_RESUME_BUFFER_BYTES", "RELAY_SETUP_TIMEOUT_S",
         "RELAY_RATE_BURST", "RELAY_RATE_PER_S", "RELAY_CONNECT_BURST", "RELAY_CONNECT_RATE_PER_MIN", "RELAY_HTTP_MAX_HEADER_BYTES",
         "RELAY_HTTP_REQUEST_TIMEOUT_S", "RELAY_HTTP_IDLE_TIMEOUT_S", "RELAY_MAX_CONNECTIONS_PER_IP", "RELAY_SHUTDOWN_DRAIN_S",
-        "RELAY_SSE_KEEPALIVE_S", "RELAY_TURN_PROVIDER", "STUN_URIS", "RELAY_TURN_RATE_PER_MIN", "CLOUDFLARE_TURN_KEY_ID",
+        "RELAY_SSE_KEEPALIVE_S", "RELAY_TURN_PROVIDER", "STUN_URIS", "RELAY_TURN_RATE_PER_MIN", "RELAY_TURN_PROBE_S", "CLOUDFLARE_TURN_KEY_ID",
         "CLOUDFLARE_TURN_API_TOKEN", "CLOUDFLARE_TURN_API_BASE", "CLOUDFLARE_TURN_KEEP_PORT_53", "CLOUDFLARE_TURN_CONNECT_TIMEOUT_MS",
         "CLOUDFLARE_TURN_TIMEOUT_MS", "TURN_SHARED_SECRET", "TURN_URIS", "RELAY_DB", "RELAY_AUDIT_FLUSH_MS", "RELAY_REGISTRY_POLL_MS",
         "RELAY_ADMIN_TOKEN", "RELAY_LOG_LEVEL",
@@ -225,6 +227,7 @@ public struct RelayConfiguration: Sendable {
             stunURIs = uris
         }
         turnRatePerMinute = read.int("RELAY_TURN_RATE_PER_MIN", in: 1...100_000) ?? turnRatePerMinute
+        turnProbeSeconds = read.int("RELAY_TURN_PROBE_S", in: 5...86_400) ?? turnProbeSeconds
         switch read.string("RELAY_TURN_PROVIDER") ?? "static" {
         case "static":
             turn = .staticSTUN

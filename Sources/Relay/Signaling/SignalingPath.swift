@@ -60,7 +60,7 @@ import TURNBroker
         )
         device.push(generation: deviceGeneration) {}
         app.push(generation: appGeneration) {}
-        if case .pending(let work) = switchboard.receive(text: #"{"type":"webrtc_request","device_id":"bench-robot"}"#, from: app) { await work() }
+        if case .alongside(let work) = switchboard.receive(text: #"{"type":"webrtc_request","device_id":"bench-robot"}"#, from: app) { await work() }
         guard let request = app.takePushed(generation: appGeneration)?.frames.first(where: { $0.text.contains("webrtc_credentials") }),
             let session = (try? JSONParser.object(request.text))?["session_id"]?.stringValue
         else { throw SetUpFailed() }

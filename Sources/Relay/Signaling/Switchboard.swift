@@ -64,12 +64,17 @@ final class Switchboard: Sendable {
     // MARK: Messages
 
     /// What became of a message: refused by the rate limit, handled, or handled in part with
-    /// the rest of its work (a request's ICE servers, a watch's registry reads) still to await.
-    /// That work must finish before the link's next message is taken, so messages keep their order.
+    /// the rest of its work still to await.
     enum Reception: Sendable {
         case refused
         case handled
+        /// Work that must finish before the link's next message is taken, so messages keep
+        /// their order (a watch's registry reads).
         case pending(@Sendable () async -> Void)
+        /// Work that runs beside the link's next messages (a session request waiting for its
+        /// ICE servers: nothing the link sends next can be about that session, and a slow TURN
+        /// provider must not hold up the link's other sessions).
+        case alongside(@Sendable () async -> Void)
     }
 
     /// Handles one text frame from `link` without waiting on anything slow; errors go back on
@@ -113,6 +118,9 @@ final class Switchboard: Sendable {
         case .pending(let work):
             await work()
             return true
+        case .alongside(let work):
+            Task { await work() }
+            return true
         }
     }
 
@@ -142,14 +150,14 @@ final class Switchboard: Sendable {
         let requestID = envelope.requestID
         switch envelope.message {
         case .webrtcRequest(let deviceID, let ttl, let metadata):
-            return waiting(on: link) { [self] () async throws(SignalingError) in
+            return .alongside(reportingErrors(to: link) { [self] () async throws(SignalingError) in
                 try await openSession(deviceID: deviceID, ttl: ttl, metadata: metadata, from: link, requestID: requestID)
-            }
+            })
 
         case .watch(let deviceIDs):
-            return waiting(on: link) { [self] () async throws(SignalingError) in
+            return .pending(reportingErrors(to: link) { [self] () async throws(SignalingError) in
                 try await watch(deviceIDs, from: link, requestID: requestID)
-            }
+            })
 
         case .negotiation(let type, let sessionID, let fields):
             let session = try openSession(sessionID, of: link, requestID: requestID)
@@ -188,9 +196,9 @@ final class Switchboard: Sendable {
         return .handled
     }
 
-    /// Work to await before the link's next message; its error goes back on the link.
-    func waiting(on link: Link, _ work: @escaping @Sendable () async throws(SignalingError) -> Void) -> Reception {
-        .pending {
+    /// `work` with its error sent back on the link.
+    func reportingErrors(to link: Link, _ work: @escaping @Sendable () async throws(SignalingError) -> Void) -> @Sendable () async -> Void {
+        {
             do throws(SignalingError) {
                 try await work()
             } catch {

@@ -22,6 +22,8 @@ public final class FakeCloudflareTURN: Sendable {
         case slow(Duration)
         /// Close the connection without answering.
         case drop
+        /// Never answer (a hanging upstream); the connection closes when the fake stops.
+        case hang
     }
 
     /// A request as the fake saw it.
@@ -45,6 +47,8 @@ public final class FakeCloudflareTURN: Sendable {
         var script: [Behavior] = []
         var requests: [Recorded] = []
         var mints = 0
+        var stopped = false
+        var hanging: [CheckedContinuation<Void, Never>] = []
     }
 
     private let state = Mutex(State())
@@ -64,7 +68,21 @@ public final class FakeCloudflareTURN: Sendable {
 
     /// The next requests are answered with these, in order; afterwards with `.created`.
     public func script(_ behaviors: Behavior...) {
+        script(behaviors)
+    }
+
+    public func script(_ behaviors: [Behavior]) {
         state.withLock { $0.script.append(contentsOf: behaviors) }
+    }
+
+    /// Ends every `.hang` (the fake is stopping).
+    private func releaseHanging() {
+        let hanging = state.withLock { state in
+            state.stopped = true
+            defer { state.hanging.removeAll() }
+            return state.hanging
+        }
+        for continuation in hanging { continuation.resume() }
     }
 
     public var requests: [Recorded] { state.withLock { $0.requests } }
@@ -97,9 +115,11 @@ public final class FakeCloudflareTURN: Sendable {
             guard let port = await ports.next() else { throw FakeError.didNotStart }
             do {
                 let result = try await body("http://127.0.0.1:\(port)")
+                releaseHanging()
                 await serviceGroup.triggerGracefulShutdown()
                 return result
             } catch {
+                releaseHanging()
                 await serviceGroup.triggerGracefulShutdown()
                 throw error
             }
@@ -157,6 +177,16 @@ public final class FakeCloudflareTURN: Sendable {
                 }
             )
         case .drop:
+            try await context.channel.close()
+            throw FakeError.didNotStart
+        case .hang:
+            await withCheckedContinuation { continuation in
+                let stopped = state.withLock { state in
+                    if !state.stopped { state.hanging.append(continuation) }
+                    return state.stopped
+                }
+                if stopped { continuation.resume() }
+            }
             try await context.channel.close()
             throw FakeError.didNotStart
         }

@@ -11,8 +11,9 @@ import RelayWebSocket
 /// frames are written as its outbox offers them (a batch per flush, replaying what a resumed
 /// link missed), messages read are handed to the switchboard where they are read, and an app's
 /// socket closes (4001) when its token expires. A message that waits on something slow (a
-/// request's ICE servers) holds back the messages after it until it is done, so they keep
-/// their order; past a few held back, reading pauses.
+/// watch's registry reads) holds back the messages after it until it is done, so they keep
+/// their order; past a few held back, reading pauses. A session request waiting for its ICE
+/// servers runs beside the messages after it.
 final class LinkSocket: WebSocketEndpoint {
     private let connection: LinkConnection
     private let identity: ClientIdentity
@@ -80,10 +81,19 @@ final class LinkSocket: WebSocketEndpoint {
 
     private func handle(_ text: String) {
         guard let link, let socket else { return }
-        guard case .pending(let work) = switchboard.receive(text: text, from: link) else { return }
+        let eventLoop = socket.channel.eventLoop
+        let work: @Sendable () async -> Void
+        switch switchboard.receive(text: text, from: link) {
+        case .refused, .handled:
+            return
+        case .alongside(let beside):
+            Task(executorPreference: EventLoopTaskExecutor(eventLoop)) { await beside() }
+            return
+        case .pending(let pending):
+            work = pending
+        }
         busy = true
         let this = NIOLoopBound(self, eventLoop: socket.channel.eventLoop)
-        let eventLoop = socket.channel.eventLoop
         // On the socket's own event loop: what the work does between its waits costs no hop
         // to another thread and back.
         Task(executorPreference: EventLoopTaskExecutor(eventLoop)) {

@@ -34,7 +34,7 @@ public struct HTTPLimits: Sendable {
 /// first request has not fully arrived `requestTimeout` after it opened, or whose request body
 /// has not `requestTimeout` after its head, gets `408` and closes; one idle `idleTimeout` after
 /// its last response closes. While a response is being produced (a long poll, an event stream)
-/// no timer runs.
+/// no timer runs. Every request head gets the edge's `Relay-Client-Address`.
 final class HTTPRequestLimits: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias InboundOut = HTTPServerRequestPart
@@ -42,6 +42,7 @@ final class HTTPRequestLimits: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTPServerResponsePart
 
     private let limits: HTTPLimits
+    private let addressing: ClientAddressing
     /// Requests whose head came and whose response has not ended.
     private var requestsInFlight = 0
     private var readingBody = false
@@ -49,8 +50,9 @@ final class HTTPRequestLimits: ChannelDuplexHandler, RemovableChannelHandler {
     private var servedOne = false
     private var timer: Scheduled<Void>?
 
-    init(limits: HTTPLimits) {
+    init(limits: HTTPLimits, addressing: ClientAddressing) {
         self.limits = limits
+        self.addressing = addressing
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -64,10 +66,12 @@ final class HTTPRequestLimits: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
-        case .head:
+        case .head(let head):
             requestsInFlight += 1
             readingBody = true
             arm(context, in: limits.requestTimeout)
+            // The routes learn who the client is from the edge, never from the client.
+            return context.fireChannelRead(wrapInboundOut(.head(addressing.stamped(head, on: context.channel))))
         case .body:
             break
         case .end:

@@ -27,7 +27,8 @@ public struct UpgradeGate: Sendable {
         case refuse(UpgradeRefusal)
     }
 
-    /// Decides for a request from a client at an IP address (nil when unknown).
+    /// Decides for a request from a client at an IP address (the edge's `ClientAddressing`:
+    /// the peer's, or what a trusted proxy says; nil when unknown).
     let decide: @Sendable (Request, String?, Logger) async -> Decision
 
     public init(decide: @escaping @Sendable (Request, String?, Logger) async -> Decision) {
@@ -71,6 +72,7 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
     let sockets: OpenSockets
     let limits: HTTPLimits
     let connections: ConnectionsPerAddress
+    let addressing: ClientAddressing
 
     public init(
         responder: @escaping HTTPChannelHandler.Responder,
@@ -78,7 +80,8 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
         webSocket: WebSocketConnection.Configuration,
         sockets: OpenSockets,
         limits: HTTPLimits,
-        connections: ConnectionsPerAddress
+        connections: ConnectionsPerAddress,
+        addressing: ClientAddressing
     ) {
         self.responder = responder
         self.gate = gate
@@ -86,6 +89,7 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
         self.sockets = sockets
         self.limits = limits
         self.connections = connections
+        self.addressing = addressing
     }
 
     public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
@@ -109,18 +113,24 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
             logger[metadataKey: "hb.request.id"] = .stringConvertible(RequestID())
             let configuration = webSocket
             let gate = gate
+            let addressing = addressing
+            if let peer = channel.remoteAddress?.ipAddress, addressing.isTrusted(peer) {
+                // A proxy may say who its client is in a PROXY protocol header first.
+                try channel.pipeline.syncOperations.addHandler(ProxyHeaderReader())
+            }
             // Bounds every HTTP request; it leaves when a WebSocket upgrade is accepted.
-            let requestLimits = HTTPRequestLimits(limits: limits)
+            let requestLimits = HTTPRequestLimits(limits: limits, addressing: addressing)
             let limitsOnLoop = NIOLoopBound(requestLimits, eventLoop: channel.eventLoop)
             let upgrader = NIOTypedWebSocketServerUpgrader<UpgradeResult>(
                 maxFrameSize: configuration.maxMessageBytes,
                 shouldUpgrade: { channel, head in
+                    let clientAddress = addressing.clientAddress(on: channel, headers: head.headers)
                     let promise = channel.eventLoop.makePromise(of: UpgradeGate.Decision.self)
                     promise.completeWithTask {
                         guard let request = try? HTTPRequest(head, secure: false, splitCookie: false) else {
                             return .refuse(UpgradeRefusal(status: .badRequest, body: #"{"detail":"Malformed upgrade request"}"#))
                         }
-                        return await gate.decide(Request(head: request, body: .init(buffer: .init())), channel.remoteAddress?.ipAddress, logger)
+                        return await gate.decide(Request(head: request, body: .init(buffer: .init())), clientAddress, logger)
                     }
                     return promise.futureResult.hop(to: channel.eventLoop).map { decision -> HTTPHeaders? in
                         switch decision {

@@ -53,12 +53,16 @@ import Testing
         }
     }
 
-    @Test func connectionAttemptsPerIPAreLimited() async throws {
+    @Test func connectionsPerUserAndPerDeviceAreLimited() async throws {
         try await TestRelay.run(["RELAY_CONNECT_BURST": "3", "RELAY_CONNECT_RATE_PER_MIN": "1"]) { relay in
             for _ in 0..<3 { _ = try await relay.app() }
             let refused = try await relay.upgrade("/ws/app?token=\(relay.appToken())")
             #expect(refused.status == .tooManyRequests)
-            #expect(refused.detail?.hasPrefix("Too many connection attempts") == true)
+            #expect(refused.detail?.hasPrefix("Too many connections for this user; retry in") == true)
+            for _ in 0..<3 { _ = try await relay.device() }
+            let device = try await relay.upgrade("/ws/device?\(relay.deviceQuery())")
+            #expect(device.status == .tooManyRequests)
+            #expect(device.detail?.hasPrefix("Too many connections for this device; retry in") == true)
         }
     }
 

@@ -122,7 +122,11 @@ public func buildRelay(
     services.append(
         RevocationWatcher(store: store, switchboard: switchboard, interval: .milliseconds(configuration.registryPollMilliseconds), logger: logger)
     )
-    let admission = ClientAdmission(authenticator: authenticator, attempts: connectionAttempts)
+    let authenticationFailures = RateLimiter(
+        capacity: configuration.authFailureBurst,
+        perSecond: Double(configuration.authFailuresPerMinute) / 60
+    )
+    let admission = ClientAdmission(authenticator: authenticator, attempts: connectionAttempts, failures: authenticationFailures)
     // Authentication happens here, before the upgrade, so a refusal is an HTTP answer.
     let gate = UpgradeGate { request, remoteIP, logger in
         let party: Party
@@ -207,7 +211,9 @@ public func buildRelay(
 
     let sockets = OpenSockets()
     services.append(sockets)
-    let connections = ConnectionsPerAddress(limit: configuration.maxConnectionsPerAddress)
+    // A trusted proxy carries many clients: its connections are not capped per address.
+    let addressing = configuration.addressing
+    let connections = ConnectionsPerAddress(limit: configuration.maxConnectionsPerAddress, exempt: addressing.isTrusted)
     let webSocket = WebSocketConnection.Configuration(
         maxMessageBytes: configuration.maxMessageBytes,
         heartbeat: .seconds(configuration.heartbeatSeconds),
@@ -222,7 +228,8 @@ public func buildRelay(
                 webSocket: webSocket,
                 sockets: sockets,
                 limits: configuration.http,
-                connections: connections
+                connections: connections,
+                addressing: addressing
             )
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "relay"),

@@ -20,7 +20,10 @@ import TURNBroker
 /// - `RELAY_HEARTBEAT_S` (20), `RELAY_RESUME_GRACE_S` (30), `RELAY_RESUME_BUFFER_MESSAGES` (256),
 ///   `RELAY_RESUME_BUFFER_BYTES` (1048576), `RELAY_SETUP_TIMEOUT_S` (30)
 /// - `RELAY_RATE_BURST` (50), `RELAY_RATE_PER_S` (10): messages per link;
-///   `RELAY_CONNECT_BURST` (30), `RELAY_CONNECT_RATE_PER_MIN` (120): connection attempts per IP
+///   `RELAY_CONNECT_BURST` (30), `RELAY_CONNECT_RATE_PER_MIN` (120): connections per device or user;
+///   `RELAY_AUTH_FAILURE_BURST` (30), `RELAY_AUTH_FAILURES_PER_MIN` (60): failed authentications per
+///   client address; `RELAY_TRUSTED_PROXIES` (CIDRs, none): proxies whose `X-Forwarded-For` or
+///   PROXY protocol header gives the client's address
 /// - `RELAY_HTTP_MAX_HEADER_BYTES` (16384): request line and headers; `RELAY_HTTP_REQUEST_TIMEOUT_S`
 ///   (10): for a request to arrive; `RELAY_HTTP_IDLE_TIMEOUT_S` (30): a kept-alive connection
 ///   between requests; `RELAY_MAX_CONNECTIONS_PER_IP` (1000): open TCP connections per address
@@ -60,6 +63,9 @@ public struct RelayConfiguration: Sendable {
     public var ratePerSecond = 10.0
     public var connectBurst = 30
     public var connectRatePerMinute = 120
+    public var authFailureBurst = 30
+    public var authFailuresPerMinute = 60
+    public var addressing = ClientAddressing()
     public var http = HTTPLimits()
     public var maxConnectionsPerAddress = 1000
     public var shutdownDrainSeconds = 10
@@ -115,7 +121,8 @@ public struct RelayConfiguration: Sendable {
         "RELAY_JWT_ISSUER", "RELAY_JWT_AUDIENCE", "RELAY_JWT_LEEWAY_S", "RELAY_DEVICE_MASTER_KEY", "RELAY_DEVICE_SIG_WINDOW_S",
         "RELAY_DEVICE_CONNECTS_PER_WINDOW", "RELAY_MAX_MESSAGE_BYTES", "RELAY_MAX_SESSIONS_PER_DEVICE", "RELAY_MAX_SESSIONS_PER_APP",
         "RELAY_HEARTBEAT_S", "RELAY_RESUME_GRACE_S", "RELAY_RESUME_BUFFER_MESSAGES", "RELAY_RESUME_BUFFER_BYTES", "RELAY_SETUP_TIMEOUT_S",
-        "RELAY_RATE_BURST", "RELAY_RATE_PER_S", "RELAY_CONNECT_BURST", "RELAY_CONNECT_RATE_PER_MIN", "RELAY_HTTP_MAX_HEADER_BYTES",
+        "RELAY_RATE_BURST", "RELAY_RATE_PER_S", "RELAY_CONNECT_BURST", "RELAY_CONNECT_RATE_PER_MIN", "RELAY_AUTH_FAILURE_BURST",
+        "RELAY_AUTH_FAILURES_PER_MIN", "RELAY_TRUSTED_PROXIES", "RELAY_HTTP_MAX_HEADER_BYTES",
         "RELAY_HTTP_REQUEST_TIMEOUT_S", "RELAY_HTTP_IDLE_TIMEOUT_S", "RELAY_MAX_CONNECTIONS_PER_IP", "RELAY_SHUTDOWN_DRAIN_S",
         "RELAY_SSE_KEEPALIVE_S", "RELAY_TURN_PROVIDER", "STUN_URIS", "RELAY_TURN_RATE_PER_MIN", "RELAY_TURN_PROBE_S", "CLOUDFLARE_TURN_KEY_ID",
         "CLOUDFLARE_TURN_API_TOKEN", "CLOUDFLARE_TURN_API_BASE", "CLOUDFLARE_TURN_KEEP_PORT_53", "CLOUDFLARE_TURN_CONNECT_TIMEOUT_MS",
@@ -213,6 +220,19 @@ public struct RelayConfiguration: Sendable {
         ratePerSecond = Double(read.int("RELAY_RATE_PER_S", in: 1...100_000) ?? Int(ratePerSecond))
         connectBurst = read.int("RELAY_CONNECT_BURST", in: 1...100_000) ?? connectBurst
         connectRatePerMinute = read.int("RELAY_CONNECT_RATE_PER_MIN", in: 1...1_000_000) ?? connectRatePerMinute
+        authFailureBurst = read.int("RELAY_AUTH_FAILURE_BURST", in: 1...100_000) ?? authFailureBurst
+        authFailuresPerMinute = read.int("RELAY_AUTH_FAILURES_PER_MIN", in: 1...1_000_000) ?? authFailuresPerMinute
+        if let proxies = read.list("RELAY_TRUSTED_PROXIES") {
+            var trusted: [CIDR] = []
+            for entry in proxies {
+                if let cidr = CIDR(entry) {
+                    trusted.append(cidr)
+                } else {
+                    read.problem("RELAY_TRUSTED_PROXIES: '\(entry)' is not an IP address or CIDR (such as 10.0.0.0/8 or ::1)")
+                }
+            }
+            addressing = ClientAddressing(trusted: trusted)
+        }
         http.maxHeadBytes = read.int("RELAY_HTTP_MAX_HEADER_BYTES", in: 4096...(1024 * 1024)) ?? http.maxHeadBytes
         read.int("RELAY_HTTP_REQUEST_TIMEOUT_S", in: 1...600).map { http.requestTimeout = .seconds($0) }
         read.int("RELAY_HTTP_IDLE_TIMEOUT_S", in: 1...3600).map { http.idleTimeout = .seconds($0) }

@@ -34,6 +34,14 @@ final class RateLimiter: Sendable {
         }
     }
 
+    /// Whether `key` has a token now, without taking it.
+    func check(_ key: String, now: ContinuousClock.Instant = .now) -> Decision {
+        buckets.withLock { buckets in
+            guard let bucket = buckets[key], !bucket.hasToken(at: now) else { return .allowed }
+            return .denied(retryAfterSeconds: bucket.secondsUntilToken(at: now))
+        }
+    }
+
     private func prune(_ buckets: inout [String: TokenBucket<ContinuousClock.Instant>], now: ContinuousClock.Instant) {
         buckets = buckets.filter { !$0.value.isFull(at: now) }
         if buckets.count > maxKeys {

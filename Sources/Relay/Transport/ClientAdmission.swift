@@ -1,25 +1,60 @@
 /// One admission for every transport: the connection-attempt limit, the client's credentials, and what it asks to resume.
+import DeviceAuth
 import Hummingbird
 import Logging
 import RelayCore
 
 /// How a client gets onto a link, decided the same way for a WebSocket upgrade and for
-/// `POST /api/link` (contract §1, §4, §5): connection attempts are limited per client address,
-/// then the app's token or the device's signature is checked, and a resume request is read
-/// with the same rules wherever the transport carries it.
+/// `POST /api/link` (contract §1, §4, §5): an address that failed to authenticate too often is
+/// refused before anything is checked; then the app's token or the device's signature is
+/// checked (a failure counts against the address); then connections are limited per
+/// authenticated device or user, so many robots behind one NAT (or every client behind one
+/// proxy) do not share one budget. A resume request is read with the same rules wherever the
+/// transport carries it.
 struct ClientAdmission: Sendable {
     let authenticator: ClientAuthenticator
+    /// Connections per device id or user id.
     let attempts: RateLimiter
+    /// Failed authentications per client address.
+    let failures: RateLimiter
 
-    /// The client, as `party`, from `remoteIP`; a refusal is the HTTP answer to give.
-    func admit(_ request: Request, as party: Party, from remoteIP: String?, logger: Logger) async throws(RelayHTTPError) -> ClientIdentity {
-        if case .denied(let retryAfter) = attempts.take(remoteIP ?? "unknown") {
-            logger.info("Too many connection attempts", metadata: ["client.ip": "\(remoteIP ?? "unknown")"])
-            throw RelayHTTPError(.tooManyRequests, "Too many connection attempts; retry in \(retryAfter) s", headers: [.retryAfter: String(retryAfter)])
+    /// The client, as `party`, from `address` (the edge's client address); a refusal is the
+    /// HTTP answer to give.
+    func admit(_ request: Request, as party: Party, from address: String?, logger: Logger) async throws(RelayHTTPError) -> ClientIdentity {
+        let address = address ?? "unknown"
+        if case .denied(let retryAfter) = failures.check(address) {
+            logger.info("Too many failed authentications", metadata: ["client.ip": "\(address)"])
+            throw RelayHTTPError(
+                .tooManyRequests,
+                "Too many failed authentications from this address; retry in \(retryAfter) s",
+                headers: [.retryAfter: String(retryAfter)]
+            )
         }
-        switch party {
-        case .app: return .app(try authenticator.app(request, logger: logger))
-        case .device: return .device(try await authenticator.device(request, logger: logger))
+        let identity: ClientIdentity
+        do throws(RelayHTTPError) {
+            switch party {
+            case .app: identity = .app(try authenticator.app(request, logger: logger))
+            case .device: identity = .device(try await authenticator.device(request, logger: logger))
+            }
+        } catch {
+            if error.status == .unauthorized || error.status == .forbidden { _ = failures.take(address) }
+            throw error
+        }
+        let (key, who) = identity.limitKey
+        if case .denied(let retryAfter) = attempts.take(key) {
+            logger.info("Too many connections", metadata: ["client.ip": "\(address)", "client.key": "\(key)"])
+            throw RelayHTTPError(.tooManyRequests, "Too many connections for this \(who); retry in \(retryAfter) s", headers: [.retryAfter: String(retryAfter)])
+        }
+        return identity
+    }
+}
+
+extension ClientIdentity {
+    /// The connection limit's key, and what it limits in words.
+    var limitKey: (key: String, who: String) {
+        switch self {
+        case .app(let identity): ("user:" + identity.userID, "user")
+        case .device(let record): ("device:" + record.deviceID, "device")
         }
     }
 }

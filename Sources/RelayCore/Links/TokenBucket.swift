@@ -39,6 +39,16 @@ public struct TokenBucket<Instant: InstantProtocol & Sendable>: Sendable where I
         max(1, Int(((1 - tokens) / perSecond).rounded(.up)))
     }
 
+    /// Whether a take at `now` would succeed.
+    public func hasToken(at now: Instant) -> Bool {
+        tokens(at: now) >= 1
+    }
+
+    /// Whole seconds (at least 1) from `now` until a token is back.
+    public func secondsUntilToken(at now: Instant) -> Int {
+        max(1, Int(((1 - tokens(at: now)) / perSecond).rounded(.up)))
+    }
+
     /// True once the bucket has refilled: it then says nothing a fresh one would not.
     public func isFull(at now: Instant) -> Bool {
         tokens(at: now) >= burst

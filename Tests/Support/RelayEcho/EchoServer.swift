@@ -21,7 +21,8 @@ func buildEchoApplication(host: String, port: Int, maxMessageBytes: Int = 64 * 1
                 webSocket: webSocket,
                 sockets: sockets,
                 limits: HTTPLimits(),
-                connections: ConnectionsPerAddress(limit: 10_000)
+                connections: ConnectionsPerAddress(limit: 10_000),
+                addressing: ClientAddressing()
             )
         },
         configuration: .init(address: .hostname(host, port: port), serverName: "relay-echo"),

@@ -39,7 +39,12 @@ struct HTTPLinkRoutes: Sendable {
     @Sendable func open(_ request: Request, context: RelayRequestContext) async throws -> Response {
         let query = request.uri.queryParameters
         let party: Party = query.get("device_id") != nil || query.get("sig") != nil ? .device : .app
-        let identity = try await self.admission.admit(request, as: party, from: context.remoteIP, logger: context.logger)
+        let identity = try await self.admission.admit(
+            request,
+            as: party,
+            from: request.headers[HTTPField.Name(ClientAddressing.header)!],
+            logger: context.logger
+        )
         let body = try await request.jsonObject(upTo: 4096, required: false)
         let resume = try ResumeRequest.requested(
             token: body["resume_token"].map { $0.stringValue.map(RequestField.present) ?? .malformed } ?? .absent,

@@ -73,6 +73,8 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
     let limits: HTTPLimits
     let connections: ConnectionsPerAddress
     let addressing: ClientAddressing
+    /// TLS for every connection (`https://`, `wss://`); nil: plain.
+    let tls: ServerTLS?
 
     public init(
         responder: @escaping HTTPChannelHandler.Responder,
@@ -81,7 +83,8 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
         sockets: OpenSockets,
         limits: HTTPLimits,
         connections: ConnectionsPerAddress,
-        addressing: ClientAddressing
+        addressing: ClientAddressing,
+        tls: ServerTLS? = nil
     ) {
         self.responder = responder
         self.gate = gate
@@ -90,6 +93,7 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
         self.limits = limits
         self.connections = connections
         self.addressing = addressing
+        self.tls = tls
     }
 
     public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
@@ -118,6 +122,9 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
                 // A proxy may say who its client is in a PROXY protocol header first.
                 try channel.pipeline.syncOperations.addHandler(ProxyHeaderReader())
             }
+            // TLS after a PROXY header (which a proxy sends before the handshake), before HTTP.
+            let secure = tls != nil
+            if let tls { try channel.pipeline.syncOperations.addHandler(tls.handler()) }
             // Bounds every HTTP request; it leaves when a WebSocket upgrade is accepted.
             let requestLimits = HTTPRequestLimits(limits: limits, addressing: addressing)
             let limitsOnLoop = NIOLoopBound(requestLimits, eventLoop: channel.eventLoop)
@@ -127,7 +134,7 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
                     let clientAddress = addressing.clientAddress(on: channel, headers: head.headers)
                     let promise = channel.eventLoop.makePromise(of: UpgradeGate.Decision.self)
                     promise.completeWithTask {
-                        guard let request = try? HTTPRequest(head, secure: false, splitCookie: false) else {
+                        guard let request = try? HTTPRequest(head, secure: secure, splitCookie: false) else {
                             return .refuse(UpgradeRefusal(status: .badRequest, body: #"{"detail":"Malformed upgrade request"}"#))
                         }
                         return await gate.decide(Request(head: request, body: .init(buffer: .init())), clientAddress, logger)
@@ -158,7 +165,7 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
                 notUpgradingCompletionHandler: { channel in
                     channel.eventLoop.makeCompletedFuture {
                         try channel.pipeline.syncOperations.addHandler(ClientDeparture())
-                        try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                        try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: secure))
                         try channel.pipeline.syncOperations.addHandler(
                             // Answers a graceful shutdown's quiesce; the timeouts are `HTTPRequestLimits`'.
                             HTTPConnectionStateHandler(idleTimeout: nil, logger: logger)

@@ -107,6 +107,21 @@ import Testing
         }
     }
 
+    @Test func tlsNeedsACertificateAndAKeyThatCanBeRead() {
+        let secret = String(repeating: "s", count: 32)
+        #expect(
+            read(["RELAY_JWT_SECRET": secret, "RELAY_TLS_CERT_FILE": "/nonexistent/cert.pem"]).problems == [
+                "RELAY_TLS_CERT_FILE and RELAY_TLS_KEY_FILE go together: set both or neither"
+            ]
+        )
+        let unreadable = read(["RELAY_JWT_SECRET": secret, "RELAY_TLS_CERT_FILE": "/nonexistent/cert.pem", "RELAY_TLS_KEY_FILE": "/nonexistent/key.pem"])
+        #expect(unreadable.problems.count == 1)
+        #expect(unreadable.problems.first?.hasPrefix("RELAY_TLS_CERT_FILE/RELAY_TLS_KEY_FILE: cannot read a PEM certificate chain from /nonexistent/cert.pem") == true)
+        #expect(read(["RELAY_JWT_SECRET": secret, "RELAY_TRUSTED_PROXIES": "10.0.0.0/8, ::1, nonsense"]).problems == [
+            "RELAY_TRUSTED_PROXIES: 'nonsense' is not an IP address or CIDR (such as 10.0.0.0/8 or ::1)"
+        ])
+    }
+
     @Test func configuredRelayIsNotInDevelopmentMode() throws {
         let configuration = try read(["RELAY_JWT_SECRET": String(repeating: "s", count: 32), "RELAY_PORT": "9000", "RELAY_HOST": "0.0.0.0"]).get()
         #expect(configuration.development == nil)

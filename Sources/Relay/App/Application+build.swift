@@ -211,6 +211,7 @@ public func buildRelay(
 
     let sockets = OpenSockets()
     services.append(sockets)
+    if let tls = configuration.tls { services.append(TLSReloader(tls: tls, logger: logger)) }
     // A trusted proxy carries many clients: its connections are not capped per address.
     let addressing = configuration.addressing
     let connections = ConnectionsPerAddress(limit: configuration.maxConnectionsPerAddress, exempt: addressing.isTrusted)
@@ -229,7 +230,8 @@ public func buildRelay(
                 sockets: sockets,
                 limits: configuration.http,
                 connections: connections,
-                addressing: addressing
+                addressing: addressing,
+                tls: configuration.tls
             )
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "relay"),

@@ -38,6 +38,7 @@ import TURNBroker
 /// - `RELAY_DB` (path, `./relay.sqlite`): the registry and audit log; `RELAY_AUDIT_FLUSH_MS` (100):
 ///   how often recorded events are committed; `RELAY_REGISTRY_POLL_MS` (1000): how often the
 ///   relay looks for devices revoked by `relay device revoke` in another process
+/// - `RELAY_TLS_CERT_FILE`, `RELAY_TLS_KEY_FILE` (PEM): serve `https://` and `wss://` (read again on SIGHUP)
 /// - `RELAY_ADMIN_TOKEN` (secret, ≥ 32 bytes): enables `/admin/*`
 /// - `RELAY_LOG_LEVEL` (`info`)
 ///
@@ -81,6 +82,8 @@ public struct RelayConfiguration: Sendable {
     public var databasePath = "./relay.sqlite"
     public var auditFlushMilliseconds = 100
     public var registryPollMilliseconds = 1000
+    /// `RELAY_TLS_CERT_FILE` and `RELAY_TLS_KEY_FILE`: the relay serves TLS itself.
+    public var tls: ServerTLS?
     /// `RELAY_ADMIN_TOKEN`: without it `/admin/*` answers 404.
     public var adminToken: String?
     /// Set when nothing was configured and the relay made its own secrets.
@@ -127,7 +130,7 @@ public struct RelayConfiguration: Sendable {
         "RELAY_SSE_KEEPALIVE_S", "RELAY_TURN_PROVIDER", "STUN_URIS", "RELAY_TURN_RATE_PER_MIN", "RELAY_TURN_PROBE_S", "CLOUDFLARE_TURN_KEY_ID",
         "CLOUDFLARE_TURN_API_TOKEN", "CLOUDFLARE_TURN_API_BASE", "CLOUDFLARE_TURN_KEEP_PORT_53", "CLOUDFLARE_TURN_CONNECT_TIMEOUT_MS",
         "CLOUDFLARE_TURN_TIMEOUT_MS", "TURN_SHARED_SECRET", "TURN_URIS", "RELAY_DB", "RELAY_AUDIT_FLUSH_MS", "RELAY_REGISTRY_POLL_MS",
-        "RELAY_ADMIN_TOKEN", "RELAY_LOG_LEVEL",
+        "RELAY_ADMIN_TOKEN", "RELAY_LOG_LEVEL", "RELAY_TLS_CERT_FILE", "RELAY_TLS_KEY_FILE",
     ]
 
     /// One problem for each of `names` that looks like a relay setting (`RELAY_*`,
@@ -282,6 +285,18 @@ public struct RelayConfiguration: Sendable {
             if let secret, !uris.isEmpty { turn = .coturn(sharedSecret: secret, turnURIs: uris) }
         case let other:
             read.problem("RELAY_TURN_PROVIDER: unknown provider '\(other)' (use static, cloudflare or coturn)")
+        }
+        switch (read.string("RELAY_TLS_CERT_FILE"), read.string("RELAY_TLS_KEY_FILE")) {
+        case (nil, nil):
+            break
+        case (let certificate?, let key?):
+            do {
+                tls = try ServerTLS(certificatePath: certificate, keyPath: key)
+            } catch {
+                read.problem("RELAY_TLS_CERT_FILE/RELAY_TLS_KEY_FILE: \(error)")
+            }
+        default:
+            read.problem("RELAY_TLS_CERT_FILE and RELAY_TLS_KEY_FILE go together: set both or neither")
         }
         databasePath = read.string("RELAY_DB") ?? databasePath
         auditFlushMilliseconds = read.int("RELAY_AUDIT_FLUSH_MS", in: 10...10_000) ?? auditFlushMilliseconds

@@ -161,8 +161,10 @@ final class Switchboard: Sendable {
 
         case .negotiation(let type, let sessionID, let fields):
             let session = try openSession(sessionID, of: link, requestID: requestID)
-            session.peer(of: link)?.send(OutboundMessage(type, fields: fields))
+            // Marked before it is forwarded: the peer may hang up the moment it has the answer,
+            // on another event loop, and the session must already count as answered then.
             if type == "webrtc_answer", session.markAnswered() { answered(session) }
+            session.peer(of: link)?.send(OutboundMessage(type, fields: fields))
 
         case .close(let sessionID, let reason):
             let session = try openSession(sessionID, of: link, requestID: requestID)

@@ -89,6 +89,7 @@ let package = Package(
         .target(
             name: "RelayWebSocket",
             dependencies: [
+                "OpenSSLCrypto",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -18,7 +18,8 @@ final class LoadGenerator: @unchecked Sendable {
     let port: Int
 
     /// Starts the `relay` built beside this binary on `serverCPU` (when given), with the
-    /// message-rate and connection-rate limits raised as load needs; every other limit stays.
+    /// message-rate, connection-rate and per-address connection limits raised as load needs
+    /// (it opens thousands of links from each loopback address); every other limit stays.
     init(relayBinary: String?, serverCPU: Int?, loadCPU: Int?, extraEnvironment: [String: String] = [:]) async throws {
         if let loadCPU { pinThisProcess(to: loadCPU) }
         let binary =
@@ -31,6 +32,7 @@ final class LoadGenerator: @unchecked Sendable {
             "RELAY_RATE_PER_S": "100000",
             "RELAY_CONNECT_BURST": "100000",
             "RELAY_CONNECT_RATE_PER_MIN": "1000000",
+            "RELAY_MAX_CONNECTIONS_PER_IP": "100000",
         ]
         environment.merge(extraEnvironment) { _, new in new }
         relay = try await RelayProcess.start(binary: binary, environment: environment, cpu: serverCPU)

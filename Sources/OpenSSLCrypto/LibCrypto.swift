@@ -1,4 +1,4 @@
-/// OpenSSL's libcrypto behind one small Swift type: HMAC, constant-time compare, random bytes.
+/// OpenSSL's libcrypto behind one small Swift type: HMAC, SHA-1, constant-time compare, random bytes.
 import CCrypto
 
 /// The relay's only door to OpenSSL's libcrypto: HMAC, constant-time comparison, random bytes
@@ -26,6 +26,18 @@ public enum LibCrypto {
         }
         // HMAC only fails on allocation failure; there is no safe way to go on without a MAC.
         precondition(result != nil, "OpenSSL HMAC failed: \(drainErrorQueue())")
+        return Array(output.prefix(Int(length)))
+    }
+
+    /// SHA-1 of `message` (the WebSocket handshake's `Sec-WebSocket-Accept`; not for secrets).
+    public static func sha1(_ message: some Collection<UInt8>) -> [UInt8] {
+        let message = Array(message)
+        var output = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        let result = message.withUnsafeBufferPointer { bytes in
+            output.withUnsafeMutableBufferPointer { out in EVP_Digest(bytes.baseAddress, bytes.count, out.baseAddress, &length, EVP_sha1(), nil) }
+        }
+        precondition(result == 1, "OpenSSL EVP_Digest failed: \(drainErrorQueue())")
         return Array(output.prefix(Int(length)))
     }
 

@@ -1,10 +1,9 @@
 /// The server's connections: HTTP/1.1 to the router, WebSocket upgrades through a gate, and the open sockets.
 
-// Adapted from hummingbird-websocket's HTTP1WebSocketUpgradeChannel (Apache-2.0, Copyright (c)
-// the Hummingbird authors). That channel answers every refused upgrade with a fixed status and
-// no body; the relay's contract needs the refusal's own status and `{"detail": ...}` so a robot
-// developer can tell an expired token from a stale clock. This channel keeps the refusal the
-// gate produced and writes it.
+// First adapted from hummingbird-websocket's HTTP1WebSocketUpgradeChannel (Apache-2.0,
+// Copyright (c) the Hummingbird authors); the upgrade is now the relay's own (`FirstRequest`):
+// the refusal's own status and `{"detail": ...}`, and no HTTP handlers added and removed for a
+// WebSocket.
 
 import HTTPTypes
 import Hummingbird
@@ -50,14 +49,14 @@ public struct UpgradeRefusal: Error, Sendable {
     }
 }
 
-/// A server child channel: HTTP/1.1 requests go to the router; WebSocket upgrade requests go
-/// through the `UpgradeGate`, and a refusal is written with its status and JSON body.
+/// A server child channel: the first request decides (`FirstRequest`): a WebSocket upgrade goes
+/// through the `UpgradeGate` (a refusal is written with its status and JSON body), anything else
+/// gets the HTTP/1.1 pipeline and the router.
 public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
     public enum UpgradeResult: Sendable {
         /// The socket runs as a `WebSocketConnection` on its event loop until it closes.
         case websocket(any Channel, NIOLoopBound<WebSocketConnection>)
         case notUpgraded(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
-        case refused(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, UpgradeRefusal)
     }
 
     public struct Value: ServerChildChannelValue {
@@ -108,16 +107,9 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
                 ChannelOptions.recvAllocator,
                 value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 512, maximum: 65536)
             )
-            // Both boxes are written and read on the channel's event loop: the gate's decision is
-            // carried from `shouldUpgrade` to the upgrade (or to the refusal) without deciding twice,
-            // which would spend a device's nonce twice.
-            let accepted = NIOLoopBoundBox<(@Sendable () -> any WebSocketEndpoint)?>(nil, eventLoop: channel.eventLoop)
-            let refusal = NIOLoopBoundBox<UpgradeRefusal?>(nil, eventLoop: channel.eventLoop)
-            var logger = logger
-            logger[metadataKey: "hb.request.id"] = .stringConvertible(RequestID())
-            let configuration = webSocket
-            let gate = gate
-            let addressing = addressing
+            var requestLogger = logger
+            requestLogger[metadataKey: "hb.request.id"] = .stringConvertible(RequestID())
+            let logger = requestLogger
             if let peer = channel.remoteAddress?.ipAddress, addressing.isTrusted(peer) {
                 // A proxy may say who its client is in a PROXY protocol header first.
                 try channel.pipeline.syncOperations.addHandler(ProxyHeaderReader())
@@ -125,72 +117,42 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
             // TLS after a PROXY header (which a proxy sends before the handshake), before HTTP.
             let secure = tls != nil
             if let tls { try channel.pipeline.syncOperations.addHandler(tls.handler()) }
-            // Bounds every HTTP request; it leaves when a WebSocket upgrade is accepted.
-            let requestLimits = HTTPRequestLimits(limits: limits, addressing: addressing)
-            let limitsOnLoop = NIOLoopBound(requestLimits, eventLoop: channel.eventLoop)
-            let upgrader = NIOTypedWebSocketServerUpgrader<UpgradeResult>(
-                maxFrameSize: configuration.maxMessageBytes,
-                shouldUpgrade: { channel, head in
-                    let clientAddress = addressing.clientAddress(on: channel, headers: head.headers)
-                    let promise = channel.eventLoop.makePromise(of: UpgradeGate.Decision.self)
-                    promise.completeWithTask {
-                        guard let request = try? HTTPRequest(head, secure: secure, splitCookie: false) else {
-                            return .refuse(UpgradeRefusal(status: .badRequest, body: #"{"detail":"Malformed upgrade request"}"#))
-                        }
-                        return await gate.decide(Request(head: request, body: .init(buffer: .init())), clientAddress, logger)
-                    }
-                    return promise.futureResult.hop(to: channel.eventLoop).map { decision -> HTTPHeaders? in
-                        switch decision {
-                        case .accept(let handler):
-                            accepted.value = handler
-                            return HTTPHeaders()
-                        case .refuse(let error):
-                            refusal.value = error
-                            return nil
-                        }
-                    }
-                },
-                upgradePipelineHandler: { channel, _ in
-                    channel.eventLoop.makeCompletedFuture {
-                        guard let makeEndpoint = accepted.value else { throw ChannelError.inputClosed }
-                        _ = channel.pipeline.syncOperations.removeHandler(limitsOnLoop.value)
-                        let connection = WebSocketConnection(configuration: configuration, endpoint: makeEndpoint())
-                        try channel.pipeline.syncOperations.addHandler(connection)
-                        return UpgradeResult.websocket(channel, NIOLoopBound(connection, eventLoop: channel.eventLoop))
-                    }
-                }
-            )
-            let serverUpgradeConfiguration = NIOTypedHTTPServerUpgradeConfiguration(
-                upgraders: [upgrader],
-                notUpgradingCompletionHandler: { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(ClientDeparture())
-                        try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: secure))
-                        try channel.pipeline.syncOperations.addHandler(
-                            // Answers a graceful shutdown's quiesce; the timeouts are `HTTPRequestLimits`'.
-                            HTTPConnectionStateHandler(idleTimeout: nil, logger: logger)
+            let limits = limits
+            let addressing = addressing
+            let result = channel.eventLoop.makePromise(of: UpgradeResult.self)
+            let first = FirstRequest(
+                FirstRequest.Setup(
+                    limits: limits,
+                    addressing: addressing,
+                    gate: gate,
+                    webSocket: webSocket,
+                    secure: secure,
+                    logger: logger,
+                    installHTTP: { channel in
+                        let pipeline = channel.pipeline.syncOperations
+                        let encoder = HTTPResponseEncoder()
+                        let decoder = ByteToMessageHandler(
+                            HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .drop, limitConfiguration: limits.decoder)
+                        )
+                        try pipeline.addHandlers(
+                            [
+                                encoder, decoder, HTTPRequestLimits(limits: limits, addressing: addressing), ClientDeparture(),
+                                HTTP1ToHTTPServerCodec(secure: secure),
+                                // Answers a graceful shutdown's quiesce; the timeouts are `HTTPRequestLimits`'.
+                                HTTPConnectionStateHandler(idleTimeout: nil, logger: logger),
+                            ]
                         )
                         let asyncChannel = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
                             wrappingChannelSynchronously: channel,
                             configuration: .init(isOutboundHalfClosureEnabled: true)
                         )
-                        if let error = refusal.value {
-                            return UpgradeResult.refused(asyncChannel, error)
-                        }
-                        return UpgradeResult.notUpgraded(asyncChannel)
+                        return .notUpgraded(asyncChannel)
                     }
-                }
+                ),
+                result: result
             )
-            try channel.pipeline.syncOperations.addHandler(QuiesceBeforeFirstRequest())
-            var upgradeConfiguration = NIOUpgradableHTTPServerPipelineConfiguration<UpgradeResult>(upgradeConfiguration: serverUpgradeConfiguration)
-            upgradeConfiguration.enablePipelining = false
-            // `HTTPRequestLimits` answers malformed and oversized requests.
-            upgradeConfiguration.enableErrorHandling = false
-            upgradeConfiguration.enableResponseHeaderValidation = false
-            upgradeConfiguration.decoderConfiguration = limits.decoder
-            let negotiation = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: upgradeConfiguration)
-            try channel.pipeline.syncOperations.addHandler(requestLimits)
-            return Value(upgradeResult: negotiation, channel: channel)
+            try channel.pipeline.syncOperations.addHandler(first)
+            return Value(upgradeResult: result.futureResult, channel: channel)
         }
     }
 
@@ -199,33 +161,15 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
             switch try await value.upgradeResult.get() {
             case .notUpgraded(let http1):
                 await handleHTTP(asyncChannel: http1, logger: logger)
-            case .refused(let http1, let error):
-                await writeRefusal(error, to: http1, logger: logger)
             case .websocket(let channel, let connection):
                 // No task waits on the socket (a waiting task would hold kilobytes per idle
                 // link): `OpenSockets` keeps it, and closes it at a graceful shutdown.
                 sockets.add(channel, connection)
             }
         } catch let error as ChannelError where error == .inputClosed {
-            logger.trace("Upgrade failed as input was closed")
+            logger.trace("Connection closed before its first request was decided")
         } catch {
-            logger.debug("Error handling upgrade result", metadata: ["error.type": .string("\(error)")])
-        }
-    }
-
-    /// Writes the gate's refusal (`{"detail": ...}`) and closes the connection.
-    private func writeRefusal(_ error: UpgradeRefusal, to asyncChannel: NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, logger: Logger) async {
-        let body = ByteBuffer(string: error.body)
-        var headers = error.headers
-        headers[.contentType] = "application/json; charset=utf-8"
-        headers[.contentLength] = String(body.readableBytes)
-        headers[.connection] = "close"
-        do {
-            try await asyncChannel.executeThenClose { _, outbound in
-                try await outbound.write(contentsOf: [.head(HTTPResponse(status: error.status, headerFields: headers)), .body(body), .end(nil)])
-            }
-        } catch {
-            logger.trace("Failed to write the upgrade refusal", metadata: ["error.type": "\(error)"])
+            logger.debug("Error handling the first request", metadata: ["error.type": .string("\(error)")])
         }
     }
 }

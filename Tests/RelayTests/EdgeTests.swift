@@ -515,3 +515,26 @@ import Testing
         #expect(CIDR("10.0.0.0/33") == nil && CIDR("not-an-address") == nil && CIDR("10.0.0.0/x") == nil)
     }
 }
+
+@Suite(.timeLimit(.minutes(1))) struct HandshakeTests {
+    @Test func theUpgradeAnswerCarriesRFC6455sAcceptValueAndTheHelloFollows() async throws {
+        try await TestRelay.run { relay in
+            let client = try RawConnection.open(port: relay.port)
+            // RFC 6455 §1.3's example key and its accept value.
+            let answer = try await client.request(RawFrame.upgradeRequest(port: relay.port, pathAndQuery: "/ws/device?\(relay.deviceQuery())"))
+            #expect(answer.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"))
+            #expect(answer.contains("\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"))
+            #expect(answer.lowercased().contains("\r\nupgrade: websocket\r\n"))
+        }
+    }
+
+    @Test func anUpgradeWithoutAVersionOrKeyIsPlainHTTP() async throws {
+        try await TestRelay.run { relay in
+            let client = try RawConnection.open(port: relay.port)
+            let answer = try client.exchange(
+                "GET /ws/device?\(relay.deviceQuery()) HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+            )
+            #expect(answer.head.hasPrefix("HTTP/1.1 426"), "\(answer.head)")
+        }
+    }
+}

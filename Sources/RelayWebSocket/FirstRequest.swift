@@ -1,0 +1,293 @@
+/// A connection's first request, read by hand: a WebSocket upgrade is answered here, anything else gets the HTTP pipeline.
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOWebSocket
+import OpenSSLCrypto
+
+/// The first handler on a connection (after TLS and a PROXY header). It reads the first request
+/// head itself. A clean WebSocket upgrade (`GET`, `HTTP/1.1`, `Upgrade: websocket`,
+/// `Connection: upgrade`, version 13, a key) goes to the gate and is answered here: `101` and the
+/// frame codec with a `WebSocketConnection`, or the gate's refusal and a close. Anything else
+/// (plain HTTP, or a request this reader does not find clean) gets the HTTP pipeline, which reads
+/// the same bytes again and answers malformed requests itself. Either way this handler then
+/// leaves, so a WebSocket never carries HTTP handlers and is set up without adding and removing
+/// them. Until the head is complete it bounds its size (431) and time (408), and closes the
+/// connection when the server asks it to quiesce.
+final class FirstRequest: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    struct Setup {
+        let limits: HTTPLimits
+        let addressing: ClientAddressing
+        let gate: UpgradeGate
+        let webSocket: WebSocketConnection.Configuration
+        let secure: Bool
+        let logger: Logger
+        /// Adds the HTTP pipeline after this handler (the pipeline's last); what the server then runs.
+        let installHTTP: (any Channel) throws -> WebSocketServerChannel.UpgradeResult
+    }
+
+    private enum State {
+        case reading
+        /// The gate is deciding an upgrade; bytes that come meanwhile wait.
+        case deciding
+        case done
+    }
+
+    private let setup: Setup
+    private let result: EventLoopPromise<WebSocketServerChannel.UpgradeResult>
+    private var state = State.reading
+    private var buffered: ByteBuffer?
+    private var timer: Scheduled<Void>?
+
+    init(_ setup: Setup, result: EventLoopPromise<WebSocketServerChannel.UpgradeResult>) {
+        self.setup = setup
+        self.result = result
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: .init(setup.limits.requestTimeout)) {
+            let (handler, context) = loopBound.value
+            guard case .reading = handler.state else { return }
+            handler.answer(context, .requestTimeout, detail: "The request did not arrive within \(handler.setup.limits.requestTimeout.components.seconds) s")
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        timer?.cancel()
+        // Closed before anything was decided: nothing runs on this connection.
+        resolve(.failure(ChannelError.inputClosed))
+    }
+
+    private var resolved = false
+
+    private func resolve(_ outcome: Result<WebSocketServerChannel.UpgradeResult, any Error>) {
+        guard !resolved else { return }
+        resolved = true
+        result.completeWith(outcome)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if var earlier = buffered {
+            earlier.writeBuffer(&bytes)
+            bytes = earlier
+        }
+        buffered = bytes
+        guard case .reading = state else { return }
+        let view = bytes.readableBytesView
+        guard let end = Self.endOfHead(view) else {
+            if view.count > setup.limits.maxHeadBytes {
+                answer(context, .requestHeaderFieldsTooLarge, detail: "The request line and headers may be at most \(setup.limits.maxHeadBytes) bytes")
+            }
+            return
+        }
+        guard end <= setup.limits.maxHeadBytes, let upgrade = UpgradeHead(view.prefix(end)) else { return installHTTP(context) }
+        decide(upgrade, context: context, headLength: end + 4)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        state = .done
+        context.fireChannelInactive()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        // Before its first request is read nothing else on the connection answers a quiesce.
+        if case .reading = state, event is ChannelShouldQuiesceEvent {
+            state = .done
+            context.close(promise: nil)
+            return
+        }
+        if case .some(.inputClosed) = event as? ChannelEvent, case .reading = state {
+            state = .done
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Where the head ends (the index of its blank line's `\r\n\r\n`), if it has.
+    static func endOfHead(_ view: ByteBufferView) -> Int? {
+        var index = view.startIndex
+        let last = view.endIndex - 3
+        while index < last {
+            if view[index] == 13 && view[index + 1] == 10 && view[index + 2] == 13 && view[index + 3] == 10 { return index - view.startIndex }
+            index += 1
+        }
+        return nil
+    }
+
+    /// Plain HTTP: the HTTP pipeline after this handler reads everything from the start.
+    private func installHTTP(_ context: ChannelHandlerContext) {
+        state = .done
+        timer?.cancel()
+        do {
+            let outcome = try setup.installHTTP(context.channel)
+            resolve(.success(outcome))
+        } catch {
+            resolve(.failure(error))
+            context.close(promise: nil)
+            return
+        }
+        if let bytes = buffered.take() { context.fireChannelRead(wrapInboundOut(bytes)) }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    /// Asks the gate (on the socket's event loop) and carries out its decision.
+    private func decide(_ upgrade: UpgradeHead, context: ChannelHandlerContext, headLength: Int) {
+        state = .deciding
+        timer?.cancel()
+        let channel = context.channel
+        let clientAddress = setup.addressing.clientAddress(on: channel, headers: upgrade.headers)
+        let request = Request(
+            head: HTTPRequest(
+                method: .get,
+                scheme: setup.secure ? "https" : "http",
+                authority: upgrade.headers.first(name: "host"),
+                path: upgrade.target,
+                headerFields: upgrade.fields
+            ),
+            body: .init(buffer: .init())
+        )
+        let gate = setup.gate
+        let logger = setup.logger
+        let decision = channel.eventLoop.makePromise(of: UpgradeGate.Decision.self)
+        decision.completeWithTask { await gate.decide(request, clientAddress, logger) }
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        decision.futureResult.hop(to: context.eventLoop).whenSuccess { decision in
+            let (handler, context) = loopBound.value
+            guard case .deciding = handler.state else { return }
+            switch decision {
+            case .accept(let makeEndpoint):
+                handler.upgrade(context, key: upgrade.key, headLength: headLength, endpoint: makeEndpoint())
+            case .refuse(let refusal):
+                handler.answer(context, refusal.status, headers: refusal.headers, body: refusal.body)
+            }
+        }
+    }
+
+    /// `101`, then the connection speaks WebSocket: the frame codec, protocol errors answered
+    /// with their close codes, and a `WebSocketConnection` running `endpoint`.
+    private func upgrade(_ context: ChannelHandlerContext, key: String, headLength: Int, endpoint: any WebSocketEndpoint) {
+        state = .done
+        let accept = Self.base64(LibCrypto.sha1(Array((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").utf8)))
+        let response = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: \(accept)\r\n\r\n"
+        // Flushed with the endpoint's first frames (one write for both), or just below.
+        context.write(NIOAny(context.channel.allocator.buffer(string: response)), promise: nil)
+        let connection = WebSocketConnection(configuration: setup.webSocket, endpoint: endpoint)
+        do {
+            try context.pipeline.syncOperations.addHandlers(
+                [
+                    WebSocketFrameEncoder(), ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: setup.webSocket.maxMessageBytes)),
+                    WebSocketProtocolErrorHandler(), connection,
+                ],
+                // This handler is the pipeline's last; added in order, the codec is in place
+                // before the connection writes its first frame.
+                position: .last
+            )
+        } catch {
+            resolve(.failure(error))
+            context.close(promise: nil)
+            return
+        }
+        context.flush()
+        resolve(.success(.websocket(context.channel, NIOLoopBound(connection, eventLoop: context.eventLoop))))
+        if var rest = buffered.take() {
+            rest.moveReaderIndex(forwardBy: headLength)
+            if rest.readableBytes > 0 { context.fireChannelRead(wrapInboundOut(rest)) }
+        }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+    }
+
+    /// Answers with `status` and `{"detail": ...}` and closes.
+    private func answer(_ context: ChannelHandlerContext, _ status: HTTPResponse.Status, detail: String) {
+        answer(context, status, headers: [:], body: #"{"detail":"\#(detail)"}"#)
+    }
+
+    /// Answers with `status`, `headers` and the JSON `body`, and closes.
+    private func answer(_ context: ChannelHandlerContext, _ status: HTTPResponse.Status, headers: HTTPFields, body: String) {
+        state = .done
+        timer?.cancel()
+        var text = "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\n"
+        for field in headers where ![.contentType, .contentLength, .connection].contains(field.name) {
+            text += "\(field.name): \(field.value)\r\n"
+        }
+        text += "Content-Type: application/json; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)"
+        let channel = context.channel
+        context.writeAndFlush(NIOAny(channel.allocator.buffer(string: text))).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    static func base64(_ bytes: [UInt8]) -> String {
+        let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+        var out: [UInt8] = []
+        var index = 0
+        while index < bytes.count {
+            let chunk = bytes[index..<min(index + 3, bytes.count)]
+            let value = chunk.enumerated().reduce(0) { $0 | Int($1.element) << (16 - 8 * $1.offset) }
+            for position in 0..<4 {
+                out.append(position <= chunk.count ? alphabet[(value >> (18 - 6 * position)) & 63] : UInt8(ascii: "="))
+            }
+            index += 3
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// A WebSocket upgrade request's head, when it is one and is clean (RFC 9112 request line and
+/// fields, RFC 6455 §4.2.1); nil for anything else, which the HTTP pipeline then reads.
+struct UpgradeHead {
+    var target: String
+    var key: String
+    var headers: HTTPHeaders
+    var fields: HTTPFields
+
+    init?(_ head: ByteBufferView.SubSequence) {
+        guard let text = String(validating: head, as: UTF8.self), text.utf8.allSatisfy({ $0 >= 32 || $0 == 9 || $0 == 13 || $0 == 10 }) else { return nil }
+        var lines = text.split(separator: "\r\n", omittingEmptySubsequences: false)[...]
+        let requestLine = lines.popFirst()?.split(separator: " ", omittingEmptySubsequences: false) ?? []
+        guard requestLine.count == 3, requestLine[0] == "GET", requestLine[2] == "HTTP/1.1", requestLine[1].first == "/" else { return nil }
+        var headers = HTTPHeaders()
+        var fields = HTTPFields()
+        for line in lines {
+            guard let colon = line.firstIndex(of: ":") else { return nil }
+            let name = line[..<colon]
+            guard !name.isEmpty, name.utf8.allSatisfy(Self.isTokenByte) else { return nil }
+            let value = String(line[line.index(after: colon)...]).trimmingWhitespace()
+            guard let fieldName = HTTPField.Name(String(name)) else { return nil }
+            headers.add(name: String(name), value: value)
+            fields.append(HTTPField(name: fieldName, value: value))
+        }
+        func tokens(_ name: String) -> [String] {
+            headers[name].flatMap { $0.split(separator: ",") }.map { String($0).trimmingWhitespace().lowercased() }
+        }
+        guard tokens("upgrade").contains("websocket"), tokens("connection").contains("upgrade"), headers["sec-websocket-version"] == ["13"],
+            let key = headers["sec-websocket-key"].first, headers["sec-websocket-key"].count == 1, key.utf8.count == 24, key.hasSuffix("==")
+        else { return nil }
+        self.target = String(requestLine[1])
+        self.key = key
+        self.headers = headers
+        self.fields = fields
+    }
+
+    static func isTokenByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): true
+        default: "!#$%&'*+-.^_`|~".utf8.contains(byte)
+        }
+    }
+}
+
+extension String {
+    /// Without leading and trailing spaces and tabs (HTTP's optional whitespace).
+    func trimmingWhitespace() -> String {
+        let bytes = utf8
+        guard let first = bytes.firstIndex(where: { $0 != 32 && $0 != 9 }) else { return "" }
+        let last = bytes.lastIndex(where: { $0 != 32 && $0 != 9 })!
+        return String(self[first...last])
+    }
+}

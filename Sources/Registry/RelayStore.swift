@@ -320,6 +320,7 @@ extension RelayStore: DeviceDirectory {
     }
 
     private func deviceNow(_ deviceID: String) throws -> DeviceRecord? {
-        try pool.read { db in try Self.entry(deviceID, in: db) }.map(\.record)
+        // One SELECT (its owners in a subquery) is consistent by itself: no transaction around it.
+        try pool.unsafeRead { db in try Self.entry(deviceID, in: db) }.map(\.record)
     }
 }

@@ -24,8 +24,8 @@ public protocol WebSocketEndpoint: AnyObject {
 /// goes out every `heartbeat` and a socket that has missed two pongs in a row is closed (1001
 /// "Ping timeout", contract §4): only a pong echoing one of those pings counts, so a client that
 /// does not read cannot stay open by sending pongs of its own; the close handshake is answered
-/// or, when this side closes, awaited for at most `closeTimeout`. A message is handed to the endpoint where it is read, on the event loop,
-/// so relaying one costs no hop between threads.
+/// or, when this side closes, awaited for at most `closeTimeout`. A message is handed to the
+/// endpoint where it is read, on the event loop, so relaying one costs no hop between threads.
 public final class WebSocketConnection: ChannelInboundHandler {
     public typealias InboundIn = WebSocketFrame
     public typealias OutboundOut = WebSocketFrame
@@ -246,7 +246,8 @@ public final class WebSocketConnection: ChannelInboundHandler {
                 code = .normalClosure
             }
         }
-        closeNow(code, reason: nil)
+        // The peer sends nothing after its close frame: nothing unread can turn this into a reset.
+        closeNow(code, reason: nil, lingering: false)
     }
 
     /// A protocol error: close with `code` without waiting for the peer.
@@ -256,16 +257,18 @@ public final class WebSocketConnection: ChannelInboundHandler {
         closeNow(code, reason: nil)
     }
 
-    /// Sends the close frame and ends this side. The connection is half-closed rather than
-    /// closed, and what the peer still sends is read and dropped until it closes too (or for
-    /// `lingerAfterFailure`): closing with unread bytes would send a reset, which makes the peer's
-    /// system discard what it has not read yet, this close frame with it.
-    private func closeNow(_ code: WebSocketErrorCode, reason: String?) {
+    /// Sends the close frame and ends this side. With `lingering` (the peer is alive but broke
+    /// the protocol) the connection is half-closed rather than closed, and what the peer still
+    /// sends is read and dropped until it closes too (or for `lingerAfterFailure`): closing with
+    /// unread bytes would send a reset, which makes the peer's system discard what it has not
+    /// read yet, this close frame with it. Without (a peer presumed gone), it closes once the
+    /// frame is written.
+    private func closeNow(_ code: WebSocketErrorCode, reason: String?, lingering: Bool = true) {
         guard let context, state != .closed else { return }
         state = .closed
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(closeFrame(code, reason: reason))).whenComplete { _ in
-            channel.close(mode: .output, promise: nil)
+            channel.close(mode: lingering ? .output : .all, promise: nil)
         }
         closeTimer = context.eventLoop.scheduleTask(in: .init(Self.lingerAfterFailure)) { channel.close(promise: nil) }
     }
@@ -285,7 +288,7 @@ public final class WebSocketConnection: ChannelInboundHandler {
         if !unansweredPings.isEmpty {
             missedPongs += 1
             if missedPongs >= Self.missedPongsBeforeClosing {
-                closeNow(.goingAway, reason: "Ping timeout")
+                closeNow(.goingAway, reason: "Ping timeout", lingering: false)
                 return
             }
         }

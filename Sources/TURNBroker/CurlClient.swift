@@ -195,10 +195,12 @@ private final class Slots: Sendable {
 
     /// Waits for a slot until `deadline`; `.full` at once when the waiting line is full.
     func acquire(until deadline: ContinuousClock.Instant) async -> Outcome {
+        if let immediate = state.withLock({ state in tryAcquire(&state, deadline: deadline) }) { return immediate }
         let id = state.withLock { state in
             defer { state.nextID += 1 }
             return state.nextID
         }
+        // Only a call that has to wait gets a timer.
         let giveUp = Task { [self] in
             try? await Task.sleep(until: deadline, clock: .continuous)
             let waiter = state.withLock { state -> CheckedContinuation<Outcome, Never>? in
@@ -210,17 +212,23 @@ private final class Slots: Sendable {
         defer { giveUp.cancel() }
         return await withCheckedContinuation { continuation in
             let immediate: Outcome? = state.withLock { state in
-                if state.inUse < limit {
-                    state.inUse += 1
-                    return .acquired
-                }
-                guard state.waiting.count < maxWaiting else { return .full }
-                guard ContinuousClock.now < deadline else { return .timedOut }
+                if let outcome = tryAcquire(&state, deadline: deadline) { return outcome }
                 state.waiting.append((id, continuation))
                 return nil
             }
             if let immediate { continuation.resume(returning: immediate) }
         }
+    }
+
+    /// A slot now, `.full` or `.timedOut` now, or nil: the caller must wait.
+    private func tryAcquire(_ state: inout State, deadline: ContinuousClock.Instant) -> Outcome? {
+        if state.inUse < limit {
+            state.inUse += 1
+            return .acquired
+        }
+        guard state.waiting.count < maxWaiting else { return .full }
+        guard ContinuousClock.now < deadline else { return .timedOut }
+        return nil
     }
 
     func release() {

@@ -118,6 +118,6 @@ import Testing
         #expect(v6.contains("2001:db8:1::7") && !v6.contains("2001:db9::1"))
         #expect(CIDR("127.0.0.1")?.contains("127.0.0.1") == true && CIDR("127.0.0.1")?.contains("127.0.0.2") == false)
         #expect(CIDR("0.0.0.0/0")?.contains("203.0.113.5") == true)
-        #expect(CIDR("10.0.0.0/33") == nil && CIDR("not-an-address") == nil && CIDR("10.0.0.0/x") == nil)
+        #expect(CIDR("10.0.0.0/33") == nil && CIDR("not-an-address") == nil && CIDR("10.0.0.0/x") == nil && CIDR("") == nil && CIDR("/8") == nil)
     }
 }

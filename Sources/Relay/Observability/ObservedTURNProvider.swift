@@ -75,6 +75,7 @@ final class ObservedTURNProvider: TURNProvider, Service {
     /// mint failed, a probe decides (after a failure at most once per `probeInterval`).
     func unusableReason() async -> String? {
         let probe: Bool = state.withLock { state in
+            // Nothing known yet: probe (a check at start-up says what is true).
             if state.lastOutcomeAt == nil { return true }
             guard state.failure != nil else { return false }
             if let last = state.probedAt, ContinuousClock.now - last < Self.probeInterval { return false }

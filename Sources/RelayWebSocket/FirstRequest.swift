@@ -42,6 +42,8 @@ final class FirstRequest: ChannelInboundHandler, RemovableChannelHandler {
     private let result: EventLoopPromise<WebSocketServerChannel.UpgradeResult>
     private var state = State.reading
     private var buffered: ByteBuffer?
+    /// How many of `buffered`'s bytes were searched for the end of the head.
+    private var scanned = 0
     private var timer: Scheduled<Void>?
 
     init(_ setup: Setup, result: EventLoopPromise<WebSocketServerChannel.UpgradeResult>) {
@@ -79,9 +81,18 @@ final class FirstRequest: ChannelInboundHandler, RemovableChannelHandler {
             bytes = earlier
         }
         buffered = bytes
-        guard case .reading = state else { return }
+        guard case .reading = state else {
+            // While the gate decides, a client has no reason to send more than a first message.
+            if bytes.readableBytes > setup.limits.maxHeadBytes + setup.webSocket.maxMessageBytes + 14 {
+                state = .done
+                context.close(promise: nil)
+            }
+            return
+        }
         let view = bytes.readableBytesView
-        guard let end = Self.endOfHead(view) else {
+        // Earlier reads were searched already (but for a terminator split across two reads).
+        guard let end = Self.endOfHead(view, from: max(0, scanned - 3)) else {
+            scanned = view.count
             if view.count > setup.limits.maxHeadBytes {
                 answer(context, .requestHeaderFieldsTooLarge, detail: "The request line and headers may be at most \(setup.limits.maxHeadBytes) bytes")
             }
@@ -111,9 +122,10 @@ final class FirstRequest: ChannelInboundHandler, RemovableChannelHandler {
         context.fireUserInboundEventTriggered(event)
     }
 
-    /// Where the head ends (the index of its blank line's `\r\n\r\n`), if it has.
-    static func endOfHead(_ view: ByteBufferView) -> Int? {
-        var index = view.startIndex
+    /// Where the head ends (the offset of its blank line's `\r\n\r\n`), searching from offset
+    /// `from`, if it has.
+    static func endOfHead(_ view: ByteBufferView, from: Int) -> Int? {
+        var index = view.startIndex + from
         let last = view.endIndex - 3
         while index < last {
             if view[index] == 13 && view[index + 1] == 10 && view[index + 2] == 13 && view[index + 3] == 10 { return index - view.startIndex }

@@ -86,6 +86,19 @@ import Testing
         }
     }
 
+    @Test func anUpgradeRequestArrivingInPiecesIsAnswered() async throws {
+        try await TestRelay.run { relay in
+            let client = try RawConnection.open(port: relay.port)
+            let request = Array(RawFrame.upgradeRequest(port: relay.port, pathAndQuery: "/ws/device?\(relay.deviceQuery())").utf8)
+            // Split inside the blank line that ends the head, the first piece given time to be read alone.
+            try client.send(Array(request.dropLast(3)))
+            let early = try await onOwnThread { try client.receive(timeout: .milliseconds(200)) }
+            #expect(early.bytes.isEmpty && early.ending == nil)
+            let answer = try await client.request(String(decoding: request.suffix(3), as: UTF8.self))
+            #expect(answer.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"), "\(answer)")
+        }
+    }
+
     @Test func anUpgradeWithoutAVersionOrKeyIsPlainHTTP() async throws {
         try await TestRelay.run { relay in
             let client = try RawConnection.open(port: relay.port)

@@ -90,6 +90,7 @@ let package = Package(
             name: "RelayWebSocket",
             dependencies: [
                 "OpenSSLCrypto",
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -44,26 +44,30 @@ final class FirstRequest: ChannelInboundHandler, RemovableChannelHandler {
     private var buffered: ByteBuffer?
     /// How many of `buffered`'s bytes were searched for the end of the head.
     private var scanned = 0
-    private var timer: Scheduled<Void>?
+    private let deadlines: RequestDeadlines
+    private var context: ChannelHandlerContext?
 
-    init(_ setup: Setup, result: EventLoopPromise<WebSocketServerChannel.UpgradeResult>) {
+    init(_ setup: Setup, deadlines: RequestDeadlines, result: EventLoopPromise<WebSocketServerChannel.UpgradeResult>) {
         self.setup = setup
+        self.deadlines = deadlines
         self.result = result
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-        timer = context.eventLoop.scheduleTask(in: .init(setup.limits.requestTimeout)) {
-            let (handler, context) = loopBound.value
-            guard case .reading = handler.state else { return }
-            handler.answer(context, .requestTimeout, detail: "The request did not arrive within \(handler.setup.limits.requestTimeout.components.seconds) s")
-        }
+        self.context = context
+        deadlines.add(self, deadline: .now() + .init(setup.limits.requestTimeout))
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        timer?.cancel()
+        self.context = nil
         // Closed before anything was decided: nothing runs on this connection.
         resolve(.failure(ChannelError.inputClosed))
+    }
+
+    /// The request timeout passed (`RequestDeadlines`): 408 unless the head came meanwhile.
+    func requestTimedOut() {
+        guard case .reading = state, let context else { return }
+        answer(context, .requestTimeout, detail: "The request did not arrive within \(setup.limits.requestTimeout.components.seconds) s")
     }
 
     private var resolved = false
@@ -137,7 +141,6 @@ final class FirstRequest: ChannelInboundHandler, RemovableChannelHandler {
     /// Plain HTTP: the HTTP pipeline after this handler reads everything from the start.
     private func installHTTP(_ context: ChannelHandlerContext) {
         state = .done
-        timer?.cancel()
         do {
             let outcome = try setup.installHTTP(context.channel)
             resolve(.success(outcome))
@@ -153,7 +156,6 @@ final class FirstRequest: ChannelInboundHandler, RemovableChannelHandler {
     /// Asks the gate (on the socket's event loop) and carries out its decision.
     private func decide(_ upgrade: UpgradeHead, context: ChannelHandlerContext, headLength: Int) {
         state = .deciding
-        timer?.cancel()
         let channel = context.channel
         let clientAddress = setup.addressing.clientAddress(on: channel, headers: upgrade.headers)
         let request = Request(
@@ -224,7 +226,6 @@ final class FirstRequest: ChannelInboundHandler, RemovableChannelHandler {
     /// Answers with `status`, `headers` and the JSON `body`, and closes.
     private func answer(_ context: ChannelHandlerContext, _ status: HTTPResponse.Status, headers: HTTPFields, body: String) {
         state = .done
-        timer?.cancel()
         var text = "HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\n"
         for field in headers where ![.contentType, .contentLength, .connection].contains(field.name) {
             text += "\(field.name): \(field.value)\r\n"

@@ -71,6 +71,8 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
     let sockets: OpenSockets
     let limits: HTTPLimits
     let connections: ConnectionsPerAddress
+    /// The first requests' deadlines, a queue per event loop.
+    let deadlines = RequestDeadlines.Book()
     let addressing: ClientAddressing
     /// TLS for every connection (`https://`, `wss://`); nil: plain.
     let tls: ServerTLS?
@@ -149,6 +151,7 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
                         return .notUpgraded(asyncChannel)
                     }
                 ),
+                deadlines: deadlines.deadlines(on: channel.eventLoop),
                 result: result
             )
             try channel.pipeline.syncOperations.addHandler(first)

@@ -23,19 +23,17 @@ import Testing
     }
 
     private static func runRelay(_ arguments: [String], environment: [String: String], directory: String?) throws -> Run {
-        let process = Process()
-        process.executableURL = relayBinary
-        process.arguments = arguments
-        // Only what the test sets: no developer's RELAY_* leaks in. The working directory holds no .env.
-        process.environment = environment.merging(["PATH": "/usr/bin:/bin"]) { old, _ in old }
-        process.currentDirectoryURL = directory.map { URL(fileURLWithPath: $0) } ?? FileManager.default.temporaryDirectory
-        let out = Pipe()
-        let err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let stdout = out.fileHandleForReading.readDataToEndOfFile()
-        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        let process = try ChildProcess.run(
+            relayBinary.path,
+            arguments,
+            // Only what the test sets: no developer's RELAY_* leaks in. The working directory holds no .env.
+            environment: environment.merging(["PATH": "/usr/bin:/bin"]) { old, _ in old },
+            directory: directory ?? FileManager.default.temporaryDirectory.path,
+            standardOutput: .pipe,
+            standardError: .pipe
+        )
+        let stdout = process.standardOutput!.readDataToEndOfFile()
+        let stderr = process.standardError!.readDataToEndOfFile()
         process.waitUntilExit()
         return Run(
             status: process.terminationStatus,

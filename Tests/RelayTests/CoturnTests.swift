@@ -56,32 +56,33 @@ import Testing
 
 /// A coturn server this test starts on 127.0.0.1 and ends by its PID.
 struct Coturn {
-    let process: Process
+    let process: ChildProcess
     let port: Int
 
     static func start(secret: String) async throws -> Coturn {
         let port = Int.random(in: 20_000...29_999)
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("relay-coturn-\(port)-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/turnserver")
-        process.arguments = [
+        let process = try ChildProcess.run(
+            "/usr/bin/turnserver",
+            [
             "-n", "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1", "--listening-port=\(port)",
             "--min-port=\(port + 10_000)", "--max-port=\(port + 10_100)",
             "--use-auth-secret", "--static-auth-secret=\(secret)", "--realm=relay.test",
             "--no-tls", "--no-dtls", "--no-cli", "--allow-loopback-peers", "--log-file=stdout", "--simple-log",
-            "--pidfile=\(directory.appendingPathComponent("turnserver.pid").path)", "--db=\(directory.appendingPathComponent("turndb").path)",
-        ]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
+                "--pidfile=\(directory.appendingPathComponent("turnserver.pid").path)", "--db=\(directory.appendingPathComponent("turndb").path)",
+            ],
+            environment: ["PATH": "/usr/bin:/bin"],
+            standardOutput: .pipe,
+            standardError: .standardOutput
+        )
+        let output = process.standardOutput!
         // Ready once its listening servers exist (their UDP sockets are bound by then).
         let ready = await withCheckedContinuation { continuation in
             Thread.detachNewThread {
                 var seen = ""
                 while true {
-                    let chunk = output.fileHandleForReading.availableData
+                    let chunk = output.availableData
                     if chunk.isEmpty { return continuation.resume(returning: false) }
                     seen += String(decoding: chunk, as: UTF8.self)
                     if seen.contains("Total General servers") {
@@ -91,12 +92,13 @@ struct Coturn {
             }
         }
         guard ready else {
-            process.terminate()
+            kill(process.processIdentifier, SIGKILL)
+            Thread.detachNewThread { process.waitUntilExit() }
             throw CoturnDidNotStart()
         }
         // Keep draining its log so it never blocks on a full pipe.
         Thread.detachNewThread {
-            while !output.fileHandleForReading.availableData.isEmpty {}
+            while !output.availableData.isEmpty {}
         }
         return Coturn(process: process, port: port)
     }
@@ -117,19 +119,18 @@ struct Coturn {
     }
 
     private static func allocate(username: String, credential: String, port: Int) throws -> (status: Int32, output: String) {
-        let client = Process()
         // `timeout` bounds a client that would keep retrying.
-        client.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
-        client.arguments = [
-            "-s", "KILL", "15", "/usr/bin/turnutils_uclient", "-y", "-n", "1", "-c", "-u", username, "-w", credential, "-p", String(port),
-            "127.0.0.1",
-        ]
-        let output = Pipe()
-        client.standardOutput = output
-        client.standardError = output
-        try client.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        client.waitUntilExit()
-        return (client.terminationStatus, String(decoding: data, as: UTF8.self))
+        let client = try ChildProcess.run(
+            "/usr/bin/timeout",
+            [
+                "-s", "KILL", "15", "/usr/bin/turnutils_uclient", "-y", "-n", "1", "-c", "-u", username, "-w", credential, "-p", String(port),
+                "127.0.0.1",
+            ],
+            environment: ["PATH": "/usr/bin:/bin"],
+            standardOutput: .pipe,
+            standardError: .standardOutput
+        )
+        let data = client.standardOutput!.readDataToEndOfFile()
+        return (client.waitUntilExit(), String(decoding: data, as: UTF8.self))
     }
 }

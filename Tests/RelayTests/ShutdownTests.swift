@@ -35,7 +35,7 @@ import Testing
             #expect(try await socket.closeCode() == 1001)
         }
         #expect(try await process.exited() == 0)
-        #expect(process.terminationReason == .exit)
+        #expect(process.exitedNormally)
     }
 
     @Test func aConnectionThatNeverSentARequestDoesNotHoldUpAGracefulShutdown() async throws {

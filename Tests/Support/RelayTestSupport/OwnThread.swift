@@ -9,16 +9,3 @@ public func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T)
         }
     }
 }
-
-extension Process {
-    /// Waits (at most `within`) for the process to exit without blocking a concurrency thread;
-    /// its exit status.
-    public func exited(within timeout: Duration = .seconds(30)) async throws -> Int32 {
-        try await withDeadline(timeout, "process \(processIdentifier) to exit") { [self] in
-            try await onOwnThread { [self] in
-                waitUntilExit()
-                return terminationStatus
-            }
-        }
-    }
-}

@@ -2,7 +2,7 @@ import Foundation
 
 /// The real `relay serve` as a child process on an ephemeral loopback port.
 public struct RelayProcess: Sendable {
-    public let process: Process
+    public let process: ChildProcess
     public let port: Int
 
     public struct DidNotStart: Error {}
@@ -19,27 +19,21 @@ public struct RelayProcess: Sendable {
         directory: URL? = nil,
         cpu: Int? = nil
     ) async throws -> RelayProcess {
-        let process = Process()
-        if let cpu {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/taskset")
-            process.arguments = ["-c", String(cpu), binary.path, "serve"] + arguments
-        } else {
-            process.executableURL = binary
-            process.arguments = ["serve"] + arguments
-        }
         let store = FileManager.default.temporaryDirectory.appendingPathComponent("relay-\(UUID().uuidString).sqlite").path
-        process.environment = environment.merging(["PATH": "/usr/bin:/bin", "RELAY_PORT": "0", "RELAY_DB": store]) { old, _ in old }
-        process.currentDirectoryURL = directory ?? FileManager.default.temporaryDirectory
-        let log = Pipe()
-        process.standardError = log
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        let process = try ChildProcess.run(
+            cpu == nil ? binary.path : "/usr/bin/taskset",
+            (cpu.map { ["-c", String($0), binary.path] } ?? []) + ["serve"] + arguments,
+            environment: environment.merging(["PATH": "/usr/bin:/bin", "RELAY_PORT": "0", "RELAY_DB": store]) { old, _ in old },
+            directory: (directory ?? FileManager.default.temporaryDirectory).path,
+            standardError: .pipe
+        )
+        let log = process.standardError!
         let port: Int? = try? await withDeadline(.seconds(30), "the relay to listen") { await withCheckedContinuation { continuation in
             Thread.detachNewThread {
                 var seen = ""
                 var resumed = false
                 while true {
-                    let chunk = log.fileHandleForReading.availableData
+                    let chunk = log.availableData
                     if chunk.isEmpty { break }
                     guard !resumed else { continue }
                     seen += String(decoding: chunk, as: UTF8.self)
@@ -53,6 +47,7 @@ public struct RelayProcess: Sendable {
         } }
         guard let port else {
             Foundation.kill(process.processIdentifier, SIGKILL)
+            Thread.detachNewThread { process.waitUntilExit() }
             throw DidNotStart()
         }
         return RelayProcess(process: process, port: port)

@@ -7,7 +7,8 @@ import Synchronization
 /// in the order the connections do: a queue per event loop, checked four times a second, stands
 /// in for a timer per connection. (NIO cancels a scheduled task by scanning every task scheduled
 /// on its loop, which with thousands of sockets' heartbeats cost a connect more than the rest of
-/// its handshake's bookkeeping.) A deadline is reported up to `checkEvery` late.
+/// its handshake's bookkeeping.) A deadline is reported up to `checkEvery` late; the check stops
+/// while nothing waits.
 final class RequestDeadlines: @unchecked Sendable {
     static let checkEvery = TimeAmount.milliseconds(250)
 
@@ -55,6 +56,11 @@ final class RequestDeadlines: @unchecked Sendable {
         while let first = waiting.first, first.deadline <= now {
             waiting.removeFirst()
             first.handler.value?.requestTimedOut()
+        }
+        // Nothing waits (no connection for a whole timeout): stop until the next one.
+        if waiting.isEmpty {
+            checking?.cancel()
+            checking = nil
         }
     }
 }

@@ -65,8 +65,9 @@ public struct ClientAddressing: Sendable {
         trusted.contains { $0.contains(address) }
     }
 
-    /// The client's address for a request on `channel` with `headers`. On the channel's event loop.
-    func clientAddress(on channel: any Channel, headers: HTTPHeaders) -> String? {
+    /// The client's address for a request on `channel` whose `X-Forwarded-For` fields are
+    /// `forwardedFor`. On the channel's event loop.
+    func clientAddress(on channel: any Channel, forwardedFor: [String]) -> String? {
         guard let peer = channel.remoteAddress?.ipAddress else { return nil }
         guard isTrusted(peer) else { return peer }
         var address = peer
@@ -74,7 +75,7 @@ public struct ClientAddressing: Sendable {
             address = proxied
             guard isTrusted(address) else { return address }
         }
-        let hops = headers["X-Forwarded-For"].flatMap { $0.split(separator: ",") }.map { String($0.filter { $0 != " " && $0 != "\t" }) }
+        let hops = forwardedFor.flatMap { $0.split(separator: ",") }.map { String($0.filter { $0 != " " && $0 != "\t" }) }
         for hop in hops.reversed() {
             guard CIDR.bytes(of: hop) != nil else { break }
             address = hop
@@ -87,7 +88,9 @@ public struct ClientAddressing: Sendable {
     func stamped(_ head: HTTPRequestHead, on channel: any Channel) -> HTTPRequestHead {
         var head = head
         head.headers.remove(name: Self.header)
-        if let address = clientAddress(on: channel, headers: head.headers) { head.headers.add(name: Self.header, value: address) }
+        if let address = clientAddress(on: channel, forwardedFor: head.headers["X-Forwarded-For"]) {
+            head.headers.add(name: Self.header, value: address)
+        }
         return head
     }
 }

@@ -157,12 +157,12 @@ final class FirstRequest: ChannelInboundHandler, RemovableChannelHandler {
     private func decide(_ upgrade: UpgradeHead, context: ChannelHandlerContext, headLength: Int) {
         state = .deciding
         let channel = context.channel
-        let clientAddress = setup.addressing.clientAddress(on: channel, headers: upgrade.headers)
+        let clientAddress = setup.addressing.clientAddress(on: channel, forwardedFor: upgrade.forwardedFor)
         let request = Request(
             head: HTTPRequest(
                 method: .get,
                 scheme: setup.secure ? "https" : "http",
-                authority: upgrade.headers.first(name: "host"),
+                authority: upgrade.host,
                 path: upgrade.target,
                 headerFields: upgrade.fields
             ),
@@ -252,39 +252,138 @@ final class FirstRequest: ChannelInboundHandler, RemovableChannelHandler {
 }
 
 /// A WebSocket upgrade request's head, when it is one and is clean (RFC 9112 request line and
-/// fields, RFC 6455 §4.2.1); nil for anything else, which the HTTP pipeline then reads.
+/// fields, RFC 6455 §4.2.1); nil for anything else, which the HTTP pipeline then reads. Parsed
+/// over the bytes in one pass (a string-splitting version cost a tenth of a connect).
 struct UpgradeHead {
     var target: String
     var key: String
-    var headers: HTTPHeaders
+    var host: String?
+    var forwardedFor: [String]
     var fields: HTTPFields
 
     init?(_ head: ByteBufferView.SubSequence) {
-        guard let text = String(validating: head, as: UTF8.self), text.utf8.allSatisfy({ $0 >= 32 || $0 == 9 || $0 == 13 || $0 == 10 }) else { return nil }
-        var lines = text.split(separator: "\r\n", omittingEmptySubsequences: false)[...]
-        let requestLine = lines.popFirst()?.split(separator: " ", omittingEmptySubsequences: false) ?? []
-        guard requestLine.count == 3, requestLine[0] == "GET", requestLine[2] == "HTTP/1.1", requestLine[1].first == "/" else { return nil }
-        var headers = HTTPHeaders()
-        var fields = HTTPFields()
-        for line in lines {
-            guard let colon = line.firstIndex(of: ":") else { return nil }
-            let name = line[..<colon]
-            guard !name.isEmpty, name.utf8.allSatisfy(Self.isTokenByte) else { return nil }
-            let value = String(line[line.index(after: colon)...]).trimmingWhitespace()
-            guard let fieldName = HTTPField.Name(String(name)) else { return nil }
-            headers.add(name: String(name), value: value)
-            fields.append(HTTPField(name: fieldName, value: value))
-        }
-        func tokens(_ name: String) -> [String] {
-            headers[name].flatMap { $0.split(separator: ",") }.map { String($0).trimmingWhitespace().lowercased() }
-        }
-        guard tokens("upgrade").contains("websocket"), tokens("connection").contains("upgrade"), headers["sec-websocket-version"] == ["13"],
-            let key = headers["sec-websocket-key"].first, headers["sec-websocket-key"].count == 1, key.utf8.count == 24, key.hasSuffix("==")
-        else { return nil }
-        self.target = String(requestLine[1])
+        guard let parsed = head.withContiguousStorageIfAvailable({ Self.parse(UnsafeRawBufferPointer($0)) }) ?? Self.parse(Array(head)) else { return nil }
+        self = parsed
+    }
+
+    private init(target: String, key: String, host: String?, forwardedFor: [String], fields: HTTPFields) {
+        self.target = target
         self.key = key
-        self.headers = headers
+        self.host = host
+        self.forwardedFor = forwardedFor
         self.fields = fields
+    }
+
+    private static func parse(_ bytes: [UInt8]) -> UpgradeHead? {
+        bytes.withUnsafeBytes { parse($0) }
+    }
+
+    private static func parse(_ bytes: UnsafeRawBufferPointer) -> UpgradeHead? {
+        let count = bytes.count
+        /// The index of the next CRLF at or after `from` (or the end).
+        func lineEnd(from start: Int) -> Int {
+            var index = start
+            while index + 1 < count {
+                if bytes[index] == 13 && bytes[index + 1] == 10 { return index }
+                index += 1
+            }
+            return count
+        }
+        // Request line: GET SP origin-form SP HTTP/1.1
+        let first = lineEnd(from: 0)
+        let method: [UInt8] = Array("GET /".utf8)
+        let version: [UInt8] = Array(" HTTP/1.1".utf8)
+        guard first >= method.count + version.count - 1, (0..<4).allSatisfy({ bytes[$0] == method[$0] }), bytes[4] == UInt8(ascii: "/"),
+            (0..<version.count).allSatisfy({ bytes[first - version.count + $0] == version[$0] })
+        else { return nil }
+        let targetEnd = first - version.count
+        for index in 4..<targetEnd where bytes[index] <= 0x20 || bytes[index] == 0x7F { return nil }
+        let target = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[4..<targetEnd]), as: UTF8.self)
+
+        var fields = HTTPFields()
+        var host: String?
+        var forwardedFor: [String] = []
+        var upgradeWebSocket = false
+        var connectionUpgrade = false
+        var version13 = false
+        var keys: [String] = []
+        var start = first + 2
+        while start < count {
+            let end = lineEnd(from: start)
+            var colon = start
+            while colon < end && bytes[colon] != UInt8(ascii: ":") {
+                guard isTokenByte(bytes[colon]) else { return nil }
+                colon += 1
+            }
+            guard colon > start, colon < end else { return nil }
+            var valueStart = colon + 1
+            var valueEnd = end
+            while valueStart < valueEnd && (bytes[valueStart] == 32 || bytes[valueStart] == 9) { valueStart += 1 }
+            while valueEnd > valueStart && (bytes[valueEnd - 1] == 32 || bytes[valueEnd - 1] == 9) { valueEnd -= 1 }
+            var ascii = true
+            for index in valueStart..<valueEnd {
+                let byte = bytes[index]
+                guard byte >= 32 || byte == 9, byte != 0x7F else { return nil }
+                if byte >= 0x80 { ascii = false }
+            }
+            let nameBytes = UnsafeRawBufferPointer(rebasing: bytes[start..<colon])
+            let valueBytes = UnsafeRawBufferPointer(rebasing: bytes[valueStart..<valueEnd])
+            let name = String(decoding: nameBytes, as: UTF8.self)
+            guard let value = ascii ? String(decoding: valueBytes, as: UTF8.self) : String(validating: valueBytes, as: UTF8.self),
+                let fieldName = HTTPField.Name(name)
+            else { return nil }
+            fields.append(HTTPField(name: fieldName, value: value))
+            // The fields the upgrade needs, matched on the bytes (no lowercased copies).
+            if Self.named(nameBytes, Self.host) {
+                host = host ?? value
+            } else if Self.named(nameBytes, Self.forwardedForName) {
+                forwardedFor.append(value)
+            } else if Self.named(nameBytes, Self.upgradeName) {
+                upgradeWebSocket = upgradeWebSocket || Self.hasToken(valueBytes, Self.websocketToken)
+            } else if Self.named(nameBytes, Self.connectionName) {
+                connectionUpgrade = connectionUpgrade || Self.hasToken(valueBytes, Self.upgradeName)
+            } else if Self.named(nameBytes, Self.versionName) {
+                version13 = value == "13"
+            } else if Self.named(nameBytes, Self.keyName) {
+                keys.append(value)
+            }
+            start = end + 2
+        }
+        guard upgradeWebSocket, connectionUpgrade, version13, keys.count == 1, keys[0].utf8.count == 24, keys[0].hasSuffix("==") else { return nil }
+        return UpgradeHead(target: target, key: keys[0], host: host, forwardedFor: forwardedFor, fields: fields)
+    }
+
+    static let host = Array("host".utf8)
+    static let forwardedForName = Array("x-forwarded-for".utf8)
+    static let upgradeName = Array("upgrade".utf8)
+    static let connectionName = Array("connection".utf8)
+    static let versionName = Array("sec-websocket-version".utf8)
+    static let keyName = Array("sec-websocket-key".utf8)
+
+    /// Whether the field name `bytes` is `lowercase`, ignoring ASCII case.
+    private static func named(_ bytes: UnsafeRawBufferPointer, _ lowercase: [UInt8]) -> Bool {
+        guard bytes.count == lowercase.count else { return false }
+        for index in 0..<bytes.count where bytes[index] | 0x20 != lowercase[index] | 0x20 { return false }
+        return true
+    }
+
+    static let websocketToken = Array("websocket".utf8)
+
+    /// Whether the comma-separated field value `bytes` lists `lowercase` (ignoring ASCII case
+    /// and the spaces around each element).
+    private static func hasToken(_ bytes: UnsafeRawBufferPointer, _ lowercase: [UInt8]) -> Bool {
+        var start = 0
+        while start <= bytes.count {
+            var end = start
+            while end < bytes.count && bytes[end] != UInt8(ascii: ",") { end += 1 }
+            var first = start
+            var last = end
+            while first < last && (bytes[first] == 32 || bytes[first] == 9) { first += 1 }
+            while last > first && (bytes[last - 1] == 32 || bytes[last - 1] == 9) { last -= 1 }
+            if named(UnsafeRawBufferPointer(rebasing: bytes[first..<last]), lowercase) { return true }
+            start = end + 1
+        }
+        return false
     }
 
     static func isTokenByte(_ byte: UInt8) -> Bool {

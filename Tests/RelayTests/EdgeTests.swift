@@ -99,6 +99,18 @@ import Testing
         }
     }
 
+    @Test func anUpgradeIsReadWhateverTheCaseOfItsFieldsAndWithConnectionListingMore() async throws {
+        try await TestRelay.run { relay in
+            let client = try RawConnection.open(port: relay.port)
+            // As Firefox sends it: "keep-alive, Upgrade"; names in any case.
+            let answer = try await client.request(
+                "GET /ws/device?\(relay.deviceQuery()) HTTP/1.1\r\nHOST: 127.0.0.1\r\nupgrade: WebSocket\r\nconnection: keep-alive, Upgrade\r\n"
+                    + "SEC-WEBSOCKET-KEY: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-Websocket-Version:13\r\n\r\n"
+            )
+            #expect(answer.hasPrefix("HTTP/1.1 101 Switching Protocols\r\n"), "\(answer)")
+        }
+    }
+
     @Test func anUpgradeWithoutAVersionOrKeyIsPlainHTTP() async throws {
         try await TestRelay.run { relay in
             let client = try RawConnection.open(port: relay.port)

@@ -310,17 +310,12 @@ public final class RelayStore: Sendable {
 }
 
 extension RelayStore: DeviceDirectory {
-    /// The registry's record of a device (what device authentication checks).
-    ///
-    /// Read synchronously on the caller's thread: an indexed row from SQLite's page cache takes
-    /// microseconds, while handing the read to GRDB's queue and back (its async read) cost a
-    /// device's connect two thread switches, about a quarter of its CPU time.
+    /// The registry's record of a device (what device authentication checks). One SELECT (its
+    /// owners in a subquery) is consistent by itself: no transaction around it. Read through
+    /// GRDB's queue, never on the caller's thread: a read can wait seconds on a lock (the store
+    /// being migrated or checkpointed by another connection), and a Swift concurrency thread
+    /// blocked that long stalls everything else scheduled on the pool.
     public func device(_ deviceID: String) async throws -> DeviceRecord? {
-        try deviceNow(deviceID)
-    }
-
-    private func deviceNow(_ deviceID: String) throws -> DeviceRecord? {
-        // One SELECT (its owners in a subquery) is consistent by itself: no transaction around it.
-        try pool.unsafeRead { db in try Self.entry(deviceID, in: db) }.map(\.record)
+        try await pool.unsafeRead { db in try Self.entry(deviceID, in: db) }.map(\.record)
     }
 }

@@ -89,7 +89,7 @@ let package = Package(
         .target(
             name: "RelayWebSocket",
             dependencies: [
-                "OpenSSLCrypto",
+                "OpenSSLCrypto", "RelayCore",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),

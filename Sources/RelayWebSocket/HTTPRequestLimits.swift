@@ -27,9 +27,8 @@ public struct HTTPLimits: Sendable {
     }
 }
 
-/// Sits after the HTTP decoder and the upgrade handler (which holds back an upgrade request's
-/// parts until it is decided, and this handler leaves the pipeline when a WebSocket upgrade is
-/// accepted, so it only ever sees HTTP). A request the decoder cannot parse gets `400` (`431` when
+/// Part of the HTTP pipeline `FirstRequest` installs for a connection that is not a WebSocket,
+/// right after the HTTP decoder. A request the decoder cannot parse gets `400` (`431` when
 /// its head is too large) with a JSON detail, and the connection closes; a connection whose
 /// first request has not fully arrived `requestTimeout` after it opened, or whose request body
 /// has not `requestTimeout` after its head, gets `408` and closes; one idle `idleTimeout` after

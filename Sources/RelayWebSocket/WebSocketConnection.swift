@@ -1,6 +1,7 @@
 /// RFC 6455 on a channel: messages, limits, UTF-8, pings and the heartbeat, the close handshake.
 import NIOCore
 import NIOWebSocket
+import RelayCore
 
 /// What runs on an accepted WebSocket. Every call comes on the socket's event loop.
 public protocol WebSocketEndpoint: AnyObject {
@@ -74,15 +75,15 @@ public final class WebSocketConnection: ChannelInboundHandler {
     /// The pong owed for the peer's latest ping while the socket could not take it: one at
     /// most, whatever the peer sends.
     private var owedPong: ByteBuffer?
-    /// The peer's ping budget: tokens left and when they were counted.
-    private var pingTokens: Double = 0
-    private var pingTokensCounted = NIODeadline.uptimeNanoseconds(0)
+    /// The peer's ping budget.
+    private var pings: TokenBucket<ContinuousClock.Instant>
     private var heartbeat: RepeatedTask?
     private var closeTimer: Scheduled<Void>?
 
     public init(configuration: Configuration, endpoint: any WebSocketEndpoint) {
         self.configuration = configuration
         self.endpoint = endpoint
+        self.pings = TokenBucket(burst: configuration.pingBurst, perSecond: Double(configuration.pingsPerSecond))
     }
 
     /// The socket's channel (set when the handler is added, kept after it is removed).
@@ -93,8 +94,6 @@ public final class WebSocketConnection: ChannelInboundHandler {
     public func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
         self.channel = context.channel
-        pingTokens = Double(configuration.pingBurst)
-        pingTokensCounted = .now()
         if let period = configuration.heartbeat {
             let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
             heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: .init(period), delay: .init(period)) { _ in
@@ -131,17 +130,6 @@ public final class WebSocketConnection: ChannelInboundHandler {
         guard let data = owedPong, state == .open, context.channel.isWritable else { return }
         owedPong = nil
         context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: data)), promise: nil)
-    }
-
-    /// Takes one ping from the peer's budget; false when it is spent.
-    private func spendPingToken() -> Bool {
-        let now = NIODeadline.now()
-        let elapsed = Double((now - pingTokensCounted).nanoseconds) / 1e9
-        pingTokensCounted = now
-        pingTokens = min(Double(configuration.pingBurst), pingTokens + elapsed * Double(configuration.pingsPerSecond))
-        guard pingTokens >= 1 else { return false }
-        pingTokens -= 1
-        return true
     }
 
     public func errorCaught(context: ChannelHandlerContext, error: any Error) {
@@ -194,7 +182,7 @@ public final class WebSocketConnection: ChannelInboundHandler {
             let data = frame.unmaskedData
             guard frame.fin, data.readableBytes <= 125 else { return fail(.protocolError) }
             guard state == .open else { return }
-            guard spendPingToken() else { return fail(.policyViolation) }
+            guard pings.take(now: .now) else { return fail(.policyViolation) }
             owedPong = data
             payOwedPong(context: context)
         case .pong:

@@ -30,7 +30,7 @@ final class RateLimiter: Sendable {
             let allowed = bucket.take(now: now)
             buckets[key] = bucket
             if buckets.count > maxKeys { prune(&buckets, now: now) }
-            return allowed ? .allowed : .denied(retryAfterSeconds: bucket.secondsUntilNextToken)
+            return allowed ? .allowed : .denied(retryAfterSeconds: bucket.secondsUntilToken(at: now))
         }
     }
 

@@ -34,11 +34,6 @@ public struct TokenBucket<Instant: InstantProtocol & Sendable>: Sendable where I
         return true
     }
 
-    /// Whole seconds (at least 1) until a token is back.
-    public var secondsUntilNextToken: Int {
-        max(1, Int(((1 - tokens) / perSecond).rounded(.up)))
-    }
-
     /// Whether a take at `now` would succeed.
     public func hasToken(at now: Instant) -> Bool {
         tokens(at: now) >= 1

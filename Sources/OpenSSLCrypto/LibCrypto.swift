@@ -1,4 +1,4 @@
-/// OpenSSL's libcrypto behind one small Swift type: HMAC, SHA-1, constant-time compare, random bytes.
+/// OpenSSL's libcrypto behind one small Swift type: HMAC, SHA-1 and SHA-256, constant-time compare, random bytes.
 import CCrypto
 
 /// The relay's only door to OpenSSL's libcrypto: HMAC, constant-time comparison, random bytes
@@ -31,11 +31,19 @@ public enum LibCrypto {
 
     /// SHA-1 of `message` (the WebSocket handshake's `Sec-WebSocket-Accept`; not for secrets).
     public static func sha1(_ message: some Collection<UInt8>) -> [UInt8] {
-        let message = Array(message)
+        digest(EVP_sha1(), Array(message))
+    }
+
+    /// SHA-256 of `message` (what the store keeps of a resume token).
+    public static func sha256(_ message: some Collection<UInt8>) -> [UInt8] {
+        digest(EVP_sha256(), Array(message))
+    }
+
+    private static func digest(_ kind: OpaquePointer?, _ message: [UInt8]) -> [UInt8] {
         var output = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
         var length: UInt32 = 0
         let result = message.withUnsafeBufferPointer { bytes in
-            output.withUnsafeMutableBufferPointer { out in EVP_Digest(bytes.baseAddress, bytes.count, out.baseAddress, &length, EVP_sha1(), nil) }
+            output.withUnsafeMutableBufferPointer { out in EVP_Digest(bytes.baseAddress, bytes.count, out.baseAddress, &length, kind, nil) }
         }
         precondition(result == 1, "OpenSSL EVP_Digest failed: \(drainErrorQueue())")
         return Array(output.prefix(Int(length)))

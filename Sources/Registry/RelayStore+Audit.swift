@@ -60,13 +60,20 @@ extension RelayStore {
         }
     }
 
-    /// Sessions a previous run left open (the relay was killed): closed as `relay_stopped`, with
-    /// no close time, since when they ended is unknown. Only `relay serve` calls this, at start.
+    /// Sessions a previous run left open and did not keep live for the next one (a relay
+    /// killed before it wrote them): closed as `relay_stopped`, with no close time, since when
+    /// they ended is unknown. Only `relay serve` calls this, at start, after taking the live
+    /// sessions over.
     @discardableResult
     public func closeSessionsLeftOpen() throws(StoreError) -> Int {
         try run {
             try pool.write { db in
-                try db.execute(sql: "UPDATE session_audit SET close_reason = 'relay_stopped', closed_by = 'relay' WHERE close_reason IS NULL")
+                try db.execute(
+                    sql: """
+                        UPDATE session_audit SET close_reason = 'relay_stopped', closed_by = 'relay'
+                        WHERE close_reason IS NULL AND session_id NOT IN (SELECT id FROM live_session)
+                        """
+                )
                 return db.changesCount
             }
         }

@@ -1,4 +1,4 @@
-/// The embedded SQLite store (GRDB): device registry, owners, session audit log, spent nonces.
+/// The embedded SQLite store (GRDB): device registry, owners, session audit log, spent nonces, live links and sessions.
 import DeviceAuth
 import Foundation
 import GRDB
@@ -96,6 +96,7 @@ public final class RelayStore: Sendable {
                     """
             )
         }
+        registerLiveStateMigration(&migrator)
         return migrator
     }
 

@@ -95,4 +95,47 @@ import Testing
         buffer.removeAll()
         #expect(buffer.keptCount.messages == 0 && !buffer.hasUnsent)
     }
+
+    // MARK: Restored from a store (contract §11)
+
+    static func stored(_ seqs: ClosedRange<Int>) -> [OutboxBuffer.Frame] {
+        seqs.map { OutboxBuffer.Frame(seq: $0, text: frame($0)) }
+    }
+
+    @Test func aRestoredLinkReplaysWhatTheStoreKeptAfterTheClientsLastSeqAndNumbersOn() {
+        var buffer = OutboxBuffer(maxMessages: 256, maxBytes: 1 << 20, restoring: Self.stored(4...6), storedThrough: 6)
+        _ = buffer.append(Self.frame)
+        let resumed = buffer.rewind(resumingAfter: 4)
+        let replay = buffer.takeUnsent()
+        #expect(resumed && replay.map(\.seq) == [5, 6, 7])
+        #expect(replay.last?.text == Self.frame(7))
+    }
+
+    @Test func aClientAheadOfTheStoreKeepsAGaplessNumbering() {
+        // The store had up to 6; the client had processed 9 (7 to 9 were lost with the killed
+        // process); 2 messages were queued for it since the restore.
+        var buffer = OutboxBuffer(maxMessages: 256, maxBytes: 1 << 20, restoring: Self.stored(4...6), storedThrough: 6)
+        _ = buffer.append(Self.frame)
+        _ = buffer.append(Self.frame)
+        let resumed = buffer.rewind(resumingAfter: 9)
+        let replay = buffer.takeUnsent()
+        #expect(resumed && replay.map(\.seq) == [10, 11])
+        #expect(replay.map(\.text) == [Self.frame(10), Self.frame(11)])
+        _ = buffer.append(Self.frame)
+        let next = buffer.takeUnsent()
+        #expect(next.map(\.seq) == [12])
+        // Only the first resume after the restore may be ahead: later ones are checked as usual.
+        let ahead = buffer.rewind(resumingAfter: 20)
+        #expect(!ahead)
+    }
+
+    @Test func aRestoreKeepsOnlyAGaplessRunWithinTheBounds() {
+        var buffer = OutboxBuffer(maxMessages: 2, maxBytes: 1 << 20, restoring: Self.stored(1...2) + Self.stored(5...7), storedThrough: 7)
+        #expect(buffer.keptCount.messages == 2)
+        // 5 is gone (bound): a resume after 4 cannot be complete; after 5 it can.
+        let afterFour = buffer.rewind(resumingAfter: 4)
+        let afterFive = buffer.rewind(resumingAfter: 5)
+        let replay = buffer.takeUnsent()
+        #expect(!afterFour && afterFive && replay.map(\.seq) == [6, 7])
+    }
 }

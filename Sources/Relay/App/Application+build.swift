@@ -46,17 +46,14 @@ public func buildRelay(
     let verifier = AppTokenVerifier(configuration: configuration.tokens)
     let metrics = RelayMetrics()
     let store = try RelayStore(path: configuration.databasePath)
-    let left = try store.closeSessionsLeftOpen()
-    if left > 0 {
-        logger.warning("The previous run stopped without closing its sessions; audited them as relay_stopped", metadata: ["sessions": "\(left)"])
-    }
     let journal = StoreWriter(store: store, interval: .milliseconds(configuration.auditFlushMilliseconds), logger: logger)
+    let liveState = LiveStateJournal(store: store, interval: .milliseconds(configuration.outboxFlushMilliseconds), logger: logger)
     // Spent nonces go to the store with the audit batches; those a previous run spent stay spent.
     let nonces = NonceCache(perDevice: configuration.deviceConnectsPerWindow) { deviceID, nonce, expiresAt in
         journal.record(.nonceSpent(deviceID: deviceID, nonce: nonce, expiresAt: expiresAt))
     }
     nonces.remember(try store.liveNonces(now: Int(Date().timeIntervalSince1970)))
-    var services: [any Service] = [journal]
+    var services: [any Service] = [journal, liveState]
     let configured: any TURNProvider
     if let provided = dependencies.turn {
         configured = provided
@@ -96,10 +93,20 @@ public func buildRelay(
             tokenLeeway: configuration.tokens.leewaySeconds
         ),
         journal: journal,
+        liveState: liveState,
         metrics: metrics,
         refreshDelay: dependencies.refreshDelay,
         logger: logger
     )
+    // What the previous process left live is taken over before anything is served.
+    let restored = switchboard.restore(try store.liveState())
+    if restored.links > 0 {
+        logger.info("Took over the links and sessions the previous run left", metadata: ["links": "\(restored.links)", "sessions": "\(restored.sessions)"])
+    }
+    let left = try store.closeSessionsLeftOpen()
+    if left > 0 {
+        logger.warning("The previous run stopped without keeping some sessions; audited them as relay_stopped", metadata: ["sessions": "\(left)"])
+    }
     let connection = LinkConnection(
         switchboard: switchboard,
         heartbeatMilliseconds: configuration.heartbeatSeconds * 1000,
@@ -129,6 +136,7 @@ public func buildRelay(
     let admission = ClientAdmission(authenticator: authenticator, attempts: connectionAttempts, failures: authenticationFailures)
     // Authentication happens here, before the upgrade, so a refusal is an HTTP answer.
     let gate = UpgradeGate { request, remoteIP, logger in
+        if switchboard.isDraining { return .refuse(RelayHTTPError.restarting.refusal) }
         let party: Party
         switch request.uri.path {
         case "/ws/app": party = .app
@@ -163,7 +171,9 @@ public func buildRelay(
     router.get("/readyz") { _, _ in
         var problems: [String] = []
         do { try await store.check() } catch { problems.append("store: \(error)") }
+        if switchboard.isDraining { problems.append("shutting down") }
         if let failure = journal.failure { problems.append("store: writing failed: \(failure)") }
+        if let failure = liveState.failure { problems.append("store: writing live state failed: \(failure)") }
         if let failure = await turn.unusableReason() { problems.append("turn (\(turn.name)): \(failure)") }
         guard problems.isEmpty else {
             return Response.json(

@@ -37,7 +37,9 @@ import TURNBroker
 /// - `coturn`: `TURN_SHARED_SECRET` (secret), `TURN_URIS` (comma separated `turn:`/`turns:` URIs)
 /// - `RELAY_DB` (path, `./relay.sqlite`): the registry and audit log; `RELAY_AUDIT_FLUSH_MS` (100):
 ///   how often recorded events are committed; `RELAY_REGISTRY_POLL_MS` (1000): how often the
-///   relay looks for devices revoked by `relay device revoke` in another process
+///   relay looks for devices revoked by `relay device revoke` in another process;
+///   `RELAY_OUTBOX_FLUSH_MS` (5): how often live links, their kept messages and open sessions
+///   are written behind (what a killed relay can lose; contract §11)
 /// - `RELAY_TLS_CERT_FILE`, `RELAY_TLS_KEY_FILE` (PEM): serve `https://` and `wss://` (read again on SIGHUP)
 /// - `RELAY_ADMIN_TOKEN` (secret, ≥ 32 bytes): enables `/admin/*`
 /// - `RELAY_LOG_LEVEL` (`info`)
@@ -81,6 +83,7 @@ public struct RelayConfiguration: Sendable {
     /// `RELAY_DB`: the SQLite store of contract §9.
     public var databasePath = "./relay.sqlite"
     public var auditFlushMilliseconds = 100
+    public var outboxFlushMilliseconds = 5
     public var registryPollMilliseconds = 1000
     /// `RELAY_TLS_CERT_FILE` and `RELAY_TLS_KEY_FILE`: the relay serves TLS itself.
     public var tls: ServerTLS?
@@ -261,6 +264,7 @@ public struct RelayConfiguration: Sendable {
         }
         databasePath = read.string("RELAY_DB") ?? databasePath
         auditFlushMilliseconds = read.int("RELAY_AUDIT_FLUSH_MS", in: 10...10_000) ?? auditFlushMilliseconds
+        outboxFlushMilliseconds = read.int("RELAY_OUTBOX_FLUSH_MS", in: 1...1000) ?? outboxFlushMilliseconds
         registryPollMilliseconds = read.int("RELAY_REGISTRY_POLL_MS", in: 50...600_000) ?? registryPollMilliseconds
         if let token = read.string("RELAY_ADMIN_TOKEN", isSecret: true), read.strongEnough(token, name: "RELAY_ADMIN_TOKEN") {
             adminToken = token

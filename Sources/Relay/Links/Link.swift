@@ -3,6 +3,7 @@ import DeviceAuth
 import Foundation
 import NIOCore
 import OpenSSLCrypto
+import Registry
 import RelayCore
 import Synchronization
 
@@ -20,14 +21,17 @@ public final class Link: Sendable {
     typealias Frame = OutboxBuffer.Frame
 
     public let id: String
-    /// 256 random bits, base64url; proves a resume comes from whoever got this link's `hello`.
-    public let resumeToken: String
+    /// SHA-256 of the resume token (256 random bits, base64url), which proves a resume comes
+    /// from whoever got this link's `hello`. The store keeps only the hash.
+    let tokenHash: [UInt8]
     public let party: Party
     /// The user id for an app, the device id for a device.
     public let principal: String
     /// Where the link lives (this node).
     let address: LinkAddress
     private let metrics: RelayMetrics
+    /// Where the link's changes go so the next process can take it over (nil: nowhere).
+    private let journal: LiveStateJournal?
 
     /// What a waiting writer (`next`) gets.
     enum Event: Sendable, Equatable {
@@ -37,9 +41,26 @@ public final class Link: Sendable {
         case close(code: UInt16, reason: String)
     }
 
+    /// What the store has of the link (see `journal(into:)`).
+    private struct Stored {
+        /// The journal was told of a change and has not asked yet.
+        var listed = false
+        /// The link's row is written and current.
+        var row = false
+        /// Messages up to this seq were considered (written, or acked before their turn).
+        var through = 0
+        /// Messages from this seq on may be in the store.
+        var from = 1
+        /// Every stored message is to go (a restored link renumbered what it kept).
+        var rewrite = false
+    }
+
     private struct State {
         var machine: Machine
+        /// The resume token; a restored link learns it from the client that resumes it.
+        var resumeToken: String?
         var app: AppIdentity?
+        var stored = Stored()
         var sessions: [String: Session] = [:]
         /// Device ids this (app) link watches (contract §8).
         var watched: Set<String> = []
@@ -57,20 +78,54 @@ public final class Link: Sendable {
 
     private let state: Mutex<State>
 
-    init(node: NodeID, party: Party, principal: String, app: AppIdentity?, machine: Machine, metrics: RelayMetrics) {
+    init(node: NodeID, party: Party, principal: String, app: AppIdentity?, machine: Machine, metrics: RelayMetrics, journal: LiveStateJournal?) {
         self.metrics = metrics
+        self.journal = journal
         self.id = UUID().uuidString.lowercased()
         self.address = LinkAddress(node: node, linkID: id)
-        self.resumeToken = Base64URL.encode(LibCrypto.randomBytes(32))
+        let token = Base64URL.encode(LibCrypto.randomBytes(32))
+        self.tokenHash = LibCrypto.sha256(Array(token.utf8))
         self.party = party
         self.principal = principal
-        self.state = Mutex(State(machine: machine, app: app))
+        self.state = Mutex(State(machine: machine, resumeToken: token, app: app))
     }
 
-    /// Constant-time check of a presented resume token.
-    func accepts(resumeToken presented: String) -> Bool {
-        LibCrypto.constantTimeEquals(Array(resumeToken.utf8), Array(presented.utf8))
+    /// A link a previous process left in the store: detached (`machine`), its row and kept
+    /// messages already stored.
+    init(
+        node: NodeID,
+        restoring stored: StoredLink,
+        party: Party,
+        app: AppIdentity?,
+        machine: Machine,
+        metrics: RelayMetrics,
+        journal: LiveStateJournal?
+    ) {
+        self.metrics = metrics
+        self.journal = journal
+        self.id = stored.id
+        self.address = LinkAddress(node: node, linkID: id)
+        self.tokenHash = stored.tokenHash
+        self.party = party
+        self.principal = stored.principal
+        let (frames, firstKept) = machine.keptFrames(after: 0)
+        var state = State(machine: machine, resumeToken: nil, app: app)
+        state.stored = Stored(row: true, through: frames.last?.seq ?? firstKept - 1, from: frames.first?.seq ?? firstKept)
+        self.state = Mutex(state)
     }
+
+    /// Constant-time check of a presented resume token (over its hash). A restored link
+    /// learns its token from the first client that presents it.
+    func accepts(resumeToken presented: String) -> Bool {
+        guard LibCrypto.constantTimeEquals(tokenHash, LibCrypto.sha256(Array(presented.utf8))) else { return false }
+        state.withLock { state in
+            if state.resumeToken == nil { state.resumeToken = presented }
+        }
+        return true
+    }
+
+    /// The resume token, for `hello` (a restored link knows it once a client resumed it).
+    var resumeToken: String { state.withLock { $0.resumeToken ?? "" } }
 
     // MARK: Identity and limits
 
@@ -79,10 +134,13 @@ public final class Link: Sendable {
 
     /// A fresh token for the same user: honoured until `validUntil` (unix seconds).
     func replaceAppIdentity(_ identity: AppIdentity, validUntil: Double) {
-        state.withLock { state in
+        let listed = state.withLock { state in
             state.app = identity
             state.machine.tokenRefreshed(validUntil: validUntil)
+            state.stored.row = false
+            return Self.list(&state)
         }
+        if listed { journal?.linkChanged(self) }
     }
 
     /// Until when an app's token is honoured (unix seconds); nil for devices.
@@ -120,10 +178,17 @@ public final class Link: Sendable {
     /// falls behind. The superseded writer is told to stop, the grace and lease timers are
     /// cancelled.
     func attach(resumingAfter lastSeq: Int?, dropTransport: @escaping @Sendable () -> Void) -> (generation: Int, previous: Machine.Previous)? {
+        var listed = false
         let (action, stale, stalePush, timers):
             (Machine.AttachAction, CheckedContinuation<Event?, Never>?, (@Sendable () -> Void)?, [Scheduled<Void>]) = state.withLock { state in
+                let restored = state.machine.isRestored
                 let action = state.machine.attach(resumingAfter: lastSeq)
                 guard case .attached = action else { return (action, nil, nil, []) }
+                if restored {
+                    // Its first resume may have renumbered what it kept: the store gets it anew.
+                    state.stored.rewrite = true
+                    listed = Self.list(&state)
+                }
                 state.dropTransport = dropTransport
                 defer {
                     state.waiter = nil
@@ -137,6 +202,7 @@ public final class Link: Sendable {
         stale?.resume(returning: nil)
         stalePush?()
         for timer in timers { timer.cancel() }
+        if listed { journal?.linkChanged(self) }
         guard case .attached(let generation, let previous) = action else { return nil }
         return (generation, previous)
     }
@@ -145,6 +211,17 @@ public final class Link: Sendable {
     /// the end of its grace, after the given delay) or, without a grace, is to end.
     func transportEnded(generation: Int, now: ContinuousClock.Instant = .now, armGrace: (Duration) -> Scheduled<Void>) -> Machine.DetachAction {
         detach(now: now, armGrace: armGrace) { $0.transportEnded(generation: generation, now: now) }
+    }
+
+    /// A restored link waits for its client until its grace deadline: `arm` arms the timer
+    /// (after the given delay) that ends it.
+    func armGrace(now: ContinuousClock.Instant = .now, _ arm: (Duration) -> Scheduled<Void>) {
+        let replaced: Scheduled<Void>? = state.withLock { state in
+            guard case .detached(let deadline) = state.machine.attachment else { return nil }
+            defer { state.graceTimer = arm(deadline - now) }
+            return state.graceTimer
+        }
+        replaced?.cancel()
     }
 
     /// The lease timer of `generation` fired: detaches the link as `transportEnded` does if that
@@ -208,6 +285,7 @@ public final class Link: Sendable {
             return (Array(state.sessions.values), [state.graceTimer, state.leaseTimer].compactMap { $0 })
         }
         for timer in ended?.1 ?? [] { timer.cancel() }
+        if ended != nil { noteChanged() }
         return ended?.0
     }
 
@@ -217,10 +295,12 @@ public final class Link: Sendable {
     /// discarded once it ended. Past the unsent bound, the live transport is dropped.
     func send(_ message: OutboundMessage) {
         metrics.sent(message.type)
+        var listed = false
         let (wake, drop, push): ((CheckedContinuation<Event?, Never>, Event)?, (@Sendable () -> Void)?, (@Sendable () -> Void)?) = state.withLock {
             state in
             let action = state.machine.offer { message.text(seq: $0) }
             guard action != .discarded else { return (nil, nil, nil) }
+            listed = Self.list(&state)
             var drop: (@Sendable () -> Void)?
             if action == .queuedDroppingTransport {
                 // Once: the transport is going; the link detaches when it is gone.
@@ -232,6 +312,7 @@ public final class Link: Sendable {
         if let (continuation, event) = wake { continuation.resume(returning: event) }
         push?()
         drop?()
+        if listed { journal?.linkChanged(self) }
     }
 
     /// Asks the current transport to close once what is queued is written.
@@ -246,7 +327,68 @@ public final class Link: Sendable {
 
     /// The client has processed everything up to `seq`.
     func acknowledge(through seq: Int) {
-        state.withLock { $0.machine.acknowledge(through: seq) }
+        let listed = state.withLock { state in
+            state.machine.acknowledge(through: seq)
+            return Self.list(&state)
+        }
+        if listed { journal?.linkChanged(self) }
+    }
+
+    // MARK: The store
+
+    /// Tells the journal the link has something the store lacks (its row, when new).
+    func noteChanged() {
+        if state.withLock({ Self.list(&$0) }) { journal?.linkChanged(self) }
+    }
+
+    /// Whether the journal is to be told (once until it asks).
+    private static func list(_ state: inout State) -> Bool {
+        guard !state.stored.listed else { return false }
+        state.stored.listed = true
+        return true
+    }
+
+    /// Adds to `batch` what the store lacks of the link: its row when new or changed, the
+    /// kept messages not yet written, the range of stored ones since acked or dropped; or,
+    /// once it ended, that it is gone.
+    func journal(into batch: inout LiveStateBatch) {
+        state.withLock { state in
+            state.stored.listed = false
+            if state.machine.isEnded {
+                if state.stored.row || state.stored.through >= state.stored.from { batch.endedLinks.append(id) }
+                state.stored = Stored(through: 0, from: 1)
+                state.stored.row = false
+                return
+            }
+            if !state.stored.row {
+                batch.links.append(
+                    StoredLink(
+                        id: id,
+                        tokenHash: tokenHash,
+                        party: party.rawValue,
+                        principal: principal,
+                        tokenValidUntil: state.machine.tokenValidUntil,
+                        tokenExpiresAt: state.app?.expiresAt,
+                        tokenDevices: state.app?.devices.map { $0.sorted() }
+                    )
+                )
+                state.stored.row = true
+            }
+            if state.stored.rewrite {
+                batch.forgotten.append((id, 0, .max))
+                state.stored.rewrite = false
+                state.stored.through = 0
+            }
+            let (frames, firstKept) = state.machine.keptFrames(after: state.stored.through)
+            if firstKept > state.stored.from {
+                if state.stored.through >= state.stored.from {
+                    batch.forgotten.append((id, state.stored.from, min(firstKept, state.stored.through + 1)))
+                }
+                state.stored.from = firstKept
+            }
+            for frame in frames { batch.messages.append((id, StoredMessage(seq: frame.seq, text: frame.text))) }
+            state.stored.through = state.machine.upcomingSeq - 1
+        }
     }
 
     /// The transport of `generation` takes its frames itself, on its own event loop: `drain` is

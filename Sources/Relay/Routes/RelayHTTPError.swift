@@ -27,6 +27,9 @@ public struct RelayHTTPError: HTTPResponseError, Sendable {
         }
     }
 
+    /// A relay shutting down takes no new link: the client connects again, to the next process.
+    static let restarting = RelayHTTPError(.serviceUnavailable, "The relay is restarting; connect again shortly", headers: [.retryAfter: "1"])
+
     /// `{"detail": "..."}`
     var body: String {
         var body = "{\"detail\":"

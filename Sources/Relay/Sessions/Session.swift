@@ -1,6 +1,7 @@
 /// One WebRTC call between an app link and a device link: its rules' state behind a lock, and its one timer.
 import Foundation
 import NIOCore
+import Registry
 import RelayCore
 import Synchronization
 import TURNBroker
@@ -49,6 +50,64 @@ public final class Session: Sendable {
         self.createdAt = Date()
         self.requestedAt = requestedAt
         self.state = Mutex(State(machine: Machine(setupTimeout: setupTimeout)))
+    }
+
+    /// An open session a previous process left in the store, between its restored links; its
+    /// deadlines (Unix seconds there) become instants of this process's clock.
+    init?(restoring stored: StoredSession, app: Link, device: Link, setupTimeout: Duration, clock: WallClock) {
+        var credentials: [Machine.Minted] = []
+        for credential in stored.credentials {
+            guard let document = try? JSONDecoder().decode(CredentialDocument.self, from: Data(credential.document.utf8)) else { return nil }
+            credentials.append(.init(document, expiresAt: clock.instant(credential.expiresAt)))
+        }
+        self.id = stored.id
+        self.app = app
+        self.device = device
+        self.createdAt = Date(timeIntervalSince1970: stored.createdAt)
+        self.requestedAt = clock.instant(stored.createdAt)
+        let open = Machine.Open(
+            answered: stored.answered,
+            ttlSeconds: stored.ttlSeconds,
+            credentials: credentials,
+            setupDeadline: stored.setupDeadline.map(clock.instant),
+            // A mint under way when the process stopped is due again at once.
+            refreshDeadline: clock.instant(stored.refreshAt ?? clock.wallNow)
+        )
+        self.state = Mutex(State(machine: Machine(setupTimeout: setupTimeout, restoring: open)))
+    }
+
+    /// Adds to `batch` the session as the store is to keep it: open, or gone once closed (a
+    /// reserved session is nobody's yet: not stored).
+    func journal(into batch: inout LiveStateBatch, clock: WallClock = WallClock()) {
+        state.withLock { state in
+            switch state.machine.state {
+            case .reserved:
+                return
+            case .closed:
+                batch.endedSessions.append(id)
+            case .open(let open):
+                batch.sessions.append(
+                    StoredSession(
+                        id: id,
+                        appLink: app.id,
+                        deviceLink: device.id,
+                        userID: userID,
+                        deviceID: deviceID,
+                        createdAt: createdAt.timeIntervalSince1970,
+                        answered: open.answered,
+                        ttlSeconds: open.ttlSeconds,
+                        setupDeadline: open.setupDeadline.map(clock.wall),
+                        refreshAt: open.refreshDeadline.map(clock.wall),
+                        credentials: open.minted.map { minted in
+                            StoredSession.Credential(
+                                document: String(decoding: (try? JSONEncoder().encode(minted.credential)) ?? Data(), as: UTF8.self),
+                                expiresAt: clock.wall(minted.expiresAt)
+                            )
+                        }
+                    )
+                )
+            }
+        }
     }
 
     var currentPhase: Phase {

@@ -27,6 +27,9 @@ protocol SessionTable: Sendable {
         -> Result<Session, SessionRefusal>
     /// Records that a reserved session opened (its parties were told).
     func opened(_ session: Session)
+    /// Takes in an open session restored from the store, between its (restored) links; false
+    /// when one of them ended meanwhile.
+    func adopt(_ session: Session) -> Bool
     /// Removes a session from the table and from both parties.
     func remove(_ session: Session)
     /// The session with `id`, whoever its parties are (for operators).
@@ -106,6 +109,26 @@ final class LocalSessionTable: SessionTable {
         store.update(session.id) { record in
             if record?.phase == .reserved { record?.phase = .open }
         }
+    }
+
+    func adopt(_ session: Session) -> Bool {
+        guard session.device.join(session, limit: .max) else { return false }
+        guard session.app.join(session, limit: .max) else {
+            session.device.leave(session)
+            return false
+        }
+        store.update(session.id) { record in
+            record = SessionRecord(
+                id: session.id,
+                app: session.app.address,
+                device: session.device.address,
+                userID: session.userID,
+                deviceID: session.deviceID,
+                phase: .open
+            )
+        }
+        sessions.update(session.id) { $0 = session }
+        return true
     }
 
     func remove(_ session: Session) {

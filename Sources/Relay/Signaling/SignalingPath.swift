@@ -45,6 +45,8 @@ import TURNBroker
                 tokenLeeway: 30
             ),
             journal: StoreWriter(store: store, interval: .seconds(3600), logger: logger),
+            // Links tell it what changed, as in the relay; nothing here writes it.
+            liveState: LiveStateJournal(store: store, interval: .seconds(3600), logger: logger),
             metrics: RelayMetrics(),
             refreshDelay: { _ in .seconds(3600) },
             logger: logger

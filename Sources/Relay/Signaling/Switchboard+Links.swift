@@ -6,6 +6,7 @@ import NIOCore
 import NIOPosix
 import Registry
 import RelayCore
+import Synchronization
 import TURNBroker
 
 extension Switchboard {
@@ -53,7 +54,8 @@ extension Switchboard {
                 resumeGrace: limits.resumeGrace,
                 tokenValidUntil: app.map { $0.expiresAt + limits.tokenLeeway }
             ),
-            metrics: metrics
+            metrics: metrics,
+            journal: liveState
         )
         let generation = link.attach(resumingAfter: nil, dropTransport: dropTransport)!.generation
         if let replaced = table.register(link) {
@@ -61,6 +63,7 @@ extension Switchboard {
             replaced.close(code: RelayCloseCode.replaced, reason: "Replaced by a newer connection")
             end(replaced)
         }
+        link.noteChanged()
         deviceSeen(link)
         logger.debug("Link attached", metadata: ["link.id": "\(link.id)", "link.party": "\(party.rawValue)"])
         return Admission(link: link, generation: generation, resumed: false)
@@ -99,7 +102,7 @@ extension Switchboard {
     }
 
     /// Arms the end of a detached link's grace.
-    private func graceTimer(for link: Link) -> (Duration) -> Scheduled<Void> {
+    func graceTimer(for link: Link) -> (Duration) -> Scheduled<Void> {
         { delay in Self.timers.scheduleTask(in: TimeAmount(delay)) { [weak self] in self?.end(link, graceOverAt: .now) } }
     }
 
@@ -167,9 +170,13 @@ extension Switchboard {
         }
     }
 
-    /// Graceful shutdown: `go_away` to every link, up to `drain` for clients to leave, then every
-    /// session closes (`shutdown`) and every remaining socket closes with 1001.
+    /// Graceful shutdown (contract §11): no new link is taken, `go_away` goes to every link,
+    /// up to `drain` for clients to leave, then every remaining socket closes with 1001 and
+    /// the live state is written. Links and sessions stay in the store, open: the next
+    /// process takes them over and the clients resume there. Without a store to keep them,
+    /// sessions close (`shutdown`) and links end, as in v1.
     func shutdown(drain: Duration) async {
+        draining.store(true, ordering: .relaxed)
         let links = table.allLinks
         logger.info("Shutting down: telling clients to go away", metadata: ["links": "\(links.count)"])
         for link in links {
@@ -180,7 +187,9 @@ extension Switchboard {
             try? await Task.sleep(for: .milliseconds(50))
         }
         for link in table.allLinks {
-            for session in link.sessions { close(session, reason: .shutdown, by: .relay) }
+            if liveState == nil {
+                for session in link.sessions { close(session, reason: .shutdown, by: .relay) }
+            }
             link.close(code: RelayCloseCode.goingAway, reason: "Relay shutting down")
         }
         // Let the writers put the close frames out.
@@ -188,6 +197,11 @@ extension Switchboard {
         while ContinuousClock.now < closing, table.allLinks.contains(where: \.isAttached) {
             try? await Task.sleep(for: .milliseconds(20))
         }
-        for link in table.allLinks { end(link) }
+        guard let liveState else {
+            for link in table.allLinks { end(link) }
+            return
+        }
+        await liveState.flush()
+        logger.info("Live links and sessions written for the next process", metadata: ["links": "\(table.allLinks.count)"])
     }
 }

@@ -12,6 +12,7 @@ extension Switchboard {
     /// The first answer went through: the session is set up.
     func answered(_ session: Session) {
         metrics.sessionAnswered(requestedAt: session.requestedAt)
+        liveState?.sessionChanged(session)
         journal.record(.sessionAnswered(sessionID: session.id, at: Date()))
         logger.info("Session answered", metadata: sessionMetadata(session))
     }
@@ -98,6 +99,7 @@ extension Switchboard {
             throw SignalingError(.deviceOffline, "Device offline", requestID: requestID)
         }
         table.opened(session)
+        liveState?.sessionChanged(session)
         armTimer(session)
         metrics.sessionStarted()
         presence.changed(deviceID, status: status(of:))
@@ -127,6 +129,7 @@ extension Switchboard {
         let action = session.markClosed(reason, by: closer)
         if case .none = action { return }
         table.remove(session)
+        liveState?.sessionChanged(session)
         journal.record(.sessionClosed(sessionID: session.id, at: Date(), reason: reason.rawValue, closedBy: closer.rawValue))
         var metadata = sessionMetadata(session)
         metadata["session.reason"] = "\(reason)"
@@ -192,7 +195,10 @@ extension Switchboard {
             fresh = try await turn.mint(ttl: ttl, identifier: session.id)
         } catch {
             logger.warning("Refreshing ICE servers failed; retrying", metadata: ["session.id": "\(session.id)", "error": "\(error.detail)"])
-            if session.refreshFailed(retryIn: min(refreshDelay(ttl), .seconds(30))) { armTimer(session) }
+            if session.refreshFailed(retryIn: min(refreshDelay(ttl), .seconds(30))) {
+                liveState?.sessionChanged(session)
+                armTimer(session)
+            }
             return
         }
         let message = OutboundMessage(
@@ -208,6 +214,7 @@ extension Switchboard {
             await turn.revoke(fresh)
             return
         }
+        liveState?.sessionChanged(session)
         armTimer(session)
     }
 

@@ -6,6 +6,7 @@ import NIOCore
 import NIOPosix
 import Registry
 import RelayCore
+import Synchronization
 import TURNBroker
 
 /// The relay's signaling logic: admits links, sets sessions up, routes what one party of a
@@ -33,6 +34,11 @@ final class Switchboard: Sendable {
     let limits: Limits
     /// Audit events and device sightings, written to the store in batches.
     let journal: StoreWriter
+    /// The live links and sessions, written behind so the next process takes them over.
+    let liveState: LiveStateJournal?
+    /// Set once a graceful shutdown began: no new link is taken (`/readyz` says so too).
+    let draining = Atomic<Bool>(false)
+    var isDraining: Bool { draining.load(ordering: .relaxed) }
     let presence = PresenceBoard()
     let metrics: RelayMetrics
     /// How long after minting a session's credentials (of the given ttl) to mint fresh ones.
@@ -46,11 +52,13 @@ final class Switchboard: Sendable {
         tokens: AppTokenVerifier,
         limits: Limits,
         journal: StoreWriter,
+        liveState: LiveStateJournal?,
         metrics: RelayMetrics,
         refreshDelay: @escaping @Sendable (Int) -> Duration,
         logger: Logger
     ) {
         self.journal = journal
+        self.liveState = liveState
         self.metrics = metrics
         self.table = table
         self.turn = turn

@@ -47,11 +47,17 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
     /// that answered, a stream not yet writing): contract §7's lease.
     public private(set) var leaseUntil: Instant?
 
-    public init(outbox: OutboxBuffer, rate: TokenBucket<Instant>, resumeGrace: Duration, tokenValidUntil: Double?) {
+    /// A new link, or (with `detachedUntil`) one restored from a store: detached, waiting for
+    /// its client to resume until then.
+    public init(outbox: OutboxBuffer, rate: TokenBucket<Instant>, resumeGrace: Duration, tokenValidUntil: Double?, detachedUntil: Instant? = nil) {
         self.outbox = outbox
         self.rate = rate
         self.resumeGrace = resumeGrace
         self.tokenValidUntil = tokenValidUntil
+        if let detachedUntil {
+            attachment = .detached(until: detachedUntil)
+            generation = 1
+        }
     }
 
     @inlinable
@@ -209,6 +215,18 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
         closeRequest = request
         return true
     }
+
+    /// The kept messages after `seq` (for a store), and the oldest kept seq: everything
+    /// before it is acked or dropped.
+    public func keptFrames(after seq: Int) -> (frames: [OutboxBuffer.Frame], firstKept: Int) {
+        (outbox.keptFrames(after: seq), outbox.firstKeptSeq)
+    }
+
+    /// The seq the next message will get.
+    public var upcomingSeq: Int { outbox.upcomingSeq }
+
+    /// Restored from a store and not attached since.
+    public var isRestored: Bool { outbox.storedThrough != nil }
 
     /// Whether the writer of the current transport has something to take.
     @inlinable

@@ -34,9 +34,39 @@ public struct OutboxBuffer: Sendable {
     /// Bytes of the kept messages from `sendCursor` on.
     @usableFromInline var unsentBytes = 0
 
+    /// After a restore from a store: the highest seq the store knew. The client may hold
+    /// messages after it (handed out, not yet stored, when the relay was killed); until the
+    /// first transport attaches, the link's new messages are numbered as if it did not.
+    @usableFromInline var storedThrough: Int?
+
     public init(maxMessages: Int, maxBytes: Int) {
         self.maxMessages = maxMessages
         self.maxBytes = maxBytes
+    }
+
+    /// A link's messages as a store kept them (in seq order, consecutive): none counts as
+    /// handed out. The first resume from ahead of them (`rewind`) is complete: the client
+    /// already holds everything the store knew, and what was queued since the restore is
+    /// renumbered to follow the client's `last_seq`, so numbering stays gapless for it.
+    public init(maxMessages: Int, maxBytes: Int, restoring frames: [Frame], storedThrough: Int) {
+        self.init(maxMessages: maxMessages, maxBytes: maxBytes)
+        let through = max(storedThrough, frames.last?.seq ?? 0)
+        for frame in frames {
+            // Only a gapless run can be replayed: after a gap, what came before is useless.
+            if let last = kept.last, frame.seq != last.seq + 1 {
+                kept.removeAll()
+                keptBytes = 0
+            }
+            kept.append(frame)
+            keptBytes += frame.text.utf8.count
+        }
+        while kept.count > maxMessages || keptBytes > maxBytes, let oldest = kept.popFirst() {
+            keptBytes -= oldest.text.utf8.count
+        }
+        nextSeq = through + 1
+        sendCursor = kept.first?.seq ?? nextSeq
+        unsentBytes = keptBytes
+        self.storedThrough = through
     }
 
     /// Numbers a message with the next `seq` (`text` makes its frame for that seq) and keeps
@@ -100,6 +130,13 @@ public struct OutboxBuffer: Sendable {
     /// (messages after `lastSeq` were dropped, or `lastSeq` is in the future). Without, it gets
     /// what no transport was handed yet.
     public mutating func rewind(resumingAfter lastSeq: Int?) -> Bool {
+        if let through = storedThrough {
+            storedThrough = nil
+            if let lastSeq, lastSeq > through, lastSeq < Int(Int32.max) {
+                continueAfter(lastSeq, storedThrough: through)
+                return true
+            }
+        }
         let resumeFrom: Int
         if let lastSeq {
             let firstAvailable = kept.first?.seq ?? nextSeq
@@ -116,6 +153,34 @@ public struct OutboxBuffer: Sendable {
         unsentBytes = kept.reduce(0) { $1.seq >= resumeFrom ? $0 + $1.text.utf8.count : $0 }
         return true
     }
+
+    /// The client of a restored link holds messages up to `lastSeq`, past what the store
+    /// knew: it has everything stored; what was queued since the restore follows `lastSeq`.
+    mutating func continueAfter(_ lastSeq: Int, storedThrough through: Int) {
+        var renumbered = Deque<Frame>()
+        var seq = lastSeq + 1
+        keptBytes = 0
+        for frame in kept where frame.seq > through {
+            let moved = Frame(seq: seq, text: OutboundMessage.renumbered(frame.text, to: seq))
+            keptBytes += moved.text.utf8.count
+            renumbered.append(moved)
+            seq += 1
+        }
+        kept = renumbered
+        nextSeq = seq
+        sendCursor = lastSeq + 1
+        unsentBytes = keptBytes
+    }
+
+    /// The kept messages after `seq`, in order (the ones a store does not have yet).
+    public func keptFrames(after seq: Int) -> [Frame] {
+        guard let first = kept.first else { return [] }
+        return Array(kept.dropFirst(max(0, seq + 1 - first.seq)))
+    }
+
+    /// The seq of the oldest kept message (the next one's when none is kept): everything
+    /// before it was acked or dropped.
+    public var firstKeptSeq: Int { kept.first?.seq ?? nextSeq }
 
     /// Forgets what was already handed out (the link ended: only the unsent rest still goes).
     public mutating func dropSent() {

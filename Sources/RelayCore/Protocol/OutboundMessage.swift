@@ -28,6 +28,18 @@ public struct OutboundMessage: Sendable {
     /// The text frame carrying this message as number `seq` on its link (nil only for `hello`).
     public func text(seq: Int?) -> String {
         guard let seq else { return openBody + "}" }
-        return openBody + ",\"seq\":\(seq)}"
+        return openBody + Self.seqField(seq)
+    }
+
+    static func seqField(_ seq: Int) -> String { ",\"seq\":\(seq)}" }
+
+    /// A frame made by `text(seq:)` carrying `seq` instead of the number it had.
+    static func renumbered(_ text: String, to seq: Int) -> String {
+        let marker = Array(",\"seq\":".utf8)
+        let bytes = Array(text.utf8)
+        var start = bytes.count - marker.count
+        while start >= 0, !bytes[start..<start + marker.count].elementsEqual(marker) { start -= 1 }
+        guard start >= 0 else { return text }
+        return String(decoding: bytes[..<start], as: UTF8.self) + seqField(seq)
     }
 }

@@ -31,6 +31,17 @@ public struct SessionStateMachine<Credential: Sendable, Instant: InstantProtocol
         public var setupDeadline: Instant?
         /// When to mint fresh credentials; nil while a mint is under way.
         public var refreshDeadline: Instant?
+
+        public init(answered: Bool, ttlSeconds: Int, credentials: [Minted], setupDeadline: Instant?, refreshDeadline: Instant?) {
+            self.answered = answered
+            self.ttlSeconds = ttlSeconds
+            self.credentials = credentials
+            self.setupDeadline = setupDeadline
+            self.refreshDeadline = refreshDeadline
+        }
+
+        /// Every credential minted and not yet expired.
+        public var minted: [Minted] { credentials }
     }
 
     public enum State: Sendable {
@@ -44,6 +55,13 @@ public struct SessionStateMachine<Credential: Sendable, Instant: InstantProtocol
 
     public init(setupTimeout: Duration) {
         self.setupTimeout = setupTimeout
+    }
+
+    /// An open session restored from a store, its deadlines as they were (one already past
+    /// is due at once: `deadlinePassed`).
+    public init(setupTimeout: Duration, restoring open: Open) {
+        self.setupTimeout = setupTimeout
+        self.state = .open(open)
     }
 
     @inlinable

@@ -37,6 +37,7 @@ struct HTTPLinkRoutes: Sendable {
     /// Opens (or resumes, with `{"resume_token","last_seq"}`) a link with the app's or the
     /// device's own credentials; answers its `hello`.
     @Sendable func open(_ request: Request, context: RelayRequestContext) async throws -> Response {
+        if switchboard.isDraining { throw RelayHTTPError.restarting }
         let query = request.uri.queryParameters
         let party: Party = query.get("device_id") != nil || query.get("sig") != nil ? .device : .app
         let identity = try await self.admission.admit(

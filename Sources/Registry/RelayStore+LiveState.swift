@@ -1,0 +1,285 @@
+/// Live links, their kept messages and open sessions in the store, so a restarted relay takes them over (contract §11).
+import Foundation
+import GRDB
+
+/// A link as the store keeps it across restarts. Never its resume token: a hash of it.
+public struct StoredLink: Sendable, Equatable {
+    public var id: String
+    /// SHA-256 of the resume token.
+    public var tokenHash: [UInt8]
+    /// `app` or `device`.
+    public var party: String
+    /// The user id of an app, the device id of a device.
+    public var principal: String
+    /// An app's token: honoured until then (Unix seconds, leeway included), when it expires
+    /// (`exp`), and the devices it grants (nil when it has no `devices` claim).
+    public var tokenValidUntil: Double?
+    public var tokenExpiresAt: Double?
+    public var tokenDevices: [String]?
+
+    public init(
+        id: String,
+        tokenHash: [UInt8],
+        party: String,
+        principal: String,
+        tokenValidUntil: Double? = nil,
+        tokenExpiresAt: Double? = nil,
+        tokenDevices: [String]? = nil
+    ) {
+        self.id = id
+        self.tokenHash = tokenHash
+        self.party = party
+        self.principal = principal
+        self.tokenValidUntil = tokenValidUntil
+        self.tokenExpiresAt = tokenExpiresAt
+        self.tokenDevices = tokenDevices
+    }
+}
+
+/// A kept (not yet acked) message of a link, as its client receives it.
+public struct StoredMessage: Sendable, Equatable {
+    public var seq: Int
+    public var text: String
+
+    public init(seq: Int, text: String) {
+        self.seq = seq
+        self.text = text
+    }
+}
+
+/// An open session as the store keeps it across restarts: deadlines as Unix seconds.
+public struct StoredSession: Sendable, Equatable {
+    /// A credential document minted for the session (JSON) and when it expires.
+    public struct Credential: Sendable, Equatable {
+        public var document: String
+        public var expiresAt: Double
+
+        public init(document: String, expiresAt: Double) {
+            self.document = document
+            self.expiresAt = expiresAt
+        }
+    }
+
+    public var id: String
+    public var appLink: String
+    public var deviceLink: String
+    public var userID: String
+    public var deviceID: String
+    public var createdAt: Double
+    public var answered: Bool
+    public var ttlSeconds: Int
+    public var setupDeadline: Double?
+    public var refreshAt: Double?
+    public var credentials: [Credential]
+
+    public init(
+        id: String,
+        appLink: String,
+        deviceLink: String,
+        userID: String,
+        deviceID: String,
+        createdAt: Double,
+        answered: Bool,
+        ttlSeconds: Int,
+        setupDeadline: Double?,
+        refreshAt: Double?,
+        credentials: [Credential]
+    ) {
+        self.id = id
+        self.appLink = appLink
+        self.deviceLink = deviceLink
+        self.userID = userID
+        self.deviceID = deviceID
+        self.createdAt = createdAt
+        self.answered = answered
+        self.ttlSeconds = ttlSeconds
+        self.setupDeadline = setupDeadline
+        self.refreshAt = refreshAt
+        self.credentials = credentials
+    }
+}
+
+/// What changed in the relay's live state since the last write, as one batch.
+public struct LiveStateBatch: Sendable {
+    public var links: [StoredLink] = []
+    public var endedLinks: [String] = []
+    public var messages: [(linkID: String, message: StoredMessage)] = []
+    /// Per link: its messages before this seq are gone (acked or dropped); both bounds of the
+    /// range to delete, so the delete never scans from the table's start.
+    public var forgotten: [(linkID: String, from: Int, before: Int)] = []
+    public var sessions: [StoredSession] = []
+    public var endedSessions: [String] = []
+
+    public init() {}
+
+    public var isEmpty: Bool {
+        links.isEmpty && endedLinks.isEmpty && messages.isEmpty && forgotten.isEmpty && sessions.isEmpty && endedSessions.isEmpty
+    }
+
+    /// How many rows it writes or deletes (for logs).
+    public var count: Int { links.count + endedLinks.count + messages.count + forgotten.count + sessions.count + endedSessions.count }
+}
+
+/// Everything a previous run left live.
+public struct StoredLiveState: Sendable {
+    public var links: [StoredLink]
+    /// Each link's kept messages, in seq order.
+    public var messages: [String: [StoredMessage]]
+    public var sessions: [StoredSession]
+}
+
+extension RelayStore {
+    static func registerLiveStateMigration(_ migrator: inout DatabaseMigrator) {
+        migrator.registerMigration("v3: live links, kept messages, open sessions") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE live_link (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        token_hash BLOB NOT NULL,
+                        party TEXT NOT NULL,
+                        principal TEXT NOT NULL,
+                        token_valid_until REAL,
+                        token_expires_at REAL,
+                        token_devices TEXT
+                    );
+                    CREATE TABLE live_link_message (
+                        link_id TEXT NOT NULL,
+                        seq INTEGER NOT NULL,
+                        text TEXT NOT NULL,
+                        PRIMARY KEY (link_id, seq)
+                    ) WITHOUT ROWID;
+                    CREATE TABLE live_session (
+                        id TEXT PRIMARY KEY NOT NULL,
+                        app_link TEXT NOT NULL,
+                        device_link TEXT NOT NULL,
+                        user_id TEXT NOT NULL,
+                        device_id TEXT NOT NULL,
+                        created_at REAL NOT NULL,
+                        answered INTEGER NOT NULL,
+                        ttl_seconds INTEGER NOT NULL,
+                        setup_deadline REAL,
+                        refresh_at REAL,
+                        credentials TEXT NOT NULL
+                    );
+                    """
+            )
+        }
+    }
+
+    /// Writes batches of live-state changes in one transaction, in order. The live state
+    /// must survive the relay process, not the machine: a commit does not wait for the disk
+    /// (`synchronous = NORMAL` in WAL mode), unlike the registry and the audit log.
+    public func save(_ batches: [LiveStateBatch]) async throws(StoreError) {
+        try await run {
+            try await self.pool.writeWithoutTransaction { db in
+                try db.execute(sql: "PRAGMA synchronous = NORMAL")
+                defer { try? db.execute(sql: "PRAGMA synchronous = FULL") }
+                try db.inTransaction {
+                    for batch in batches { try Self.write(batch, in: db) }
+                    return .commit
+                }
+            }
+        }
+    }
+
+    private static func write(_ batch: LiveStateBatch, in db: Database) throws {
+        for link in batch.links {
+            try db.cachedStatement(
+                sql: """
+                    INSERT OR REPLACE INTO live_link (id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    """
+            ).execute(
+                arguments: [
+                    link.id, Data(link.tokenHash), link.party, link.principal, link.tokenValidUntil, link.tokenExpiresAt,
+                    link.tokenDevices.map { $0.joined(separator: "\n") },
+                ]
+            )
+        }
+        // What was acked goes before what is new: a link that renumbered what it kept
+        // forgets everything and writes it anew in one batch.
+        for (linkID, from, before) in batch.forgotten {
+            try db.cachedStatement(sql: "DELETE FROM live_link_message WHERE link_id = ? AND seq >= ? AND seq < ?").execute(
+                arguments: [linkID, from, before]
+            )
+        }
+        for (linkID, message) in batch.messages {
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO live_link_message (link_id, seq, text) VALUES (?, ?, ?)").execute(
+                arguments: [linkID, message.seq, message.text]
+            )
+        }
+        for linkID in batch.endedLinks {
+            try db.cachedStatement(sql: "DELETE FROM live_link WHERE id = ?").execute(arguments: [linkID])
+            try db.cachedStatement(sql: "DELETE FROM live_link_message WHERE link_id = ?").execute(arguments: [linkID])
+        }
+        for session in batch.sessions {
+            try db.cachedStatement(
+                sql: """
+                    INSERT OR REPLACE INTO live_session
+                    (id, app_link, device_link, user_id, device_id, created_at, answered, ttl_seconds, setup_deadline, refresh_at, credentials)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    """
+            ).execute(
+                arguments: [
+                    session.id, session.appLink, session.deviceLink, session.userID, session.deviceID, session.createdAt, session.answered,
+                    session.ttlSeconds, session.setupDeadline, session.refreshAt, try encode(session.credentials),
+                ]
+            )
+        }
+        for sessionID in batch.endedSessions {
+            try db.cachedStatement(sql: "DELETE FROM live_session WHERE id = ?").execute(arguments: [sessionID])
+        }
+    }
+
+    /// What a previous run left live, for a relay starting up.
+    public func liveState() throws(StoreError) -> StoredLiveState {
+        try run {
+            try pool.read { db in
+                let links = try Row.fetchAll(db, sql: "SELECT * FROM live_link").map { row in
+                    StoredLink(
+                        id: row["id"],
+                        tokenHash: [UInt8](row["token_hash"] as Data),
+                        party: row["party"],
+                        principal: row["principal"],
+                        tokenValidUntil: row["token_valid_until"],
+                        tokenExpiresAt: row["token_expires_at"],
+                        tokenDevices: (row["token_devices"] as String?).map { $0.split(separator: "\n").map(String.init) }
+                    )
+                }
+                var messages: [String: [StoredMessage]] = [:]
+                for row in try Row.fetchAll(db, sql: "SELECT link_id, seq, text FROM live_link_message ORDER BY link_id, seq") {
+                    messages[row["link_id"], default: []].append(StoredMessage(seq: row["seq"], text: row["text"]))
+                }
+                let sessions = try Row.fetchAll(db, sql: "SELECT * FROM live_session").map { row in
+                    StoredSession(
+                        id: row["id"],
+                        appLink: row["app_link"],
+                        deviceLink: row["device_link"],
+                        userID: row["user_id"],
+                        deviceID: row["device_id"],
+                        createdAt: row["created_at"],
+                        answered: row["answered"],
+                        ttlSeconds: row["ttl_seconds"],
+                        setupDeadline: row["setup_deadline"],
+                        refreshAt: row["refresh_at"],
+                        credentials: try Self.decode(row["credentials"])
+                    )
+                }
+                return StoredLiveState(links: links, messages: messages, sessions: sessions)
+            }
+        }
+    }
+
+    private static func encode(_ credentials: [StoredSession.Credential]) throws -> String {
+        let value = credentials.map { ["document": $0.document, "expires_at": String($0.expiresAt)] }
+        return String(decoding: try JSONSerialization.data(withJSONObject: value, options: [.sortedKeys]), as: UTF8.self)
+    }
+
+    private static func decode(_ text: String) throws -> [StoredSession.Credential] {
+        guard let entries = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: String]] else { return [] }
+        return entries.compactMap { entry in
+            guard let document = entry["document"], let expiresAt = entry["expires_at"].flatMap(Double.init) else { return nil }
+            return StoredSession.Credential(document: document, expiresAt: expiresAt)
+        }
+    }
+}

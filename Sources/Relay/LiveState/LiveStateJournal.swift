@@ -1,0 +1,113 @@
+/// Writes the live links, their kept messages and the open sessions to the store behind the traffic, so the next process takes them over.
+import Logging
+import Registry
+import ServiceLifecycle
+import Synchronization
+
+/// Keeps the store's copy of the live state (contract §11) close behind memory: links and
+/// sessions that changed say so once (`linkChanged`, `sessionChanged`), and every `interval`
+/// the journal asks each of them what the store lacks and writes it in one transaction. A
+/// message acked before its link's turn is never written at all, so routing pays a flag check
+/// per message. A kill loses at most one `interval` of changes; a graceful stop writes
+/// everything (`flush` after the drain).
+///
+/// Bounds: changed links and sessions are each listed once per interval; batches that failed
+/// to write wait for the next try, at most `capacity` rows of them (past that the oldest batch
+/// is dropped and counted: a store that stops accepting writes cannot grow the relay).
+final class LiveStateJournal: Service, Sendable {
+    private struct Pending {
+        var links: [Link] = []
+        var sessions: [Session] = []
+        /// Sessions that ended without an object to ask (dropped while restoring).
+        var endedSessions: [String] = []
+        var failed: [LiveStateBatch] = []
+        var dropped = 0
+        var failing: String?
+    }
+
+    private let store: RelayStore
+    let interval: Duration
+    private let capacity: Int
+    private let logger: Logger
+    private let pending = Mutex(Pending())
+    /// One flush at a time: the last one of a shutdown must not overtake a periodic one.
+    private let writing = Mutex(false)
+
+    init(store: RelayStore, interval: Duration, capacity: Int = 200_000, logger: Logger) {
+        self.store = store
+        self.interval = interval
+        self.capacity = capacity
+        self.logger = logger
+    }
+
+    /// `link` has something the store lacks; called once until the journal asks it.
+    func linkChanged(_ link: Link) {
+        pending.withLock { $0.links.append(link) }
+    }
+
+    /// `session` opened, moved a deadline, or closed.
+    func sessionChanged(_ session: Session) {
+        pending.withLock { $0.sessions.append(session) }
+    }
+
+    /// A stored session that no object stands for any more is to be forgotten.
+    func sessionEnded(_ sessionID: String) {
+        pending.withLock { $0.endedSessions.append(sessionID) }
+    }
+
+    /// Batches dropped because the store refused them for too long, since start.
+    var droppedBatches: Int { pending.withLock { $0.dropped } }
+
+    /// Why the last write failed, or nil when it succeeded.
+    var failure: String? { pending.withLock { $0.failing } }
+
+    func run() async throws {
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.interval) }
+            await flush()
+        }
+        await flush()
+    }
+
+    /// Writes what changed since the last flush.
+    func flush() async {
+        while !writing.withLock({ busy in
+            defer { busy = true }
+            return !busy
+        }) {
+            try? await Task.sleep(for: .milliseconds(1))
+        }
+        defer { writing.withLock { $0 = false } }
+        let (links, sessions, ended, failed) = pending.withLock { pending in
+            defer {
+                pending.links.removeAll(keepingCapacity: true)
+                pending.sessions.removeAll(keepingCapacity: true)
+                pending.endedSessions.removeAll()
+                pending.failed.removeAll()
+            }
+            return (pending.links, pending.sessions, pending.endedSessions, pending.failed)
+        }
+        var batch = LiveStateBatch()
+        for link in links { link.journal(into: &batch) }
+        var seen = Set<ObjectIdentifier>()
+        for session in sessions where seen.insert(ObjectIdentifier(session)).inserted { session.journal(into: &batch) }
+        batch.endedSessions += ended
+        let batches = batch.isEmpty ? failed : failed + [batch]
+        guard !batches.isEmpty else { return }
+        do {
+            try await store.save(batches)
+            pending.withLock { $0.failing = nil }
+        } catch {
+            logger.error("Writing the live state failed; will retry", metadata: ["store.rows": "\(batch.count)", "error": "\(error)"])
+            pending.withLock { pending in
+                pending.failing = error.description
+                var kept = batches + pending.failed
+                while kept.reduce(0, { $0 + $1.count }) > capacity, kept.count > 1 {
+                    kept.removeFirst()
+                    pending.dropped += 1
+                }
+                pending.failed = kept
+            }
+        }
+    }
+}

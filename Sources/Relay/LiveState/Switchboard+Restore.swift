@@ -1,0 +1,64 @@
+/// Taking over what a previous process left live in the store: its links (detached, waiting for their clients) and their open sessions.
+import DeviceAuth
+import Foundation
+import NIOCore
+import Registry
+import RelayCore
+import TURNBroker
+
+extension Switchboard {
+    /// Takes over the links and sessions a previous process left in the store (contract
+    /// §11). Each link is detached and waits a full resume grace from now for its client
+    /// (which could not reach the relay while no process ran); its kept messages replay on
+    /// the resume. Each session stays open between its restored links with its deadlines as
+    /// they were: one that passed while no process ran is due at once (a set-up timeout
+    /// closes it, a refresh mints). Returns how many links and sessions were taken over.
+    func restore(_ stored: StoredLiveState, clock: WallClock = WallClock()) -> (links: Int, sessions: Int) {
+        var links = 0
+        for record in stored.links {
+            guard let party = Party(rawValue: record.party) else { continue }
+            let app = party == .app
+                ? AppIdentity(userID: record.principal, expiresAt: record.tokenExpiresAt ?? 0, devices: record.tokenDevices.map(Set.init))
+                : nil
+            let frames = (stored.messages[record.id] ?? []).map { OutboxBuffer.Frame(seq: $0.seq, text: $0.text) }
+            let link = Link(
+                node: table.node,
+                restoring: record,
+                party: party,
+                app: app,
+                machine: Link.Machine(
+                    outbox: OutboxBuffer(
+                        maxMessages: limits.keptMessages,
+                        maxBytes: limits.keptBytes,
+                        restoring: frames,
+                        storedThrough: frames.last?.seq ?? 0
+                    ),
+                    rate: TokenBucket(burst: limits.rateBurst, perSecond: limits.ratePerSecond),
+                    resumeGrace: limits.resumeGrace,
+                    tokenValidUntil: party == .app ? record.tokenValidUntil ?? 0 : nil,
+                    detachedUntil: clock.now + limits.resumeGrace
+                ),
+                metrics: metrics,
+                journal: liveState
+            )
+            if let replaced = table.register(link) { end(replaced) }
+            link.armGrace(now: clock.now, graceTimer(for: link))
+            links += 1
+        }
+        var sessions = 0
+        for record in stored.sessions {
+            guard let app = table.link(id: record.appLink), let device = table.link(id: record.deviceLink),
+                let session = Session(restoring: record, app: app, device: device, setupTimeout: limits.setupTimeout, clock: clock),
+                table.adopt(session)
+            else {
+                // A party's link did not survive (or the row is unreadable): the session is over.
+                liveState?.sessionEnded(record.id)
+                journal.record(.sessionClosed(sessionID: record.id, at: Date(), reason: SessionCloseReason.peerDisconnected.rawValue, closedBy: "relay"))
+                continue
+            }
+            armTimer(session)
+            sessions += 1
+        }
+        return (links, sessions)
+    }
+}

@@ -1,0 +1,182 @@
+/// Contract §11 on one node: calls outlive the relay process (SIGTERM and SIGKILL, the next process on the same store).
+import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import Registry
+import RelayTestSupport
+import Testing
+
+/// A relay restarted on the same `RELAY_DB`: its clients resume on the next process, their
+/// sessions go on with the same ids, nothing is lost, and nobody is told the call ended.
+@Suite(.timeLimit(.minutes(2))) struct RestartTests {
+    static func environment(_ path: String, _ extra: [String: String] = [:]) -> [String: String] {
+        ["RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey, "RELAY_DB": path].merging(extra) { $1 }
+    }
+
+    /// The next message of `type`, past any `peer_status` (whose timing depends on which party
+    /// the relay took back first).
+    static func next(_ type: String, on socket: TestSocket) async throws -> JSONObject {
+        while true {
+            let message = try await socket.next()
+            if message["type"] as? String == type { return message }
+            guard message["type"] as? String == "peer_status" else {
+                throw TestSocket.UnexpectedMessage(expected: type, received: "\(message)")
+            }
+        }
+    }
+
+    /// The `peer_status` values a socket hears up to and including `connected`.
+    static func statusesUntilConnected(on socket: TestSocket, sessionID: String) async throws -> [String] {
+        var statuses: [String] = []
+        while statuses.last != "connected" {
+            let status = try await socket.next("peer_status")
+            #expect(status["session_id"] as? String == sessionID)
+            statuses.append(try #require(status["status"] as? String))
+        }
+        return statuses
+    }
+
+    /// Every message until the socket closes (the relay's close code with it).
+    static func rest(of socket: TestSocket) async throws -> (messages: [JSONObject], close: Int?) {
+        var messages: [JSONObject] = []
+        while true {
+            do {
+                messages.append(try await socket.next())
+            } catch is TestSocket.SocketClosed {
+                return (messages, try await socket.closeCode())
+            }
+        }
+    }
+
+    @Test func aGracefulRestartKeepsTheCallAndBothPartiesResumeItOnTheNextProcess() async throws {
+        try await withTemporaryDirectory { directory in
+            let environment = Self.environment("\(directory)/relay.sqlite", ["RELAY_SHUTDOWN_DRAIN_S": "1"])
+            let store = try RelayStore(path: "\(directory)/relay.sqlite")
+            let secret = try await store.addDevice("robot-1", owners: ["alice"]).secret
+            var relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+            defer { relay.kill() }
+            var client = ProcessClient(port: relay.port)
+            let device = try await client.device("robot-1", secret: secret)
+            let app = try await client.app("alice")
+            let sessionID = try await client.openSession(app: app, device: device, deviceID: "robot-1")
+            try app.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "offer-1"])
+            let offer = try await device.next("webrtc_offer")
+            let offerSeq = try #require(offer["seq"] as? Int)
+
+            kill(relay.process.processIdentifier, SIGTERM)
+            let appGoAway = try await app.next("go_away")
+            _ = try await device.next("go_away")
+            // While it drains, the relay takes no new link and says it is not ready; the links it
+            // has still relay.
+            let http = HTTPClient(port: relay.port)
+            let refused = try await http.post("/api/link", json: [:])
+            #expect(refused.status == .serviceUnavailable)
+            #expect(try await http.client.get("/readyz").status == .serviceUnavailable)
+            await http.shutdown()
+            let upgrade = try RawConnection.open(port: relay.port)
+            let answer = try await upgrade.request(RawFrame.upgradeRequest(port: relay.port, pathAndQuery: "/ws/app"))
+            #expect(answer.hasPrefix("HTTP/1.1 503"))
+            #expect(answer.lowercased().contains("retry-after: 1"))
+            try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "candidate:1"]])
+            let candidate = try await device.next("webrtc_ice")
+
+            // Nobody leaves within the drain: the sockets close with 1001, and nobody hears that
+            // the call ended (at most that the other party is reconnecting, as its socket closed).
+            for socket in [app, device] {
+                let (messages, close) = try await Self.rest(of: socket)
+                #expect(messages.allSatisfy { $0["type"] as? String == "peer_status" && $0["status"] as? String == "reconnecting" }, "\(messages)")
+                #expect(close == 1001)
+            }
+            #expect(try await relay.process.exited() == 0)
+
+            // The next process on the same store takes the links and the session over.
+            relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+            client = ProcessClient(port: relay.port)
+            // The device processed the offer but not the candidate: the candidate comes again,
+            // with what followed.
+            let resumedDevice = try await client.device("robot-1", secret: secret, resume: .init(device.hello, lastSeq: offerSeq))
+            #expect(resumedDevice.hello["resumed"] as? Bool == true)
+            #expect(resumedDevice.hello["link_id"] as? String == device.hello["link_id"] as? String)
+            #expect(resumedDevice.hello["resume_token"] as? String == device.hello["resume_token"] as? String)
+            #expect(try await resumedDevice.next("go_away")["seq"] as? Int == offerSeq + 1)
+            let replayed = try await resumedDevice.next("webrtc_ice")
+            #expect(replayed["seq"] as? Int == candidate["seq"] as? Int)
+            #expect((replayed["candidate"] as? JSONObject)?["candidate"] as? String == "candidate:1")
+
+            let resumedApp = try await client.app("alice", resume: .init(app.hello, lastSeq: try #require(appGoAway["seq"] as? Int)))
+            #expect(resumedApp.hello["resumed"] as? Bool == true)
+            // Each hears the other go and come back; the session goes on with the same id.
+            #expect(try await Self.statusesUntilConnected(on: resumedApp, sessionID: sessionID) == ["reconnecting", "connected"])
+            #expect(try await Self.statusesUntilConnected(on: resumedDevice, sessionID: sessionID) == ["reconnecting", "connected"])
+            try resumedDevice.send(["type": "webrtc_answer", "session_id": sessionID, "sdp": "answer-1"])
+            let answered = try await resumedApp.next("webrtc_answer")
+            #expect(answered["session_id"] as? String == sessionID && answered["sdp"] as? String == "answer-1")
+            try resumedApp.send(["type": "webrtc_close", "session_id": sessionID])
+            for socket in [resumedApp, resumedDevice] {
+                let close = try await socket.next("webrtc_close")
+                #expect(close["reason"] as? String == "normal" && close["by"] as? String == "app")
+            }
+            let row = try await eventually("the session's audit row closed") {
+                try await store.auditLog().first { $0.sessionID == sessionID && $0.closeReason != nil }
+            }
+            #expect(row.closeReason == "normal" && row.closedBy == "app" && row.answeredAt != nil)
+        }
+    }
+
+    @Test func aKilledRelaysCallsResumeOnTheNextProcessAndItsSetUpDeadlineHolds() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = "\(directory)/relay.sqlite"
+            let environment = Self.environment(path, ["RELAY_SETUP_TIMEOUT_S": "8"])
+            let store = try RelayStore(path: path)
+            let secret = try await store.addDevice("robot-1", owners: ["alice"]).secret
+            var relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+            defer { relay.kill() }
+            var client = ProcessClient(port: relay.port)
+            let device = try await client.device("robot-1", secret: secret)
+            let app = try await client.app("alice")
+            let requestedAt = ContinuousClock.now
+            let sessionID = try await client.openSession(app: app, device: device, deviceID: "robot-1")
+            try app.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "offer-1"])
+            let offer = try await device.next("webrtc_offer")
+            try device.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "candidate:d1"]])
+            let candidate = try await app.next("webrtc_ice")
+            // What a kill may lose is what was not yet written (RELAY_OUTBOX_FLUSH_MS): wait
+            // until the store has the session and both messages.
+            _ = try await eventually("the live state written") { () -> Bool? in
+                let state = try store.liveState()
+                let bothSecond = state.messages.values.filter { $0.contains { $0.seq == 2 } }.count == 2
+                return state.sessions.contains { $0.id == sessionID } && state.links.count == 2 && bothSecond ? true : nil
+            }
+            // Some time passes before the kill, so a set-up deadline counted from the restart
+            // would come visibly later than the one counted from the request.
+            try await Task.sleep(for: .seconds(2))
+            await relay.killed()
+
+            relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+            client = ProcessClient(port: relay.port)
+            // Both resume from what they processed before the kill: nothing is replayed, nothing
+            // is missing, and the session is still theirs.
+            let resumedApp = try await client.app("alice", resume: .init(app.hello, lastSeq: try #require(candidate["seq"] as? Int)))
+            let resumedDevice = try await client.device("robot-1", secret: secret, resume: .init(device.hello, lastSeq: try #require(offer["seq"] as? Int)))
+            #expect(resumedApp.hello["resumed"] as? Bool == true && resumedDevice.hello["resumed"] as? Bool == true)
+            // The device resumed second: the app hears it connected (it also hears its
+            // reconnecting, if the killed process had written that), numbered after what it had.
+            var status: JSONObject = [:]
+            repeat { status = try await resumedApp.next("peer_status") } while status["status"] as? String != "connected"
+            #expect((status["seq"] as? Int).map { $0 > (candidate["seq"] as? Int ?? .max) } == true)
+            try resumedApp.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "candidate:a2"]])
+            let afterKill = try await Self.next("webrtc_ice", on: resumedDevice)
+            #expect((afterKill["candidate"] as? JSONObject)?["candidate"] as? String == "candidate:a2")
+            #expect((afterKill["seq"] as? Int).map { $0 > (offer["seq"] as? Int ?? .max) } == true)
+
+            // Nobody answers: the set-up timeout fires 8 s after the request, as it would have
+            // without the kill (counted from the restart it would come 2 s later or more).
+            for socket in [resumedApp, resumedDevice] {
+                let closed = try await Self.next("webrtc_close", on: socket)
+                #expect(closed["session_id"] as? String == sessionID && closed["reason"] as? String == "setup_timeout")
+            }
+            let elapsed = ContinuousClock.now - requestedAt
+            #expect(elapsed >= .seconds(7.5) && elapsed < .seconds(10), "\(elapsed)")
+        }
+    }
+}

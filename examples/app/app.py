@@ -4,14 +4,16 @@ its video and data channel, reports what arrived, and hangs up.
 
     python3 examples/app/app.py --relay ws://127.0.0.1:8080 --token "$(relay token --sub alice --device robot-1)" --device-id robot-1
 
-Prints one JSON line at the end: frames received, frame size, the selected ICE candidate pair's
-types (relay when the media went through TURN), and how the session ended.
+Prints one JSON line at the end: frames received, the longest gap between two frames, frame
+size, the selected ICE candidate pair's types (relay when the media went through TURN), and how
+the session ended.
 """
 import argparse
 import asyncio
 import json
 import os
 import sys
+import time
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
@@ -33,7 +35,7 @@ async def run(args):
     link = RelayLink(lambda: f"{args.relay}/ws/app", headers={"Authorization": f"Bearer {args.token}"},
                      log=lambda text: print(f"app: {text}", file=sys.stderr, flush=True))
     reader = asyncio.create_task(link.run())
-    report = {"frames": 0, "width": None, "height": None, "messages": 0, "peer_status": []}
+    report = {"frames": 0, "width": None, "height": None, "messages": 0, "peer_status": [], "max_frame_gap_s": 0}
     await link.send({"type": "webrtc_request", "device_id": args.device_id})
     credentials = await link.next("webrtc_credentials", "error")
     if credentials["type"] == "error":
@@ -47,9 +49,14 @@ async def run(args):
     @pc.on("track")
     def on_track(track):
         async def count():
+            last = None
             try:
                 while True:
                     frame = await track.recv()
+                    now = time.monotonic()
+                    if last is not None:
+                        report["max_frame_gap_s"] = round(max(report["max_frame_gap_s"], now - last), 3)
+                    last = now
                     report["frames"] += 1
                     report["width"], report["height"] = frame.width, frame.height
                     first_frame.set()

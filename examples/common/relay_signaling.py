@@ -83,7 +83,7 @@ class RelayLink:
         while not self.closed:
             url = self.url_for_connect()
             if self.resume_token:
-                url += f"&resume_token={self.resume_token}&last_seq={self.last_seq}"
+                url += f"{'&' if '?' in url else '?'}resume_token={self.resume_token}&last_seq={self.last_seq}"
             try:
                 async with websockets.connect(url, additional_headers=self.headers, max_size=1 << 20) as socket:
                     hello = json.loads(await socket.recv())

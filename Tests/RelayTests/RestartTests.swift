@@ -1,4 +1,5 @@
 /// Contract §11 on one node: calls outlive the relay process (SIGTERM and SIGKILL, the next process on the same store).
+import DeviceAuth
 import Foundation
 import HTTPTypes
 import HummingbirdTesting
@@ -177,6 +178,49 @@ import Testing
             }
             let elapsed = ContinuousClock.now - requestedAt
             #expect(elapsed >= .seconds(7.5) && elapsed < .seconds(10), "\(elapsed)")
+        }
+    }
+
+    @Test func aDeviceOnLongPollsKeepsItsLinkAndSessionAcrossARestart() async throws {
+        try await withTemporaryDirectory { directory in
+            let environment = Self.environment("\(directory)/relay.sqlite", ["RELAY_SHUTDOWN_DRAIN_S": "0"])
+            let store = try RelayStore(path: "\(directory)/relay.sqlite")
+            let secret = try await store.addDevice("robot-1", owners: ["alice"]).secret
+            var relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+            defer { relay.kill() }
+            let signed = { DeviceSignature.sign(deviceID: "robot-1", timestamp: Int(Date().timeIntervalSince1970), nonce: DeviceSignature.makeNonce(), secret: secret).query }
+            let hello = try await openHTTPLink(port: relay.port, .device(query: signed()))
+            var client = ProcessClient(port: relay.port)
+            let app = try await client.app("alice")
+            let http = HTTPClient(port: relay.port)
+            try app.send(["type": "webrtc_request", "device_id": "robot-1"])
+            let sessionID = try #require(try await app.next("webrtc_credentials")["session_id"] as? String)
+            #expect(try await HTTPFallbackTests.poll(http, hello, ["last_seq": 0, "wait": true]).types == ["webrtc_request"])
+            try app.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "offer-1"])
+            // The relay has taken the offer (it answers the app's next message after it).
+            try await app.expectNothingPending()
+
+            kill(relay.process.processIdentifier, SIGTERM)
+            let appGoAway = try await app.next("go_away")
+            _ = try await Self.rest(of: app)
+            #expect(try await relay.process.exited() == 0)
+            await http.shutdown()
+
+            relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+            client = ProcessClient(port: relay.port)
+            let next = HTTPClient(port: relay.port)
+            // The device's next poll, on the new process, gets what it had not acked: the offer
+            // first, and no word of the session ending.
+            let polled = try await HTTPFallbackTests.poll(next, hello, ["last_seq": 1, "wait": false])
+            #expect(polled.seqs.first == 2 && polled.types.first == "webrtc_offer", "\(polled.types)")
+            #expect(!polled.types.contains("webrtc_close"))
+            let resumedApp = try await client.app("alice", resume: .init(app.hello, lastSeq: try #require(appGoAway["seq"] as? Int)))
+            #expect(resumedApp.hello["resumed"] as? Bool == true)
+            let answer: JSONObject = ["type": "webrtc_answer", "session_id": sessionID, "sdp": "answer-1"]
+            _ = try await HTTPFallbackTests.poll(next, hello, ["last_seq": polled.seqs.last ?? 1, "wait": false, "messages": [answer]])
+            let answered = try await Self.next("webrtc_answer", on: resumedApp)
+            #expect(answered["session_id"] as? String == sessionID && answered["sdp"] as? String == "answer-1")
+            await next.shutdown()
         }
     }
 }

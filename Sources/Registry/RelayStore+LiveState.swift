@@ -109,15 +109,22 @@ public struct LiveStateBatch: Sendable {
     public var forgotten: [(linkID: String, from: Int, before: Int)] = []
     public var sessions: [StoredSession] = []
     public var endedSessions: [String] = []
+    /// Every live link's kept messages: when set, the outbox log is replaced by it (and
+    /// `messages` and `forgotten` are already in it).
+    public var snapshot: [String: [StoredMessage]]?
 
     public init() {}
 
     public var isEmpty: Bool {
         links.isEmpty && endedLinks.isEmpty && messages.isEmpty && forgotten.isEmpty && sessions.isEmpty && endedSessions.isEmpty
+            && snapshot == nil
     }
 
-    /// How many rows it writes or deletes (for logs).
-    public var count: Int { links.count + endedLinks.count + messages.count + forgotten.count + sessions.count + endedSessions.count }
+    /// How many rows and records it writes (for logs and the retry bound).
+    public var count: Int {
+        links.count + endedLinks.count + messages.count + forgotten.count + sessions.count + endedSessions.count
+            + (snapshot?.values.reduce(0) { $0 + $1.count } ?? 0)
+    }
 }
 
 /// Everything a previous run left live.
@@ -142,12 +149,6 @@ extension RelayStore {
                         token_expires_at REAL,
                         token_devices TEXT
                     );
-                    CREATE TABLE live_link_message (
-                        link_id TEXT NOT NULL,
-                        seq INTEGER NOT NULL,
-                        text TEXT NOT NULL,
-                        PRIMARY KEY (link_id, seq)
-                    ) WITHOUT ROWID;
                     CREATE TABLE live_session (
                         id TEXT PRIMARY KEY NOT NULL,
                         app_link TEXT NOT NULL,
@@ -166,12 +167,24 @@ extension RelayStore {
         }
     }
 
-    /// Writes batches of live-state changes in one transaction, in order. The live state
-    /// must survive the relay process, not the machine: a commit does not wait for the disk
+    /// Writes batches of live-state changes, in order: kept messages to the outbox log
+    /// (`OutboxLog`), links and sessions in one SQLite transaction. The live state must
+    /// survive the relay process, not the machine: a commit does not wait for the disk
     /// (`synchronous = NORMAL` in WAL mode), unlike the registry and the audit log.
     public func save(_ batches: [LiveStateBatch]) async throws(StoreError) {
         try await run {
+            // On GRDB's writer queue, never on a Swift concurrency thread.
             try await self.pool.writeWithoutTransaction { db in
+                // A snapshot holds everything before it: what follows is appended to it.
+                if let last = batches.lastIndex(where: { $0.snapshot != nil }), let snapshot = batches[last].snapshot {
+                    try self.outbox.replace(with: snapshot)
+                    try self.outbox.append(Array(batches[(last + 1)...]))
+                } else {
+                    try self.outbox.append(batches)
+                }
+                // Most batches carry messages only: no transaction for them.
+                guard batches.contains(where: { !$0.links.isEmpty || !$0.endedLinks.isEmpty || !$0.sessions.isEmpty || !$0.endedSessions.isEmpty })
+                else { return }
                 try db.execute(sql: "PRAGMA synchronous = NORMAL")
                 defer { try? db.execute(sql: "PRAGMA synchronous = FULL") }
                 try db.inTransaction {
@@ -196,21 +209,8 @@ extension RelayStore {
                 ]
             )
         }
-        // What was acked goes before what is new: a link that renumbered what it kept
-        // forgets everything and writes it anew in one batch.
-        for (linkID, from, before) in batch.forgotten {
-            try db.cachedStatement(sql: "DELETE FROM live_link_message WHERE link_id = ? AND seq >= ? AND seq < ?").execute(
-                arguments: [linkID, from, before]
-            )
-        }
-        for (linkID, message) in batch.messages {
-            try db.cachedStatement(sql: "INSERT OR REPLACE INTO live_link_message (link_id, seq, text) VALUES (?, ?, ?)").execute(
-                arguments: [linkID, message.seq, message.text]
-            )
-        }
         for linkID in batch.endedLinks {
             try db.cachedStatement(sql: "DELETE FROM live_link WHERE id = ?").execute(arguments: [linkID])
-            try db.cachedStatement(sql: "DELETE FROM live_link_message WHERE link_id = ?").execute(arguments: [linkID])
         }
         for session in batch.sessions {
             try db.cachedStatement(
@@ -231,6 +231,9 @@ extension RelayStore {
         }
     }
 
+    /// Bytes in the outbox log (what a snapshot would shrink).
+    public var outboxLogBytes: Int { outbox.size }
+
     /// What a previous run left live, for a relay starting up.
     public func liveState() throws(StoreError) -> StoredLiveState {
         try run {
@@ -246,10 +249,7 @@ extension RelayStore {
                         tokenDevices: (row["token_devices"] as String?).map { $0.split(separator: "\n").map(String.init) }
                     )
                 }
-                var messages: [String: [StoredMessage]] = [:]
-                for row in try Row.fetchAll(db, sql: "SELECT link_id, seq, text FROM live_link_message ORDER BY link_id, seq") {
-                    messages[row["link_id"], default: []].append(StoredMessage(seq: row["seq"], text: row["text"]))
-                }
+                let messages = OutboxLog.read(path: self.outbox.path)
                 let sessions = try Row.fetchAll(db, sql: "SELECT * FROM live_session").map { row in
                     StoredSession(
                         id: row["id"],

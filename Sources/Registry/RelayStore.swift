@@ -12,11 +12,14 @@ import OpenSSLCrypto
 public final class RelayStore: Sendable {
     let pool: DatabasePool
     public let path: String
+    /// The live links' kept messages (`<path>-outbox`).
+    let outbox: OutboxLog
 
     /// Opens (creating when missing, readable by its owner only: it holds device secrets) and
     /// migrates the store at `path`.
     public init(path: String) throws(StoreError) {
         self.path = path
+        self.outbox = OutboxLog(path: path + "-outbox")
         do {
             if !FileManager.default.fileExists(atPath: path) {
                 let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path

@@ -283,7 +283,9 @@ import Testing
     }
 
     @Test func aClientThatVanishesMidPollLosesNothingAndIsNotHeldForever() async throws {
-        try await TestRelay.run(["RELAY_RESUME_GRACE_S": "1"]) { relay in
+        // A grace (and so a poll's lease) long enough that a loaded machine reads the vanishing
+        // poll before the last poll's lease runs out.
+        try await TestRelay.run(["RELAY_RESUME_GRACE_S": "3"]) { relay in
             let hello = try await openHTTPLink(port: relay.port, .device(query: relay.deviceQuery()))
             let app = try await relay.app()
             let http = HTTPClient(port: relay.port)

@@ -47,7 +47,13 @@ public func buildRelay(
     let metrics = RelayMetrics()
     let store = try RelayStore(path: configuration.databasePath)
     let journal = StoreWriter(store: store, interval: .milliseconds(configuration.auditFlushMilliseconds), logger: logger)
-    let liveState = LiveStateJournal(store: store, interval: .milliseconds(configuration.outboxFlushMilliseconds), logger: logger)
+    let table = LocalSessionTable()
+    let liveState = LiveStateJournal(
+        store: store,
+        interval: .milliseconds(configuration.outboxFlushMilliseconds),
+        links: { table.allLinks },
+        logger: logger
+    )
     // Spent nonces go to the store with the audit batches; those a previous run spent stay spent.
     let nonces = NonceCache(perDevice: configuration.deviceConnectsPerWindow) { deviceID, nonce, expiresAt in
         journal.record(.nonceSpent(deviceID: deviceID, nonce: nonce, expiresAt: expiresAt))
@@ -76,7 +82,7 @@ public func buildRelay(
     let turn = ObservedTURNProvider(configured, probeEvery: .seconds(configuration.turnProbeSeconds), factory: metrics.metricsFactory)
     services.append(turn)
     let switchboard = Switchboard(
-        table: LocalSessionTable(),
+        table: table,
         turn: turn,
         directory: store,
         tokens: verifier,

@@ -348,6 +348,21 @@ public final class Link: Sendable {
         return true
     }
 
+    /// Adds the link's kept messages to `snapshot` (nothing once it ended): the store now has
+    /// all of them. Returns their bytes.
+    func snapshot(into snapshot: inout [String: [StoredMessage]]) -> Int {
+        state.withLock { state in
+            guard !state.machine.isEnded else { return 0 }
+            let (frames, firstKept) = state.machine.keptFrames(after: 0)
+            state.stored.rewrite = false
+            state.stored.from = firstKept
+            state.stored.through = state.machine.upcomingSeq - 1
+            guard !frames.isEmpty else { return 0 }
+            snapshot[id] = frames.map { StoredMessage(seq: $0.seq, text: $0.text) }
+            return frames.reduce(0) { $0 + $1.text.utf8.count }
+        }
+    }
+
     /// Adds to `batch` what the store lacks of the link: its row when new or changed, the
     /// kept messages not yet written, the range of stored ones since acked or dropped; or,
     /// once it ended, that it is gone.

@@ -23,9 +23,27 @@ final class LiveStateJournal: Service, Sendable {
         var failed: [LiveStateBatch] = []
         var dropped = 0
         var failing: String?
+        /// The next flush replaces the outbox log with a snapshot (the first one of a process
+        /// does: what a killed one left may end in a torn record).
+        var snapshotDue = true
+        /// Bytes of kept messages in the last snapshot.
+        var snapshotBytes = 0
+        /// Something is listed since the last flush.
+        var changed = false
+        /// The writer, idle until something changes (an idle relay never wakes up for it).
+        var waiter: CheckedContinuation<Void, Never>?
+
+        /// Marks a change; the idle writer to wake, if any.
+        mutating func note() -> CheckedContinuation<Void, Never>? {
+            changed = true
+            defer { waiter = nil }
+            return waiter
+        }
     }
 
     private let store: RelayStore
+    /// Every live link, for a snapshot.
+    private let links: @Sendable () -> [Link]
     let interval: Duration
     private let capacity: Int
     private let logger: Logger
@@ -33,8 +51,13 @@ final class LiveStateJournal: Service, Sendable {
     /// One flush at a time: the last one of a shutdown must not overtake a periodic one.
     private let writing = Mutex(false)
 
-    init(store: RelayStore, interval: Duration, capacity: Int = 200_000, logger: Logger) {
+    /// The outbox log is replaced by a snapshot once it is past this and four times the last
+    /// snapshot (what the links keep is usually far less than what flowed).
+    static let compactionBytes = 64 << 20
+
+    init(store: RelayStore, interval: Duration, links: @escaping @Sendable () -> [Link], capacity: Int = 200_000, logger: Logger) {
         self.store = store
+        self.links = links
         self.interval = interval
         self.capacity = capacity
         self.logger = logger
@@ -42,17 +65,26 @@ final class LiveStateJournal: Service, Sendable {
 
     /// `link` has something the store lacks; called once until the journal asks it.
     func linkChanged(_ link: Link) {
-        pending.withLock { $0.links.append(link) }
+        pending.withLock { pending in
+            pending.links.append(link)
+            return pending.note()
+        }?.resume()
     }
 
     /// `session` opened, moved a deadline, or closed.
     func sessionChanged(_ session: Session) {
-        pending.withLock { $0.sessions.append(session) }
+        pending.withLock { pending in
+            pending.sessions.append(session)
+            return pending.note()
+        }?.resume()
     }
 
     /// A stored session that no object stands for any more is to be forgotten.
     func sessionEnded(_ sessionID: String) {
-        pending.withLock { $0.endedSessions.append(sessionID) }
+        pending.withLock { pending in
+            pending.endedSessions.append(sessionID)
+            return pending.note()
+        }?.resume()
     }
 
     /// Batches dropped because the store refused them for too long, since start.
@@ -61,12 +93,33 @@ final class LiveStateJournal: Service, Sendable {
     /// Why the last write failed, or nil when it succeeded.
     var failure: String? { pending.withLock { $0.failing } }
 
+    /// Writes one `interval` after the first change since the last write (or a failed write).
     func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            try? await cancelWhenGracefulShutdown { await self.changes() }
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.interval) }
             await flush()
         }
         await flush()
+    }
+
+    /// Returns once something waits to be written (or the task is cancelled).
+    private func changes() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = pending.withLock { pending in
+                    if pending.changed || !pending.failed.isEmpty || pending.snapshotDue || Task.isCancelled { return true }
+                    pending.waiter = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        } onCancel: {
+            pending.withLock { pending in
+                defer { pending.waiter = nil }
+                return pending.waiter
+            }?.resume()
+        }
     }
 
     /// Writes what changed since the last flush.
@@ -80,6 +133,7 @@ final class LiveStateJournal: Service, Sendable {
         defer { writing.withLock { $0 = false } }
         let (links, sessions, ended, failed) = pending.withLock { pending in
             defer {
+                pending.changed = false
                 pending.links.removeAll(keepingCapacity: true)
                 pending.sessions.removeAll(keepingCapacity: true)
                 pending.endedSessions.removeAll()
@@ -92,6 +146,18 @@ final class LiveStateJournal: Service, Sendable {
         var seen = Set<ObjectIdentifier>()
         for session in sessions where seen.insert(ObjectIdentifier(session)).inserted { session.journal(into: &batch) }
         batch.endedSessions += ended
+        let logBytes = store.outboxLogBytes
+        if pending.withLock({ $0.snapshotDue || (logBytes > Self.compactionBytes && logBytes > 4 * $0.snapshotBytes) }) {
+            // After the batch: the snapshot holds everything it has, and what came since.
+            var snapshot: [String: [StoredMessage]] = [:]
+            var bytes = 0
+            for link in self.links() { bytes += link.snapshot(into: &snapshot) }
+            batch.snapshot = snapshot
+            pending.withLock { pending in
+                pending.snapshotDue = false
+                pending.snapshotBytes = bytes
+            }
+        }
         let batches = batch.isEmpty ? failed : failed + [batch]
         guard !batches.isEmpty else { return }
         do {
@@ -101,6 +167,7 @@ final class LiveStateJournal: Service, Sendable {
             logger.error("Writing the live state failed; will retry", metadata: ["store.rows": "\(batch.count)", "error": "\(error)"])
             pending.withLock { pending in
                 pending.failing = error.description
+                // The links' marks moved with the snapshot: the retry carries it.
                 var kept = batches + pending.failed
                 while kept.reduce(0, { $0 + $1.count }) > capacity, kept.count > 1 {
                     kept.removeFirst()

@@ -25,8 +25,9 @@ import TURNBroker
         var logger = Logger(label: "relay.bench")
         logger.logLevel = .critical
         let store = try RelayStore(path: storePath)
+        let table = LocalSessionTable()
         switchboard = Switchboard(
-            table: LocalSessionTable(),
+            table: table,
             turn: StaticProvider(),
             directory: store,
             tokens: AppTokenVerifier(
@@ -46,7 +47,7 @@ import TURNBroker
             ),
             journal: StoreWriter(store: store, interval: .seconds(3600), logger: logger),
             // Links tell it what changed, as in the relay; nothing here writes it.
-            liveState: LiveStateJournal(store: store, interval: .seconds(3600), logger: logger),
+            liveState: LiveStateJournal(store: store, interval: .seconds(3600), links: { table.allLinks }, logger: logger),
             metrics: RelayMetrics(),
             refreshDelay: { _ in .seconds(3600) },
             logger: logger

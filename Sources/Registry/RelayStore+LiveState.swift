@@ -172,19 +172,22 @@ extension RelayStore {
     /// survive the relay process, not the machine: a commit does not wait for the disk
     /// (`synchronous = NORMAL` in WAL mode), unlike the registry and the audit log.
     public func save(_ batches: [LiveStateBatch]) async throws(StoreError) {
+        // A page-cache write of one batch: short enough for the caller's thread, and most
+        // batches need nothing else (no hop to GRDB's queue for them).
+        try run {
+            // A snapshot holds everything before it: what follows is appended to it.
+            if let last = batches.lastIndex(where: { $0.snapshot != nil }), let snapshot = batches[last].snapshot {
+                try outbox.replace(with: snapshot)
+                try outbox.append(Array(batches[(last + 1)...]))
+            } else {
+                try outbox.append(batches)
+            }
+        }
+        guard batches.contains(where: { !$0.links.isEmpty || !$0.endedLinks.isEmpty || !$0.sessions.isEmpty || !$0.endedSessions.isEmpty }) else {
+            return
+        }
         try await run {
-            // On GRDB's writer queue, never on a Swift concurrency thread.
             try await self.pool.writeWithoutTransaction { db in
-                // A snapshot holds everything before it: what follows is appended to it.
-                if let last = batches.lastIndex(where: { $0.snapshot != nil }), let snapshot = batches[last].snapshot {
-                    try self.outbox.replace(with: snapshot)
-                    try self.outbox.append(Array(batches[(last + 1)...]))
-                } else {
-                    try self.outbox.append(batches)
-                }
-                // Most batches carry messages only: no transaction for them.
-                guard batches.contains(where: { !$0.links.isEmpty || !$0.endedLinks.isEmpty || !$0.sessions.isEmpty || !$0.endedSessions.isEmpty })
-                else { return }
                 try db.execute(sql: "PRAGMA synchronous = NORMAL")
                 defer { try? db.execute(sql: "PRAGMA synchronous = FULL") }
                 try db.inTransaction {

@@ -34,6 +34,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-system.git", from: "1.8.1"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         // System-library shims: one per C library, each wrapped by one small Swift type.
@@ -77,6 +78,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The shared store for several nodes: the registry, the audit log, nonces and the live
+        // state on PostgreSQL (postgres-nio), behind the same protocols as the SQLite store.
+        .target(
+            name: "PostgresStore",
+            dependencies: [
+                "DeviceAuth", "OpenSSLCrypto", "Registry",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // The relay's rules as pure state machines and values: no NIO, no Hummingbird (the
         // compiler checks the layering), tested without sockets.
         .target(
@@ -106,7 +120,7 @@ let package = Package(
         .target(
             name: "Relay",
             dependencies: [
-                "DeviceAuth", "OpenSSLCrypto", "Registry", "RelayCore", "RelayWebSocket", "TURNBroker",
+                "DeviceAuth", "OpenSSLCrypto", "PostgresStore", "Registry", "RelayCore", "RelayWebSocket", "TURNBroker",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -127,7 +141,7 @@ let package = Package(
         .executableTarget(
             name: "RelayCommand",
             dependencies: [
-                "Relay", "Registry",
+                "Relay", "Registry", "PostgresStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Configuration", package: "swift-configuration"),
@@ -223,7 +237,7 @@ let package = Package(
         .testTarget(
             name: "RelayTests",
             dependencies: [
-                "Relay", "RelayCore", "DeviceAuth", "OpenSSLCrypto", "Registry", "TURNBroker", "RelayTestSupport", "RelayWebSocket",
+                "Relay", "RelayCore", "DeviceAuth", "OpenSSLCrypto", "PostgresStore", "Registry", "TURNBroker", "RelayTestSupport", "RelayWebSocket",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "HummingbirdTesting", package: "hummingbird"),

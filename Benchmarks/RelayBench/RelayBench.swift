@@ -116,7 +116,7 @@ struct TURNBench: AsyncParsableCommand {
             )
             var logger = Logger(label: "relay")
             logger.logLevel = .error
-            let app = try buildApplication(configuration: configuration, logger: logger)
+            let app = try await buildApplication(configuration: configuration, logger: logger)
             try await app.test(.live) { client in
                 let port = client.port!
                 let connect = Connector(port: port, environment: environment)

@@ -6,7 +6,7 @@ import OpenSSLCrypto
 
 extension RelayStore {
     /// Applies a batch of events in one transaction, in order.
-    func apply(_ events: [StoreEvent]) async throws(StoreError) {
+    public func apply(_ events: [StoreEvent]) async throws(StoreError) {
         try await run {
             try await self.pool.write { db in
                 var spentNonces = false

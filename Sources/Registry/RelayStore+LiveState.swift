@@ -133,6 +133,12 @@ public struct StoredLiveState: Sendable {
     /// Each link's kept messages, in seq order.
     public var messages: [String: [StoredMessage]]
     public var sessions: [StoredSession]
+
+    public init(links: [StoredLink], messages: [String: [StoredMessage]], sessions: [StoredSession]) {
+        self.links = links
+        self.messages = messages
+        self.sessions = sessions
+    }
 }
 
 extension RelayStore {

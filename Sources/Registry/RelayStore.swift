@@ -313,7 +313,7 @@ public final class RelayStore: Sendable {
     }
 }
 
-extension RelayStore: DeviceDirectory {
+extension RelayStore: RelayRegistry, LiveStateStore {
     /// The registry's record of a device (what device authentication checks). One SELECT (its
     /// owners in a subquery) is consistent by itself: no transaction around it. Read through
     /// GRDB's queue, never on the caller's thread: a read can wait seconds on a lock (the store

@@ -17,6 +17,16 @@ public struct DeviceEntry: Sendable, Equatable {
 
     public var revoked: Bool { revokedAt != nil }
 
+    public init(deviceID: String, secrets: [String], owners: [String], label: String, revokedAt: Date?, createdAt: Date, lastSeenAt: Date?) {
+        self.deviceID = deviceID
+        self.secrets = secrets
+        self.owners = owners
+        self.label = label
+        self.revokedAt = revokedAt
+        self.createdAt = createdAt
+        self.lastSeenAt = lastSeenAt
+    }
+
     public var record: DeviceRecord {
         DeviceRecord(deviceID: deviceID, secrets: secrets, owners: Set(owners), revoked: revoked)
     }
@@ -32,6 +42,26 @@ public struct AuditEntry: Sendable, Equatable {
     public var closedAt: Date?
     public var closeReason: String?
     public var closedBy: String?
+
+    public init(
+        sessionID: String,
+        userID: String,
+        deviceID: String,
+        createdAt: Date,
+        answeredAt: Date?,
+        closedAt: Date?,
+        closeReason: String?,
+        closedBy: String?
+    ) {
+        self.sessionID = sessionID
+        self.userID = userID
+        self.deviceID = deviceID
+        self.createdAt = createdAt
+        self.answeredAt = answeredAt
+        self.closedAt = closedAt
+        self.closeReason = closeReason
+        self.closedBy = closedBy
+    }
 }
 
 /// What the relay records, in batches.
@@ -65,6 +95,8 @@ public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
         self.init(.unusable, description)
     }
 
+    /// The store cannot be used: unreachable, failing, or misconfigured.
+    public static func unusable(_ description: String) -> StoreError { StoreError(.unusable, description) }
     public static func deviceExists(_ id: String) -> StoreError { StoreError(.deviceExists, "device '\(id)' is already registered") }
     public static func unknownDevice(_ id: String) -> StoreError { StoreError(.unknownDevice, "device '\(id)' is not registered") }
     public static func invalidDeviceID(_ id: String) -> StoreError {

@@ -17,13 +17,13 @@ public final class StoreWriter: Service, Sendable {
         var failing: String?
     }
 
-    private let store: RelayStore
+    private let store: any RelayRegistry
     private let interval: Duration
     private let capacity: Int
     private let logger: Logger
     private let queue = Mutex(Queue())
 
-    public init(store: RelayStore, interval: Duration = .milliseconds(100), capacity: Int = 100_000, logger: Logger) {
+    public init(store: any RelayRegistry, interval: Duration = .milliseconds(100), capacity: Int = 100_000, logger: Logger) {
         self.store = store
         self.interval = interval
         self.capacity = capacity

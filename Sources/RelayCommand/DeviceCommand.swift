@@ -2,11 +2,14 @@
 import ArgumentParser
 import Configuration
 import Foundation
+import Logging
+import PostgresStore
 import Registry
 
 /// `relay device ...` (contract §9): the registry from the command line. It opens the same
-/// SQLite file as a running relay (WAL lets both work at once); a running relay picks up a
-/// revocation within `RELAY_REGISTRY_POLL_MS`, and every other change at the next connection.
+/// store as a running relay: the SQLite file (WAL lets both work at once), or with
+/// `RELAY_DATABASE_URL` the fleet's PostgreSQL. A running relay picks up a revocation within
+/// `RELAY_REGISTRY_POLL_MS`, and every other change at the next connection.
 struct Device: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Manage registered devices (robots).",
@@ -15,19 +18,30 @@ struct Device: AsyncParsableCommand {
 
     struct StoreOptions: ParsableArguments {
         @Option(help: "The SQLite store (default: RELAY_DB, else ./relay.sqlite).") var db: String?
+        @Option(help: "The fleet's PostgreSQL, postgres://user:password@host:5432/database (default: RELAY_DATABASE_URL).")
+        var databaseURL: String?
         @Flag(help: "Print JSON for scripts instead of a table.") var json = false
         @OptionGroup var settings: SettingsOptions
 
-        func open() async throws -> RelayStore {
-            var path = db
-            if path == nil { path = try settings.reader(command: "relay device").string(forKey: ["relay", "db"], default: "./relay.sqlite") }
-            guard let path else { throw ExitCode(1) }
-            do {
-                return try RelayStore(path: path)
-            } catch {
-                printError("relay device: \(error)")
-                throw ExitCode(1)
+        /// The store a running relay with the same settings uses: PostgreSQL when a database URL
+        /// is given, else the SQLite file.
+        func open() async throws -> any RelayRegistry {
+            let reader = try settings.reader(command: "relay device")
+            var url = databaseURL
+            if url == nil, db == nil { url = reader.string(forKey: ["relay", "database", "url"]) }
+            if let url {
+                let store = try registry { () throws(StoreError) in
+                    try PostgresStore(url: url, role: "relay-device", logger: Logger(label: "relay.device"))
+                }
+                // The pool runs for as long as the command does.
+                Task { await store.run() }
+                try await registry { () async throws(StoreError) in try await store.migrate() }
+                return store
             }
+            var path = db
+            if path == nil { path = reader.string(forKey: ["relay", "db"], default: "./relay.sqlite") }
+            guard let path else { throw ExitCode(1) }
+            return try registry { () throws(StoreError) in try RelayStore(path: path) }
         }
     }
 
@@ -41,7 +55,7 @@ struct Device: AsyncParsableCommand {
         func run() async throws {
             let store = try await options.open()
             let (entry, secret) = try await registry { () async throws(StoreError) in
-                try await store.addDevice(deviceID, owners: owners, label: label)
+                try await store.addDevice(deviceID, owners: owners, label: label, now: Date())
             }
             if options.json {
                 printJSON(["device": entry.json, "secret": secret])
@@ -76,7 +90,7 @@ struct Device: AsyncParsableCommand {
 
         func run() async throws {
             let store = try await options.open()
-            guard let entry = try await registry({ () async throws(StoreError) in try await store.revoke(deviceID) }) else {
+            guard let entry = try await registry({ () async throws(StoreError) in try await store.revoke(deviceID, now: Date()) }) else {
                 throw failure(.unknownDevice(deviceID))
             }
             if options.json { printJSON(["device": entry.json]) } else { print(Table.devices([entry])) }
@@ -141,6 +155,14 @@ struct Device: AsyncParsableCommand {
 private func registry<T>(_ body: () async throws(StoreError) -> T) async throws -> T {
     do {
         return try await body()
+    } catch {
+        throw failure(error)
+    }
+}
+
+private func registry<T>(_ body: () throws(StoreError) -> T) throws -> T {
+    do {
+        return try body()
     } catch {
         throw failure(error)
     }

@@ -111,7 +111,9 @@ struct Serve: AsyncParsableCommand {
             printDevelopmentBanner(development, configuration: configuration)
         }
         let logger = Logger(label: "relay")
-        let relay = try exitingOnStoreError { () throws(StoreError) in try buildRelay(configuration: configuration, logger: logger) }
+        let relay = try await exitingOnStoreError(configuration) { () async throws(StoreError) in
+            try await buildRelay(configuration: configuration, logger: logger)
+        }
         // Shut down in reverse order: the drain (go_away, 1001) first, then the server.
         let services = ServiceGroup(
             configuration: .init(
@@ -120,7 +122,13 @@ struct Serve: AsyncParsableCommand {
                 logger: logger
             )
         )
-        try await services.run()
+        do {
+            try await services.run()
+        } catch {
+            await relay.close()
+            throw error
+        }
+        await relay.close()
     }
 
     private func printDevelopmentBanner(_ secrets: RelayConfiguration.DevelopmentSecrets, configuration: RelayConfiguration) {
@@ -156,11 +164,11 @@ struct Serve: AsyncParsableCommand {
 }
 
 /// A store that cannot be opened stops start-up with one line.
-private func exitingOnStoreError<T>(_ body: () throws(StoreError) -> T) throws -> T {
+private func exitingOnStoreError<T>(_ configuration: RelayConfiguration, _ body: () async throws(StoreError) -> T) async throws -> T {
     do {
-        return try body()
+        return try await body()
     } catch {
-        printError("relay: \(error) (RELAY_DB)")
+        printError("relay: \(error) (\(configuration.databaseURL == nil ? "RELAY_DB" : "RELAY_DATABASE_URL"))")
         throw ExitCode(1)
     }
 }

@@ -3,15 +3,68 @@ import DeviceAuth
 import Foundation
 import HTTPTypes
 import HummingbirdTesting
+import Logging
+import PostgresStore
 import Registry
 import RelayTestSupport
 import Testing
 
-/// A relay restarted on the same `RELAY_DB`: its clients resume on the next process, their
-/// sessions go on with the same ids, nothing is lost, and nobody is told the call ended.
+/// A relay restarted on the same store (`RELAY_DB`, or `RELAY_DATABASE_URL` on PostgreSQL): its
+/// clients resume on the next process, their sessions go on with the same ids, nothing is lost,
+/// and nobody is told the call ended.
 @Suite(.timeLimit(.minutes(2))) struct RestartTests {
-    static func environment(_ path: String, _ extra: [String: String] = [:]) -> [String: String] {
-        ["RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey, "RELAY_DB": path].merging(extra) { $1 }
+    enum Backend: String, CaseIterable, Sendable {
+        case sqlite
+        case postgres
+    }
+
+    /// A store of the backend's kind for a relay: the environment that names it, the registry
+    /// on it, and a probe of what it holds live (sessions by id, and how many links keep a
+    /// message with each seq).
+    struct Store: Sendable {
+        var environment: [String: String]
+        var registry: any RelayRegistry
+        var sessionIsLive: @Sendable (String) async throws -> Bool
+        var linksKeeping: @Sendable (Int) async throws -> Int
+    }
+
+    static func withStore(_ backend: Backend, _ extra: [String: String] = [:], _ body: @escaping @Sendable (Store) async throws -> Void) async throws {
+        let base = ["RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey].merging(extra) { $1 }
+        switch backend {
+        case .sqlite:
+            try await withTemporaryDirectory { directory in
+                let path = "\(directory)/relay.sqlite"
+                let store = try RelayStore(path: path)
+                try await body(
+                    Store(
+                        environment: base.merging(["RELAY_DB": path]) { $1 },
+                        registry: store,
+                        sessionIsLive: { id in try store.liveState().sessions.contains { $0.id == id } },
+                        linksKeeping: { seq in try store.liveState().messages.values.filter { $0.contains { $0.seq == seq } }.count }
+                    )
+                )
+            }
+        case .postgres:
+            let server = try await PostgresServer.running()
+            let url = try await server.createDatabase()
+            let database = String(url.split(separator: "/").last!)
+            let store = try PostgresStore(url: url, role: "relay-test", logger: Logger(label: "relay-test"))
+            try await store.whileRunning {
+                try await store.migrate()
+                try await body(
+                    Store(
+                        environment: base.merging(["RELAY_DATABASE_URL": url]) { $1 },
+                        registry: store,
+                        sessionIsLive: { id in
+                            try await server.sql("SELECT count(*) FROM relay_session WHERE session_id = '\(id)'", database: database) == "1"
+                        },
+                        linksKeeping: { seq in
+                            Int(try await server.sql("SELECT count(DISTINCT link_id) FROM relay_outbox WHERE seq = \(seq)", database: database)) ?? 0
+                        }
+                    )
+                )
+            }
+        }
     }
 
     /// The next message of `type`, past any `peer_status` (whose timing depends on which party
@@ -49,11 +102,12 @@ import Testing
         }
     }
 
-    @Test func aGracefulRestartKeepsTheCallAndBothPartiesResumeItOnTheNextProcess() async throws {
-        try await withTemporaryDirectory { directory in
-            let environment = Self.environment("\(directory)/relay.sqlite", ["RELAY_SHUTDOWN_DRAIN_S": "1"])
-            let store = try RelayStore(path: "\(directory)/relay.sqlite")
-            let secret = try await store.addDevice("robot-1", owners: ["alice"]).secret
+    @Test(arguments: Backend.allCases)
+    func aGracefulRestartKeepsTheCallAndBothPartiesResumeItOnTheNextProcess(_ backend: Backend) async throws {
+        try await Self.withStore(backend, ["RELAY_SHUTDOWN_DRAIN_S": "1"]) { backing in
+            let environment = backing.environment
+            let store = backing.registry
+            let secret = try await store.addDevice("robot-1", owners: ["alice"], label: "", now: Date()).secret
             var relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
             defer { relay.kill() }
             var client = ProcessClient(port: relay.port)
@@ -118,18 +172,17 @@ import Testing
                 #expect(close["reason"] as? String == "normal" && close["by"] as? String == "app")
             }
             let row = try await eventually("the session's audit row closed") {
-                try await store.auditLog().first { $0.sessionID == sessionID && $0.closeReason != nil }
+                try await store.auditLog(deviceID: nil, limit: 10).first { $0.sessionID == sessionID && $0.closeReason != nil }
             }
             #expect(row.closeReason == "normal" && row.closedBy == "app" && row.answeredAt != nil)
         }
     }
 
-    @Test func aKilledRelaysCallsResumeOnTheNextProcessAndItsSetUpDeadlineHolds() async throws {
-        try await withTemporaryDirectory { directory in
-            let path = "\(directory)/relay.sqlite"
-            let environment = Self.environment(path, ["RELAY_SETUP_TIMEOUT_S": "8"])
-            let store = try RelayStore(path: path)
-            let secret = try await store.addDevice("robot-1", owners: ["alice"]).secret
+    @Test(arguments: Backend.allCases)
+    func aKilledRelaysCallsResumeOnTheNextProcessAndItsSetUpDeadlineHolds(_ backend: Backend) async throws {
+        try await Self.withStore(backend, ["RELAY_SETUP_TIMEOUT_S": "8"]) { backing in
+            let environment = backing.environment
+            let secret = try await backing.registry.addDevice("robot-1", owners: ["alice"], label: "", now: Date()).secret
             var relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
             defer { relay.kill() }
             var client = ProcessClient(port: relay.port)
@@ -144,9 +197,9 @@ import Testing
             // What a kill may lose is what was not yet written (RELAY_OUTBOX_FLUSH_MS): wait
             // until the store has the session and both messages.
             _ = try await eventually("the live state written") { () -> Bool? in
-                let state = try store.liveState()
-                let bothSecond = state.messages.values.filter { $0.contains { $0.seq == 2 } }.count == 2
-                return state.sessions.contains { $0.id == sessionID } && state.links.count == 2 && bothSecond ? true : nil
+                let live = try await backing.sessionIsLive(sessionID)
+                let keeping = try await backing.linksKeeping(2)
+                return live && keeping == 2 ? true : nil
             }
             // Some time passes before the kill, so a set-up deadline counted from the restart
             // would come visibly later than the one counted from the request.
@@ -182,10 +235,9 @@ import Testing
     }
 
     @Test func aDeviceOnLongPollsKeepsItsLinkAndSessionAcrossARestart() async throws {
-        try await withTemporaryDirectory { directory in
-            let environment = Self.environment("\(directory)/relay.sqlite", ["RELAY_SHUTDOWN_DRAIN_S": "0"])
-            let store = try RelayStore(path: "\(directory)/relay.sqlite")
-            let secret = try await store.addDevice("robot-1", owners: ["alice"]).secret
+        try await Self.withStore(.sqlite, ["RELAY_SHUTDOWN_DRAIN_S": "0"]) { backing in
+            let environment = backing.environment
+            let secret = try await backing.registry.addDevice("robot-1", owners: ["alice"], label: "", now: Date()).secret
             var relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
             defer { relay.kill() }
             let signed = { DeviceSignature.sign(deviceID: "robot-1", timestamp: Int(Date().timeIntervalSince1970), nonce: DeviceSignature.makeNonce(), secret: secret).query }

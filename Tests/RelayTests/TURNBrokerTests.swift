@@ -145,6 +145,8 @@ import Testing
                 let minted = try await relay.mintCredentials(token: relay.appToken())
                 #expect(minted.status == .gatewayTimeout)
                 #expect(minted.json["detail"] as? String == "Cloudflare API timed out")
+                // The retry was sent (the fake may read it a moment after the relay gave up on it).
+                _ = try await eventually("the retry to reach the upstream") { fake.requests.count == 2 ? true : nil }
                 #expect(fake.requests.count == 2)
             }
         }

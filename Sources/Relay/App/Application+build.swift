@@ -4,6 +4,7 @@ import Foundation
 import Hummingbird
 import HummingbirdCore
 import Logging
+import PostgresStore
 import Registry
 import RelayCore
 import RelayWebSocket
@@ -32,24 +33,26 @@ public func buildApplication(
     configuration: RelayConfiguration,
     dependencies: RelayDependencies = .init(),
     logger: Logger = Logger(label: "relay")
-) throws(StoreError) -> some ApplicationProtocol {
-    try buildRelay(configuration: configuration, dependencies: dependencies, logger: logger).application
+) async throws(StoreError) -> some ApplicationProtocol {
+    try await buildRelay(configuration: configuration, dependencies: dependencies, logger: logger).application
 }
 
-/// Builds the relay: routes, authentication, the switchboard and the server, and the service
-/// that drains links on shutdown.
+/// Builds the relay: its stores, routes, authentication, the switchboard and the server, the
+/// service that drains links on shutdown, and what to stop once every service has stopped (the
+/// PostgreSQL pool, which the services use until their last write).
 public func buildRelay(
     configuration: RelayConfiguration,
     dependencies: RelayDependencies = .init(),
     logger: Logger = Logger(label: "relay")
-) throws(StoreError) -> (application: some ApplicationProtocol, shutdown: ShutdownService) {
+) async throws(StoreError) -> (application: some ApplicationProtocol, shutdown: ShutdownService, close: @Sendable () async -> Void) {
     let verifier = AppTokenVerifier(configuration: configuration.tokens)
     let metrics = RelayMetrics()
-    let store = try RelayStore(path: configuration.databasePath)
+    let stores = try await RelayStores.open(configuration, logger: logger)
+    let store = stores.registry
     let journal = StoreWriter(store: store, interval: .milliseconds(configuration.auditFlushMilliseconds), logger: logger)
     let table = LocalSessionTable()
     let liveState = LiveStateJournal(
-        store: store,
+        store: stores.live,
         interval: .milliseconds(configuration.outboxFlushMilliseconds),
         links: { table.allLinks },
         logger: logger
@@ -58,7 +61,7 @@ public func buildRelay(
     let nonces = NonceCache(perDevice: configuration.deviceConnectsPerWindow) { deviceID, nonce, expiresAt in
         journal.record(.nonceSpent(deviceID: deviceID, nonce: nonce, expiresAt: expiresAt))
     }
-    nonces.remember(try store.liveNonces(now: Int(Date().timeIntervalSince1970)))
+    nonces.remember(try await store.liveNonces(now: Int(Date().timeIntervalSince1970)))
     var services: [any Service] = [journal, liveState]
     let configured: any TURNProvider
     if let provided = dependencies.turn {
@@ -105,13 +108,15 @@ public func buildRelay(
         logger: logger
     )
     // What the previous process left live is taken over before anything is served.
-    let restored = switchboard.restore(try store.liveState())
+    let restored = switchboard.restore(try await stores.live.liveState())
     if restored.links > 0 {
         logger.info("Took over the links and sessions the previous run left", metadata: ["links": "\(restored.links)", "sessions": "\(restored.sessions)"])
     }
-    let left = try store.closeSessionsLeftOpen()
-    if left > 0 {
-        logger.warning("The previous run stopped without keeping some sessions; audited them as relay_stopped", metadata: ["sessions": "\(left)"])
+    if let sqlite = stores.sqlite {
+        let left = try sqlite.closeSessionsLeftOpen()
+        if left > 0 {
+            logger.warning("The previous run stopped without keeping some sessions; audited them as relay_stopped", metadata: ["sessions": "\(left)"])
+        }
     }
     let connection = LinkConnection(
         switchboard: switchboard,
@@ -254,7 +259,40 @@ public func buildRelay(
         services: services,
         logger: logger
     )
-    return (application, ShutdownService(switchboard: switchboard, drain: .seconds(configuration.shutdownDrainSeconds)))
+    return (application, ShutdownService(switchboard: switchboard, drain: .seconds(configuration.shutdownDrainSeconds)), stores.close)
+}
+
+/// The stores a relay runs on: the embedded SQLite file, or with `RELAY_DATABASE_URL` PostgreSQL.
+struct RelayStores: Sendable {
+    let registry: any RelayRegistry
+    let live: any LiveStateStore
+    /// The SQLite store, when that is the one (it audits sessions a killed run did not keep).
+    let sqlite: RelayStore?
+    /// Stops what runs beside the services.
+    let close: @Sendable () async -> Void
+
+    static func open(_ configuration: RelayConfiguration, logger: Logger) async throws(StoreError) -> RelayStores {
+        guard let url = configuration.databaseURL else {
+            let store = try RelayStore(path: configuration.databasePath)
+            return RelayStores(registry: store, live: store, sqlite: store, close: {})
+        }
+        let store = try PostgresStore(url: url, role: "relay", logger: logger)
+        // The pool runs from here until `close`: building reads the store already.
+        let pool = Task { await store.run() }
+        do throws(StoreError) {
+            try await store.migrate()
+            try await store.claimSoleNode()
+        } catch {
+            pool.cancel()
+            throw error
+        }
+        logger.info("Using PostgreSQL", metadata: ["store": "\(store.location)", "node": "\(store.node)"])
+        return RelayStores(registry: store, live: store, sqlite: nil) {
+            await store.releaseNode()
+            pool.cancel()
+            await pool.value
+        }
+    }
 }
 
 /// Graceful shutdown (SIGTERM/SIGINT): `go_away` to every link, a drain, then 1001. Run it in

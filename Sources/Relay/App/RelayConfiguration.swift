@@ -40,6 +40,9 @@ import TURNBroker
 ///   relay looks for devices revoked by `relay device revoke` in another process;
 ///   `RELAY_OUTBOX_FLUSH_MS` (5): how often live links, their kept messages and open sessions
 ///   are written behind (what a killed relay can lose; contract §11)
+/// - `RELAY_DATABASE_URL` (`postgres://user:password@host:5432/database[?sslmode=disable|prefer|require]`):
+///   the registry, audit log, nonces and live state on PostgreSQL instead of `RELAY_DB`
+///   (one relay process per database for now)
 /// - `RELAY_TLS_CERT_FILE`, `RELAY_TLS_KEY_FILE` (PEM): serve `https://` and `wss://` (read again on SIGHUP)
 /// - `RELAY_ADMIN_TOKEN` (secret, ≥ 32 bytes): enables `/admin/*`
 /// - `RELAY_LOG_LEVEL` (`info`)
@@ -84,6 +87,8 @@ public struct RelayConfiguration: Sendable {
     public var databasePath = "./relay.sqlite"
     public var auditFlushMilliseconds = 100
     public var outboxFlushMilliseconds = 5
+    /// `RELAY_DATABASE_URL`: the store on PostgreSQL instead of the SQLite file.
+    public var databaseURL: String?
     public var registryPollMilliseconds = 1000
     /// `RELAY_TLS_CERT_FILE` and `RELAY_TLS_KEY_FILE`: the relay serves TLS itself.
     public var tls: ServerTLS?
@@ -265,6 +270,7 @@ public struct RelayConfiguration: Sendable {
         databasePath = read.string("RELAY_DB") ?? databasePath
         auditFlushMilliseconds = read.int("RELAY_AUDIT_FLUSH_MS", in: 10...10_000) ?? auditFlushMilliseconds
         outboxFlushMilliseconds = read.int("RELAY_OUTBOX_FLUSH_MS", in: 1...1000) ?? outboxFlushMilliseconds
+        databaseURL = read.string("RELAY_DATABASE_URL")
         registryPollMilliseconds = read.int("RELAY_REGISTRY_POLL_MS", in: 50...600_000) ?? registryPollMilliseconds
         if let token = read.string("RELAY_ADMIN_TOKEN", isSecret: true), read.strongEnough(token, name: "RELAY_ADMIN_TOKEN") {
             adminToken = token

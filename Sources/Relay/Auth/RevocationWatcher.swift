@@ -6,7 +6,7 @@ import ServiceLifecycle
 /// Picks up devices revoked in the store by another process (`relay device revoke` while the
 /// relay runs) and disconnects them, as a revocation through the admin API does at once.
 struct RevocationWatcher: Service {
-    let store: RelayStore
+    let store: any RelayRegistry
     let switchboard: Switchboard
     let interval: Duration
     let logger: Logger

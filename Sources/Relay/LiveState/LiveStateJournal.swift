@@ -41,7 +41,7 @@ final class LiveStateJournal: Service, Sendable {
         }
     }
 
-    private let store: RelayStore
+    private let store: any LiveStateStore
     /// Every live link, for a snapshot.
     private let links: @Sendable () -> [Link]
     let interval: Duration
@@ -55,7 +55,7 @@ final class LiveStateJournal: Service, Sendable {
     /// snapshot (what the links keep is usually far less than what flowed).
     static let compactionBytes = 64 << 20
 
-    init(store: RelayStore, interval: Duration, links: @escaping @Sendable () -> [Link], capacity: Int = 200_000, logger: Logger) {
+    init(store: any LiveStateStore, interval: Duration, links: @escaping @Sendable () -> [Link], capacity: Int = 200_000, logger: Logger) {
         self.store = store
         self.links = links
         self.interval = interval

@@ -12,7 +12,7 @@ import RelayCore
 /// them only when that token is set (otherwise they answer 404 like any unknown path).
 struct AdminRoutes: Sendable {
     let token: String
-    let store: RelayStore
+    let store: any RelayRegistry
     let switchboard: Switchboard
 
     func register(on router: Router<RelayRequestContext>) {
@@ -32,7 +32,7 @@ struct AdminRoutes: Sendable {
         admin.delete("devices/:id") { request, context -> Response in
             try authorize(request)
             let deviceID = try await entry(context).deviceID
-            let revoked = try await storeCall { () async throws(StoreError) in try await store.revoke(deviceID) }
+            let revoked = try await storeCall { () async throws(StoreError) in try await store.revoke(deviceID, now: Date()) }
             switchboard.revoke(deviceID: deviceID)
             context.logger.info("Device revoked by an operator", metadata: ["device.id": "\(deviceID)"])
             return .json(.object(["device": revoked.map(view) ?? .null]))
@@ -78,7 +78,7 @@ struct AdminRoutes: Sendable {
         }
         let label = object["label"]?.stringValue ?? ""
         guard label.utf8.count <= 256 else { throw RelayHTTPError(.badRequest, "label must be at most 256 bytes") }
-        let (entry, secret) = try await storeCall { () async throws(StoreError) in try await store.addDevice(deviceID, owners: owners, label: label) }
+        let (entry, secret) = try await storeCall { () async throws(StoreError) in try await store.addDevice(deviceID, owners: owners, label: label, now: Date()) }
         context.logger.info("Device added by an operator", metadata: ["device.id": "\(deviceID)"])
         return .json(.object(["device": view(entry), "secret": .string(secret)]), status: .created)
     }

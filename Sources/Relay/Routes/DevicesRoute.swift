@@ -10,7 +10,7 @@ import RelayCore
 /// token's `devices` claim), with presence.
 struct DevicesRoute: Sendable {
     let authenticator: ClientAuthenticator
-    let store: RelayStore
+    let store: any RelayRegistry
     let switchboard: Switchboard
 
     @Sendable func respond(_ request: Request, context: RelayRequestContext) async throws -> Response {

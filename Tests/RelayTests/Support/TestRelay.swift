@@ -42,7 +42,7 @@ struct TestRelay: Sendable {
         try await withTemporaryDirectory { directory in
             var environment = environment
             environment["RELAY_DB"] = environment["RELAY_DB"] ?? "\(directory)/relay.sqlite"
-            let app = try buildApplication(
+            let app = try await buildApplication(
                 configuration: try configuration(environment),
                 dependencies: refreshDelay.map { RelayDependencies(turn: turn, refreshDelay: $0) } ?? RelayDependencies(turn: turn),
                 logger: logger

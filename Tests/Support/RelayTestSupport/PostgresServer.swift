@@ -19,8 +19,9 @@ public final class PostgresServer: Sendable {
     private let postmaster = Mutex<ChildProcess?>(nil)
 
     private static let shared = Mutex<Task<PostgresServer, any Error>?>(nil)
-    /// The running postmaster's pid, for the exit handler (a C function: no captures).
+    /// The running postmaster's pid and its folder, for the exit handler (a C function: no captures).
     private nonisolated(unsafe) static var runningPID: Int32 = 0
+    private nonisolated(unsafe) static var folder = ""
 
     /// The test process's server, started on first use.
     public static func running() async throws -> PostgresServer {
@@ -53,8 +54,15 @@ public final class PostgresServer: Sendable {
         guard try await initdb.exited(within: .seconds(120)) == 0 else { throw Unavailable(description: "initdb failed") }
         let server = PostgresServer(port: try Self.freePort(), directory: directory, binaries: binaries)
         try await server.start()
+        folder = directory
         atexit {
-            if PostgresServer.runningPID > 0 { kill(PostgresServer.runningPID, SIGQUIT) }
+            let pid = PostgresServer.runningPID
+            if pid > 0 {
+                kill(pid, SIGQUIT)
+                // Reaped here (nothing else waits for it), so it is gone, not a zombie.
+                for _ in 0..<100 where waitpid(pid, nil, WNOHANG) == 0 { usleep(50_000) }
+            }
+            try? FileManager.default.removeItem(atPath: PostgresServer.folder)
         }
         return server
     }

@@ -1,0 +1,251 @@
+/// The registry, the audit log and the spent nonces on PostgreSQL: the `RelayRegistry` every node of a fleet shares.
+import DeviceAuth
+import Foundation
+import OpenSSLCrypto
+import PostgresNIO
+import Registry
+
+extension PostgresStore: RelayRegistry {
+    // MARK: Devices
+
+    public func addDevice(_ deviceID: String, owners: [String], label: String, now: Date) async throws(StoreError) -> (DeviceEntry, secret: String) {
+        guard DeviceSignature.isValidDeviceID(deviceID) else { throw .invalidDeviceID(deviceID) }
+        let secret = LibCrypto.randomBytes(32).map { String(format: "%02x", $0) }.joined()
+        let created = now.timeIntervalSince1970
+        let entry = try await transaction("adding a device") { connection -> DeviceEntry? in
+            let inserted = try await connection.query(
+                "INSERT INTO relay_device (id, secret, label, created_at) VALUES (\(deviceID), \(secret), \(label), \(created)) ON CONFLICT DO NOTHING RETURNING id",
+                logger: self.logger
+            ).collect()
+            guard !inserted.isEmpty else { return nil }
+            for owner in Set(owners) {
+                try await connection.query("INSERT INTO relay_device_owner (device_id, user_id) VALUES (\(deviceID), \(owner))", logger: self.logger)
+            }
+            return try await Self.entries(connection, deviceID: deviceID, logger: self.logger).first
+        }
+        guard let entry else { throw .deviceExists(deviceID) }
+        return (entry, secret)
+    }
+
+    public func devices() async throws(StoreError) -> [DeviceEntry] {
+        try await call("listing devices") { try await self.client.withConnection { try await Self.entries($0, logger: self.logger) } }
+    }
+
+    public func device(entry deviceID: String) async throws(StoreError) -> DeviceEntry? {
+        try await call("reading a device") { try await self.client.withConnection { try await Self.entries($0, deviceID: deviceID, logger: self.logger).first } }
+    }
+
+    public func devices(ownedBy userID: String) async throws(StoreError) -> [DeviceEntry] {
+        try await call("listing a user's devices") {
+            try await self.client.withConnection { try await Self.entries($0, ownedBy: userID, logger: self.logger) }
+        }
+    }
+
+    public func devices(_ deviceIDs: [String]) async throws(StoreError) -> [DeviceEntry] {
+        guard !deviceIDs.isEmpty else { return [] }
+        return try await call("reading devices") {
+            try await self.client.withConnection { try await Self.entries($0, deviceIDs: deviceIDs, logger: self.logger) }
+        }
+    }
+
+    public func revoke(_ deviceID: String, now: Date) async throws(StoreError) -> DeviceEntry? {
+        let at = now.timeIntervalSince1970
+        return try await transaction("revoking a device") { connection in
+            try await connection.query("UPDATE relay_device SET revoked_at = \(at) WHERE id = \(deviceID) AND revoked_at IS NULL", logger: self.logger)
+            return try await Self.entries(connection, deviceID: deviceID, logger: self.logger).first
+        }
+    }
+
+    public func rotate(_ deviceID: String) async throws(StoreError) -> String {
+        let secret = LibCrypto.randomBytes(32).map { String(format: "%02x", $0) }.joined()
+        let updated = try await call("rotating a secret") {
+            try await self.client.query(
+                "UPDATE relay_device SET previous_secret = secret, secret = \(secret) WHERE id = \(deviceID) RETURNING id",
+                logger: self.logger
+            ).collect().count
+        }
+        guard updated == 1 else { throw .unknownDevice(deviceID) }
+        return secret
+    }
+
+    public func dropPreviousSecret(_ deviceID: String) async throws(StoreError) {
+        let updated = try await call("ending a rotation") {
+            try await self.client.query("UPDATE relay_device SET previous_secret = NULL WHERE id = \(deviceID) RETURNING id", logger: self.logger)
+                .collect().count
+        }
+        guard updated == 1 else { throw .unknownDevice(deviceID) }
+    }
+
+    public func grant(_ deviceID: String, owner userID: String) async throws(StoreError) -> DeviceEntry {
+        let entry = try await transaction("granting a device") { connection -> DeviceEntry? in
+            try await connection.query(
+                "INSERT INTO relay_device_owner (device_id, user_id) SELECT id, \(userID) FROM relay_device WHERE id = \(deviceID) ON CONFLICT DO NOTHING",
+                logger: self.logger
+            )
+            return try await Self.entries(connection, deviceID: deviceID, logger: self.logger).first
+        }
+        guard let entry else { throw .unknownDevice(deviceID) }
+        return entry
+    }
+
+    public func revocations(after time: Double) async throws(StoreError) -> [(deviceID: String, at: Double)] {
+        try await call("reading revocations") {
+            var revoked: [(deviceID: String, at: Double)] = []
+            let rows = try await self.client.query(
+                "SELECT id, revoked_at FROM relay_device WHERE revoked_at > \(time) ORDER BY revoked_at",
+                logger: self.logger
+            )
+            for try await (id, at) in rows.decode((String, Double).self) { revoked.append((id, at)) }
+            return revoked
+        }
+    }
+
+    public func latestRevocation() async throws(StoreError) -> Double {
+        try await call("reading revocations") {
+            var latest = 0.0
+            for try await at in try await self.client.query("SELECT coalesce(max(revoked_at), 0) FROM relay_device", logger: self.logger).decode(Double.self) {
+                latest = at
+            }
+            return latest
+        }
+    }
+
+    /// The registry's record of a device (what device authentication checks).
+    public func device(_ deviceID: String) async throws -> DeviceRecord? {
+        try await device(entry: deviceID)?.record
+    }
+
+    private static func entries(
+        _ connection: PostgresConnection,
+        deviceID: String? = nil,
+        deviceIDs: [String]? = nil,
+        ownedBy userID: String? = nil,
+        logger: Logger
+    ) async throws -> [DeviceEntry] {
+        let rows = try await connection.query(
+            """
+            SELECT id, secret, previous_secret, label, revoked_at, created_at, last_seen_at,
+                   coalesce((SELECT array_agg(user_id ORDER BY user_id) FROM relay_device_owner WHERE device_id = relay_device.id), '{}') AS owners
+            FROM relay_device
+            WHERE (\(deviceID)::text IS NULL OR id = \(deviceID))
+              AND (\(deviceIDs)::text[] IS NULL OR id = ANY(\(deviceIDs)))
+              AND (\(userID)::text IS NULL OR (revoked_at IS NULL AND id IN (SELECT device_id FROM relay_device_owner WHERE user_id = \(userID))))
+            ORDER BY id
+            """,
+            logger: logger
+        )
+        var entries: [DeviceEntry] = []
+        for try await (id, secret, previous, label, revokedAt, createdAt, lastSeenAt, owners) in rows.decode(
+            (String, String, String?, String, Double?, Double, Double?, [String]).self
+        ) {
+            entries.append(
+                DeviceEntry(
+                    deviceID: id,
+                    secrets: [secret] + (previous.map { [$0] } ?? []),
+                    owners: owners,
+                    label: label,
+                    revokedAt: revokedAt.map(Date.init(timeIntervalSince1970:)),
+                    createdAt: Date(timeIntervalSince1970: createdAt),
+                    lastSeenAt: lastSeenAt.map(Date.init(timeIntervalSince1970:))
+                )
+            )
+        }
+        return entries
+    }
+
+    // MARK: Audit log and nonces
+
+    public func apply(_ events: [StoreEvent]) async throws(StoreError) {
+        guard !events.isEmpty else { return }
+        try await transaction("writing audit events") { connection in
+            var spentNonces = false
+            for event in events {
+                switch event {
+                case .sessionOpened(let sessionID, let userID, let deviceID, let at):
+                    let created = at.timeIntervalSince1970
+                    try await connection.query(
+                        """
+                        INSERT INTO relay_session_audit (session_id, user_id, device_id, created_at) VALUES (\(sessionID), \(userID), \(deviceID), \(created))
+                        ON CONFLICT DO NOTHING
+                        """,
+                        logger: self.logger
+                    )
+                case .sessionAnswered(let sessionID, let at):
+                    let answered = at.timeIntervalSince1970
+                    try await connection.query(
+                        "UPDATE relay_session_audit SET answered_at = \(answered) WHERE session_id = \(sessionID) AND answered_at IS NULL",
+                        logger: self.logger
+                    )
+                case .sessionClosed(let sessionID, let at, let reason, let closedBy):
+                    let closed = at.timeIntervalSince1970
+                    try await connection.query(
+                        """
+                        UPDATE relay_session_audit SET closed_at = \(closed), close_reason = \(reason), closed_by = \(closedBy)
+                        WHERE session_id = \(sessionID) AND closed_at IS NULL
+                        """,
+                        logger: self.logger
+                    )
+                case .deviceSeen(let deviceID, let at):
+                    let seen = at.timeIntervalSince1970
+                    try await connection.query(
+                        "UPDATE relay_device SET last_seen_at = greatest(coalesce(last_seen_at, 0), \(seen)) WHERE id = \(deviceID)",
+                        logger: self.logger
+                    )
+                case .nonceSpent(let deviceID, let nonce, let expiresAt):
+                    spentNonces = true
+                    try await connection.query(
+                        "INSERT INTO relay_nonce (device_id, nonce, expires_at) VALUES (\(deviceID), \(nonce), \(expiresAt)) ON CONFLICT DO NOTHING",
+                        logger: self.logger
+                    )
+                }
+            }
+            if spentNonces {
+                let now = Int(Date().timeIntervalSince1970)
+                try await connection.query("DELETE FROM relay_nonce WHERE expires_at < \(now)", logger: self.logger)
+            }
+        }
+    }
+
+    public func liveNonces(now: Int) async throws(StoreError) -> [(deviceID: String, nonce: String, expiresAt: Int)] {
+        try await call("reading nonces") {
+            var nonces: [(deviceID: String, nonce: String, expiresAt: Int)] = []
+            let rows = try await self.client.query("SELECT device_id, nonce, expires_at FROM relay_nonce WHERE expires_at >= \(now)", logger: self.logger)
+            for try await (device, nonce, expires) in rows.decode((String, String, Int).self) { nonces.append((device, nonce, expires)) }
+            return nonces
+        }
+    }
+
+    public func auditLog(deviceID: String?, limit: Int) async throws(StoreError) -> [AuditEntry] {
+        try await call("reading the audit log") {
+            let rows = try await self.client.query(
+                """
+                SELECT session_id, user_id, device_id, created_at, answered_at, closed_at, close_reason, closed_by FROM relay_session_audit
+                WHERE (\(deviceID)::text IS NULL OR device_id = \(deviceID)) ORDER BY created_at DESC LIMIT \(limit)
+                """,
+                logger: self.logger
+            )
+            var entries: [AuditEntry] = []
+            for try await (session, user, device, created, answered, closed, reason, by) in rows.decode(
+                (String, String, String, Double, Double?, Double?, String?, String?).self
+            ) {
+                entries.append(
+                    AuditEntry(
+                        sessionID: session,
+                        userID: user,
+                        deviceID: device,
+                        createdAt: Date(timeIntervalSince1970: created),
+                        answeredAt: answered.map(Date.init(timeIntervalSince1970:)),
+                        closedAt: closed.map(Date.init(timeIntervalSince1970:)),
+                        closeReason: reason,
+                        closedBy: by
+                    )
+                )
+            }
+            return entries
+        }
+    }
+
+    public func check() async throws(StoreError) {
+        _ = try await call("checking the store") { try await self.client.query("SELECT 1", logger: self.logger).collect() }
+    }
+}

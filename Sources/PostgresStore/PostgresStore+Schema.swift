@@ -1,0 +1,127 @@
+/// The PostgreSQL schema (`relay_` tables) and its migrations, run by `relay serve` and the commands at start.
+import PostgresNIO
+import Registry
+
+extension PostgresStore {
+    /// Each step once, in order; `relay_schema` says how far a database is.
+    static let migrations: [(name: String, sql: [String])] = [
+        (
+            "v1: registry, audit log, nonces",
+            [
+                """
+                CREATE TABLE relay_device (
+                    id text PRIMARY KEY,
+                    secret text NOT NULL,
+                    previous_secret text,
+                    label text NOT NULL DEFAULT '',
+                    revoked_at double precision,
+                    created_at double precision NOT NULL,
+                    last_seen_at double precision
+                )
+                """,
+                """
+                CREATE TABLE relay_device_owner (
+                    device_id text NOT NULL REFERENCES relay_device(id) ON DELETE CASCADE,
+                    user_id text NOT NULL,
+                    PRIMARY KEY (device_id, user_id)
+                )
+                """,
+                "CREATE INDEX relay_device_owner_by_user ON relay_device_owner (user_id)",
+                """
+                CREATE TABLE relay_session_audit (
+                    session_id text PRIMARY KEY,
+                    user_id text NOT NULL,
+                    device_id text NOT NULL,
+                    created_at double precision NOT NULL,
+                    answered_at double precision,
+                    closed_at double precision,
+                    close_reason text,
+                    closed_by text
+                )
+                """,
+                "CREATE INDEX relay_session_audit_by_device ON relay_session_audit (device_id, created_at)",
+                "CREATE INDEX relay_session_audit_by_user ON relay_session_audit (user_id, created_at)",
+                """
+                CREATE TABLE relay_nonce (
+                    device_id text NOT NULL,
+                    nonce text NOT NULL,
+                    expires_at bigint NOT NULL,
+                    PRIMARY KEY (device_id, nonce)
+                )
+                """,
+                "CREATE INDEX relay_nonce_by_expiry ON relay_nonce (expires_at)",
+            ]
+        ),
+        (
+            "v2: live links, kept messages, open sessions",
+            [
+                // Links and sessions survive a crash of PostgreSQL; kept messages (UNLOGGED, no
+                // WAL per row) only a crash of a relay: after a PostgreSQL crash resumes answer
+                // resumed:false (contract §11).
+                """
+                CREATE TABLE relay_link (
+                    link_id text PRIMARY KEY,
+                    token_hash bytea NOT NULL,
+                    party text NOT NULL,
+                    principal text NOT NULL,
+                    owner_node text,
+                    owner_epoch bigint NOT NULL DEFAULT 0,
+                    token_valid_until double precision,
+                    token_expires_at double precision,
+                    token_devices text[],
+                    updated_at timestamptz NOT NULL DEFAULT now()
+                )
+                """,
+                "CREATE INDEX relay_link_by_owner ON relay_link (owner_node)",
+                """
+                CREATE UNLOGGED TABLE relay_outbox (
+                    link_id text NOT NULL,
+                    seq bigint NOT NULL,
+                    body text NOT NULL,
+                    PRIMARY KEY (link_id, seq)
+                )
+                """,
+                """
+                CREATE TABLE relay_session (
+                    session_id text PRIMARY KEY,
+                    app_link text NOT NULL,
+                    device_link text NOT NULL,
+                    user_id text NOT NULL,
+                    device_id text NOT NULL,
+                    created_at double precision NOT NULL,
+                    answered boolean NOT NULL,
+                    ttl_seconds integer NOT NULL,
+                    setup_deadline double precision,
+                    refresh_at double precision,
+                    credentials text[] NOT NULL,
+                    credential_expiries double precision[] NOT NULL
+                )
+                """,
+            ]
+        ),
+    ]
+
+    /// Brings the database's schema up to date. Nodes starting together take turns (an
+    /// advisory lock held by the migrating transaction).
+    public func migrate() async throws(StoreError) {
+        try await transaction("migrating the schema") { connection in
+            try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: self.logger)
+            try await connection.query("CREATE TABLE IF NOT EXISTS relay_schema (version integer NOT NULL, name text NOT NULL)", logger: self.logger)
+            var applied = 0
+            for try await version in try await connection.query("SELECT coalesce(max(version), 0) FROM relay_schema", logger: self.logger)
+                .decode(Int.self)
+            {
+                applied = version
+            }
+            for (index, migration) in Self.migrations.enumerated() where index + 1 > applied {
+                for statement in migration.sql {
+                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
+                }
+                try await connection.query("INSERT INTO relay_schema (version, name) VALUES (\(index + 1), \(migration.name))", logger: self.logger)
+            }
+        }
+    }
+
+    /// The advisory lock key of migrations (any constant no other lock uses).
+    static let migrationLock: Int64 = 0x7265_6C61_7900_0001
+}

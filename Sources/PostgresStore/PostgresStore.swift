@@ -1,0 +1,142 @@
+/// The shared store on PostgreSQL: a connection pool, the schema's migrations, and a deadline on every call.
+import Foundation
+import Logging
+import NIOSSL
+import PostgresNIO
+import Registry
+import ServiceLifecycle
+import Synchronization
+
+/// The relay's store on PostgreSQL 15 (`RELAY_DATABASE_URL=postgres://...`), shared by every
+/// node of a fleet: the registry, the audit log and the spent nonces here (`RelayRegistry`),
+/// the same as the embedded SQLite store keeps for one node. Queries go through
+/// postgres-nio's pool (`PostgresClient`), which must run (`run()`, a `Service`) while the store
+/// is used; the pool reconnects by itself. Every call has a deadline (`callTimeout`): a
+/// database that does not answer is an error the caller sees, never a wait without end.
+public final class PostgresStore: Service, Sendable {
+    let client: PostgresClient
+    let logger: Logger
+    /// The longest any one call may take.
+    let callTimeout: Duration
+    /// Where it is, for messages (the URL without its password).
+    public let location: String
+    /// The node this process is: the owner of the links it writes.
+    public let node: String
+    /// Where to open connections of its own (beside the pool's).
+    let endpoint: Endpoint
+    /// The connection that holds this node's lock (`claimSoleNode`).
+    let lockConnection = Mutex<PostgresConnection?>(nil)
+
+    struct Endpoint: Sendable {
+        var host: String
+        var port: Int
+        var username: String
+        var password: String?
+        var database: String?
+        var sslmode: String
+    }
+
+    /// A store for `url` (`postgres://user[:password]@host[:port]/database[?sslmode=disable|prefer|require]`);
+    /// `role` names its connections (`application_name`, seen in `pg_stat_activity`).
+    public init(url: String, role: String = "relay", node: String = UUID().uuidString.lowercased(), callTimeout: Duration = .seconds(5), logger: Logger)
+        throws(StoreError)
+    {
+        let parsed = try Self.configuration(url)
+        self.endpoint = parsed.endpoint
+        var configuration = parsed.configuration
+        configuration.options.additionalStartupParameters = [("application_name", role)]
+        configuration.options.connectTimeout = .seconds(3)
+        configuration.options.maximumConnections = 16
+        self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        self.logger = logger
+        self.callTimeout = callTimeout
+        self.location = parsed.location
+        self.node = node
+    }
+
+    /// Runs the pool until a graceful shutdown.
+    public func run() async {
+        await client.run()
+    }
+
+    /// Runs `body` with the store's pool running, then stops it (for commands).
+    public func whileRunning<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await self.client.run() }
+            defer { group.cancelAll() }
+            return try await body()
+        }
+    }
+
+    // MARK: Calls
+
+    /// Runs `body` with a deadline; its failures become `StoreError`s naming the database.
+    func call<T: Sendable>(_ what: String, _ body: @escaping @Sendable () async throws -> T) async throws(StoreError) -> T {
+        do {
+            return try await withThrowingTaskGroup(of: T.self) { group in
+                group.addTask { try await body() }
+                group.addTask {
+                    try await Task.sleep(for: self.callTimeout)
+                    throw StoreError.unusable("PostgreSQL at \(self.location) did not answer within \(self.callTimeout) (\(what))")
+                }
+                defer { group.cancelAll() }
+                return try await group.next()!
+            }
+        } catch let error as StoreError {
+            throw error
+        } catch let error as PSQLError {
+            throw StoreError.unusable("PostgreSQL at \(location): \(what): \(Self.describe(error))")
+        } catch {
+            throw StoreError.unusable("PostgreSQL at \(location): \(what): \(error)")
+        }
+    }
+
+    /// One transaction, with a deadline.
+    func transaction<T: Sendable>(_ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws(StoreError) -> T {
+        let logger = logger
+        return try await call(what) { try await self.client.withTransaction(logger: logger) { connection in try await body(connection) } }
+    }
+
+    static func describe(_ error: PSQLError) -> String {
+        if let message = error.serverInfo?[.message] { return message }
+        return "\(error.code)"
+    }
+
+    // MARK: The URL
+
+    static func configuration(_ url: String) throws(StoreError) -> (configuration: PostgresClient.Configuration, location: String, endpoint: Endpoint) {
+        guard let components = URLComponents(string: url), ["postgres", "postgresql"].contains(components.scheme ?? ""),
+            let host = components.host, !host.isEmpty
+        else {
+            throw StoreError.unusable("RELAY_DATABASE_URL must look like postgres://user:password@host:5432/database")
+        }
+        let database = String(components.path.drop { $0 == "/" })
+        let sslmode = components.queryItems?.first { $0.name == "sslmode" }?.value ?? "prefer"
+        let tls: PostgresClient.Configuration.TLS
+        switch sslmode {
+        case "disable": tls = .disable
+        case "prefer", "allow": tls = .prefer(.makeClientConfiguration())
+        case "require", "verify-ca", "verify-full": tls = .require(.makeClientConfiguration())
+        default: throw StoreError.unusable("RELAY_DATABASE_URL: sslmode must be disable, prefer or require (was \(sslmode))")
+        }
+        let user = components.user.flatMap { $0.removingPercentEncoding } ?? "postgres"
+        let port = components.port ?? 5432
+        let configuration = PostgresClient.Configuration(
+            host: host,
+            port: port,
+            username: user,
+            password: components.password.flatMap { $0.removingPercentEncoding },
+            database: database.isEmpty ? nil : database,
+            tls: tls
+        )
+        let endpoint = Endpoint(
+            host: host,
+            port: port,
+            username: user,
+            password: configuration.password,
+            database: configuration.database,
+            sslmode: sslmode
+        )
+        return (configuration, "\(user)@\(host):\(port)/\(database)", endpoint)
+    }
+}

@@ -1,0 +1,116 @@
+/// The registry, audit log and nonces on a real (private) PostgreSQL: what `relay device` and every node of a fleet read and write.
+import DeviceAuth
+import Foundation
+import Logging
+import PostgresStore
+import Registry
+import RelayTestSupport
+import Testing
+
+@Suite(.timeLimit(.minutes(2))) struct PostgresStoreTests {
+    /// A migrated store on a fresh database of the tests' PostgreSQL, its pool running for `body`.
+    static func withStore<T: Sendable>(_ body: (PostgresStore, String) async throws -> T) async throws -> T {
+        let url = try await PostgresServer.running().createDatabase()
+        let store = try PostgresStore(url: url, logger: Logger(label: "test-postgres"))
+        return try await store.whileRunning {
+            try await store.migrate()
+            return try await body(store, url)
+        }
+    }
+
+    @Test func theRegistryKeepsDevicesOwnersRotationsAndRevocations() async throws {
+        try await Self.withStore { store, _ in
+            let (added, secret) = try await store.addDevice("robot-1", owners: ["alice", "bob"], label: "lab", now: Date(timeIntervalSince1970: 1000))
+            #expect(added.secrets == [secret] && added.owners == ["alice", "bob"] && added.label == "lab" && !added.revoked)
+            await #expect(throws: StoreError.deviceExists("robot-1")) { try await store.addDevice("robot-1", owners: [], label: "", now: Date()) }
+            await #expect(throws: StoreError.invalidDeviceID("no spaces")) { try await store.addDevice("no spaces", owners: [], label: "", now: Date()) }
+
+            let rotated = try await store.rotate("robot-1")
+            #expect(try await store.device("robot-1")?.secrets == [rotated, secret])
+            try await store.dropPreviousSecret("robot-1")
+            #expect(try await store.device("robot-1")?.secrets == [rotated])
+            await #expect(throws: StoreError.unknownDevice("robot-9")) { try await store.rotate("robot-9") }
+
+            _ = try await store.addDevice("robot-2", owners: [], label: "", now: Date())
+            #expect(try await store.grant("robot-2", owner: "alice").owners == ["alice"])
+            #expect(try await store.devices(ownedBy: "alice").map(\.deviceID) == ["robot-1", "robot-2"])
+            #expect(try await store.devices(["robot-2", "robot-9"]).map(\.deviceID) == ["robot-2"])
+
+            let revoked = try await store.revoke("robot-1", now: Date(timeIntervalSince1970: 2000))
+            #expect(revoked?.revokedAt == Date(timeIntervalSince1970: 2000))
+            // A second revocation keeps the first time; a revoked device is no one's to reach.
+            #expect(try await store.revoke("robot-1", now: Date(timeIntervalSince1970: 3000))?.revokedAt == Date(timeIntervalSince1970: 2000))
+            #expect(try await store.devices(ownedBy: "alice").map(\.deviceID) == ["robot-2"])
+            #expect(try await store.revocations(after: 1500).map(\.deviceID) == ["robot-1"])
+            #expect(try await store.latestRevocation() == 2000)
+            #expect(try await store.device("robot-1")?.revoked == true)
+            #expect(try await store.devices().count == 2)
+        }
+    }
+
+    @Test func auditEventsAndSpentNoncesAreKept() async throws {
+        try await Self.withStore { store, _ in
+            _ = try await store.addDevice("robot-1", owners: ["alice"], label: "", now: Date())
+            let now = Int(Date().timeIntervalSince1970)
+            try await store.apply([
+                .sessionOpened(sessionID: "s1", userID: "alice", deviceID: "robot-1", at: Date(timeIntervalSince1970: 10)),
+                .sessionAnswered(sessionID: "s1", at: Date(timeIntervalSince1970: 11)),
+                .sessionClosed(sessionID: "s1", at: Date(timeIntervalSince1970: 12), reason: "normal", closedBy: "app"),
+                .sessionClosed(sessionID: "s1", at: Date(timeIntervalSince1970: 13), reason: "admin", closedBy: "relay"),
+                .deviceSeen(deviceID: "robot-1", at: Date(timeIntervalSince1970: 14)),
+                .nonceSpent(deviceID: "robot-1", nonce: "n1", expiresAt: now + 300),
+                .nonceSpent(deviceID: "robot-1", nonce: "old", expiresAt: now - 1),
+            ])
+            let row = try #require(try await store.auditLog(deviceID: "robot-1", limit: 10).first)
+            #expect(row.sessionID == "s1" && row.answeredAt == Date(timeIntervalSince1970: 11))
+            #expect(row.closeReason == "normal" && row.closedBy == "app" && row.closedAt == Date(timeIntervalSince1970: 12))
+            #expect(try await store.device(entry: "robot-1")?.lastSeenAt == Date(timeIntervalSince1970: 14))
+            #expect(try await store.liveNonces(now: now).map(\.nonce) == ["n1"])
+        }
+    }
+
+    @Test func aDatabaseThatDoesNotAnswerIsAnErrorWithinTheDeadline() async throws {
+        // Nothing listens on this port: the call fails, it does not hang.
+        let store = try PostgresStore(url: "postgres://relay@127.0.0.1:9/none", callTimeout: .seconds(2), logger: Logger(label: "test-postgres"))
+        try await store.whileRunning {
+            let start = ContinuousClock.now
+            await #expect(throws: StoreError.self) { try await store.check() }
+            #expect(ContinuousClock.now - start < .seconds(5))
+        }
+    }
+}
+
+/// `relay serve` and `relay device` on the same PostgreSQL database, as an operator runs them.
+@Suite(.timeLimit(.minutes(2))) struct PostgresRelayTests {
+    @Test func theDeviceCommandsAndTheRelayShareTheDatabaseAndASecondRelayIsRefused() async throws {
+        let url = try await PostgresServer.running().createDatabase()
+        let environment = ["RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey, "RELAY_DATABASE_URL": url]
+        let added = try await CommandLineTests.relay(["device", "add", "robot-7", "--owner", "alice", "--json"], environment: environment)
+        #expect(added.status == 0, "\(added.stderr)")
+        let secret = try #require((try JSONSerialization.jsonObject(with: Data(added.stdout.utf8)) as? [String: Any])?["secret"] as? String)
+        let listed = try await CommandLineTests.relay(["device", "list"], environment: environment)
+        #expect(listed.stdout.contains("robot-7") && listed.stdout.contains("alice"))
+
+        let relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment.merging(["RELAY_REGISTRY_POLL_MS": "100"]) { $1 })
+        defer { relay.kill() }
+        let client = ProcessClient(port: relay.port)
+        let device = try await client.device("robot-7", secret: secret)
+        let app = try await client.app("alice")
+        _ = try await client.openSession(app: app, device: device, deviceID: "robot-7")
+
+        // One relay process per database for now: a second one says why and stops.
+        let second = try await CommandLineTests.relay(["serve"], environment: environment.merging(["RELAY_PORT": "0"]) { $1 })
+        #expect(second.status == 1)
+        #expect(second.stderr.contains("another relay serves the database"), "\(second.stderr)")
+
+        // A revocation from the command line reaches the running relay through the database.
+        let revoked = try await CommandLineTests.relay(["device", "revoke", "robot-7"], environment: environment)
+        #expect(revoked.status == 0, "\(revoked.stderr)")
+        #expect(try await Self.next("webrtc_close", on: app)["reason"] as? String == "device_revoked")
+        #expect(try await device.closeCode() == 1008)
+    }
+
+    static func next(_ type: String, on socket: TestSocket) async throws -> JSONObject {
+        try await RestartTests.next(type, on: socket)
+    }
+}

@@ -1,7 +1,10 @@
 /// The registry, audit log and nonces on a real (private) PostgreSQL: what `relay device` and every node of a fleet read and write.
 import DeviceAuth
 import Foundation
+import HTTPTypes
+import HummingbirdTesting
 import Logging
+import NIOCore
 import PostgresStore
 import Registry
 import RelayTestSupport
@@ -108,6 +111,62 @@ import Testing
         #expect(revoked.status == 0, "\(revoked.stderr)")
         #expect(try await Self.next("webrtc_close", on: app)["reason"] as? String == "device_revoked")
         #expect(try await device.closeCode() == 1008)
+    }
+
+    @Test func whilePostgreSQLIsDownCallsKeepRelayingNewDevicesWaitAndEverythingResumesAfter() async throws {
+        // A server of its own: this test stops it.
+        let server = try await PostgresServer.startPrivate()
+        do {
+            let url = try await server.createDatabase()
+            let environment = ["RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey, "RELAY_DATABASE_URL": url]
+            let registry = try PostgresStore(url: url, role: "relay-test", logger: Logger(label: "relay-test"))
+            let (first, second) = try await registry.whileRunning {
+                try await registry.migrate()
+                return (
+                    try await registry.addDevice("robot-1", owners: ["alice"], label: "", now: Date()).secret,
+                    try await registry.addDevice("robot-2", owners: ["alice"], label: "", now: Date()).secret
+                )
+            }
+            let relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+            defer { relay.kill() }
+            let client = ProcessClient(port: relay.port)
+            let device = try await client.device("robot-1", secret: first)
+            let app = try await client.app("alice")
+            let sessionID = try await client.openSession(app: app, device: device, deviceID: "robot-1")
+
+            try await server.stop()
+            // The call on this node goes on: it never needed the database.
+            try app.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "offer-1"])
+            #expect(try await device.next("webrtc_offer")["sdp"] as? String == "offer-1")
+            try device.send(["type": "webrtc_answer", "session_id": sessionID, "sdp": "answer-1"])
+            #expect(try await app.next("webrtc_answer")["sdp"] as? String == "answer-1")
+            // Alive, not ready; a device the registry must vouch for is told to come back.
+            let http = HTTPClient(port: relay.port)
+            #expect(try await http.client.get("/healthz").status == .ok)
+            let ready = try await http.client.get("/readyz")
+            #expect(ready.status == .serviceUnavailable)
+            #expect(String(buffer: ready.body ?? ByteBuffer()).contains("store"))
+            let upgrade = try RawConnection.open(port: relay.port)
+            let query = DeviceSignature.sign(deviceID: "robot-2", timestamp: Int(Date().timeIntervalSince1970), nonce: DeviceSignature.makeNonce(), secret: second).query
+            let refused = try await upgrade.request(RawFrame.upgradeRequest(port: relay.port, pathAndQuery: "/ws/device?\(query)"))
+            #expect(refused.hasPrefix("HTTP/1.1 503"), "\(refused)")
+
+            try await server.start()
+            // Back: ready again, new devices connect, and nothing exited.
+            _ = try await eventually("the relay to be ready again", timeout: .seconds(30)) {
+                try await http.client.get("/readyz").status == .ok ? true : nil
+            }
+            let later = try await client.device("robot-2", secret: second)
+            #expect(later.hello["resumed"] as? Bool == false)
+            #expect(relay.process.isRunning)
+            try app.send(["type": "webrtc_close", "session_id": sessionID])
+            #expect(try await device.next("webrtc_close")["reason"] as? String == "normal")
+            await http.shutdown()
+        } catch {
+            await server.shutdown()
+            throw error
+        }
+        await server.shutdown()
     }
 
     static func next(_ type: String, on socket: TestSocket) async throws -> JSONObject {

@@ -7,6 +7,7 @@ import Logging
 import PostgresStore
 import Registry
 import RelayTestSupport
+import Synchronization
 import Testing
 
 /// A relay restarted on the same store (`RELAY_DB`, or `RELAY_DATABASE_URL` on PostgreSQL): its
@@ -273,6 +274,40 @@ import Testing
             let answered = try await Self.next("webrtc_answer", on: resumedApp)
             #expect(answered["session_id"] as? String == sessionID && answered["sdp"] as? String == "answer-1")
             await next.shutdown()
+        }
+    }
+
+    @Test func anIceRefreshDueWhileNoProcessRanIsSentAtOnceByTheNextOne() async throws {
+        try await withTemporaryDirectory { directory in
+            // The relay mints fresh ICE servers 2 s after a session opens (its credentials' 80 %).
+            let environment = ["RELAY_DB": "\(directory)/relay.sqlite"]
+            let refreshIn: @Sendable (Int) -> Duration = { _ in .seconds(2) }
+            let deviceSecret = DeviceSignature.derivedSecret(deviceID: "robot-1", masterKey: TestRelay.masterKey)
+            let first = Mutex<(app: ProcessClient.Resume, device: ProcessClient.Resume, sessionID: String, openedAt: ContinuousClock.Instant)?>(nil)
+            try await TestRelay.run(environment, refreshDelay: refreshIn) { relay in
+                let client = ProcessClient(port: relay.port)
+                let device = try await client.device("robot-1", secret: deviceSecret)
+                let app = try await client.app("alice", devices: ["robot-1"])
+                let sessionID = try await client.openSession(app: app, device: device, deviceID: "robot-1")
+                let resumes = (try ProcessClient.Resume(app.hello, lastSeq: 1), try ProcessClient.Resume(device.hello, lastSeq: 1))
+                first.withLock { $0 = (resumes.0, resumes.1, sessionID, .now) }
+            }
+            let (appResume, deviceResume, sessionID, openedAt) = try #require(first.withLock { $0 })
+            // No relay runs while the refresh falls due.
+            try await Task.sleep(until: openedAt + .seconds(3))
+            try await TestRelay.run(environment, refreshDelay: refreshIn) { relay in
+                let started = ContinuousClock.now
+                let client = ProcessClient(port: relay.port)
+                let app = try await client.app("alice", devices: ["robot-1"], resume: appResume)
+                let device = try await client.device("robot-1", secret: deviceSecret, resume: deviceResume)
+                #expect(app.hello["resumed"] as? Bool == true && device.hello["resumed"] as? Bool == true)
+                for socket in [app, device] {
+                    let refresh = try await Self.next("ice_servers_refresh", on: socket)
+                    #expect(refresh["session_id"] as? String == sessionID)
+                }
+                // Due at once, not 2 s after the new start.
+                #expect(ContinuousClock.now - started < .milliseconds(1500), "\(ContinuousClock.now - started)")
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ struct ProcessClient {
     let port: Int
 
     /// What a client resumes with: its link's token and the last `seq` it processed.
-    struct Resume {
+    struct Resume: Sendable {
         var token: String
         var lastSeq: Int
 
@@ -34,10 +34,11 @@ struct ProcessClient {
         return try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/device?\(query)\(resume.map { "&" + $0.query } ?? "")")
     }
 
-    func app(_ userID: String, resume: Resume? = nil) async throws -> TestSocket {
+    /// An app of `userID`; its token names `devices` (the registry decides when nil).
+    func app(_ userID: String, devices: [String]? = nil, resume: Resume? = nil) async throws -> TestSocket {
         let token = try AppTokenSigner(secret: Array(TestRelay.jwtSecret.utf8)).token(
             userID: userID,
-            devices: nil,
+            devices: devices,
             now: Date().timeIntervalSince1970,
             lifetime: 600
         )

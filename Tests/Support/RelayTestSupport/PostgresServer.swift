@@ -34,13 +34,29 @@ public final class PostgresServer: Sendable {
         return try await task.value
     }
 
-    private init(port: Int, directory: String, binaries: String) {
+    /// The test process's server (the exit handler stops it), not a test's own.
+    private let shared: Bool
+
+    private init(port: Int, directory: String, binaries: String, shared: Bool) {
         self.port = port
         self.directory = directory
         self.binaries = binaries
+        self.shared = shared
     }
 
-    private static func start() async throws -> PostgresServer {
+    /// A server of the caller's own (for a test that stops and starts it while others run):
+    /// `shutdown()` ends it and removes its folder.
+    public static func startPrivate() async throws -> PostgresServer {
+        try await start(shared: false)
+    }
+
+    /// Stops the server and removes its folder.
+    public func shutdown() async {
+        try? await stop()
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    private static func start(shared: Bool = true) async throws -> PostgresServer {
         guard let binaries = Self.binaryDirectory() else {
             throw Unavailable(description: "PostgreSQL is not installed (scripts/setup-debian installs Debian's postgresql)")
         }
@@ -52,8 +68,9 @@ public final class PostgresServer: Sendable {
         }
         let initdb = try Self.run(binaries + "/initdb", ["-D", directory + "/data", "-U", "relay", "--auth=trust", "-E", "UTF8", "--no-sync"])
         guard try await initdb.exited(within: .seconds(120)) == 0 else { throw Unavailable(description: "initdb failed") }
-        let server = PostgresServer(port: try Self.freePort(), directory: directory, binaries: binaries)
+        let server = PostgresServer(port: try Self.freePort(), directory: directory, binaries: binaries, shared: shared)
         try await server.start()
+        guard shared else { return server }
         folder = directory
         atexit {
             let pid = PostgresServer.runningPID
@@ -78,7 +95,7 @@ public final class PostgresServer: Sendable {
             ]
         )
         postmaster.withLock { $0 = process }
-        Self.runningPID = process.processIdentifier
+        if shared { Self.runningPID = process.processIdentifier }
         for _ in 0..<300 {
             if try await Self.run(binaries + "/pg_isready", ["-h", "127.0.0.1", "-p", String(port), "-q"]).exited(within: .seconds(10)) == 0 { return }
             guard process.isRunning else { throw Unavailable(description: "postgres exited at start") }
@@ -95,7 +112,7 @@ public final class PostgresServer: Sendable {
         }) else { return }
         kill(process.processIdentifier, SIGINT)
         _ = try await process.exited(within: .seconds(30))
-        Self.runningPID = 0
+        if shared { Self.runningPID = 0 }
     }
 
     /// A fresh, empty database; its URL.

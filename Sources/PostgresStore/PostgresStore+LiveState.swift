@@ -9,6 +9,7 @@ extension PostgresStore: LiveStateStore {
     /// (`synchronous_commit = off`): losing the last fraction of a second of this in a crash of
     /// PostgreSQL itself is within contract §11.
     public func save(_ batches: [LiveStateBatch]) async throws(StoreError) {
+        guard !isFenced else { throw StoreError.unusable("another relay serves the database at \(location): this one writes nothing more") }
         let node = node
         try await transaction("writing the live state") { connection in
             try await connection.query("SET LOCAL synchronous_commit = off", logger: self.logger)

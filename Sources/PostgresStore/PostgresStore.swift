@@ -24,8 +24,8 @@ public final class PostgresStore: Service, Sendable {
     public let node: String
     /// Where to open connections of its own (beside the pool's).
     let endpoint: Endpoint
-    /// The connection that holds this node's lock (`claimSoleNode`).
-    let lockConnection = Mutex<PostgresConnection?>(nil)
+    /// Set once another process took the database from this one (`NodeLease`).
+    private let fenced = Atomic<Bool>(false)
 
     struct Endpoint: Sendable {
         var host: String
@@ -53,6 +53,12 @@ public final class PostgresStore: Service, Sendable {
         self.location = parsed.location
         self.node = node
     }
+
+    /// From now on this process writes no live state: another one serves the database.
+    func fence() { fenced.store(true, ordering: .relaxed) }
+
+    /// Whether another process took the database from this one.
+    public var isFenced: Bool { fenced.load(ordering: .relaxed) }
 
     /// Runs the pool until a graceful shutdown.
     public func run() async {

@@ -5,6 +5,7 @@ import HTTPTypes
 import HummingbirdTesting
 import Logging
 import NIOCore
+import PostgresNIO
 import PostgresStore
 import Registry
 import RelayTestSupport
@@ -167,6 +168,43 @@ import Testing
             throw error
         }
         await server.shutdown()
+    }
+
+    @Test func aRelayCutOffFromItsDatabaseTakesItsLockAgainOrStopsWhenAnotherTookIt() async throws {
+        let server = try await PostgresServer.running()
+        let url = try await server.createDatabase()
+        let database = String(url.split(separator: "/").last!)
+        let environment = ["RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey, "RELAY_DATABASE_URL": url]
+        let relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+        defer { relay.kill() }
+        let holders = "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory' AND l.granted AND d.datname = '\(database)'"
+        let lockBackend = "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'relay-node-%' AND datname = '\(database)'"
+        let first = try await server.sql(lockBackend, database: database)
+
+        // Its connection is cut: the relay connects again and takes the lock again, so a second
+        // relay is still refused.
+        try await server.sql("SELECT pg_terminate_backend(pid) FROM (\(lockBackend)) AS b", database: database)
+        _ = try await eventually("the relay to hold its lock again") { () -> Bool? in
+            let backend = try await server.sql(lockBackend, database: database)
+            let held = try await server.sql(holders, database: database)
+            return !backend.isEmpty && backend != first && held == "1" ? true : nil
+        }
+        let second = try await CommandLineTests.relay(["serve"], environment: environment.merging(["RELAY_PORT": "0"]) { $1 })
+        #expect(second.status == 1 && second.stderr.contains("another relay serves the database"), "\(second.stderr)")
+        #expect(relay.process.isRunning)
+
+        // Cut again, and another process takes the lock first: the relay has lost the database
+        // and stops.
+        let intruder = try await PostgresConnection.connect(
+            configuration: .init(host: "127.0.0.1", port: server.port, username: "relay", password: nil, database: database, tls: .disable),
+            id: 1,
+            logger: Logger(label: "intruder")
+        )
+        try await intruder.query("SELECT pg_terminate_backend(pid) FROM (\(unescaped: lockBackend)) AS b", logger: Logger(label: "intruder"))
+        try await intruder.query("SELECT pg_advisory_lock(\(NodeLease.lock))", logger: Logger(label: "intruder"))
+        let status = try await relay.process.exited(within: .seconds(20))
+        #expect(status != 0)
+        try await intruder.close()
     }
 
     static func next(_ type: String, on socket: TestSocket) async throws -> JSONObject {

@@ -62,7 +62,8 @@ public func buildRelay(
         journal.record(.nonceSpent(deviceID: deviceID, nonce: nonce, expiresAt: expiresAt))
     }
     nonces.remember(try await store.liveNonces(now: Int(Date().timeIntervalSince1970)))
-    var services: [any Service] = [journal, liveState]
+    // The lease first: it is the last to stop, after the last write.
+    var services: [any Service] = (stores.lease.map { [$0] } ?? []) + [journal, liveState]
     let configured: any TURNProvider
     if let provided = dependencies.turn {
         configured = provided
@@ -268,27 +269,30 @@ struct RelayStores: Sendable {
     let live: any LiveStateStore
     /// The SQLite store, when that is the one (it audits sessions a killed run did not keep).
     let sqlite: RelayStore?
+    /// This node's hold on a PostgreSQL database (a service: it keeps the hold, or stops the relay).
+    var lease: NodeLease?
     /// Stops what runs beside the services.
     let close: @Sendable () async -> Void
 
     static func open(_ configuration: RelayConfiguration, logger: Logger) async throws(StoreError) -> RelayStores {
         guard let url = configuration.databaseURL else {
             let store = try RelayStore(path: configuration.databasePath)
-            return RelayStores(registry: store, live: store, sqlite: store, close: {})
+            return RelayStores(registry: store, live: store, sqlite: store, lease: nil, close: {})
         }
         let store = try PostgresStore(url: url, role: "relay", logger: logger)
         // The pool runs from here until `close`: building reads the store already.
         let pool = Task { await store.run() }
+        let lease = NodeLease(store: store, logger: logger)
         do throws(StoreError) {
             try await store.migrate()
-            try await store.claimSoleNode()
+            try await lease.acquire()
         } catch {
             pool.cancel()
             throw error
         }
         logger.info("Using PostgreSQL", metadata: ["store": "\(store.location)", "node": "\(store.node)"])
-        return RelayStores(registry: store, live: store, sqlite: nil) {
-            await store.releaseNode()
+        return RelayStores(registry: store, live: store, sqlite: nil, lease: lease) {
+            await lease.release()
             pool.cancel()
             await pool.value
         }

@@ -163,6 +163,18 @@ extension PostgresStore: LiveStateStore {
         }
     }
 
+    public func closeSessionsLeftOpen() async throws(StoreError) -> Int {
+        try await call("auditing sessions left open") {
+            try await self.client.query(
+                """
+                UPDATE relay_session_audit SET close_reason = 'relay_stopped', closed_by = 'relay'
+                WHERE close_reason IS NULL AND session_id NOT IN (SELECT session_id FROM relay_session) RETURNING session_id
+                """,
+                logger: self.logger
+            ).collect().count
+        }
+    }
+
     /// A snapshot reclaims nothing here: acked messages are deleted as they go.
     public var outboxLogBytes: Int { 0 }
 }

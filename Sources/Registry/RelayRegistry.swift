@@ -46,6 +46,9 @@ public protocol LiveStateStore: Sendable {
     func save(_ batches: [LiveStateBatch]) async throws(StoreError)
     /// What a previous process left live (for a relay starting up).
     func liveState() async throws(StoreError) -> StoredLiveState
+    /// Audits as `relay_stopped` the sessions a previous process left open in the audit log but
+    /// not live (it was killed before it wrote them); how many. Called after taking over.
+    func closeSessionsLeftOpen() async throws(StoreError) -> Int
     /// Bytes a snapshot of the kept messages would reclaim (0: a snapshot reclaims nothing).
     var outboxLogBytes: Int { get }
 }

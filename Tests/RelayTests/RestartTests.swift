@@ -310,4 +310,18 @@ import Testing
             }
         }
     }
+
+    @Test(arguments: Backend.allCases)
+    func aSessionTheAuditLogShowsOpenButNoProcessKeptIsClosedAsRelayStopped(_ backend: Backend) async throws {
+        try await Self.withStore(backend) { backing in
+            // A relay killed within a few milliseconds of opening it: audited, never written live.
+            try await backing.registry.apply([.sessionOpened(sessionID: "lost-1", userID: "alice", deviceID: "robot-1", at: Date())])
+            let relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: backing.environment)
+            defer { relay.kill() }
+            let row = try await eventually("the lost session audited") {
+                try await backing.registry.auditLog(deviceID: "robot-1", limit: 10).first { $0.sessionID == "lost-1" && $0.closeReason != nil }
+            }
+            #expect(row.closeReason == "relay_stopped" && row.closedBy == "relay")
+        }
+    }
 }

@@ -113,11 +113,9 @@ public func buildRelay(
     if restored.links > 0 {
         logger.info("Took over the links and sessions the previous run left", metadata: ["links": "\(restored.links)", "sessions": "\(restored.sessions)"])
     }
-    if let sqlite = stores.sqlite {
-        let left = try sqlite.closeSessionsLeftOpen()
-        if left > 0 {
-            logger.warning("The previous run stopped without keeping some sessions; audited them as relay_stopped", metadata: ["sessions": "\(left)"])
-        }
+    let left = try await stores.live.closeSessionsLeftOpen()
+    if left > 0 {
+        logger.warning("The previous run stopped without keeping some sessions; audited them as relay_stopped", metadata: ["sessions": "\(left)"])
     }
     let connection = LinkConnection(
         switchboard: switchboard,
@@ -267,8 +265,6 @@ public func buildRelay(
 struct RelayStores: Sendable {
     let registry: any RelayRegistry
     let live: any LiveStateStore
-    /// The SQLite store, when that is the one (it audits sessions a killed run did not keep).
-    let sqlite: RelayStore?
     /// This node's hold on a PostgreSQL database (a service: it keeps the hold, or stops the relay).
     var lease: NodeLease?
     /// Stops what runs beside the services.
@@ -277,7 +273,7 @@ struct RelayStores: Sendable {
     static func open(_ configuration: RelayConfiguration, logger: Logger) async throws(StoreError) -> RelayStores {
         guard let url = configuration.databaseURL else {
             let store = try RelayStore(path: configuration.databasePath)
-            return RelayStores(registry: store, live: store, sqlite: store, lease: nil, close: {})
+            return RelayStores(registry: store, live: store, lease: nil, close: {})
         }
         let store = try PostgresStore(url: url, role: "relay", logger: logger)
         // The pool runs from here until `close`: building reads the store already.
@@ -291,7 +287,7 @@ struct RelayStores: Sendable {
             throw error
         }
         logger.info("Using PostgreSQL", metadata: ["store": "\(store.location)", "node": "\(store.node)"])
-        return RelayStores(registry: store, live: store, sqlite: nil, lease: lease) {
+        return RelayStores(registry: store, live: store, lease: lease) {
             await lease.release()
             pool.cancel()
             await pool.value

@@ -3,6 +3,7 @@ import DeviceAuth
 import Foundation
 import GRDB
 import OpenSSLCrypto
+import Synchronization
 
 /// The embedded store (contract §9): one SQLite file in WAL mode holding the device registry
 /// and the session audit log. Its calls are async (GRDB runs them on its own queues) so none
@@ -14,6 +15,13 @@ public final class RelayStore: Sendable {
     public let path: String
     /// The live links' kept messages (`<path>-outbox`).
     let outbox: OutboxLog
+    /// Read-only connections for lookups that must not wait (see `device(_:)`): no busy
+    /// timeout, each used by one thread at a time (as many as threads that look up at once).
+    private let quickReaders = (0..<4).map { _ in QuickReader() }
+
+    private final class QuickReader: Sendable {
+        let connection = Mutex<DatabaseQueue?>(nil)
+    }
 
     /// Opens (creating when missing, readable by its owner only: it holds device secrets) and
     /// migrates the store at `path`.
@@ -44,6 +52,14 @@ public final class RelayStore: Sendable {
             }
             pool = try DatabasePool(path: path, configuration: configuration)
             try Self.migrator.migrate(pool)
+            var quick = Configuration()
+            quick.readonly = true
+            quick.busyMode = .immediateError
+            quick.label = "relay-store-quick"
+            for slot in quickReaders {
+                let reader = try? DatabaseQueue(path: path, configuration: quick)
+                slot.connection.withLock { $0 = reader }
+            }
         } catch let error as StoreError {
             throw error
         } catch {
@@ -119,7 +135,16 @@ public final class RelayStore: Sendable {
 
     /// Closes the store; every later call fails.
     public func close() throws(StoreError) {
-        try run { try pool.close() }
+        let readers = quickReaders.compactMap { slot in
+            slot.connection.withLock { reader in
+                defer { reader = nil }
+                return reader
+            }
+        }
+        try run {
+            for reader in readers { try reader.close() }
+            try pool.close()
+        }
     }
 
     // MARK: Devices
@@ -315,11 +340,34 @@ public final class RelayStore: Sendable {
 
 extension RelayStore: RelayRegistry, LiveStateStore {
     /// The registry's record of a device (what device authentication checks). One SELECT (its
-    /// owners in a subquery) is consistent by itself: no transaction around it. Read through
-    /// GRDB's queue, never on the caller's thread: a read can wait seconds on a lock (the store
-    /// being migrated or checkpointed by another connection), and a Swift concurrency thread
-    /// blocked that long stalls everything else scheduled on the pool.
+    /// owners in a subquery) is consistent by itself: no transaction around it.
+    ///
+    /// A read can wait seconds on a lock (the store being migrated or checkpointed by another
+    /// connection), and a Swift concurrency thread blocked that long stalls everything else
+    /// scheduled on the pool. So the read is first tried on the caller's thread through a
+    /// connection that never waits (no busy timeout; skipped while another thread uses it), which
+    /// spares a connect the two thread switches of GRDB's queue; only when that cannot read at
+    /// once does it go through GRDB's queue, which may wait.
     public func device(_ deviceID: String) async throws -> DeviceRecord? {
-        try await pool.unsafeRead { db in try Self.entry(deviceID, in: db) }.map(\.record)
+        if let record = quickEntry(deviceID) { return record?.record }
+        return try await pool.unsafeRead { db in try Self.entry(deviceID, in: db) }.map(\.record)
+    }
+
+    /// The device's row read without waiting: nil when it could not be read at once.
+    private func quickEntry(_ deviceID: String) -> DeviceEntry?? {
+        for slot in quickReaders {
+            let read: DeviceEntry??? = slot.connection.withLockIfAvailable { reader -> DeviceEntry?? in
+                guard let reader else { return nil }
+                do {
+                    return .some(try reader.unsafeRead { db in try Self.entry(deviceID, in: db) })
+                } catch {
+                    return nil
+                }
+            }
+            // Busy with another thread: the next one; unreadable now: GRDB's queue.
+            guard let read else { continue }
+            return read
+        }
+        return nil
     }
 }

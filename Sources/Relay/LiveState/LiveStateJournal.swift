@@ -30,6 +30,9 @@ final class LiveStateJournal: Service, Sendable {
         var snapshotBytes = 0
         /// Something is listed since the last flush.
         var changed = false
+        /// Failed writes in a row (the next try waits longer: a store that is away is not
+        /// hammered, nor the log filled, every interval).
+        var failures = 0
         /// The writer, idle until something changes (an idle relay never wakes up for it).
         var waiter: CheckedContinuation<Void, Never>?
 
@@ -97,7 +100,9 @@ final class LiveStateJournal: Service, Sendable {
     func run() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             try? await cancelWhenGracefulShutdown { await self.changes() }
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.interval) }
+            let failures = pending.withLock { $0.failures }
+            let wait = failures == 0 ? interval : min(interval * (1 << min(failures, 10)), .seconds(5))
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: wait) }
             await flush()
         }
         await flush()
@@ -162,18 +167,31 @@ final class LiveStateJournal: Service, Sendable {
         guard !batches.isEmpty else { return }
         do {
             try await store.save(batches)
-            pending.withLock { $0.failing = nil }
+            let recovered = pending.withLock { pending in
+                defer {
+                    pending.failing = nil
+                    pending.failures = 0
+                }
+                return pending.failures > 0
+            }
+            if recovered { logger.info("Writing the live state works again", metadata: ["store.rows": "\(batches.reduce(0) { $0 + $1.count })"]) }
         } catch {
-            logger.error("Writing the live state failed; will retry", metadata: ["store.rows": "\(batch.count)", "error": "\(error)"])
-            pending.withLock { pending in
+            let first = pending.withLock { pending in
                 pending.failing = error.description
-                // The links' marks moved with the snapshot: the retry carries it.
+                pending.failures += 1
+                // The links' marks moved with what they handed over: the retry carries it.
                 var kept = batches + pending.failed
                 while kept.reduce(0, { $0 + $1.count }) > capacity, kept.count > 1 {
                     kept.removeFirst()
                     pending.dropped += 1
+                    // What was dropped is nowhere now: the next write starts from a snapshot.
+                    pending.snapshotDue = true
                 }
                 pending.failed = kept
+                return pending.failures == 1
+            }
+            if first {
+                logger.error("Writing the live state failed; will retry", metadata: ["store.rows": "\(batch.count)", "error": "\(error)"])
             }
         }
     }

@@ -41,26 +41,12 @@ public final class Link: Sendable {
         case close(code: UInt16, reason: String)
     }
 
-    /// What the store has of the link (see `journal(into:)`).
-    private struct Stored {
-        /// The journal was told of a change and has not asked yet.
-        var listed = false
-        /// The link's row is written and current.
-        var row = false
-        /// Messages up to this seq were considered (written, or acked before their turn).
-        var through = 0
-        /// Messages from this seq on may be in the store.
-        var from = 1
-        /// Every stored message is to go (a restored link renumbered what it kept).
-        var rewrite = false
-    }
-
     private struct State {
         var machine: Machine
         /// The resume token; a restored link learns it from the client that resumes it.
         var resumeToken: String?
         var app: AppIdentity?
-        var stored = Stored()
+        var stored = StoredLinkMarks()
         var sessions: [String: Session] = [:]
         /// Device ids this (app) link watches (contract §8).
         var watched: Set<String> = []
@@ -108,9 +94,8 @@ public final class Link: Sendable {
         self.tokenHash = stored.tokenHash
         self.party = party
         self.principal = stored.principal
-        let (frames, firstKept) = machine.keptFrames(after: 0)
         var state = State(machine: machine, resumeToken: nil, app: app)
-        state.stored = Stored(row: true, through: frames.last?.seq ?? firstKept - 1, from: frames.first?.seq ?? firstKept)
+        state.stored = StoredLinkMarks(restored: machine)
         self.state = Mutex(state)
     }
 
@@ -138,7 +123,7 @@ public final class Link: Sendable {
             state.app = identity
             state.machine.tokenRefreshed(validUntil: validUntil)
             state.stored.row = false
-            return Self.list(&state)
+            return state.stored.list()
         }
         if listed { journal?.linkChanged(self) }
     }
@@ -186,8 +171,8 @@ public final class Link: Sendable {
                 guard case .attached = action else { return (action, nil, nil, []) }
                 if restored {
                     // Its first resume may have renumbered what it kept: the store gets it anew.
-                    state.stored.rewrite = true
-                    listed = Self.list(&state)
+                    state.stored.rewriteAll()
+                    listed = state.stored.list()
                 }
                 state.dropTransport = dropTransport
                 defer {
@@ -300,7 +285,7 @@ public final class Link: Sendable {
             state in
             let action = state.machine.offer { message.text(seq: $0) }
             guard action != .discarded else { return (nil, nil, nil) }
-            listed = Self.list(&state)
+            listed = state.stored.list()
             var drop: (@Sendable () -> Void)?
             if action == .queuedDroppingTransport {
                 // Once: the transport is going; the link detaches when it is gone.
@@ -329,7 +314,7 @@ public final class Link: Sendable {
     func acknowledge(through seq: Int) {
         let listed = state.withLock { state in
             state.machine.acknowledge(through: seq)
-            return Self.list(&state)
+            return state.stored.list()
         }
         if listed { journal?.linkChanged(self) }
     }
@@ -338,71 +323,30 @@ public final class Link: Sendable {
 
     /// Tells the journal the link has something the store lacks (its row, when new).
     func noteChanged() {
-        if state.withLock({ Self.list(&$0) }) { journal?.linkChanged(self) }
+        if state.withLock({ $0.stored.list() }) { journal?.linkChanged(self) }
     }
 
-    /// Whether the journal is to be told (once until it asks).
-    private static func list(_ state: inout State) -> Bool {
-        guard !state.stored.listed else { return false }
-        state.stored.listed = true
-        return true
-    }
-
-    /// Adds the link's kept messages to `snapshot` (nothing once it ended): the store now has
-    /// all of them. Returns their bytes.
+    /// Adds the link's kept messages to `snapshot` (see `StoredLinkMarks.snapshot`).
     func snapshot(into snapshot: inout [String: [StoredMessage]]) -> Int {
-        state.withLock { state in
-            guard !state.machine.isEnded else { return 0 }
-            let (frames, firstKept) = state.machine.keptFrames(after: 0)
-            state.stored.rewrite = false
-            state.stored.from = firstKept
-            state.stored.through = state.machine.upcomingSeq - 1
-            guard !frames.isEmpty else { return 0 }
-            snapshot[id] = frames.map { StoredMessage(seq: $0.seq, text: $0.text) }
-            return frames.reduce(0) { $0 + $1.text.utf8.count }
-        }
+        state.withLock { state in state.stored.snapshot(state.machine, id: id, into: &snapshot) }
     }
 
-    /// Adds to `batch` what the store lacks of the link: its row when new or changed, the
-    /// kept messages not yet written, the range of stored ones since acked or dropped; or,
-    /// once it ended, that it is gone.
+    /// Adds to `batch` what the store lacks of the link (see `StoredLinkMarks.journal`).
     func journal(into batch: inout LiveStateBatch) {
         state.withLock { state in
-            state.stored.listed = false
-            if state.machine.isEnded {
-                if state.stored.row || state.stored.through >= state.stored.from { batch.endedLinks.append(id) }
-                state.stored = Stored(through: 0, from: 1)
-                state.stored.row = false
-                return
-            }
-            if !state.stored.row {
-                batch.links.append(
-                    StoredLink(
-                        id: id,
-                        tokenHash: tokenHash,
-                        party: party.rawValue,
-                        principal: principal,
-                        tokenValidUntil: state.machine.tokenValidUntil,
-                        tokenExpiresAt: state.app?.expiresAt,
-                        tokenDevices: state.app?.devices.map { $0.sorted() }
-                    )
+            let app = state.app
+            let validUntil = state.machine.tokenValidUntil
+            state.stored.journal(state.machine, id: id, into: &batch) {
+                StoredLink(
+                    id: id,
+                    tokenHash: tokenHash,
+                    party: party.rawValue,
+                    principal: principal,
+                    tokenValidUntil: validUntil,
+                    tokenExpiresAt: app?.expiresAt,
+                    tokenDevices: app?.devices.map { $0.sorted() }
                 )
-                state.stored.row = true
             }
-            if state.stored.rewrite {
-                batch.forgotten.append((id, 0, .max))
-                state.stored.rewrite = false
-                state.stored.through = 0
-            }
-            let (frames, firstKept) = state.machine.keptFrames(after: state.stored.through)
-            if firstKept > state.stored.from {
-                if state.stored.through >= state.stored.from {
-                    batch.forgotten.append((id, state.stored.from, min(firstKept, state.stored.through + 1)))
-                }
-                state.stored.from = firstKept
-            }
-            for frame in frames { batch.messages.append((id, StoredMessage(seq: frame.seq, text: frame.text))) }
-            state.stored.through = state.machine.upcomingSeq - 1
         }
     }
 

@@ -120,10 +120,10 @@ extension PostgresStore {
     /// `pg_stat_activity`.
     func connect(as name: String) async throws -> PostgresConnection {
         let tls: PostgresConnection.Configuration.TLS
-        switch endpoint.sslmode {
-        case "disable": tls = .disable
-        case "require", "verify-ca", "verify-full": tls = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
-        default: tls = .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
+        switch endpoint.tls {
+        case .disable: tls = .disable
+        case .prefer: tls = .prefer(try NIOSSLContext(configuration: .makeClientConfiguration()))
+        case .require: tls = .require(try NIOSSLContext(configuration: .makeClientConfiguration()))
         }
         var configuration = PostgresConnection.Configuration(
             host: endpoint.host,

@@ -10,7 +10,7 @@ extension PostgresStore: RelayRegistry {
 
     public func addDevice(_ deviceID: String, owners: [String], label: String, now: Date) async throws(StoreError) -> (DeviceEntry, secret: String) {
         guard DeviceSignature.isValidDeviceID(deviceID) else { throw .invalidDeviceID(deviceID) }
-        let secret = LibCrypto.randomBytes(32).map { String(format: "%02x", $0) }.joined()
+        let secret = RelayStore.makeSecret()
         let created = now.timeIntervalSince1970
         let entry = try await transaction("adding a device") { connection -> DeviceEntry? in
             let inserted = try await connection.query(
@@ -57,7 +57,7 @@ extension PostgresStore: RelayRegistry {
     }
 
     public func rotate(_ deviceID: String) async throws(StoreError) -> String {
-        let secret = LibCrypto.randomBytes(32).map { String(format: "%02x", $0) }.joined()
+        let secret = RelayStore.makeSecret()
         let updated = try await call("rotating a secret") {
             try await self.client.query(
                 "UPDATE relay_device SET previous_secret = secret, secret = \(secret) WHERE id = \(deviceID) RETURNING id",

@@ -33,7 +33,14 @@ public final class PostgresStore: Service, Sendable {
         var username: String
         var password: String?
         var database: String?
-        var sslmode: String
+        var tls: TLSMode
+    }
+
+    /// The URL's `sslmode`, read once for the pool and for connections of its own.
+    enum TLSMode: Sendable {
+        case disable
+        case prefer
+        case require
     }
 
     /// A store for `url` (`postgres://user[:password]@host[:port]/database[?sslmode=disable|prefer|require]`);
@@ -118,12 +125,18 @@ public final class PostgresStore: Service, Sendable {
         }
         let database = String(components.path.drop { $0 == "/" })
         let sslmode = components.queryItems?.first { $0.name == "sslmode" }?.value ?? "prefer"
-        let tls: PostgresClient.Configuration.TLS
+        let mode: TLSMode
         switch sslmode {
-        case "disable": tls = .disable
-        case "prefer", "allow": tls = .prefer(.makeClientConfiguration())
-        case "require", "verify-ca", "verify-full": tls = .require(.makeClientConfiguration())
+        case "disable": mode = .disable
+        case "prefer", "allow": mode = .prefer
+        case "require", "verify-ca", "verify-full": mode = .require
         default: throw StoreError.unusable("RELAY_DATABASE_URL: sslmode must be disable, prefer or require (was \(sslmode))")
+        }
+        let tls: PostgresClient.Configuration.TLS
+        switch mode {
+        case .disable: tls = .disable
+        case .prefer: tls = .prefer(.makeClientConfiguration())
+        case .require: tls = .require(.makeClientConfiguration())
         }
         let user = components.user.flatMap { $0.removingPercentEncoding } ?? "postgres"
         let port = components.port ?? 5432
@@ -141,7 +154,7 @@ public final class PostgresStore: Service, Sendable {
             username: user,
             password: configuration.password,
             database: configuration.database,
-            sslmode: sslmode
+            tls: mode
         )
         return (configuration, "\(user)@\(host):\(port)/\(database)", endpoint)
     }

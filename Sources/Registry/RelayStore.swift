@@ -305,8 +305,8 @@ public final class RelayStore: Sendable {
         }
     }
 
-    /// 32 random bytes as lowercase hex.
-    static func makeSecret() -> String {
+    /// A new device secret: 32 random bytes as lowercase hex (whichever store keeps it).
+    public static func makeSecret() -> String {
         LibCrypto.randomBytes(32).map { String(format: "%02x", $0) }.joined()
     }
 

@@ -51,8 +51,6 @@ final class LiveStateJournal: Service, Sendable {
     private let capacity: Int
     private let logger: Logger
     private let pending = Mutex(Pending())
-    /// One flush at a time: the last one of a shutdown must not overtake a periodic one.
-    private let writing = Mutex(false)
 
     /// The outbox log is replaced by a snapshot once it is past this and four times the last
     /// snapshot (what the links keep is usually far less than what flowed).
@@ -105,7 +103,13 @@ final class LiveStateJournal: Service, Sendable {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: wait) }
             await flush()
         }
+        // After the drain (the shutdown service stops first): everything, for the next process.
         await flush()
+        if let failure {
+            logger.error("The live links and sessions could not be written for the next process", metadata: ["error": "\(failure)"])
+        } else {
+            logger.info("Live links and sessions written for the next process")
+        }
     }
 
     /// Returns once something waits to be written (or the task is cancelled).
@@ -127,15 +131,8 @@ final class LiveStateJournal: Service, Sendable {
         }
     }
 
-    /// Writes what changed since the last flush.
-    func flush() async {
-        while !writing.withLock({ busy in
-            defer { busy = true }
-            return !busy
-        }) {
-            try? await Task.sleep(for: .milliseconds(1))
-        }
-        defer { writing.withLock { $0 = false } }
+    /// Writes what changed since the last flush (only `run` calls it: one at a time).
+    private func flush() async {
         let (links, sessions, ended, failed) = pending.withLock { pending in
             defer {
                 pending.changed = false

@@ -171,8 +171,8 @@ extension Switchboard {
     }
 
     /// Graceful shutdown (contract §11): no new link is taken, `go_away` goes to every link,
-    /// up to `drain` for clients to leave, then every remaining socket closes with 1001 and
-    /// the live state is written. Links and sessions stay in the store, open: the next
+    /// up to `drain` for clients to leave, then every remaining socket closes with 1001 (the
+    /// journal writes the live state as the services stop after this). Links and sessions stay in the store, open: the next
     /// process takes them over and the clients resume there. Without a store to keep them,
     /// sessions close (`shutdown`) and links end, as in v1.
     func shutdown(drain: Duration) async {
@@ -197,11 +197,9 @@ extension Switchboard {
         while ContinuousClock.now < closing, table.allLinks.contains(where: \.isAttached) {
             try? await Task.sleep(for: .milliseconds(20))
         }
-        guard let liveState else {
+        // With a journal, its last write (when the services stop, after this) keeps them all.
+        if liveState == nil {
             for link in table.allLinks { end(link) }
-            return
         }
-        await liveState.flush()
-        logger.info("Live links and sessions written for the next process", metadata: ["links": "\(table.allLinks.count)"])
     }
 }

@@ -9,10 +9,11 @@ extension PostgresStore: LiveStateStore {
     /// (`synchronous_commit = off`): losing the last fraction of a second of this in a crash of
     /// PostgreSQL itself is within contract §11.
     public func save(_ batches: [LiveStateBatch]) async throws(StoreError) {
-        guard !isFenced else { throw StoreError.unusable("another relay serves the database at \(location): this one writes nothing more") }
+        try ensureNotFenced()
         let node = node
         try await transaction("writing the live state") { connection in
             try await connection.query("SET LOCAL synchronous_commit = off", logger: self.logger)
+            try await self.ensureServing(on: connection)
             let snapshotAt = batches.lastIndex { $0.snapshot != nil }
             for (index, batch) in batches.enumerated() {
                 if let snapshotAt, index < snapshotAt {
@@ -30,16 +31,7 @@ extension PostgresStore: LiveStateStore {
 
     private func write(_ batch: LiveStateBatch, node: String, on connection: PostgresConnection) async throws {
         for link in batch.links {
-            let hash = Data(link.tokenHash)
-            try await connection.query(
-                """
-                INSERT INTO relay_link (link_id, token_hash, party, principal, owner_node, token_valid_until, token_expires_at, token_devices)
-                VALUES (\(link.id), \(hash), \(link.party), \(link.principal), \(node), \(link.tokenValidUntil), \(link.tokenExpiresAt), \(link.tokenDevices))
-                ON CONFLICT (link_id) DO UPDATE SET token_valid_until = excluded.token_valid_until,
-                    token_expires_at = excluded.token_expires_at, token_devices = excluded.token_devices, updated_at = now()
-                """,
-                logger: logger
-            )
+            try await upsert(link, node: node, on: connection)
         }
         if let snapshot = batch.snapshot {
             try await connection.query(
@@ -63,7 +55,7 @@ extension PostgresStore: LiveStateStore {
         if batch.snapshot == nil { try await insert(batch.messages, on: connection) }
         if !batch.endedLinks.isEmpty {
             try await connection.query("DELETE FROM relay_outbox WHERE link_id = ANY(\(batch.endedLinks))", logger: logger)
-            try await connection.query("DELETE FROM relay_link WHERE link_id = ANY(\(batch.endedLinks))", logger: logger)
+            try await connection.query("DELETE FROM relay_link WHERE link_id = ANY(\(batch.endedLinks)) AND owner_node = \(node)", logger: logger)
         }
         for session in batch.sessions {
             let documents = session.credentials.map(\.document)
@@ -74,7 +66,7 @@ extension PostgresStore: LiveStateStore {
                     setup_deadline, refresh_at, credentials, credential_expiries)
                 VALUES (\(session.id), \(session.appLink), \(session.deviceLink), \(session.userID), \(session.deviceID), \(session.createdAt),
                     \(session.answered), \(session.ttlSeconds), \(session.setupDeadline), \(session.refreshAt), \(documents), \(expiries))
-                ON CONFLICT (session_id) DO UPDATE SET answered = excluded.answered, setup_deadline = excluded.setup_deadline,
+                ON CONFLICT (session_id) DO UPDATE SET answered = excluded.answered, ttl_seconds = excluded.ttl_seconds, setup_deadline = excluded.setup_deadline,
                     refresh_at = excluded.refresh_at, credentials = excluded.credentials, credential_expiries = excluded.credential_expiries
                 """,
                 logger: logger
@@ -83,6 +75,30 @@ extension PostgresStore: LiveStateStore {
         if !batch.endedSessions.isEmpty {
             try await connection.query("DELETE FROM relay_session WHERE session_id = ANY(\(batch.endedSessions))", logger: logger)
         }
+    }
+
+    /// Writes a link's row: this node's link (a row another node took, or a device link that
+    /// another connection of the device replaced, stays as it is).
+    func upsert(_ link: StoredLink, node: String, on connection: PostgresConnection) async throws {
+        let hash = Data(link.tokenHash)
+        let updated = try await connection.query(
+            """
+            UPDATE relay_link SET token_valid_until = \(link.tokenValidUntil), token_expires_at = \(link.tokenExpiresAt),
+                token_devices = \(link.tokenDevices), attached = \(link.attached), updated_at = now()
+            WHERE link_id = \(link.id) AND owner_node = \(node) RETURNING 1
+            """,
+            logger: logger
+        ).collect()
+        guard updated.isEmpty else { return }
+        try await connection.query(
+            """
+            INSERT INTO relay_link (link_id, token_hash, party, principal, owner_node, token_valid_until, token_expires_at, token_devices, attached)
+            VALUES (\(link.id), \(hash), \(link.party), \(link.principal), \(node), \(link.tokenValidUntil), \(link.tokenExpiresAt),
+                \(link.tokenDevices), \(link.attached))
+            ON CONFLICT DO NOTHING
+            """,
+            logger: logger
+        )
     }
 
     private func insert(_ messages: [(linkID: String, message: StoredMessage)], on connection: PostgresConnection) async throws {
@@ -99,67 +115,18 @@ extension PostgresStore: LiveStateStore {
         )
     }
 
-    /// Takes over every link and session in the database (one node serves it: `relay serve`
-    /// holds the database's node lock) and returns them.
+    /// What the nodes that stopped left (contract §11): declares them dead and takes their
+    /// links and sessions over. A node whose lock is free but whose heartbeat is recent (killed
+    /// a moment ago, or cut off and about to take its lock again) is waited for, up to the
+    /// time after which the fleet would declare it dead anyway.
     public func liveState() async throws(StoreError) -> StoredLiveState {
-        let node = node
-        return try await transaction("reading the live state") { connection in
-            try await connection.query("UPDATE relay_link SET owner_node = \(node), owner_epoch = owner_epoch + 1", logger: self.logger)
-            var links: [StoredLink] = []
-            let linkRows = try await connection.query(
-                "SELECT link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices FROM relay_link",
-                logger: self.logger
-            )
-            for try await (id, hash, party, principal, validUntil, expiresAt, devices) in linkRows.decode(
-                (String, Data, String, String, Double?, Double?, [String]?).self
-            ) {
-                links.append(
-                    StoredLink(
-                        id: id,
-                        tokenHash: [UInt8](hash),
-                        party: party,
-                        principal: principal,
-                        tokenValidUntil: validUntil,
-                        tokenExpiresAt: expiresAt,
-                        tokenDevices: devices
-                    )
-                )
-            }
-            var messages: [String: [StoredMessage]] = [:]
-            for try await (link, seq, body) in try await connection.query("SELECT link_id, seq, body FROM relay_outbox ORDER BY link_id, seq", logger: self.logger)
-                .decode((String, Int, String).self)
-            {
-                messages[link, default: []].append(StoredMessage(seq: seq, text: body))
-            }
-            var sessions: [StoredSession] = []
-            let sessionRows = try await connection.query(
-                """
-                SELECT session_id, app_link, device_link, user_id, device_id, created_at, answered, ttl_seconds, setup_deadline, refresh_at,
-                    credentials, credential_expiries FROM relay_session
-                """,
-                logger: self.logger
-            )
-            for try await row in sessionRows {
-                let (id, app, device, user, deviceID, created, answered, ttl, setup, refresh, documents, expiries) = try row.decode(
-                    (String, String, String, String, String, Double, Bool, Int, Double?, Double?, [String], [Double]).self
-                )
-                sessions.append(
-                    StoredSession(
-                        id: id,
-                        appLink: app,
-                        deviceLink: device,
-                        userID: user,
-                        deviceID: deviceID,
-                        createdAt: created,
-                        answered: answered,
-                        ttlSeconds: ttl,
-                        setupDeadline: setup,
-                        refreshAt: refresh,
-                        credentials: zip(documents, expiries).map { StoredSession.Credential(document: $0, expiresAt: $1) }
-                    )
-                )
-            }
-            return StoredLiveState(links: links, messages: messages, sessions: sessions)
+        var taken = StoredLiveState(links: [], messages: [:], sessions: [])
+        let deadline = ContinuousClock.now + heartbeat * 6
+        while true {
+            let takeover = try await takeOverStoppedNodes(orphansToo: taken.links.isEmpty)
+            taken.merge(takeover.state)
+            guard takeover.undecided > 0, ContinuousClock.now < deadline else { return taken }
+            try? await Task.sleep(for: heartbeat / 4)
         }
     }
 

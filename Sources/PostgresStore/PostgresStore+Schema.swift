@@ -99,6 +99,49 @@ extension PostgresStore {
                 """,
             ]
         ),
+        (
+            "v3: nodes of a fleet, device links claimed fleet-wide, messages between nodes",
+            [
+                // One row per node process: alive while it holds its advisory lock and beats.
+                """
+                CREATE TABLE relay_node (
+                    node_id text PRIMARY KEY,
+                    address text NOT NULL,
+                    state text NOT NULL,
+                    lock_key bigint NOT NULL,
+                    started_at timestamptz NOT NULL DEFAULT now(),
+                    heartbeat_at timestamptz NOT NULL DEFAULT now()
+                )
+                """,
+                "ALTER TABLE relay_link ADD COLUMN attached boolean NOT NULL DEFAULT false",
+                // Contract §4's replace rule, fleet-wide: one live link per device.
+                """
+                DELETE FROM relay_link a USING relay_link b
+                WHERE a.party = 'device' AND b.party = 'device' AND a.principal = b.principal AND a.updated_at < b.updated_at
+                """,
+                "CREATE UNIQUE INDEX relay_link_one_per_device ON relay_link (principal) WHERE party = 'device'",
+                // A reservation writes a session's row before the device's node fills it in.
+                "ALTER TABLE relay_session ALTER COLUMN answered SET DEFAULT false",
+                "ALTER TABLE relay_session ALTER COLUMN ttl_seconds SET DEFAULT 0",
+                "ALTER TABLE relay_session ALTER COLUMN credentials SET DEFAULT '{}'",
+                "ALTER TABLE relay_session ALTER COLUMN credential_expiries SET DEFAULT '{}'",
+                "CREATE INDEX relay_session_by_app_link ON relay_session (app_link)",
+                "CREATE INDEX relay_session_by_device_link ON relay_session (device_link)",
+                // Messages for links another node serves: addressed when written to the node
+                // serving the link then, taken by it in seq order (UNLOGGED, as kept messages).
+                """
+                CREATE UNLOGGED TABLE relay_inbox (
+                    seq bigserial PRIMARY KEY,
+                    node_id text NOT NULL,
+                    link_id text NOT NULL,
+                    type text NOT NULL,
+                    body text NOT NULL,
+                    event text
+                )
+                """,
+                "CREATE INDEX relay_inbox_by_node ON relay_inbox (node_id, seq)",
+            ]
+        ),
     ]
 
     /// Brings the database's schema up to date. Nodes starting together take turns (an

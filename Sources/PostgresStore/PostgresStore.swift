@@ -20,11 +20,17 @@ public final class PostgresStore: Service, Sendable {
     let callTimeout: Duration
     /// Where it is, for messages (the URL without its password).
     public let location: String
-    /// The node this process is: the owner of the links it writes.
+    /// The node this process is: the owner of the links it writes (a new id for every process).
     public let node: String
+    /// The advisory lock this node holds while it lives (`FleetMembership`): PostgreSQL frees it
+    /// the moment the node's connection ends, which is how the fleet sees a killed node.
+    public let lockKey: Int64
+    /// How often the node says it is alive; a node silent for 5 of these (or 2 without its lock)
+    /// is declared dead by the others.
+    public let heartbeat: Duration
     /// Where to open connections of its own (beside the pool's).
     let endpoint: Endpoint
-    /// Set once another process took the database from this one (`NodeLease`).
+    /// Set once the fleet declared this node dead (`FleetMembership`).
     private let fenced = Atomic<Bool>(false)
 
     struct Endpoint: Sendable {
@@ -45,9 +51,14 @@ public final class PostgresStore: Service, Sendable {
 
     /// A store for `url` (`postgres://user[:password]@host[:port]/database[?sslmode=disable|prefer|require]`);
     /// `role` names its connections (`application_name`, seen in `pg_stat_activity`).
-    public init(url: String, role: String = "relay", node: String = UUID().uuidString.lowercased(), callTimeout: Duration = .seconds(5), logger: Logger)
-        throws(StoreError)
-    {
+    public init(
+        url: String,
+        role: String = "relay",
+        node: String = PostgresStore.makeNodeID(),
+        heartbeat: Duration = .seconds(1),
+        callTimeout: Duration = .seconds(5),
+        logger: Logger
+    ) throws(StoreError) {
         let parsed = try Self.configuration(url)
         self.endpoint = parsed.endpoint
         var configuration = parsed.configuration
@@ -59,13 +70,42 @@ public final class PostgresStore: Service, Sendable {
         self.callTimeout = callTimeout
         self.location = parsed.location
         self.node = node
+        self.heartbeat = heartbeat
+        self.lockKey = Int64.random(in: 1...(Int64.max >> 1))
     }
 
-    /// From now on this process writes no live state: another one serves the database.
+    /// A fresh node id: 32 hex digits (it names the node's notification channel).
+    public static func makeNodeID() -> String {
+        UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")
+    }
+
+    /// From now on this process writes nothing: the fleet declared it dead and took its links.
     func fence() { fenced.store(true, ordering: .relaxed) }
 
-    /// Whether another process took the database from this one.
+    /// Whether the fleet declared this node dead.
     public var isFenced: Bool { fenced.load(ordering: .relaxed) }
+
+    /// Throws once the node is fenced.
+    func ensureNotFenced() throws(StoreError) {
+        if isFenced { throw StoreError.unusable("this relay node was declared dead by the fleet at \(location): it writes nothing more") }
+    }
+
+    /// Inside a transaction: holds this node's row for the transaction, and fences the node if
+    /// the fleet declared it dead (a reaper that takes its links waits for this transaction,
+    /// or this transaction sees its verdict).
+    func ensureServing(on connection: PostgresConnection) async throws {
+        var serving = false
+        for try await _ in try await connection.query(
+            "SELECT 1 FROM relay_node WHERE node_id = \(node) AND state IN ('serving', 'draining') FOR SHARE",
+            logger: logger
+        ) {
+            serving = true
+        }
+        if !serving {
+            fence()
+            try ensureNotFenced()
+        }
+    }
 
     /// Runs the pool until a graceful shutdown.
     public func run() async {

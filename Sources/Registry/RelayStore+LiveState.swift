@@ -16,6 +16,8 @@ public struct StoredLink: Sendable, Equatable {
     public var tokenValidUntil: Double?
     public var tokenExpiresAt: Double?
     public var tokenDevices: [String]?
+    /// A transport serves it (a fleet's other nodes read it: a device that may take a session).
+    public var attached: Bool
 
     public init(
         id: String,
@@ -24,8 +26,10 @@ public struct StoredLink: Sendable, Equatable {
         principal: String,
         tokenValidUntil: Double? = nil,
         tokenExpiresAt: Double? = nil,
-        tokenDevices: [String]? = nil
+        tokenDevices: [String]? = nil,
+        attached: Bool = false
     ) {
+        self.attached = attached
         self.id = id
         self.tokenHash = tokenHash
         self.party = party
@@ -48,9 +52,9 @@ public struct StoredMessage: Sendable, Equatable {
 }
 
 /// An open session as the store keeps it across restarts: deadlines as Unix seconds.
-public struct StoredSession: Sendable, Equatable {
+public struct StoredSession: Sendable, Equatable, Codable {
     /// A credential document minted for the session (JSON) and when it expires.
-    public struct Credential: Sendable, Equatable {
+    public struct Credential: Sendable, Equatable, Codable {
         public var document: String
         public var expiresAt: Double
 
@@ -133,11 +137,14 @@ public struct StoredLiveState: Sendable {
     /// Each link's kept messages, in seq order.
     public var messages: [String: [StoredMessage]]
     public var sessions: [StoredSession]
+    /// The node serving each session party that is not among `links` (a fleet's other nodes).
+    public var elsewhere: [String: String]
 
-    public init(links: [StoredLink], messages: [String: [StoredMessage]], sessions: [StoredSession]) {
+    public init(links: [StoredLink], messages: [String: [StoredMessage]], sessions: [StoredSession], elsewhere: [String: String] = [:]) {
         self.links = links
         self.messages = messages
         self.sessions = sessions
+        self.elsewhere = elsewhere
     }
 }
 

@@ -50,7 +50,7 @@ public func buildRelay(
     let stores = try await RelayStores.open(configuration, logger: logger)
     let store = stores.registry
     let journal = StoreWriter(store: store, interval: .milliseconds(configuration.auditFlushMilliseconds), logger: logger)
-    let table = LocalSessionTable()
+    let table = LocalSessionTable(fleet: stores.fleet)
     let liveState = LiveStateJournal(
         store: stores.live,
         interval: .milliseconds(configuration.outboxFlushMilliseconds),
@@ -62,8 +62,8 @@ public func buildRelay(
         journal.record(.nonceSpent(deviceID: deviceID, nonce: nonce, expiresAt: expiresAt))
     }
     nonces.remember(try await store.liveNonces(now: Int(Date().timeIntervalSince1970)))
-    // The lease first: it is the last to stop, after the last write.
-    var services: [any Service] = (stores.lease.map { [$0] } ?? []) + [journal, liveState]
+    // The fleet membership first: it is the last to stop, after the last write.
+    var services: [any Service] = (stores.membership.map { [$0] } ?? []) + [journal, liveState] + (stores.fleet.map { [$0.outbox] } ?? [])
     let configured: any TURNProvider
     if let provided = dependencies.turn {
         configured = provided
@@ -117,6 +117,16 @@ public func buildRelay(
     if left > 0 {
         logger.warning("The previous run stopped without keeping some sessions; audited them as relay_stopped", metadata: ["sessions": "\(left)"])
     }
+    if let fleet = stores.fleet, let membership = stores.membership {
+        let service = FleetService(
+            fleet: fleet,
+            switchboard: switchboard,
+            heartbeat: .milliseconds(configuration.nodeHeartbeatMilliseconds),
+            logger: logger
+        )
+        membership.doorbell.set { service.ring() }
+        services.append(service)
+    }
     let connection = LinkConnection(
         switchboard: switchboard,
         heartbeatMilliseconds: configuration.heartbeatSeconds * 1000,
@@ -160,7 +170,8 @@ public func buildRelay(
                 lastSeq: query.get("last_seq").map { Int($0).map(RequestField.present) ?? .malformed } ?? .absent
             )
             let identity = try await admission.admit(request, as: party, from: remoteIP, logger: logger)
-            return .accept { LinkSocket(connection: connection, identity: identity, resume: resume) }
+            let seed = try await switchboard.seed(for: identity, resume: resume)
+            return .accept { LinkSocket(connection: connection, identity: identity, resume: resume, seed: seed) }
         } catch {
             return .refuse(error.refusal)
         }
@@ -261,34 +272,41 @@ public func buildRelay(
     return (application, ShutdownService(switchboard: switchboard, drain: .seconds(configuration.shutdownDrainSeconds)), stores.close)
 }
 
-/// The stores a relay runs on: the embedded SQLite file, or with `RELAY_DATABASE_URL` PostgreSQL.
+/// The stores a relay runs on: the embedded SQLite file, or with `RELAY_DATABASE_URL` PostgreSQL,
+/// where every relay on the database is a node of one fleet.
 struct RelayStores: Sendable {
     let registry: any RelayRegistry
     let live: any LiveStateStore
-    /// This node's hold on a PostgreSQL database (a service: it keeps the hold, or stops the relay).
-    var lease: NodeLease?
+    /// This node's place in the fleet (a service: it keeps it, or stops the relay).
+    var membership: FleetMembership?
+    var fleet: Fleet?
     /// Stops what runs beside the services.
     let close: @Sendable () async -> Void
 
     static func open(_ configuration: RelayConfiguration, logger: Logger) async throws(StoreError) -> RelayStores {
         guard let url = configuration.databaseURL else {
             let store = try RelayStore(path: configuration.databasePath)
-            return RelayStores(registry: store, live: store, lease: nil, close: {})
+            return RelayStores(registry: store, live: store, membership: nil, fleet: nil, close: {})
         }
-        let store = try PostgresStore(url: url, role: "relay", logger: logger)
+        let store = try PostgresStore(url: url, role: "relay", heartbeat: .milliseconds(configuration.nodeHeartbeatMilliseconds), logger: logger)
         // The pool runs from here until `close`: building reads the store already.
         let pool = Task { await store.run() }
-        let lease = NodeLease(store: store, logger: logger)
+        let membership = FleetMembership(store: store, address: "\(configuration.host):\(configuration.port)", logger: logger)
         do throws(StoreError) {
             try await store.migrate()
-            try await lease.acquire()
+            try await membership.join()
         } catch {
             pool.cancel()
             throw error
         }
         logger.info("Using PostgreSQL", metadata: ["store": "\(store.location)", "node": "\(store.node)"])
-        return RelayStores(registry: store, live: store, lease: lease) {
-            await lease.release()
+        return RelayStores(
+            registry: store,
+            live: store,
+            membership: membership,
+            fleet: Fleet(store: store, outbox: FleetOutbox(store: store, logger: logger))
+        ) {
+            await membership.leave()
             pool.cancel()
             await pool.value
         }

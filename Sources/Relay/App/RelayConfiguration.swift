@@ -89,6 +89,9 @@ public struct RelayConfiguration: Sendable {
     public var outboxFlushMilliseconds = 5
     /// `RELAY_DATABASE_URL`: the store on PostgreSQL instead of the SQLite file.
     public var databaseURL: String?
+    /// `RELAY_NODE_HEARTBEAT_MS`: how often a node of a fleet (on PostgreSQL) says it is alive;
+    /// the others declare it dead after 2 beats once its connection is gone, after 5 anyway.
+    public var nodeHeartbeatMilliseconds = 1000
     public var registryPollMilliseconds = 1000
     /// `RELAY_TLS_CERT_FILE` and `RELAY_TLS_KEY_FILE`: the relay serves TLS itself.
     public var tls: ServerTLS?
@@ -271,6 +274,7 @@ public struct RelayConfiguration: Sendable {
         auditFlushMilliseconds = read.int("RELAY_AUDIT_FLUSH_MS", in: 10...10_000) ?? auditFlushMilliseconds
         outboxFlushMilliseconds = read.int("RELAY_OUTBOX_FLUSH_MS", in: 1...1000) ?? outboxFlushMilliseconds
         databaseURL = read.string("RELAY_DATABASE_URL")
+        nodeHeartbeatMilliseconds = read.int("RELAY_NODE_HEARTBEAT_MS", in: 50...10000) ?? nodeHeartbeatMilliseconds
         registryPollMilliseconds = read.int("RELAY_REGISTRY_POLL_MS", in: 50...600_000) ?? registryPollMilliseconds
         if let token = read.string("RELAY_ADMIN_TOKEN", isSecret: true), read.strongEnough(token, name: "RELAY_ADMIN_TOKEN") {
             adminToken = token

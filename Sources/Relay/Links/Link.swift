@@ -16,7 +16,7 @@ import Synchronization
 /// A transport takes its messages one of two ways: a WebSocket on its own event loop
 /// (`push`: asked to drain once per batch, answering with `takePushed`), an HTTP fallback's
 /// task by waiting (`next`).
-public final class Link: Sendable {
+public final class Link: LinkEndpoint {
     typealias Machine = LinkStateMachine<ContinuousClock.Instant>
     typealias Frame = OutboxBuffer.Frame
 
@@ -64,16 +64,24 @@ public final class Link: Sendable {
 
     private let state: Mutex<State>
 
-    init(node: NodeID, party: Party, principal: String, app: AppIdentity?, machine: Machine, metrics: RelayMetrics, journal: LiveStateJournal?) {
+    init(
+        node: NodeID,
+        seed: LinkSeed = LinkSeed(),
+        party: Party,
+        principal: String,
+        app: AppIdentity?,
+        machine: Machine,
+        metrics: RelayMetrics,
+        journal: LiveStateJournal?
+    ) {
         self.metrics = metrics
         self.journal = journal
-        self.id = UUID().uuidString.lowercased()
+        self.id = seed.id
         self.address = LinkAddress(node: node, linkID: id)
-        let token = Base64URL.encode(LibCrypto.randomBytes(32))
-        self.tokenHash = LibCrypto.sha256(Array(token.utf8))
+        self.tokenHash = seed.tokenHash
         self.party = party
         self.principal = principal
-        self.state = Mutex(State(machine: machine, resumeToken: token, app: app))
+        self.state = Mutex(State(machine: machine, resumeToken: seed.token, app: app))
     }
 
     /// A link a previous process left in the store: detached (`machine`), its row and kept
@@ -172,8 +180,12 @@ public final class Link: Sendable {
                 if restored {
                     // Its first resume may have renumbered what it kept: the store gets it anew.
                     state.stored.rewriteAll()
-                    listed = state.stored.list()
                 }
+                if case .attached(_, .detached) = action {
+                    // The store says whether it is attached (a fleet's nodes read it).
+                    state.stored.row = false
+                }
+                if restored || !state.stored.row { listed = state.stored.list() }
                 state.dropTransport = dropTransport
                 defer {
                     state.waiter = nil
@@ -220,9 +232,12 @@ public final class Link: Sendable {
         armGrace: (Duration) -> Scheduled<Void>,
         _ event: (inout Machine) -> Machine.DetachAction
     ) -> Machine.DetachAction {
+        var listed = false
         let (action, waiter): (Machine.DetachAction, CheckedContinuation<Event?, Never>?) = state.withLock { state in
             let action = event(&state.machine)
             guard case .detached(let deadline) = action else { return (action, nil) }
+            state.stored.row = false
+            listed = state.stored.list()
             state.dropTransport = nil
             state.push = nil
             state.leaseTimer?.cancel()
@@ -232,6 +247,7 @@ public final class Link: Sendable {
             return (action, state.waiter?.continuation)
         }
         waiter?.resume(returning: nil)
+        if listed { journal?.linkChanged(self) }
         return action
     }
 
@@ -300,6 +316,11 @@ public final class Link: Sendable {
         if listed { journal?.linkChanged(self) }
     }
 
+    /// A link of this node shares its sessions with the switchboard: no event to apply.
+    func send(_ message: OutboundMessage, event: SessionEvent?) {
+        send(message)
+    }
+
     /// Asks the current transport to close once what is queued is written.
     func close(code: UInt16, reason: String) {
         let (wake, push): ((CheckedContinuation<Event?, Never>, Event)?, (@Sendable () -> Void)?) = state.withLock { state in
@@ -334,20 +355,25 @@ public final class Link: Sendable {
     /// Adds to `batch` what the store lacks of the link (see `StoredLinkMarks.journal`).
     func journal(into batch: inout LiveStateBatch) {
         state.withLock { state in
-            let app = state.app
-            let validUntil = state.machine.tokenValidUntil
-            state.stored.journal(state.machine, id: id, into: &batch) {
-                StoredLink(
-                    id: id,
-                    tokenHash: tokenHash,
-                    party: party.rawValue,
-                    principal: principal,
-                    tokenValidUntil: validUntil,
-                    tokenExpiresAt: app?.expiresAt,
-                    tokenDevices: app?.devices.map { $0.sorted() }
-                )
-            }
+            let record = storedRecord(state)
+            state.stored.journal(state.machine, id: id, into: &batch) { record }
         }
+    }
+
+    /// The link's row as the store keeps it.
+    var storedRecord: StoredLink { state.withLock { storedRecord($0) } }
+
+    private func storedRecord(_ state: State) -> StoredLink {
+        StoredLink(
+            id: id,
+            tokenHash: tokenHash,
+            party: party.rawValue,
+            principal: principal,
+            tokenValidUntil: state.machine.tokenValidUntil,
+            tokenExpiresAt: state.app?.expiresAt,
+            tokenDevices: state.app?.devices.map { $0.sorted() },
+            attached: state.machine.isAttached
+        )
     }
 
     /// The transport of `generation` takes its frames itself, on its own event loop: `drain` is
@@ -437,7 +463,9 @@ public final class Link: Sendable {
     }
 
     func leave(_ session: Session) {
-        _ = state.withLock { $0.sessions.removeValue(forKey: session.id) }
+        state.withLock { state in
+            if state.sessions[session.id] === session { state.sessions[session.id] = nil }
+        }
     }
 
     /// The session with `id`, only when this link is one of its parties.
@@ -446,6 +474,20 @@ public final class Link: Sendable {
     }
 
     var sessions: [Session] { state.withLock { Array($0.sessions.values) } }
+}
+
+/// A fresh link's id and resume token (256 random bits, base64url), made before the link when
+/// a fleet must know the link first (a device's link claimed fleet-wide before its `hello`).
+struct LinkSeed: Sendable {
+    let id: String
+    let token: String
+    let tokenHash: [UInt8]
+
+    init() {
+        id = UUID().uuidString.lowercased()
+        token = Base64URL.encode(LibCrypto.randomBytes(32))
+        tokenHash = LibCrypto.sha256(Array(token.utf8))
+    }
 }
 
 /// WebSocket close codes the relay uses (contract §3.6).

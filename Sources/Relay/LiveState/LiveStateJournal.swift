@@ -33,15 +33,6 @@ final class LiveStateJournal: Service, Sendable {
         /// Failed writes in a row (the next try waits longer: a store that is away is not
         /// hammered, nor the log filled, every interval).
         var failures = 0
-        /// The writer, idle until something changes (an idle relay never wakes up for it).
-        var waiter: CheckedContinuation<Void, Never>?
-
-        /// Marks a change; the idle writer to wake, if any.
-        mutating func note() -> CheckedContinuation<Void, Never>? {
-            changed = true
-            defer { waiter = nil }
-            return waiter
-        }
     }
 
     private let store: any LiveStateStore
@@ -51,6 +42,8 @@ final class LiveStateJournal: Service, Sendable {
     private let capacity: Int
     private let logger: Logger
     private let pending = Mutex(Pending())
+    /// Wakes the writer, idle until something changes (an idle relay never wakes up for it).
+    private let wake = WakeSignal()
 
     /// The outbox log is replaced by a snapshot once it is past this and four times the last
     /// snapshot (what the links keep is usually far less than what flowed).
@@ -68,24 +61,27 @@ final class LiveStateJournal: Service, Sendable {
     func linkChanged(_ link: Link) {
         pending.withLock { pending in
             pending.links.append(link)
-            return pending.note()
-        }?.resume()
+            pending.changed = true
+        }
+        wake.raise()
     }
 
     /// `session` opened, moved a deadline, or closed.
     func sessionChanged(_ session: Session) {
         pending.withLock { pending in
             pending.sessions.append(session)
-            return pending.note()
-        }?.resume()
+            pending.changed = true
+        }
+        wake.raise()
     }
 
     /// A stored session that no object stands for any more is to be forgotten.
     func sessionEnded(_ sessionID: String) {
         pending.withLock { pending in
             pending.endedSessions.append(sessionID)
-            return pending.note()
-        }?.resume()
+            pending.changed = true
+        }
+        wake.raise()
     }
 
     /// Batches dropped because the store refused them for too long, since start.
@@ -114,21 +110,8 @@ final class LiveStateJournal: Service, Sendable {
 
     /// Returns once something waits to be written (or the task is cancelled).
     private func changes() async {
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let ready = pending.withLock { pending in
-                    if pending.changed || !pending.failed.isEmpty || pending.snapshotDue || Task.isCancelled { return true }
-                    pending.waiter = continuation
-                    return false
-                }
-                if ready { continuation.resume() }
-            }
-        } onCancel: {
-            pending.withLock { pending in
-                defer { pending.waiter = nil }
-                return pending.waiter
-            }?.resume()
-        }
+        if pending.withLock({ $0.changed || !$0.failed.isEmpty || $0.snapshotDue }) { return }
+        await wake.wait()
     }
 
     /// Writes what changed since the last flush (only `run` calls it: one at a time).

@@ -46,19 +46,46 @@ extension Switchboard {
             links += 1
         }
         var sessions = 0
+        let restored = Set(stored.links.map(\.id))
         for record in stored.sessions {
-            guard let app = table.link(id: record.appLink), let device = table.link(id: record.deviceLink),
+            let app = party(record.appLink, principal: record.userID, in: stored)
+            let device = party(record.deviceLink, principal: record.deviceID, in: stored)
+            // A copy this node kept for its own party (the other was on the node taken over)
+            // gives way to the session as the store has it, between two links of this node.
+            let copy = table.session(record.id)
+            copy?.discard()
+            guard let app, let device,
                 let session = Session(restoring: record, app: app, device: device, setupTimeout: limits.setupTimeout, clock: clock),
                 table.adopt(session)
             else {
-                // A party's link did not survive (or the row is unreadable): the session is over.
+                if let copy { table.remove(copy) }
+                // A party's link did not survive (or the row is unreadable): the session is over;
+                // a party that did survive hears it.
                 liveState?.sessionEnded(record.id)
                 journal.record(.sessionClosed(sessionID: record.id, at: Date(), reason: SessionCloseReason.peerDisconnected.rawValue, closedBy: "relay"))
+                let close = OutboundMessage(
+                    "webrtc_close",
+                    ["session_id": .string(record.id), "reason": .string(SessionCloseReason.peerDisconnected.rawValue), "by": .string("relay")]
+                )
+                for survivor in [app, device].compactMap({ $0 }) {
+                    survivor.send(close, event: .closed(sessionID: record.id, reason: SessionCloseReason.peerDisconnected.rawValue, by: "relay"))
+                }
                 continue
             }
             armTimer(session)
+            // A party that was not taken over hears that the one taken over waits for its client.
+            for party in [session.app, session.device] where !restored.contains(party.id) {
+                party.send(OutboundMessage("peer_status", ["session_id": .string(session.id), "status": .string("reconnecting")]))
+            }
             sessions += 1
         }
         return (links, sessions)
+    }
+
+    /// A restored session's party: a link of this node, or one another node serves.
+    private func party(_ linkID: String, principal: String, in stored: StoredLiveState) -> (any LinkEndpoint)? {
+        if let link = table.link(id: linkID) { return link }
+        guard let fleet = table.fleet, stored.elsewhere[linkID] != nil else { return nil }
+        return RemoteLink(id: linkID, principal: principal, outbox: fleet.outbox)
     }
 }

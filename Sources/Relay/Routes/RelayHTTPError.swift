@@ -30,6 +30,13 @@ public struct RelayHTTPError: HTTPResponseError, Sendable {
     /// A relay shutting down takes no new link: the client connects again, to the next process.
     static let restarting = RelayHTTPError(.serviceUnavailable, "The relay is restarting; connect again shortly", headers: [.retryAfter: "1"])
 
+    /// The store a fleet shares does not answer: a device cannot be admitted until it does.
+    static let storeUnavailable = RelayHTTPError(
+        .serviceUnavailable,
+        "The relay cannot reach its store; connect again shortly",
+        headers: [.retryAfter: "2"]
+    )
+
     /// `{"detail": "..."}`
     var body: String {
         var body = "{\"detail\":"

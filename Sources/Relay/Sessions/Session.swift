@@ -22,8 +22,9 @@ public final class Session: Sendable {
     }
 
     public let id: String
-    let app: Link
-    let device: Link
+    /// The parties: links of this node, or (in a fleet) of another node.
+    let app: any LinkEndpoint
+    let device: any LinkEndpoint
     /// When the app asked for the session (the audit's `created`; the set-up time starts here).
     let createdAt: Date
     let requestedAt: ContinuousClock.Instant
@@ -43,7 +44,7 @@ public final class Session: Sendable {
     /// A fresh session id.
     static func makeID() -> String { UUID().uuidString.lowercased() }
 
-    init(id: String, app: Link, device: Link, setupTimeout: Duration, requestedAt: ContinuousClock.Instant = .now) {
+    init(id: String, app: any LinkEndpoint, device: any LinkEndpoint, setupTimeout: Duration, requestedAt: ContinuousClock.Instant = .now) {
         self.id = id
         self.app = app
         self.device = device
@@ -54,7 +55,7 @@ public final class Session: Sendable {
 
     /// An open session a previous process left in the store, between its restored links; its
     /// deadlines (Unix seconds there) become instants of this process's clock.
-    init?(restoring stored: StoredSession, app: Link, device: Link, setupTimeout: Duration, clock: WallClock) {
+    init?(restoring stored: StoredSession, app: any LinkEndpoint, device: any LinkEndpoint, setupTimeout: Duration, clock: WallClock) {
         var credentials: [Machine.Minted] = []
         for credential in stored.credentials {
             guard let document = try? JSONDecoder().decode(CredentialDocument.self, from: Data(credential.document.utf8)) else { return nil }
@@ -76,8 +77,15 @@ public final class Session: Sendable {
         self.state = Mutex(State(machine: Machine(setupTimeout: setupTimeout, restoring: open)))
     }
 
-    /// Adds to `batch` the session as the store is to keep it: open, or gone once closed (a
-    /// reserved session is nobody's yet: not stored).
+    /// This node runs the session's timers, revokes its credentials and keeps its row: the
+    /// device's link is here (in a fleet, the other party's node keeps a copy that routes).
+    var keepsTimers: Bool { device is Link }
+
+    /// The parties served by this node.
+    var localParties: [Link] { [app, device].compactMap { $0 as? Link } }
+
+    /// Adds to `batch` the session as the store is to keep it: open (by the node keeping its
+    /// timers), or gone once closed (a reserved session is not stored by this).
     func journal(into batch: inout LiveStateBatch, clock: WallClock = WallClock()) {
         state.withLock { state in
             switch state.machine.state {
@@ -86,28 +94,32 @@ public final class Session: Sendable {
             case .closed:
                 batch.endedSessions.append(id)
             case .open(let open):
-                batch.sessions.append(
-                    StoredSession(
-                        id: id,
-                        appLink: app.id,
-                        deviceLink: device.id,
-                        userID: userID,
-                        deviceID: deviceID,
-                        createdAt: createdAt.timeIntervalSince1970,
-                        answered: open.answered,
-                        ttlSeconds: open.ttlSeconds,
-                        setupDeadline: open.setupDeadline.map(clock.wall),
-                        refreshAt: open.refreshDeadline.map(clock.wall),
-                        credentials: open.minted.map { minted in
-                            StoredSession.Credential(
-                                document: String(decoding: (try? JSONEncoder().encode(minted.credential)) ?? Data(), as: UTF8.self),
-                                expiresAt: clock.wall(minted.expiresAt)
-                            )
-                        }
-                    )
-                )
+                guard keepsTimers else { return }
+                batch.sessions.append(stored(open, clock: clock))
             }
         }
+    }
+
+    /// The open session as the store keeps it.
+    private func stored(_ open: Machine.Open, clock: WallClock) -> StoredSession {
+        StoredSession(
+            id: id,
+            appLink: app.id,
+            deviceLink: device.id,
+            userID: userID,
+            deviceID: deviceID,
+            createdAt: createdAt.timeIntervalSince1970,
+            answered: open.answered,
+            ttlSeconds: open.ttlSeconds,
+            setupDeadline: open.setupDeadline.map(clock.wall),
+            refreshAt: open.refreshDeadline.map(clock.wall),
+            credentials: open.minted.map { minted in
+                StoredSession.Credential(
+                    document: String(decoding: (try? JSONEncoder().encode(minted.credential)) ?? Data(), as: UTF8.self),
+                    expiresAt: clock.wall(minted.expiresAt)
+                )
+            }
+        )
     }
 
     var currentPhase: Phase {
@@ -126,7 +138,7 @@ public final class Session: Sendable {
     var isAnswered: Bool { state.withLock { $0.machine.isAnswered } }
 
     /// The party of the session other than `link`, or nil when `link` is not a party.
-    func peer(of link: Link) -> Link? {
+    func peer(of link: Link) -> (any LinkEndpoint)? {
         if link === app { return device }
         if link === device { return app }
         return nil
@@ -137,12 +149,19 @@ public final class Session: Sendable {
     }
 
     /// Opens the reserved session with its first credentials and runs `announce` (which only
-    /// queues messages) under the same lock; false when it closed meanwhile.
-    func open(with document: CredentialDocument, refreshIn: Duration, now: ContinuousClock.Instant = .now, announce: () -> Void) -> Bool {
+    /// queues messages) under the same lock, with the session as the store keeps it; false
+    /// when it closed meanwhile.
+    func open(
+        with document: CredentialDocument,
+        refreshIn: Duration,
+        now: ContinuousClock.Instant = .now,
+        announce: (StoredSession) -> Void
+    ) -> Bool {
         state.withLock { state in
-            guard case .announce = state.machine.open(with: Self.minted(document, now: now), ttlSeconds: document.ttl, refreshIn: refreshIn, now: now)
+            guard case .announce = state.machine.open(with: Self.minted(document, now: now), ttlSeconds: document.ttl, refreshIn: refreshIn, now: now),
+                case .open(let open) = state.machine.state
             else { return false }
-            announce()
+            announce(stored(open, clock: WallClock()))
             return true
         }
     }
@@ -182,6 +201,11 @@ public final class Session: Sendable {
             return state.timer
         }
         replaced?.cancel()
+    }
+
+    /// Closes this copy without a word: another object stands for the session from now on.
+    func discard() {
+        _ = markClosed(.peerDisconnected, by: .relay)
     }
 
     /// Ends the session once: what to do about it (nothing when it had already closed).

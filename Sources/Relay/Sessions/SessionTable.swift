@@ -1,4 +1,6 @@
 /// The live links and sessions of this process: the facts in the store seam (`LocalStore`), the objects that route messages beside them.
+import Foundation
+import Registry
 import RelayCore
 import Synchronization
 
@@ -10,6 +12,8 @@ import Synchronization
 protocol SessionTable: Sendable {
     /// This process's node.
     var node: NodeID { get }
+    /// The fleet this node is part of (nil: it runs alone).
+    var fleet: Fleet? { get }
     /// Makes `link` live. For a device, returns the link it replaces, if any.
     func register(_ link: Link) -> Link?
     /// Records whether a transport serves `link` (a device then may take new sessions).
@@ -22,13 +26,14 @@ protocol SessionTable: Sendable {
     func link(id: String) -> Link?
     /// Every link (for shutdown).
     var allLinks: [Link] { get }
-    /// Reserves a session between `app` and the live link of `deviceID`, within the limits.
+    /// Reserves a session between `app` and the live link of `deviceID`, within the limits
+    /// (in a fleet, the device's link and the limits are the fleet's).
     func reserveSession(app: Link, deviceID: String, limits: SessionLimits, setupTimeout: Duration, requestedAt: ContinuousClock.Instant)
-        -> Result<Session, SessionRefusal>
+        async throws(StoreError) -> Result<Session, SessionRefusal>
     /// Records that a reserved session opened (its parties were told).
     func opened(_ session: Session)
-    /// Takes in an open session restored from the store, between its (restored) links; false
-    /// when one of them ended meanwhile.
+    /// Takes in an open session restored from the store or opened by another node, between its
+    /// links (those of this node restored); false when one of them ended meanwhile.
     func adopt(_ session: Session) -> Bool
     /// Removes a session from the table and from both parties.
     func remove(_ session: Session)
@@ -45,11 +50,13 @@ protocol SessionTable: Sendable {
 /// own state).
 final class LocalSessionTable: SessionTable {
     let store: LocalStore
+    let fleet: Fleet?
     private let links = ShardedMap<String, Link>()
     private let sessions = ShardedMap<String, Session>()
 
-    init(store: LocalStore = LocalStore()) {
-        self.store = store
+    init(fleet: Fleet? = nil) {
+        self.store = LocalStore(node: fleet.map { NodeID(rawValue: $0.node) } ?? .local)
+        self.fleet = fleet
     }
 
     var node: NodeID { store.node }
@@ -81,28 +88,76 @@ final class LocalSessionTable: SessionTable {
     var allLinks: [Link] { links.values }
 
     func reserveSession(app: Link, deviceID: String, limits: SessionLimits, setupTimeout: Duration, requestedAt: ContinuousClock.Instant)
-        -> Result<Session, SessionRefusal>
+        async throws(StoreError) -> Result<Session, SessionRefusal>
     {
         let id = Session.makeID()
-        let record: SessionRecord
-        switch store.reserve(sessionID: id, app: app.address, userID: app.principal, deviceID: deviceID, limits: limits) {
-        case .failure(let refusal): return .failure(refusal)
-        case .success(let reserved): record = reserved
+        let device: any LinkEndpoint
+        if let fleet {
+            // The fleet's rule, in one transaction of the shared store.
+            switch try await fleet.store.reserveSession(
+                id,
+                app: app.storedRecord,
+                deviceID: deviceID,
+                createdAt: Date().timeIntervalSince1970,
+                maxPerDevice: limits.maxPerDevice,
+                maxPerApp: limits.maxPerApp
+            ) {
+            case .deviceOffline: return .failure(.deviceOffline)
+            case .deviceBusy: return .failure(.deviceBusy(limit: limits.maxPerDevice))
+            case .appLimit: return .failure(.appLimit(limit: limits.maxPerApp))
+            case .reserved(let link) where link.node != fleet.node:
+                device = RemoteLink(id: link.linkID, principal: deviceID, outbox: fleet.outbox)
+            case .reserved(let link):
+                guard let local = links[link.linkID] else {
+                    try? await fleet.store.forgetSession(id)
+                    return .failure(.deviceOffline)
+                }
+                device = local
+            }
+            store.update(id) { record in
+                record = SessionRecord(
+                    id: id,
+                    app: app.address,
+                    device: LinkAddress(node: NodeID(rawValue: fleet.node), linkID: device.id),
+                    userID: app.principal,
+                    deviceID: deviceID,
+                    phase: .reserved
+                )
+            }
+        } else {
+            switch store.reserve(sessionID: id, app: app.address, userID: app.principal, deviceID: deviceID, limits: limits) {
+            case .failure(let refusal): return .failure(refusal)
+            case .success(let record):
+                guard let local = links[record.device.linkID] else {
+                    _ = store.update(id) { $0 = nil }
+                    return .failure(.deviceOffline)
+                }
+                device = local
+            }
         }
-        let session = links[record.device.linkID].map { Session(id: id, app: app, device: $0, setupTimeout: setupTimeout, requestedAt: requestedAt) }
+        let session = Session(id: id, app: app, device: device, setupTimeout: setupTimeout, requestedAt: requestedAt)
         // The links' own lists are for routing; the store has already enforced the limits. A
         // link that ended meanwhile refuses to join: the device went offline.
-        guard let session, session.device.join(session, limit: .max) else {
+        guard join(session) else {
             _ = store.update(id) { $0 = nil }
-            return .failure(.deviceOffline)
-        }
-        guard app.join(session, limit: .max) else {
-            session.device.leave(session)
-            _ = store.update(id) { $0 = nil }
+            if let fleet { try? await fleet.store.forgetSession(id) }
             return .failure(.deviceOffline)
         }
         sessions.update(id) { $0 = session }
         return .success(session)
+    }
+
+    /// Adds the session to its parties of this node; false (and none joined) when one ended.
+    private func join(_ session: Session) -> Bool {
+        var joined: [Link] = []
+        for link in session.localParties {
+            guard link.join(session, limit: .max) else {
+                for party in joined { party.leave(session) }
+                return false
+            }
+            joined.append(link)
+        }
+        return true
     }
 
     func opened(_ session: Session) {
@@ -112,16 +167,12 @@ final class LocalSessionTable: SessionTable {
     }
 
     func adopt(_ session: Session) -> Bool {
-        guard session.device.join(session, limit: .max) else { return false }
-        guard session.app.join(session, limit: .max) else {
-            session.device.leave(session)
-            return false
-        }
+        guard join(session) else { return false }
         store.update(session.id) { record in
             record = SessionRecord(
                 id: session.id,
-                app: session.app.address,
-                device: session.device.address,
+                app: LinkAddress(node: node, linkID: session.app.id),
+                device: LinkAddress(node: node, linkID: session.device.id),
                 userID: session.userID,
                 deviceID: session.deviceID,
                 phase: .open
@@ -136,8 +187,7 @@ final class LocalSessionTable: SessionTable {
         sessions.update(session.id) { current in
             if current === session { current = nil }
         }
-        session.app.leave(session)
-        session.device.leave(session)
+        for link in session.localParties { link.leave(session) }
     }
 
     func session(_ id: String) -> Session? {

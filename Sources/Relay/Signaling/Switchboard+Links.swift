@@ -20,10 +20,39 @@ extension Switchboard {
         var resumed: Bool
     }
 
+    /// Before a transport is admitted, what the fleet must know first: a device that does not
+    /// resume a link of this node gets a fresh link claimed fleet-wide (contract §4's replace
+    /// rule across nodes: the link it replaces, wherever it is, closes with 4002). Nil when
+    /// nothing is to be claimed (no fleet, an app, a resume this node can serve).
+    func seed(for identity: ClientIdentity, resume: ResumeRequest?) async throws(RelayHTTPError) -> LinkSeed? {
+        guard let fleet = table.fleet, case .device(let record) = identity else { return nil }
+        if let resume, table.links(of: .device, principal: record.deviceID).contains(where: { $0.accepts(resumeToken: resume.token) }) {
+            return nil
+        }
+        let seed = LinkSeed()
+        do throws(StoreError) {
+            let replaced = try await fleet.store.claimDevice(
+                StoredLink(id: seed.id, tokenHash: seed.tokenHash, party: Party.device.rawValue, principal: record.deviceID, attached: true)
+            )
+            if let replaced, replaced.node != fleet.node {
+                logger.info("Device connected again; its older link on another node is replaced", metadata: ["device.id": "\(record.deviceID)", "link.id": "\(replaced.linkID)"])
+            }
+        } catch {
+            logger.error("Claiming a device's link failed", metadata: ["device.id": "\(record.deviceID)", "error": "\(error)"])
+            throw RelayHTTPError.storeUnavailable
+        }
+        return seed
+    }
+
     /// Admits a new transport: onto the client's detached link when it resumes with that link's
-    /// token and the replay can be complete, else onto a fresh link. A device's fresh link ends
-    /// its older link (close 4002 on a socket still open).
-    func admit(_ identity: ClientIdentity, resume: ResumeRequest?, dropTransport: @escaping @Sendable () -> Void) -> Admission {
+    /// token and the replay can be complete, else onto a fresh link (made from `seed` when one
+    /// was claimed). A device's fresh link ends its older link (close 4002 on a socket still open).
+    func admit(
+        _ identity: ClientIdentity,
+        resume: ResumeRequest?,
+        seed: LinkSeed? = nil,
+        dropTransport: @escaping @Sendable () -> Void
+    ) -> Admission {
         let party: Party
         let principal: String
         var app: AppIdentity?
@@ -45,6 +74,7 @@ extension Switchboard {
         }
         let link = Link(
             node: table.node,
+            seed: seed ?? LinkSeed(),
             party: party,
             principal: principal,
             app: app,

@@ -9,10 +9,12 @@ import RelayCore
 import TURNBroker
 
 extension Switchboard {
-    /// The first answer went through: the session is set up.
+    /// The first answer went through: the session is set up (counted and audited by the node
+    /// that keeps its timers).
     func answered(_ session: Session) {
-        metrics.sessionAnswered(requestedAt: session.requestedAt)
         liveState?.sessionChanged(session)
+        guard session.keepsTimers else { return }
+        metrics.sessionAnswered(requestedAt: session.requestedAt)
         journal.record(.sessionAnswered(sessionID: session.id, at: Date()))
         logger.info("Session answered", metadata: sessionMetadata(session))
     }
@@ -39,13 +41,20 @@ extension Switchboard {
             throw SignalingError(.unauthorized, "Not authorized", requestID: requestID)
         }
         let session: Session
-        switch table.reserveSession(
-            app: link,
-            deviceID: deviceID,
-            limits: SessionLimits(maxPerDevice: limits.maxSessionsPerDevice, maxPerApp: limits.maxSessionsPerApp),
-            setupTimeout: limits.setupTimeout,
-            requestedAt: requestedAt
-        ) {
+        let reservation: Result<Session, SessionRefusal>
+        do throws(StoreError) {
+            reservation = try await table.reserveSession(
+                app: link,
+                deviceID: deviceID,
+                limits: SessionLimits(maxPerDevice: limits.maxSessionsPerDevice, maxPerApp: limits.maxSessionsPerApp),
+                setupTimeout: limits.setupTimeout,
+                requestedAt: requestedAt
+            )
+        } catch {
+            logger.error("Reserving a session failed", metadata: ["device.id": "\(deviceID)", "error": "\(error)"])
+            throw SignalingError(.deviceOffline, "The relay cannot reach its store to set the session up; try again shortly", requestID: requestID)
+        }
+        switch reservation {
         case .success(let reserved):
             session = reserved
             journal.record(.sessionOpened(sessionID: session.id, userID: identity.userID, deviceID: deviceID, at: session.createdAt))
@@ -69,7 +78,7 @@ extension Switchboard {
             throw SignalingError(.turnError, "TURN error: \(error.detail)", requestID: requestID)
         }
         let iceServers = JSONValue.raw(Self.encode(document))
-        let opened = session.open(with: document, refreshIn: refreshDelay(document.ttl)) {
+        let opened = session.open(with: document, refreshIn: refreshDelay(document.ttl)) { stored in
             link.send(
                 OutboundMessage(
                     "webrtc_credentials",
@@ -90,7 +99,9 @@ extension Switchboard {
                         "ice_servers": iceServers,
                         "metadata": metadata,
                     ]
-                )
+                ),
+                // The device's node takes the session up (and keeps its timers) before the request.
+                event: .opened(stored)
             )
         }
         guard opened else {
@@ -124,13 +135,18 @@ extension Switchboard {
         }
     }
 
-    /// Ends a session once, telling both parties who ended it and why.
-    func close(_ session: Session, reason: SessionCloseReason, by closer: SessionCloser, detail: String? = nil) {
+    /// Ends a session once, telling both parties who ended it and why. `fromAnotherNode`: the
+    /// copy on the other party's node closed it and told its own party already.
+    func close(_ session: Session, reason: SessionCloseReason, by closer: SessionCloser, detail: String? = nil, fromAnotherNode: Bool = false) {
         let action = session.markClosed(reason, by: closer)
         if case .none = action { return }
         table.remove(session)
         liveState?.sessionChanged(session)
-        journal.record(.sessionClosed(sessionID: session.id, at: Date(), reason: reason.rawValue, closedBy: closer.rawValue))
+        let keeper: Bool
+        if case .announce = action { keeper = session.keepsTimers } else { keeper = true }
+        if keeper {
+            journal.record(.sessionClosed(sessionID: session.id, at: Date(), reason: reason.rawValue, closedBy: closer.rawValue))
+        }
         var metadata = sessionMetadata(session)
         metadata["session.reason"] = "\(reason)"
         metadata["session.closed_by"] = "\(closer.rawValue)"
@@ -138,8 +154,10 @@ extension Switchboard {
             logger.info("Session ended before it opened", metadata: metadata)
             return
         }
-        revokeLater(credentials)
-        metrics.sessionEnded(reason: reason.rawValue, by: closer.rawValue)
+        if keeper {
+            revokeLater(credentials)
+            metrics.sessionEnded(reason: reason.rawValue, by: closer.rawValue)
+        }
         presence.changed(session.deviceID, status: status(of:))
         let message = OutboundMessage(
             "webrtc_close",
@@ -150,8 +168,10 @@ extension Switchboard {
                 "detail": detail.map(JSONValue.string),
             ]
         )
-        session.app.send(message)
-        session.device.send(message)
+        let event = SessionEvent.closed(sessionID: session.id, reason: reason.rawValue, by: closer.rawValue)
+        for party in [session.app, session.device] where !fromAnotherNode || party is Link {
+            party.send(message, event: event)
+        }
         logger.info("Session closed", metadata: metadata)
     }
 
@@ -169,6 +189,7 @@ extension Switchboard {
 
     /// Arms the session's timer for its next deadline (set-up timeout, ICE refresh).
     func armTimer(_ session: Session) {
+        guard session.keepsTimers else { return }
         session.armTimer { delay in
             Self.timers.scheduleTask(in: TimeAmount(delay)) { [weak self] in self?.deadlinePassed(session) }
         }

@@ -171,8 +171,10 @@ final class Switchboard: Sendable {
             let session = try openSession(sessionID, of: link, requestID: requestID)
             // Marked before it is forwarded: the peer may hang up the moment it has the answer,
             // on another event loop, and the session must already count as answered then.
-            if type == "webrtc_answer", session.markAnswered() { answered(session) }
-            session.peer(of: link)?.send(OutboundMessage(type, fields: fields))
+            let answer = type == "webrtc_answer"
+            if answer, session.markAnswered() { answered(session) }
+            // The peer's node, if it is another, counts the session answered too.
+            session.peer(of: link)?.send(OutboundMessage(type, fields: fields), event: answer ? .answered(sessionID: session.id) : nil)
 
         case .close(let sessionID, let reason):
             let session = try openSession(sessionID, of: link, requestID: requestID)

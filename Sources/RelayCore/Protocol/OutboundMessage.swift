@@ -25,6 +25,12 @@ public struct OutboundMessage: Sendable {
         self.openBody = body
     }
 
+    /// A message as another node serialized it (`openBody` as that node's `openBody`).
+    public init(type: String, openBody: String) {
+        self.type = type
+        self.openBody = openBody
+    }
+
     /// The text frame carrying this message as number `seq` on its link (nil only for `hello`).
     public func text(seq: Int?) -> String {
         guard let seq else { return openBody + "}" }

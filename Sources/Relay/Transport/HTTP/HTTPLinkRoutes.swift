@@ -51,8 +51,9 @@ struct HTTPLinkRoutes: Sendable {
             token: body["resume_token"].map { $0.stringValue.map(RequestField.present) ?? .malformed } ?? .absent,
             lastSeq: body["last_seq"].map { $0.intValue.map(RequestField.present) ?? .malformed } ?? .absent
         )
+        let seed = try await switchboard.seed(for: identity, resume: resume)
         let transport = TransportSlot()
-        let admitted = switchboard.admit(identity, resume: resume) { [switchboard] in transport.drop(switchboard) }
+        let admitted = switchboard.admit(identity, resume: resume, seed: seed) { [switchboard] in transport.drop(switchboard) }
         transport.set(admitted.link, generation: admitted.generation)
         switchboard.lease(admitted.link, generation: admitted.generation)
         context.logger.debug("HTTP link opened", metadata: ["link.id": "\(admitted.link.id)", "link.resumed": "\(admitted.resumed)"])

@@ -18,6 +18,7 @@ final class LinkSocket: WebSocketEndpoint {
     private let connection: LinkConnection
     private let identity: ClientIdentity
     private let resume: ResumeRequest?
+    private let seed: LinkSeed?
     private var socket: WebSocketConnection?
     private var link: Link?
     private var generation = 0
@@ -26,10 +27,11 @@ final class LinkSocket: WebSocketEndpoint {
     private var waiting: Deque<String> = []
     private var expiry: Scheduled<Void>?
 
-    init(connection: LinkConnection, identity: ClientIdentity, resume: ResumeRequest?) {
+    init(connection: LinkConnection, identity: ClientIdentity, resume: ResumeRequest?, seed: LinkSeed?) {
         self.connection = connection
         self.identity = identity
         self.resume = resume
+        self.seed = seed
     }
 
     private var switchboard: Switchboard { connection.switchboard }
@@ -37,7 +39,7 @@ final class LinkSocket: WebSocketEndpoint {
     func opened(_ socket: WebSocketConnection) {
         self.socket = socket
         let channel: any Channel = socket.channel
-        let admission = switchboard.admit(identity, resume: resume, dropTransport: { channel.close(promise: nil) })
+        let admission = switchboard.admit(identity, resume: resume, seed: seed, dropTransport: { channel.close(promise: nil) })
         link = admission.link
         generation = admission.generation
         socket.write(text: connection.hello(admission.link, resumed: admission.resumed).text(seq: nil))

@@ -1,0 +1,382 @@
+/// The fleet's shared rows on PostgreSQL: device links claimed fleet-wide, reservations, the inbox between nodes, and taking over the links of nodes that stopped.
+import Foundation
+import PostgresNIO
+import Registry
+
+/// What a pass over the fleet's nodes took over, and how many nodes it could not decide about yet.
+public struct FleetTakeover: Sendable {
+    public var state: StoredLiveState
+    /// Nodes whose lock is free but whose last heartbeat is too recent to call them dead.
+    public var undecided: Int
+}
+
+extension StoredLiveState {
+    /// Adds what another takeover found.
+    public mutating func merge(_ other: StoredLiveState) {
+        links += other.links
+        messages.merge(other.messages) { $1 }
+        sessions += other.sessions
+        elsewhere.merge(other.elsewhere) { $1 }
+        for link in other.links { elsewhere[link.id] = nil }
+    }
+}
+
+extension PostgresStore: FleetStore {
+    // MARK: Device links
+
+    public func claimDevice(_ link: StoredLink) async throws(StoreError) -> FleetLink? {
+        try ensureNotFenced()
+        let node = node
+        var attempt = 0
+        while true {
+            do {
+                let (replaced, rung) = try await transaction("claiming the device's link") { connection -> (FleetLink?, [String]) in
+                    try await connection.query("SET LOCAL synchronous_commit = off", logger: self.logger)
+                    try await self.ensureServing(on: connection)
+                    var replaced: FleetLink?
+                    var rung: [String] = []
+                    for try await (id, owner) in try await connection.query(
+                        "SELECT link_id, owner_node FROM relay_link WHERE party = 'device' AND principal = \(link.principal) FOR UPDATE",
+                        logger: self.logger
+                    ).decode((String, String?).self) {
+                        replaced = FleetLink(linkID: id, node: owner ?? node)
+                    }
+                    if let replaced {
+                        try await connection.query("DELETE FROM relay_link WHERE link_id = \(replaced.linkID)", logger: self.logger)
+                        try await connection.query("DELETE FROM relay_outbox WHERE link_id = \(replaced.linkID)", logger: self.logger)
+                        if replaced.node != node {
+                            // Its node (if it still runs) closes it with 4002; the apps of its
+                            // sessions hear them end now, whether or not that node runs.
+                            try await connection.query(
+                                """
+                                INSERT INTO relay_inbox (node_id, link_id, type, body, event)
+                                VALUES (\(replaced.node), \(replaced.linkID), 'replaced', '', \(Self.replacedEvent))
+                                """,
+                                logger: self.logger
+                            )
+                            rung = [replaced.node]
+                            for try await owner in try await connection.query(
+                                """
+                                WITH gone AS (DELETE FROM relay_session WHERE device_link = \(replaced.linkID) RETURNING session_id, app_link),
+                                written AS (
+                                    INSERT INTO relay_inbox (node_id, link_id, type, body, event)
+                                    SELECT l.owner_node, g.app_link, 'webrtc_close',
+                                        '{"type":"webrtc_close","session_id":"' || g.session_id || '","reason":"peer_disconnected","by":"relay"',
+                                        '{"closed":["' || g.session_id || '","peer_disconnected","relay"]}'
+                                    FROM gone g JOIN relay_link l ON l.link_id = g.app_link AND l.owner_node IS NOT NULL
+                                    ORDER BY g.session_id
+                                    RETURNING node_id
+                                )
+                                SELECT DISTINCT node_id FROM written
+                                """,
+                                logger: self.logger
+                            ).decode(String.self) {
+                                rung.append(owner)
+                            }
+                        }
+                    }
+                    var claimed = link
+                    claimed.attached = true
+                    try await self.upsert(claimed, node: node, on: connection)
+                    return (replaced, rung)
+                }
+                await ring(rung)
+                return replaced
+            } catch let error where attempt < 3 && error.description.contains("relay_link_one_per_device") {
+                // Another node claimed the device between the read and the write: again, now
+                // that its row is there to lock.
+                attempt += 1
+            }
+        }
+    }
+
+    /// The event that tells a node its device link was replaced by a newer connection.
+    public static let replacedEvent = "{\"replaced\":true}"
+
+    // MARK: Sessions
+
+    public func reserveSession(_ id: String, app: StoredLink, deviceID: String, createdAt: Double, maxPerDevice: Int, maxPerApp: Int)
+        async throws(StoreError) -> FleetReservation
+    {
+        try ensureNotFenced()
+        let node = node
+        return try await transaction("reserving a session") { connection -> FleetReservation in
+            try await connection.query("SET LOCAL synchronous_commit = off", logger: self.logger)
+            try await self.ensureServing(on: connection)
+            // The app's link is known to the fleet before the device's node answers it.
+            var appRow = app
+            appRow.attached = true
+            try await self.upsert(appRow, node: node, on: connection)
+            // The device's row, locked: reservations for one device take turns fleet-wide.
+            var device: (id: String, owner: String?, attached: Bool)?
+            for try await row in try await connection.query(
+                "SELECT link_id, owner_node, attached FROM relay_link WHERE party = 'device' AND principal = \(deviceID) FOR UPDATE",
+                logger: self.logger
+            ).decode((String, String?, Bool).self) {
+                device = row
+            }
+            guard let device, device.attached, let owner = device.owner else { return .deviceOffline }
+            let ofDevice = try await self.count("SELECT count(*) FROM relay_session WHERE device_link = \(device.id)", on: connection)
+            guard ofDevice < maxPerDevice else { return .deviceBusy }
+            let ofApp = try await self.count("SELECT count(*) FROM relay_session WHERE app_link = \(app.id)", on: connection)
+            guard ofApp < maxPerApp else { return .appLimit }
+            try await connection.query(
+                """
+                INSERT INTO relay_session (session_id, app_link, device_link, user_id, device_id, created_at)
+                VALUES (\(id), \(app.id), \(device.id), \(app.principal), \(deviceID), \(createdAt))
+                """,
+                logger: self.logger
+            )
+            return .reserved(device: FleetLink(linkID: device.id, node: owner))
+        }
+    }
+
+    public func forgetSession(_ id: String) async throws(StoreError) {
+        try await call("forgetting a session") {
+            try await self.client.query("DELETE FROM relay_session WHERE session_id = \(id)", logger: self.logger).collect()
+        }
+    }
+
+    private func count(_ query: PostgresQuery, on connection: PostgresConnection) async throws -> Int {
+        var count = 0
+        for try await value in try await connection.query(query, logger: logger).decode(Int.self) { count = value }
+        return count
+    }
+
+    // MARK: Messages between nodes
+
+    public func send(_ deliveries: [RemoteDelivery]) async throws(StoreError) {
+        guard !deliveries.isEmpty else { return }
+        try ensureNotFenced()
+        let links = deliveries.map(\.linkID)
+        let types = deliveries.map(\.type)
+        let bodies = deliveries.map(\.openBody)
+        let events = deliveries.map { $0.event ?? "" }
+        // Each row goes to the node serving its link as it is written (a link that moves waits
+        // for this transaction, then takes its rows along); rows for links gone are dropped.
+        let nodes = try await transaction("sending messages to other nodes") { connection -> [String] in
+            try await connection.query("SET LOCAL synchronous_commit = off", logger: self.logger)
+            try await self.ensureServing(on: connection)
+            var nodes: [String] = []
+            for try await node in try await connection.query(
+                """
+                WITH written AS (
+                    INSERT INTO relay_inbox (node_id, link_id, type, body, event)
+                    SELECT l.owner_node, m.link, m.type, m.body, nullif(m.event, '')
+                    FROM unnest(\(links)::text[], \(types)::text[], \(bodies)::text[], \(events)::text[]) WITH ORDINALITY AS m(link, type, body, event, ord)
+                    JOIN relay_link l ON l.link_id = m.link AND l.owner_node IS NOT NULL
+                    ORDER BY m.ord
+                    RETURNING node_id
+                )
+                SELECT DISTINCT node_id FROM written
+                """,
+                logger: self.logger
+            ).decode(String.self) {
+                nodes.append(node)
+            }
+            return nodes
+        }
+        // After the commit, in a statement of its own: a NOTIFY inside a writing transaction
+        // serializes every commit of the database.
+        await ring(nodes)
+    }
+
+    /// Wakes the nodes' inbox readers (a hint: they also look every few hundred ms).
+    func ring(_ nodes: [String]) async {
+        guard !nodes.isEmpty else { return }
+        _ = try? await call("ringing other nodes") {
+            try await self.client.query("SELECT pg_notify('relay_node_' || n, '') FROM unnest(\(nodes)::text[]) AS n", logger: self.logger)
+                .collect()
+        }
+    }
+
+    public func takeInbox(limit: Int) async throws(StoreError) -> [RemoteDelivery] {
+        let node = node
+        return try await call("reading messages from other nodes") {
+            var rows: [(Int64, RemoteDelivery)] = []
+            for try await (seq, link, type, body, event) in try await self.client.query(
+                """
+                DELETE FROM relay_inbox WHERE seq IN (SELECT seq FROM relay_inbox WHERE node_id = \(node) ORDER BY seq LIMIT \(limit))
+                RETURNING seq, link_id, type, body, event
+                """,
+                logger: self.logger
+            ).decode((Int64, String, String, String, String?).self) {
+                rows.append((seq, RemoteDelivery(linkID: link, type: type, openBody: body, event: event)))
+            }
+            return rows.sorted { $0.0 < $1.0 }.map(\.1)
+        }
+    }
+
+    // MARK: Nodes that stopped
+
+    public func takeOverStoppedNodes() async throws(StoreError) -> StoredLiveState {
+        try await takeOverStoppedNodes(orphansToo: false).state
+    }
+
+    /// One pass: every node that stopped (a graceful stop says so; a killed node's lock is free
+    /// and its heartbeat 2 beats old; a hung node's heartbeat 5 beats old, its lock taken from
+    /// it) is declared dead by exactly one node, which takes its links over. With
+    /// `orphansToo`, also links no live node serves (left by an older version).
+    func takeOverStoppedNodes(orphansToo: Bool) async throws(StoreError) -> FleetTakeover {
+        try ensureNotFenced()
+        let node = node
+        let fast = heartbeat * 2
+        let slow = heartbeat * 5
+        let fastSeconds = Double(fast.components.seconds) + Double(fast.components.attoseconds) / 1e18
+        let slowSeconds = Double(slow.components.seconds) + Double(slow.components.attoseconds) / 1e18
+        let held = """
+            EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND ((l.classid::bigint << 32) | l.objid::bigint) = n.lock_key)
+            """
+        let candidates = try await call("looking for stopped nodes") {
+            try await self.client.query(
+                """
+                SELECT n.node_id, n.lock_key, \(unescaped: held) AS held,
+                    n.state = 'stopped' OR (NOT \(unescaped: held) AND n.heartbeat_at < now() - make_interval(secs => \(fastSeconds)))
+                        OR n.heartbeat_at < now() - make_interval(secs => \(slowSeconds)) AS stopped
+                FROM relay_node n WHERE n.state <> 'dead' AND n.node_id <> \(node)
+                """,
+                logger: self.logger
+            ).collect().map { try $0.decode((String, Int64, Bool, Bool).self) }
+        }
+        var taken = StoredLiveState(links: [], messages: [:], sessions: [])
+        var undecided = 0
+        for (dead, lockKey, isHeld, stopped) in candidates {
+            guard stopped else {
+                if !isHeld { undecided += 1 }
+                continue
+            }
+            if isHeld {
+                // Silent past the slow bound yet holding its lock: hung, or paused. Its
+                // connection is ended so the lock frees; the next pass takes it over.
+                _ = try? await call("ending a hung node's connection") {
+                    try await self.client.query(
+                        """
+                        SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                            AND ((l.classid::bigint << 32) | l.objid::bigint) = \(lockKey)
+                        """,
+                        logger: self.logger
+                    ).collect()
+                }
+                undecided += 1
+                continue
+            }
+            taken.merge(try await takeOver(dead, lockKey: lockKey, orphansToo: false))
+        }
+        if orphansToo { taken.merge(try await takeOver(nil, lockKey: nil, orphansToo: true)) }
+        return FleetTakeover(state: taken, undecided: undecided)
+    }
+
+    /// Declares `dead` dead (unless another node just did) and takes its links, the messages
+    /// queued for them and their sessions over, in one transaction.
+    private func takeOver(_ dead: String?, lockKey: Int64?, orphansToo: Bool) async throws(StoreError) -> StoredLiveState {
+        let node = node
+        return try await transaction("taking over a stopped node's links") { connection -> StoredLiveState in
+            let empty = StoredLiveState(links: [], messages: [:], sessions: [])
+            try await self.ensureServing(on: connection)
+            let links: PostgresRowSequence
+            if let dead, let lockKey {
+                // One taker per dead node: its lock (free now) for this transaction, and its row.
+                var locked = false
+                for try await value in try await connection.query("SELECT pg_try_advisory_xact_lock(\(lockKey))", logger: self.logger).decode(Bool.self) {
+                    locked = value
+                }
+                guard locked else { return empty }
+                let marked = try await connection.query(
+                    "UPDATE relay_node SET state = 'dead' WHERE node_id = \(dead) AND state <> 'dead' RETURNING 1",
+                    logger: self.logger
+                ).collect()
+                guard !marked.isEmpty else { return empty }
+                try await connection.query("UPDATE relay_inbox SET node_id = \(node) WHERE node_id = \(dead)", logger: self.logger)
+                links = try await connection.query(
+                    """
+                    UPDATE relay_link SET owner_node = \(node), owner_epoch = owner_epoch + 1, attached = false, updated_at = now()
+                    WHERE owner_node = \(dead)
+                    RETURNING link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices
+                    """,
+                    logger: self.logger
+                )
+            } else {
+                links = try await connection.query(
+                    """
+                    UPDATE relay_link SET owner_node = \(node), owner_epoch = owner_epoch + 1, attached = false, updated_at = now()
+                    WHERE owner_node IS NULL OR owner_node NOT IN (SELECT node_id FROM relay_node WHERE state <> 'dead')
+                    RETURNING link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices
+                    """,
+                    logger: self.logger
+                )
+            }
+            var stored: [StoredLink] = []
+            for try await (id, hash, party, principal, validUntil, expiresAt, devices) in links.decode(
+                (String, Data, String, String, Double?, Double?, [String]?).self
+            ) {
+                stored.append(
+                    StoredLink(
+                        id: id,
+                        tokenHash: [UInt8](hash),
+                        party: party,
+                        principal: principal,
+                        tokenValidUntil: validUntil,
+                        tokenExpiresAt: expiresAt,
+                        tokenDevices: devices
+                    )
+                )
+            }
+            guard !stored.isEmpty else { return empty }
+            return try await self.liveState(of: stored, on: connection)
+        }
+    }
+
+    /// The kept messages of `links`, the sessions they take part in, and where those sessions'
+    /// other parties are.
+    private func liveState(of links: [StoredLink], on connection: PostgresConnection) async throws -> StoredLiveState {
+        let ids = links.map(\.id)
+        var messages: [String: [StoredMessage]] = [:]
+        for try await (link, seq, body) in try await connection.query(
+            "SELECT link_id, seq, body FROM relay_outbox WHERE link_id = ANY(\(ids)) ORDER BY link_id, seq",
+            logger: logger
+        ).decode((String, Int, String).self) {
+            messages[link, default: []].append(StoredMessage(seq: seq, text: body))
+        }
+        var sessions: [StoredSession] = []
+        for try await row in try await connection.query(
+            """
+            SELECT session_id, app_link, device_link, user_id, device_id, created_at, answered, ttl_seconds, setup_deadline, refresh_at,
+                credentials, credential_expiries FROM relay_session WHERE app_link = ANY(\(ids)) OR device_link = ANY(\(ids))
+            """,
+            logger: logger
+        ) {
+            let (id, app, device, user, deviceID, created, answered, ttl, setup, refresh, documents, expiries) = try row.decode(
+                (String, String, String, String, String, Double, Bool, Int, Double?, Double?, [String], [Double]).self
+            )
+            sessions.append(
+                StoredSession(
+                    id: id,
+                    appLink: app,
+                    deviceLink: device,
+                    userID: user,
+                    deviceID: deviceID,
+                    createdAt: created,
+                    answered: answered,
+                    ttlSeconds: ttl,
+                    setupDeadline: setup,
+                    refreshAt: refresh,
+                    credentials: zip(documents, expiries).map { StoredSession.Credential(document: $0, expiresAt: $1) }
+                )
+            )
+        }
+        let mine = Set(ids)
+        let others = Array(Set(sessions.flatMap { [$0.appLink, $0.deviceLink] }).subtracting(mine))
+        var elsewhere: [String: String] = [:]
+        if !others.isEmpty {
+            for try await (link, owner) in try await connection.query(
+                "SELECT link_id, owner_node FROM relay_link WHERE link_id = ANY(\(others)) AND owner_node IS NOT NULL",
+                logger: logger
+            ).decode((String, String).self) {
+                elsewhere[link] = owner
+            }
+        }
+        return StoredLiveState(links: links, messages: messages, sessions: sessions, elsewhere: elsewhere)
+    }
+}

@@ -1,0 +1,65 @@
+/// What the nodes of a fleet share beyond the live state: device links claimed fleet-wide, session reservations, messages between nodes, and the links of nodes that died.
+
+/// A message for a link another node serves, as it travels through the store: the message as
+/// its client gets it (without `seq`, which the receiving node assigns) and, for the few that
+/// change a session, what the receiving node's copy of the session is to do first.
+public struct RemoteDelivery: Sendable, Equatable {
+    public var linkID: String
+    public var type: String
+    /// `{"type":"...",...` without its closing brace (`OutboundMessage.openBody`).
+    public var openBody: String
+    /// A session event (JSON), or nil for a message that only passes through.
+    public var event: String?
+
+    public init(linkID: String, type: String, openBody: String, event: String?) {
+        self.linkID = linkID
+        self.type = type
+        self.openBody = openBody
+        self.event = event
+    }
+}
+
+/// Where a link lives in the fleet.
+public struct FleetLink: Sendable, Equatable {
+    public var linkID: String
+    public var node: String
+
+    public init(linkID: String, node: String) {
+        self.linkID = linkID
+        self.node = node
+    }
+}
+
+/// A session reservation's outcome across the fleet (contract §3.1's checks, in order).
+public enum FleetReservation: Sendable, Equatable {
+    /// Reserved: the device's live link, and the node serving it.
+    case reserved(device: FleetLink)
+    case deviceOffline
+    case deviceBusy
+    case appLimit
+}
+
+/// The store the nodes of a fleet share (PostgreSQL). Every method is one transaction.
+public protocol FleetStore: Sendable {
+    /// This node.
+    var node: String { get }
+    /// Makes `link` (a device's, served by this node) the device's one live link across the
+    /// fleet (contract §4's replace rule); the link it replaces, if any. A replaced link served
+    /// by another node is told so through that node's inbox.
+    func claimDevice(_ link: StoredLink) async throws(StoreError) -> FleetLink?
+    /// Reserves session `id` between the app link `app` (served by this node; its row is
+    /// written if it is not yet) and the live link of `deviceID`, within the limits.
+    func reserveSession(_ id: String, app: StoredLink, deviceID: String, createdAt: Double, maxPerDevice: Int, maxPerApp: Int)
+        async throws(StoreError) -> FleetReservation
+    /// Forgets a reserved session that will not open (its row counted against the limits).
+    func forgetSession(_ id: String) async throws(StoreError)
+    /// Queues messages for links other nodes serve (each goes to whichever node serves its link
+    /// when it is written) and rings those nodes.
+    func send(_ deliveries: [RemoteDelivery]) async throws(StoreError)
+    /// Takes up to `limit` of the messages queued for this node's links, in the order they were
+    /// queued.
+    func takeInbox(limit: Int) async throws(StoreError) -> [RemoteDelivery]
+    /// Declares dead the nodes that stopped or stopped answering, and takes their links (and
+    /// the messages queued for them) and the sessions those links take part in over.
+    func takeOverStoppedNodes() async throws(StoreError) -> StoredLiveState
+}

@@ -1,0 +1,36 @@
+/// Wakes a service's loop that sleeps until there is work: raised from any thread, awaited by the loop.
+import Synchronization
+
+/// A flag that wakes one waiting loop: `raise` (from any thread, any number of times) makes the
+/// loop's next or current `wait` return; a loop that checks its work, finds none and waits never
+/// misses a raise that came in between. Cancelling the waiting task wakes it too.
+final class WakeSignal: Sendable {
+    private let state = Mutex<(raised: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    func raise() {
+        state.withLock { state in
+            state.raised = true
+            defer { state.waiter = nil }
+            return state.waiter
+        }?.resume()
+    }
+
+    /// Returns once raised since the last `wait` returned (or on cancellation).
+    func wait() async {
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                let ready = state.withLock { state in
+                    if state.raised || Task.isCancelled {
+                        state.raised = false
+                        return true
+                    }
+                    state.waiter = continuation
+                    return false
+                }
+                if ready { continuation.resume() }
+            }
+        } onCancel: {
+            raise()
+        }
+    }
+}

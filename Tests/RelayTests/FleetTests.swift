@@ -1,0 +1,214 @@
+/// Several `relay serve` nodes on one PostgreSQL database behaving as one relay: sessions across nodes, the fleet-wide rules, a node killed or paused.
+import DeviceAuth
+import Foundation
+import Logging
+import PostgresStore
+import Registry
+import RelayTestSupport
+import Testing
+
+/// Nodes of one fleet, started as processes on a fresh database of the tests' PostgreSQL, with
+/// short beats so a node's death is seen in well under a second.
+struct TestFleet: Sendable {
+    let nodes: [RelayProcess]
+    let secrets: [String: String]
+    let server: PostgresServer
+    let database: String
+    let environment: [String: String]
+
+    static func start(
+        nodes count: Int,
+        devices: [String] = ["robot-1"],
+        _ extra: [String: String] = [:]
+    ) async throws -> TestFleet {
+        let server = try await PostgresServer.running()
+        let url = try await server.createDatabase()
+        let store = try PostgresStore(url: url, role: "relay-test", logger: Logger(label: "relay-test"))
+        let secrets = try await store.whileRunning {
+            try await store.migrate()
+            var secrets: [String: String] = [:]
+            for device in devices {
+                secrets[device] = try await store.addDevice(device, owners: ["alice", "bob", "carol", "dave", "erin"], label: "", now: Date()).secret
+            }
+            return secrets
+        }
+        let environment = [
+            "RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey, "RELAY_DATABASE_URL": url,
+            "RELAY_NODE_HEARTBEAT_MS": "200", "RELAY_RESUME_GRACE_S": "20", "RELAY_RATE_BURST": "1000", "RELAY_RATE_PER_S": "1000",
+        ].merging(extra) { $1 }
+        var nodes: [RelayProcess] = []
+        for _ in 0..<count {
+            nodes.append(try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment))
+        }
+        return TestFleet(nodes: nodes, secrets: secrets, server: server, database: String(url.split(separator: "/").last!), environment: environment)
+    }
+
+    func client(_ node: Int) -> ProcessClient { ProcessClient(port: nodes[node].port) }
+
+    func device(_ deviceID: String = "robot-1", on node: Int, resume: ProcessClient.Resume? = nil) async throws -> TestSocket {
+        try await client(node).device(deviceID, secret: secrets[deviceID]!, resume: resume)
+    }
+
+    func stop() {
+        for node in nodes { node.kill() }
+    }
+
+    /// A node's state as the fleet's table says.
+    func state(of node: Int) async throws -> [String] {
+        try await server.sql("SELECT state FROM relay_node ORDER BY started_at", database: database).split(separator: "\n").map(String.init)
+    }
+}
+
+@Suite(.timeLimit(.minutes(2))) struct FleetTests {
+    /// Messages of `type` until `count` arrived, skipping `peer_status`; their `field` values.
+    static func collect(_ count: Int, _ type: String, field: String, on socket: TestSocket) async throws -> [String] {
+        var values: [String] = []
+        while values.count < count {
+            let message = try await RestartTests.next(type, on: socket)
+            values.append(try #require((message[field] as? JSONObject)?["candidate"] as? String))
+        }
+        return values
+    }
+
+    @Test func anAppOnOneNodeAndADeviceOnAnotherHaveACallAsOnOneRelay() async throws {
+        let fleet = try await TestFleet.start(nodes: 2)
+        defer { fleet.stop() }
+        let device = try await fleet.device(on: 1)
+        let app = try await fleet.client(0).app("alice")
+        try app.send(["type": "webrtc_request", "device_id": "robot-1", "request_id": "r1"])
+        let credentials = try await app.next("webrtc_credentials")
+        let sessionID = try #require(credentials["session_id"] as? String)
+        let request = try await device.next("webrtc_request")
+        #expect(request["session_id"] as? String == sessionID)
+        #expect(request["user_id"] as? String == "alice")
+        // The same ICE servers reach both sides.
+        #expect((request["ice_servers"] as? JSONObject)?["ttl"] as? Int == (credentials["ice_servers"] as? JSONObject)?["ttl"] as? Int)
+
+        // Both ways at once, through the database: every message once, in order.
+        try app.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "offer"])
+        for index in 0..<200 {
+            try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "app-\(index)"]])
+            try device.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "device-\(index)"]])
+        }
+        #expect(try await device.next("webrtc_offer")["sdp"] as? String == "offer")
+        #expect(try await Self.collect(200, "webrtc_ice", field: "candidate", on: device) == (0..<200).map { "app-\($0)" })
+        #expect(try await Self.collect(200, "webrtc_ice", field: "candidate", on: app) == (0..<200).map { "device-\($0)" })
+        try device.send(["type": "webrtc_answer", "session_id": sessionID, "sdp": "answer"])
+        #expect(try await app.next("webrtc_answer")["sdp"] as? String == "answer")
+
+        // The app hangs up on its node; the device's node hears it and tells the device.
+        try app.send(["type": "webrtc_close", "session_id": sessionID])
+        let closed = try await device.next("webrtc_close")
+        #expect(closed["session_id"] as? String == sessionID && closed["reason"] as? String == "normal" && closed["by"] as? String == "app")
+        #expect(try await app.next("webrtc_close")["by"] as? String == "app")
+        try await device.expectNothingPending()
+        try await app.expectNothingPending()
+        // The session is over everywhere: its row is gone, and its audit row says why.
+        _ = try await eventually("the session's rows to settle") { () -> Bool? in
+            let live = try await fleet.server.sql("SELECT count(*) FROM relay_session", database: fleet.database)
+            let audited = try await fleet.server.sql("SELECT close_reason FROM relay_session_audit WHERE session_id = '\(sessionID)'", database: fleet.database)
+            return live == "0" && audited == "normal" ? true : nil
+        }
+    }
+
+    @Test func theDeviceCapAndTheReplaceRuleHoldAcrossTheFleet() async throws {
+        let fleet = try await TestFleet.start(nodes: 3, ["RELAY_MAX_SESSIONS_PER_DEVICE": "4"])
+        defer { fleet.stop() }
+        let device = try await fleet.device(on: 0)
+        // Five apps on three nodes ask for the device at once: four sessions, one device_busy.
+        var apps: [TestSocket] = []
+        for (index, user) in ["alice", "bob", "carol", "dave", "erin"].enumerated() {
+            apps.append(try await fleet.client(index % 3).app(user))
+        }
+        for app in apps { try app.send(["type": "webrtc_request", "device_id": "robot-1"]) }
+        var outcomes: [String] = []
+        for app in apps {
+            let answer = try await app.next()
+            outcomes.append(answer["type"] as? String == "error" ? (answer["code"] as? String ?? "?") : (answer["type"] as? String ?? "?"))
+        }
+        #expect(outcomes.sorted() == ["device_busy", "webrtc_credentials", "webrtc_credentials", "webrtc_credentials", "webrtc_credentials"])
+        for _ in 0..<4 { _ = try await device.next("webrtc_request") }
+
+        // The device connects again on another node: the old link closes with 4002 and every
+        // app hears its session end.
+        let again = try await fleet.device(on: 2)
+        #expect(again.hello["resumed"] as? Bool == false)
+        #expect(try await device.closeCode() == 4002)
+        for (app, outcome) in zip(apps, outcomes) where outcome == "webrtc_credentials" {
+            let closed = try await RestartTests.next("webrtc_close", on: app)
+            #expect(closed["reason"] as? String == "peer_disconnected")
+            try await app.expectNothingPending()
+        }
+        // The new link takes sessions.
+        try apps[0].send(["type": "webrtc_request", "device_id": "robot-1"])
+        _ = try await apps[0].next("webrtc_credentials")
+        _ = try await again.next("webrtc_request")
+    }
+
+    @Test func aKilledNodesLinksAreTakenOverAndItsCallsGoOn() async throws {
+        let fleet = try await TestFleet.start(nodes: 2)
+        defer { fleet.stop() }
+        let device = try await fleet.device(on: 1)
+        let app = try await fleet.client(0).app("alice")
+        try app.send(["type": "webrtc_request", "device_id": "robot-1"])
+        let sessionID = try #require(try await app.next("webrtc_credentials")["session_id"] as? String)
+        let request = try await device.next("webrtc_request")
+        try app.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "offer"])
+        let offer = try await device.next("webrtc_offer")
+        let lastSeq = try #require(offer["seq"] as? Int)
+        _ = request
+        // Let the device's node write its live state (every 5 ms), then kill it.
+        _ = try await eventually("the session's row to be written") { () -> Bool? in
+            try await fleet.server.sql("SELECT ttl_seconds > 0 FROM relay_session WHERE session_id = '\(sessionID)'", database: fleet.database) == "t" ? true : nil
+        }
+        let killedAt = ContinuousClock.now
+        await fleet.nodes[1].killed()
+
+        // The other node declares it dead and takes its links: the app hears its peer is
+        // reconnecting, and what it sends now waits for the device.
+        let status = try await app.next("peer_status")
+        #expect(status["status"] as? String == "reconnecting")
+        let detected = ContinuousClock.now - killedAt
+        #expect(detected < .seconds(3), "taken over after \(detected)")
+        #expect(try await fleet.state(of: 1).contains("dead"))
+        try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "while-away"]])
+
+        // The device resumes on the surviving node: same link, what it missed, same session.
+        let resumed = try await fleet.device(on: 0, resume: try ProcessClient.Resume(device.hello, lastSeq: lastSeq))
+        #expect(resumed.hello["resumed"] as? Bool == true)
+        #expect(resumed.hello["link_id"] as? String == device.hello["link_id"] as? String)
+        let missed = try await resumed.next("webrtc_ice")
+        #expect((missed["candidate"] as? JSONObject)?["candidate"] as? String == "while-away" && missed["seq"] as? Int == lastSeq + 1)
+        #expect(try await app.next("peer_status")["status"] as? String == "connected")
+        try resumed.send(["type": "webrtc_answer", "session_id": sessionID, "sdp": "answer"])
+        #expect(try await app.next("webrtc_answer")["sdp"] as? String == "answer")
+        try resumed.send(["type": "webrtc_close", "session_id": sessionID])
+        #expect(try await app.next("webrtc_close")["by"] as? String == "device")
+        #expect(try await resumed.next("webrtc_close")["session_id"] as? String == sessionID)
+    }
+
+    @Test func aPausedNodeThatWakesUpAfterTheFleetTookItsLinksStopsAndSendsNothingStale() async throws {
+        let fleet = try await TestFleet.start(nodes: 2)
+        defer { fleet.stop() }
+        let device = try await fleet.device(on: 1)
+        let app = try await fleet.client(0).app("alice")
+        let sessionID = try await fleet.client(0).openSession(app: app, device: device, deviceID: "robot-1")
+        _ = try await eventually("the session's row to be written") { () -> Bool? in
+            try await fleet.server.sql("SELECT ttl_seconds > 0 FROM relay_session WHERE session_id = '\(sessionID)'", database: fleet.database) == "t" ? true : nil
+        }
+        // Paused past 5 beats while holding its lock: the fleet ends its connection, declares
+        // it dead and takes its links.
+        let paused = fleet.nodes[1].process.processIdentifier
+        kill(paused, SIGSTOP)
+        #expect(try await app.next("peer_status")["status"] as? String == "reconnecting")
+        // Meanwhile the device says something to the paused node (it is read after the wake).
+        try device.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "stale"]])
+        kill(paused, SIGCONT)
+        let status = try await fleet.nodes[1].process.exited(within: .seconds(20))
+        #expect(status != 0)
+        // Nothing the woken node read went anywhere: the app hears nothing more from it.
+        try await app.expectNothingPending()
+        try app.send(["type": "webrtc_close", "session_id": sessionID])
+        #expect(try await app.next("webrtc_close")["by"] as? String == "app")
+    }
+}

@@ -34,15 +34,10 @@ public final class FleetMembership: Service, Sendable {
 
     var channel: String { "relay_node_\(store.node)" }
 
-    /// Writes the node's row and takes its lock, before the node serves.
+    /// Takes the node's lock and then writes its row, before the node serves (a row without
+    /// its lock held would look like a node that died).
     public func join() async throws(StoreError) {
-        try await store.call("joining the fleet") {
-            try await self.store.client.query(
-                "INSERT INTO relay_node (node_id, address, state, lock_key) VALUES (\(self.store.node), \(self.address), 'serving', \(self.store.lockKey))",
-                logger: self.logger
-            ).collect()
-        }
-        guard try await connect() else { throw StoreError.unusable("this node's lock is taken at \(store.location)") }
+        guard try await connect(joining: true) else { throw StoreError.unusable("this node's lock is taken at \(store.location)") }
     }
 
     public func run() async throws {
@@ -136,7 +131,7 @@ public final class FleetMembership: Service, Sendable {
 
     /// A fresh connection holding the node's lock, unless the fleet declared the node dead:
     /// false then (its lock is taken, or its row says so).
-    private func connect() async throws(StoreError) -> Bool {
+    private func connect(joining: Bool = false) async throws(StoreError) -> Bool {
         let fresh = try await store.call("connecting as a node") { try await self.store.connect(as: "relay-node-\(self.store.node)") }
         let alive = try await store.call("taking the node's lock") { () async throws -> Bool in
             var taken = false
@@ -144,6 +139,16 @@ public final class FleetMembership: Service, Sendable {
                 taken = value
             }
             guard taken else { return false }
+            if joining {
+                try await fresh.query(
+                    """
+                    INSERT INTO relay_node (node_id, address, state, lock_key)
+                    VALUES (\(self.store.node), \(self.address), 'serving', \(self.store.lockKey))
+                    """,
+                    logger: self.logger
+                )
+                return true
+            }
             return try await !fresh.query(
                 "UPDATE relay_node SET heartbeat_at = now() WHERE node_id = \(self.store.node) AND state IN ('serving', 'draining') RETURNING 1",
                 logger: self.logger

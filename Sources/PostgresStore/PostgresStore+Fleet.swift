@@ -103,10 +103,19 @@ extension PostgresStore: FleetStore {
         return try await transaction("reserving a session") { connection -> FleetReservation in
             try await connection.query("SET LOCAL synchronous_commit = off", logger: self.logger)
             try await self.ensureServing(on: connection)
-            // The app's link is known to the fleet before the device's node answers it.
-            var appRow = app
-            appRow.attached = true
-            try await self.upsert(appRow, node: node, on: connection)
+            // The app's link is known to the fleet before the device's node answers it (written
+            // if missing, never locked here: the journal may be writing it, and this
+            // transaction locks only the device's row, so the two never wait on each other).
+            let hash = Data(app.tokenHash)
+            try await connection.query(
+                """
+                INSERT INTO relay_link (link_id, token_hash, party, principal, owner_node, token_valid_until, token_expires_at, token_devices, attached)
+                VALUES (\(app.id), \(hash), \(app.party), \(app.principal), \(node), \(app.tokenValidUntil), \(app.tokenExpiresAt),
+                    \(app.tokenDevices), true)
+                ON CONFLICT DO NOTHING
+                """,
+                logger: self.logger
+            )
             // The device's row, locked: reservations for one device take turns fleet-wide.
             var device: (id: String, owner: String?, attached: Bool)?
             for try await row in try await connection.query(
@@ -166,6 +175,7 @@ extension PostgresStore: FleetStore {
                     FROM unnest(\(links)::text[], \(types)::text[], \(bodies)::text[], \(events)::text[]) WITH ORDINALITY AS m(link, type, body, event, ord)
                     JOIN relay_link l ON l.link_id = m.link AND l.owner_node IS NOT NULL
                     ORDER BY m.ord
+                    FOR SHARE OF l
                     RETURNING node_id
                 )
                 SELECT DISTINCT node_id FROM written
@@ -204,6 +214,115 @@ extension PostgresStore: FleetStore {
                 rows.append((seq, RemoteDelivery(linkID: link, type: type, openBody: body, event: event)))
             }
             return rows.sorted { $0.0 < $1.0 }.map(\.1)
+        }
+    }
+
+    // MARK: Links moving between nodes
+
+    public func link(tokenHash: [UInt8]) async throws(StoreError) -> FleetLinkRow? {
+        let hash = Data(tokenHash)
+        return try await call("finding a link") {
+            try await self.linkRow(
+                self.client.query(
+                    """
+                    SELECT l.link_id, l.party, l.principal, l.owner_node, coalesce(n.state IN ('serving', 'draining'), false)
+                    FROM relay_link l LEFT JOIN relay_node n ON n.node_id = l.owner_node WHERE l.token_hash = \(hash)
+                    """,
+                    logger: self.logger
+                )
+            )
+        }
+    }
+
+    public func link(id linkID: String) async throws(StoreError) -> FleetLinkRow? {
+        try await call("finding a link") {
+            try await self.linkRow(
+                self.client.query(
+                    """
+                    SELECT l.link_id, l.party, l.principal, l.owner_node, coalesce(n.state IN ('serving', 'draining'), false)
+                    FROM relay_link l LEFT JOIN relay_node n ON n.node_id = l.owner_node WHERE l.link_id = \(linkID)
+                    """,
+                    logger: self.logger
+                )
+            )
+        }
+    }
+
+    private func linkRow(_ rows: PostgresRowSequence) async throws -> FleetLinkRow? {
+        var row: FleetLinkRow?
+        for try await (id, party, principal, owner, runs) in rows.decode((String, String, String, String?, Bool).self) {
+            row = FleetLinkRow(linkID: id, party: party, principal: principal, owner: owner, ownerRuns: runs)
+        }
+        return row
+    }
+
+    public func requestHandover(of linkID: String, from owner: String) async throws(StoreError) {
+        let event = "{\"handover\":\"\(node)\"}"
+        try await call("asking for a link") {
+            try await self.client.query(
+                "INSERT INTO relay_inbox (node_id, link_id, type, body, event) VALUES (\(owner), \(linkID), 'handover', '', \(event))",
+                logger: self.logger
+            ).collect()
+        }
+        await ring([owner])
+    }
+
+    public func handOver(_ handover: LinkHandover, to destination: String) async throws(StoreError) -> Bool {
+        try ensureNotFenced()
+        let node = node
+        let link = handover.link
+        let moved = try await transaction("handing a link over") { connection -> Bool in
+            try await connection.query("SET LOCAL synchronous_commit = off", logger: self.logger)
+            try await self.ensureServing(on: connection)
+            // What it keeps and its sessions first, while the link is still this node's.
+            try await connection.query("DELETE FROM relay_outbox WHERE link_id = \(link.id)", logger: self.logger)
+            try await self.insert(handover.messages.map { (link.id, $0) }, on: connection)
+            for session in handover.sessions { try await self.upsert(session, on: connection) }
+            let updated = try await connection.query(
+                """
+                UPDATE relay_link SET owner_node = \(destination), owner_epoch = owner_epoch + 1, attached = false,
+                    token_valid_until = \(link.tokenValidUntil), token_expires_at = \(link.tokenExpiresAt), token_devices = \(link.tokenDevices),
+                    updated_at = now()
+                WHERE link_id = \(link.id) AND owner_node = \(node) RETURNING 1
+                """,
+                logger: self.logger
+            ).collect()
+            guard !updated.isEmpty else { return false }
+            try await connection.query(
+                "UPDATE relay_inbox SET node_id = \(destination) WHERE link_id = \(link.id) AND node_id = \(node)",
+                logger: self.logger
+            )
+            return true
+        }
+        if moved { await ring([destination]) }
+        return moved
+    }
+
+    public func liveState(ofLink linkID: String) async throws(StoreError) -> StoredLiveState? {
+        let node = node
+        return try await transaction("reading a link handed over") { connection -> StoredLiveState? in
+            var links: [StoredLink] = []
+            for try await (id, hash, party, principal, validUntil, expiresAt, devices) in try await connection.query(
+                """
+                SELECT link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices
+                FROM relay_link WHERE link_id = \(linkID) AND owner_node = \(node)
+                """,
+                logger: self.logger
+            ).decode((String, Data, String, String, Double?, Double?, [String]?).self) {
+                links.append(
+                    StoredLink(
+                        id: id,
+                        tokenHash: [UInt8](hash),
+                        party: party,
+                        principal: principal,
+                        tokenValidUntil: validUntil,
+                        tokenExpiresAt: expiresAt,
+                        tokenDevices: devices
+                    )
+                )
+            }
+            guard !links.isEmpty else { return nil }
+            return try await self.liveState(of: links, on: connection)
         }
     }
 

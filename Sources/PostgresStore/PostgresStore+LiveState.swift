@@ -46,35 +46,43 @@ extension PostgresStore: LiveStateStore {
             let before = batch.forgotten.map { Int64(clamping: $0.before) }
             try await connection.query(
                 """
-                DELETE FROM relay_outbox o USING unnest(\(links)::text[], \(from)::bigint[], \(before)::bigint[]) AS f(link_id, low, high)
-                WHERE o.link_id = f.link_id AND o.seq >= f.low AND o.seq < f.high
+                DELETE FROM relay_outbox o USING unnest(\(links)::text[], \(from)::bigint[], \(before)::bigint[]) AS f(link_id, low, high), relay_link l
+                WHERE o.link_id = f.link_id AND o.seq >= f.low AND o.seq < f.high AND l.link_id = f.link_id AND l.owner_node = \(node)
                 """,
                 logger: logger
             )
         }
         if batch.snapshot == nil { try await insert(batch.messages, on: connection) }
         if !batch.endedLinks.isEmpty {
-            try await connection.query("DELETE FROM relay_outbox WHERE link_id = ANY(\(batch.endedLinks))", logger: logger)
+            try await connection.query(
+                "DELETE FROM relay_outbox WHERE link_id IN (SELECT link_id FROM relay_link WHERE link_id = ANY(\(batch.endedLinks)) AND owner_node = \(node))",
+                logger: logger
+            )
             try await connection.query("DELETE FROM relay_link WHERE link_id = ANY(\(batch.endedLinks)) AND owner_node = \(node)", logger: logger)
         }
         for session in batch.sessions {
-            let documents = session.credentials.map(\.document)
-            let expiries = session.credentials.map(\.expiresAt)
-            try await connection.query(
-                """
-                INSERT INTO relay_session (session_id, app_link, device_link, user_id, device_id, created_at, answered, ttl_seconds,
-                    setup_deadline, refresh_at, credentials, credential_expiries)
-                VALUES (\(session.id), \(session.appLink), \(session.deviceLink), \(session.userID), \(session.deviceID), \(session.createdAt),
-                    \(session.answered), \(session.ttlSeconds), \(session.setupDeadline), \(session.refreshAt), \(documents), \(expiries))
-                ON CONFLICT (session_id) DO UPDATE SET answered = excluded.answered, ttl_seconds = excluded.ttl_seconds, setup_deadline = excluded.setup_deadline,
-                    refresh_at = excluded.refresh_at, credentials = excluded.credentials, credential_expiries = excluded.credential_expiries
-                """,
-                logger: logger
-            )
+            try await upsert(session, on: connection)
         }
         if !batch.endedSessions.isEmpty {
             try await connection.query("DELETE FROM relay_session WHERE session_id = ANY(\(batch.endedSessions))", logger: logger)
         }
+    }
+
+    func upsert(_ session: StoredSession, on connection: PostgresConnection) async throws {
+        let documents = session.credentials.map(\.document)
+        let expiries = session.credentials.map(\.expiresAt)
+        try await connection.query(
+            """
+            INSERT INTO relay_session (session_id, app_link, device_link, user_id, device_id, created_at, answered, ttl_seconds,
+                setup_deadline, refresh_at, credentials, credential_expiries)
+            VALUES (\(session.id), \(session.appLink), \(session.deviceLink), \(session.userID), \(session.deviceID), \(session.createdAt),
+                \(session.answered), \(session.ttlSeconds), \(session.setupDeadline), \(session.refreshAt), \(documents), \(expiries))
+            ON CONFLICT (session_id) DO UPDATE SET answered = excluded.answered, ttl_seconds = excluded.ttl_seconds,
+                setup_deadline = excluded.setup_deadline, refresh_at = excluded.refresh_at, credentials = excluded.credentials,
+                credential_expiries = excluded.credential_expiries
+            """,
+            logger: logger
+        )
     }
 
     /// Writes a link's row: this node's link (a row another node took, or a device link that
@@ -101,14 +109,18 @@ extension PostgresStore: LiveStateStore {
         )
     }
 
-    private func insert(_ messages: [(linkID: String, message: StoredMessage)], on connection: PostgresConnection) async throws {
+    /// Writes kept messages of this node's links (a link that moved to another node meanwhile
+    /// keeps what its new node wrote).
+    func insert(_ messages: [(linkID: String, message: StoredMessage)], on connection: PostgresConnection) async throws {
         guard !messages.isEmpty else { return }
         let links = messages.map(\.linkID)
         let seqs = messages.map { Int64($0.message.seq) }
         let bodies = messages.map(\.message.text)
         try await connection.query(
             """
-            INSERT INTO relay_outbox (link_id, seq, body) SELECT * FROM unnest(\(links)::text[], \(seqs)::bigint[], \(bodies)::text[])
+            INSERT INTO relay_outbox (link_id, seq, body)
+            SELECT m.link_id, m.seq, m.body FROM unnest(\(links)::text[], \(seqs)::bigint[], \(bodies)::text[]) AS m(link_id, seq, body)
+            JOIN relay_link l ON l.link_id = m.link_id AND l.owner_node = \(node)
             ON CONFLICT (link_id, seq) DO UPDATE SET body = excluded.body
             """,
             logger: logger

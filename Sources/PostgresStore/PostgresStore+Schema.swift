@@ -120,6 +120,8 @@ extension PostgresStore {
                 WHERE a.party = 'device' AND b.party = 'device' AND a.principal = b.principal AND a.updated_at < b.updated_at
                 """,
                 "CREATE UNIQUE INDEX relay_link_one_per_device ON relay_link (principal) WHERE party = 'device'",
+                // A resume on any node finds its link by the token's hash.
+                "CREATE INDEX relay_link_by_token ON relay_link (token_hash)",
                 // A reservation writes a session's row before the device's node fills it in.
                 "ALTER TABLE relay_session ALTER COLUMN answered SET DEFAULT false",
                 "ALTER TABLE relay_session ALTER COLUMN ttl_seconds SET DEFAULT 0",
@@ -147,7 +149,8 @@ extension PostgresStore {
     /// Brings the database's schema up to date. Nodes starting together take turns (an
     /// advisory lock held by the migrating transaction).
     public func migrate() async throws(StoreError) {
-        try await transaction("migrating the schema") { connection in
+        // Once per start, and nodes starting together wait for each other: a longer bound.
+        try await transaction("migrating the schema", within: .seconds(60)) { connection in
             try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: self.logger)
             try await connection.query("CREATE TABLE IF NOT EXISTS relay_schema (version integer NOT NULL, name text NOT NULL)", logger: self.logger)
             var applied = 0

@@ -124,13 +124,14 @@ public final class PostgresStore: Service, Sendable {
     // MARK: Calls
 
     /// Runs `body` with a deadline; its failures become `StoreError`s naming the database.
-    func call<T: Sendable>(_ what: String, _ body: @escaping @Sendable () async throws -> T) async throws(StoreError) -> T {
+    func call<T: Sendable>(_ what: String, within timeout: Duration? = nil, _ body: @escaping @Sendable () async throws -> T) async throws(StoreError) -> T {
+        let timeout = timeout ?? callTimeout
         do {
             return try await withThrowingTaskGroup(of: T.self) { group in
                 group.addTask { try await body() }
                 group.addTask {
-                    try await Task.sleep(for: self.callTimeout)
-                    throw StoreError.unusable("PostgreSQL at \(self.location) did not answer within \(self.callTimeout) (\(what))")
+                    try await Task.sleep(for: timeout)
+                    throw StoreError.unusable("PostgreSQL at \(self.location) did not answer within \(timeout) (\(what))")
                 }
                 defer { group.cancelAll() }
                 return try await group.next()!
@@ -139,15 +140,38 @@ public final class PostgresStore: Service, Sendable {
             throw error
         } catch let error as PSQLError {
             throw StoreError.unusable("PostgreSQL at \(location): \(what): \(Self.describe(error))")
+        } catch let error as PostgresTransactionError {
+            let cause = (error.closureError as? PSQLError).map(Self.describe) ?? error.closureError.map { "\($0)" } ?? "\(error)"
+            throw StoreError.unusable("PostgreSQL at \(location): \(what): \(cause)")
         } catch {
             throw StoreError.unusable("PostgreSQL at \(location): \(what): \(error)")
         }
     }
 
     /// One transaction, with a deadline.
-    func transaction<T: Sendable>(_ what: String, _ body: @escaping @Sendable (PostgresConnection) async throws -> T) async throws(StoreError) -> T {
+    func transaction<T: Sendable>(
+        _ what: String,
+        within timeout: Duration? = nil,
+        _ body: @escaping @Sendable (PostgresConnection) async throws -> T
+    ) async throws(StoreError) -> T {
         let logger = logger
-        return try await call(what) { try await self.client.withTransaction(logger: logger) { connection in try await body(connection) } }
+        return try await call(what, within: timeout) {
+            var attempt = 0
+            while true {
+                do {
+                    return try await self.client.withTransaction(logger: logger) { connection in try await body(connection) }
+                } catch let error as PostgresTransactionError where attempt < 3 && Self.mayRetry(error) {
+                    // A deadlock PostgreSQL broke by failing this transaction: it runs again.
+                    attempt += 1
+                }
+            }
+        }
+    }
+
+    /// A transaction PostgreSQL failed for a deadlock or a serialization conflict.
+    static func mayRetry(_ error: PostgresTransactionError) -> Bool {
+        guard let failure = error.closureError as? PSQLError, let state = failure.serverInfo?[.sqlState] else { return false }
+        return state == "40P01" || state == "40001"
     }
 
     static func describe(_ error: PSQLError) -> String {

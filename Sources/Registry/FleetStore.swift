@@ -30,6 +30,40 @@ public struct FleetLink: Sendable, Equatable {
     }
 }
 
+/// A link as the fleet's directory has it: who, and which node serves it (and whether that
+/// node still runs).
+public struct FleetLinkRow: Sendable, Equatable {
+    public var linkID: String
+    public var party: String
+    public var principal: String
+    /// The node serving it (nil: nobody yet).
+    public var owner: String?
+    /// That node runs (serving or draining); false once it stopped or was declared dead.
+    public var ownerRuns: Bool
+
+    public init(linkID: String, party: String, principal: String, owner: String?, ownerRuns: Bool) {
+        self.linkID = linkID
+        self.party = party
+        self.principal = principal
+        self.owner = owner
+        self.ownerRuns = ownerRuns
+    }
+}
+
+/// A link a node hands to another (its client resumed there): its row, what it keeps for its
+/// client, and the sessions whose timers the node kept.
+public struct LinkHandover: Sendable {
+    public var link: StoredLink
+    public var messages: [StoredMessage]
+    public var sessions: [StoredSession]
+
+    public init(link: StoredLink, messages: [StoredMessage], sessions: [StoredSession]) {
+        self.link = link
+        self.messages = messages
+        self.sessions = sessions
+    }
+}
+
 /// A session reservation's outcome across the fleet (contract §3.1's checks, in order).
 public enum FleetReservation: Sendable, Equatable {
     /// Reserved: the device's live link, and the node serving it.
@@ -43,6 +77,9 @@ public enum FleetReservation: Sendable, Equatable {
 public protocol FleetStore: Sendable {
     /// This node.
     var node: String { get }
+    /// The fleet declared this node dead (it was paused or cut off) and took its links: it
+    /// writes nothing more and is to stop at once.
+    var isFenced: Bool { get }
     /// Makes `link` (a device's, served by this node) the device's one live link across the
     /// fleet (contract §4's replace rule); the link it replaces, if any. A replaced link served
     /// by another node is told so through that node's inbox.
@@ -59,6 +96,16 @@ public protocol FleetStore: Sendable {
     /// Takes up to `limit` of the messages queued for this node's links, in the order they were
     /// queued.
     func takeInbox(limit: Int) async throws(StoreError) -> [RemoteDelivery]
+    /// The link whose resume token hashes to `tokenHash`, or with id `linkID`.
+    func link(tokenHash: [UInt8]) async throws(StoreError) -> FleetLinkRow?
+    func link(id linkID: String) async throws(StoreError) -> FleetLinkRow?
+    /// Asks `owner` (through its inbox) to hand `linkID` over to this node.
+    func requestHandover(of linkID: String, from owner: String) async throws(StoreError)
+    /// Hands a link of this node to `node`: its row, kept messages and sessions as given, and
+    /// the messages queued for it here; false when the link is no longer this node's.
+    func handOver(_ handover: LinkHandover, to node: String) async throws(StoreError) -> Bool
+    /// A link this node serves now (handed over to it), with what it keeps and its sessions.
+    func liveState(ofLink linkID: String) async throws(StoreError) -> StoredLiveState?
     /// Declares dead the nodes that stopped or stopped answering, and takes their links (and
     /// the messages queued for them) and the sessions those links take part in over.
     func takeOverStoppedNodes() async throws(StoreError) -> StoredLiveState

@@ -59,7 +59,8 @@ struct TestFleet: Sendable {
     }
 }
 
-@Suite(.timeLimit(.minutes(2))) struct FleetTests {
+/// One fleet at a time: each runs two or three relays and beats every 200 ms.
+@Suite(.serialized, .timeLimit(.minutes(3))) struct FleetTests {
     /// Messages of `type` until `count` arrived, skipping `peer_status`; their `field` values.
     static func collect(_ count: Int, _ type: String, field: String, on socket: TestSocket) async throws -> [String] {
         var values: [String] = []
@@ -210,5 +211,97 @@ struct TestFleet: Sendable {
         try await app.expectNothingPending()
         try app.send(["type": "webrtc_close", "session_id": sessionID])
         #expect(try await app.next("webrtc_close")["by"] as? String == "app")
+    }
+
+    @Test func aClientResumesOnAnotherNodeWhileItsOldNodeStillHoldsItsSocket() async throws {
+        let fleet = try await TestFleet.start(nodes: 2)
+        defer { fleet.stop() }
+        let device = try await fleet.device(on: 1)
+        let app = try await fleet.client(0).app("alice")
+        let sessionID = try await fleet.client(0).openSession(app: app, device: device, deviceID: "robot-1")
+        try app.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "offer"])
+        let lastSeq = try #require(try await device.next("webrtc_offer")["seq"] as? Int)
+        // Two more the device has not processed when it resumes elsewhere (its old socket on
+        // node 1 is still open: node 1 thinks it is alive).
+        for index in 0..<2 { try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "c-\(index)"]]) }
+        for _ in 0..<2 { _ = try await device.next("webrtc_ice") }
+
+        let moved = try await fleet.device(on: 0, resume: try ProcessClient.Resume(device.hello, lastSeq: lastSeq))
+        #expect(moved.hello["resumed"] as? Bool == true)
+        #expect(moved.hello["link_id"] as? String == device.hello["link_id"] as? String)
+        var replayed: [String] = []
+        for _ in 0..<2 {
+            let message = try await moved.next("webrtc_ice")
+            replayed.append("\(message["seq"] as? Int ?? -1):\((message["candidate"] as? JSONObject)?["candidate"] as? String ?? "")")
+        }
+        #expect(replayed == ["\(lastSeq + 1):c-0", "\(lastSeq + 2):c-1"])
+        // The old node let go of the socket it still held.
+        _ = try await device.closeCode()
+        // The call goes on between the two links, now both on node 0.
+        try moved.send(["type": "webrtc_answer", "session_id": sessionID, "sdp": "answer"])
+        let answer = try await RestartTests.next("webrtc_answer", on: app)
+        #expect(answer["sdp"] as? String == "answer")
+
+        // Now the app resumes on node 1: the link moves again, the session goes on across nodes.
+        let appLast = try #require(try await app.expectNothingPendingSeq() ?? answer["seq"] as? Int)
+        let movedApp = try await fleet.client(1).app("alice", resume: try ProcessClient.Resume(app.hello, lastSeq: appLast))
+        #expect(movedApp.hello["resumed"] as? Bool == true)
+        try moved.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "after-move"]])
+        let candidate = try await RestartTests.next("webrtc_ice", on: movedApp)
+        #expect((candidate["candidate"] as? JSONObject)?["candidate"] as? String == "after-move")
+        try movedApp.send(["type": "webrtc_close", "session_id": sessionID])
+        #expect(try await RestartTests.next("webrtc_close", on: moved)["by"] as? String == "app")
+        #expect(try await RestartTests.next("webrtc_close", on: movedApp)["by"] as? String == "app")
+    }
+
+    @Test func aDrainedNodesDeviceResumesOnAnotherAndItsCallsStayOpen() async throws {
+        let fleet = try await TestFleet.start(nodes: 2, ["RELAY_SHUTDOWN_DRAIN_S": "5"])
+        defer { fleet.stop() }
+        let device = try await fleet.device(on: 1)
+        var apps: [TestSocket] = []
+        var sessions: [String] = []
+        for user in ["alice", "bob", "carol", "dave"] {
+            let app = try await fleet.client(0).app(user)
+            sessions.append(try await fleet.client(0).openSession(app: app, device: device, deviceID: "robot-1"))
+            apps.append(app)
+        }
+        kill(fleet.nodes[1].process.processIdentifier, SIGTERM)
+        let goAway = try await device.next("go_away")
+        #expect(goAway["reconnect_after_ms"] as? Int != nil)
+        let lastSeq = try #require(goAway["seq"] as? Int)
+        let resumed = try await fleet.device(on: 0, resume: try ProcessClient.Resume(device.hello, lastSeq: lastSeq))
+        #expect(resumed.hello["resumed"] as? Bool == true)
+        // Every session goes on: each app reaches the device on its new node, nobody hears a close.
+        for (app, sessionID) in zip(apps, sessions) {
+            try app.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "after-drain"])
+            let offer = try await RestartTests.next("webrtc_offer", on: resumed)
+            #expect(offer["session_id"] as? String == sessionID)
+        }
+        #expect(try await fleet.nodes[1].process.exited(within: .seconds(20)) == 0)
+        for app in apps { try await app.expectNothingPendingBut("peer_status") }
+        try await resumed.expectNothingPending()
+    }
+}
+
+extension TestSocket {
+    /// The `seq` of the `pong` that answers a `ping`: everything pending before it is read (and skipped).
+    func expectNothingPendingSeq() async throws -> Int? {
+        try send(["type": "ping"])
+        var last: Int?
+        while true {
+            let message = try await next()
+            last = message["seq"] as? Int ?? last
+            if message["type"] as? String == "pong" { return last }
+        }
+    }
+
+    /// Proves nothing but messages of `type` is pending.
+    func expectNothingPendingBut(_ type: String) async throws {
+        try send(["type": "ping"])
+        while true {
+            let message = try await next()
+            if message["type"] as? String == "pong" { return }
+            guard message["type"] as? String == type else { throw UnexpectedMessage(expected: "pong", received: "\(message)") }
+        }
     }
 }

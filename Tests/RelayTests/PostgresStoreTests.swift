@@ -148,8 +148,14 @@ import Testing
 
             try await server.start()
             // Back: ready again, new devices connect, and nothing exited.
-            _ = try await eventually("the relay to be ready again", timeout: .seconds(30)) {
-                try await http.client.get("/readyz").status == .ok ? true : nil
+            do {
+                _ = try await eventually("the relay to be ready again", timeout: .seconds(30)) {
+                    try await http.client.get("/readyz").status == .ok ? true : nil
+                }
+            } catch {
+                let ready = try? await http.client.get("/readyz")
+                Issue.record("\(String(buffer: ready?.body ?? ByteBuffer()))\n\(relay.recentLog.suffix(6000))")
+                throw error
             }
             let later = try await client.device("robot-2", secret: second)
             #expect(later.hello["resumed"] as? Bool == false)

@@ -170,7 +170,7 @@ public func buildRelay(
                 lastSeq: query.get("last_seq").map { Int($0).map(RequestField.present) ?? .malformed } ?? .absent
             )
             let identity = try await admission.admit(request, as: party, from: remoteIP, logger: logger)
-            let seed = try await switchboard.seed(for: identity, resume: resume)
+            let seed = try await switchboard.prepare(identity, resume: resume)
             return .accept { LinkSocket(connection: connection, identity: identity, resume: resume, seed: seed) }
         } catch {
             return .refuse(error.refusal)

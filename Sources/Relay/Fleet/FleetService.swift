@@ -52,7 +52,7 @@ final class FleetService: Service, Sendable {
                 var rows: [RemoteDelivery]
                 repeat {
                     rows = try await fleet.store.takeInbox(limit: 1000)
-                    switchboard.deliver(rows)
+                    await switchboard.deliver(rows)
                 } while rows.count == 1000
                 if failing { logger.info("Reading messages from other nodes works again") }
                 failing = false

@@ -34,22 +34,31 @@ final class RemoteLink: LinkEndpoint {
     func send(_ message: OutboundMessage, event: SessionEvent?) {
         outbox.send(RemoteDelivery(linkID: id, type: message.type, openBody: message.openBody, event: event?.encoded))
     }
+
+    /// Passes on a message as another node queued it.
+    func forward(_ delivery: RemoteDelivery) {
+        outbox.send(delivery)
+    }
 }
 
 /// What the copy of a session on another node is to do before the message that carries it
 /// reaches its party: take the session up (its device's node runs its timers), count it
-/// answered, or close it; or, for a device link, that a newer connection replaced it.
+/// answered, or close it; or, for a link: a newer connection of its device replaced it, or its
+/// client resumed on another node, which asks for it.
 enum SessionEvent: Sendable, Equatable {
     case opened(StoredSession)
     case answered(sessionID: String)
     case closed(sessionID: String, reason: String, by: String)
     case replaced
+    /// The link's client resumed on node `to`: hand the link over.
+    case handover(to: String)
 
     private struct Wire: Codable {
         var opened: StoredSession?
         var answered: String?
         var closed: [String]?
         var replaced: Bool?
+        var handover: String?
     }
 
     var encoded: String {
@@ -59,6 +68,7 @@ enum SessionEvent: Sendable, Equatable {
         case .answered(let id): wire.answered = id
         case .closed(let id, let reason, let by): wire.closed = [id, reason, by]
         case .replaced: wire.replaced = true
+        case .handover(let node): wire.handover = node
         }
         return String(decoding: (try? JSONEncoder().encode(wire)) ?? Data(), as: UTF8.self)
     }
@@ -73,6 +83,8 @@ enum SessionEvent: Sendable, Equatable {
             self = .closed(sessionID: closed[0], reason: closed[1], by: closed[2])
         } else if wire.replaced == true {
             self = .replaced
+        } else if let node = wire.handover {
+            self = .handover(to: node)
         } else {
             return nil
         }

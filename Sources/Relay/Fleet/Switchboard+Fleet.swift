@@ -1,22 +1,118 @@
 /// Messages other nodes of the fleet sent to this node's links, and the session events they carry.
 import Foundation
 import Logging
+import OpenSSLCrypto
 import Registry
 import RelayCore
 
 extension Switchboard {
     /// Hands messages other nodes queued for this node's links to them, in order. A message
     /// that carries a session event is applied to this node's copy of the session first; one
-    /// for a link that ended here is dropped (a session it would have opened is closed back).
-    func deliver(_ rows: [RemoteDelivery]) {
+    /// for a link that ended here is dropped (a session it would have opened is closed back);
+    /// one for a link that moved on follows it. A request for a link (its client resumed on
+    /// another node) hands it over before the next message is looked at.
+    func deliver(_ rows: [RemoteDelivery]) async {
+        var moved: [String: Link] = [:]
         for row in rows {
             let event = row.event.flatMap(SessionEvent.init(encoded:))
-            guard let link = table.link(id: row.linkID) else {
+            guard let link = table.link(id: row.linkID) ?? moved[row.linkID] else {
                 if case .opened(let stored) = event { refuseRemoteSession(stored) }
+                continue
+            }
+            if link.forward(row) { continue }
+            if case .handover(let node) = event {
+                if await handOver(link, to: node) { moved[link.id] = link }
                 continue
             }
             if let event, !apply(event, to: link) { continue }
             link.send(OutboundMessage(type: row.type, openBody: row.openBody))
+        }
+    }
+
+    /// Hands `link` to `node`, where its client resumed: what it keeps, and its sessions whose
+    /// timers this node kept, are written for that node with the link's new owner in one
+    /// transaction; then this node's copies of its sessions reach it there. True once moved.
+    func handOver(_ link: Link, to node: String) async -> Bool {
+        guard let fleet = table.fleet, let (record, kept) = link.beginMove() else { return false }
+        let sessions = link.sessions
+        let rows = Dictionary(sessions.compactMap { session in session.storedRow().map { (session.id, $0) } }) { first, _ in first }
+        do throws(StoreError) {
+            guard try await fleet.store.handOver(LinkHandover(link: record, messages: kept, sessions: Array(rows.values)), to: node) else {
+                link.abortMove()
+                return false
+            }
+        } catch {
+            logger.warning("Handing a link over failed; it stays here", metadata: ["link.id": "\(link.id)", "error": "\(error)"])
+            link.abortMove()
+            return false
+        }
+        let remote = RemoteLink(id: link.id, principal: link.principal, outbox: fleet.outbox)
+        table.unregister(link)
+        presence.unwatch(link)
+        for session in sessions {
+            session.discard()
+            table.remove(session)
+            // A party that stays here keeps a copy of the session that reaches the link there.
+            guard let other = session.peer(of: link) as? Link, let row = rows[session.id],
+                let copy = Session(
+                    restoring: row,
+                    app: link.party == .app ? remote : other,
+                    device: link.party == .device ? remote : other,
+                    setupTimeout: limits.setupTimeout,
+                    clock: WallClock()
+                ),
+                table.adopt(copy)
+            else { continue }
+            armTimer(copy)
+        }
+        link.finishMove(to: remote)
+        logger.info("Link handed over to the node its client resumed on", metadata: ["link.id": "\(link.id)", "node": "\(node)"])
+        return true
+    }
+
+    /// Brings the link a client resumes with (`resumeToken`, as `party` of `principal`) to this
+    /// node when another node of the fleet has it: handed over by a node that runs, taken over
+    /// from one that stopped. Returns once it is here, or it cannot be (the client then starts
+    /// afresh, as after any resume that cannot be served).
+    func bringHere(resumeToken: String, party: Party, principal: String) async {
+        guard let fleet = table.fleet,
+            let row = try? await fleet.store.link(tokenHash: LibCrypto.sha256(Array(resumeToken.utf8))),
+            row.party == party.rawValue, row.principal == principal
+        else { return }
+        await bringHere(row, fleet: fleet)
+    }
+
+    /// The same for an HTTP fallback's request naming its link and token (contract §7: the link
+    /// follows the request; a token that does not match moves nothing).
+    func bringHere(linkID: String, resumeToken: String) async {
+        guard let fleet = table.fleet, table.link(id: linkID) == nil,
+            let row = try? await fleet.store.link(tokenHash: LibCrypto.sha256(Array(resumeToken.utf8))), row.linkID == linkID
+        else { return }
+        await bringHere(row, fleet: fleet)
+    }
+
+    private func bringHere(_ found: FleetLinkRow, fleet: Fleet) async {
+        var row: FleetLinkRow? = found
+        let deadline = ContinuousClock.now + .seconds(3)
+        var asked: String?
+        while let current = row, table.link(id: current.linkID) == nil, ContinuousClock.now < deadline {
+            if current.owner == fleet.node {
+                if let state = try? await fleet.store.liveState(ofLink: current.linkID) { _ = restore(state) }
+                return
+            }
+            if let owner = current.owner, current.ownerRuns {
+                if asked != owner {
+                    try? await fleet.store.requestHandover(of: current.linkID, from: owner)
+                    asked = owner
+                }
+                try? await Task.sleep(for: .milliseconds(20))
+            } else if let taken = try? await fleet.store.takeOverStoppedNodes(), !taken.links.isEmpty {
+                // Its node stopped: this node takes that node's links over now.
+                _ = restore(taken)
+            } else {
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+            row = try? await fleet.store.link(id: current.linkID)
         }
     }
 
@@ -60,6 +156,8 @@ extension Switchboard {
                     fromAnotherNode: true
                 )
             }
+            return false
+        case .handover:
             return false
         case .replaced:
             logger.info("Device connected on another node; replacing its link here", metadata: ["device.id": "\(link.principal)", "link.id": "\(link.id)"])

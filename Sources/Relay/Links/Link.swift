@@ -60,6 +60,14 @@ public final class Link: LinkEndpoint {
         var graceTimer: Scheduled<Void>?
         /// The HTTP lease's timer (contract §7).
         var leaseTimer: Scheduled<Void>?
+        /// Set while and once the link moves to another node of the fleet.
+        var move: Move?
+    }
+
+    /// A link moving to another node: what is sent to it meanwhile waits, then follows it.
+    private enum Move {
+        case underway([(OutboundMessage, SessionEvent?)])
+        case done(RemoteLink)
     }
 
     private let state: Mutex<State>
@@ -295,10 +303,27 @@ public final class Link: LinkEndpoint {
     /// Queues a message for the client; never waits. Kept while the link is detached;
     /// discarded once it ended. Past the unsent bound, the live transport is dropped.
     func send(_ message: OutboundMessage) {
+        send(message, event: nil)
+    }
+
+    /// `send`; `event` matters only once the link moved to another node (where its sessions
+    /// have copies of their own): it follows the message there.
+    func send(_ message: OutboundMessage, event: SessionEvent?) {
         metrics.sent(message.type)
         var listed = false
+        var movedTo: RemoteLink?
         let (wake, drop, push): ((CheckedContinuation<Event?, Never>, Event)?, (@Sendable () -> Void)?, (@Sendable () -> Void)?) = state.withLock {
             state in
+            switch state.move {
+            case nil: break
+            case .underway(var waiting):
+                waiting.append((message, event))
+                state.move = .underway(waiting)
+                return (nil, nil, nil)
+            case .done(let remote):
+                movedTo = remote
+                return (nil, nil, nil)
+            }
             let action = state.machine.offer { message.text(seq: $0) }
             guard action != .discarded else { return (nil, nil, nil) }
             listed = state.stored.list()
@@ -313,12 +338,67 @@ public final class Link: LinkEndpoint {
         if let (continuation, event) = wake { continuation.resume(returning: event) }
         push?()
         drop?()
+        movedTo?.send(message, event: event)
         if listed { journal?.linkChanged(self) }
     }
 
-    /// A link of this node shares its sessions with the switchboard: no event to apply.
-    func send(_ message: OutboundMessage, event: SessionEvent?) {
-        send(message)
+    // MARK: Moving to another node
+
+    /// Starts moving the link to another node (its client resumed there): the transport is
+    /// dropped, what is sent from now on waits, and what the link keeps is returned with its
+    /// row. Nil when it ended or is already moving.
+    func beginMove() -> (record: StoredLink, kept: [StoredMessage])? {
+        let taken: (StoredLink, [StoredMessage], (@Sendable () -> Void)?, CheckedContinuation<Event?, Never>?)? = state.withLock { state in
+            guard state.move == nil, !state.machine.isEnded else { return nil }
+            state.move = .underway([])
+            let kept = state.machine.keptFrames(after: 0).frames.map { StoredMessage(seq: $0.seq, text: $0.text) }
+            defer {
+                state.dropTransport = nil
+                state.waiter = nil
+                state.push = nil
+            }
+            return (storedRecord(state), kept, state.dropTransport, state.waiter?.continuation)
+        }
+        guard let (record, kept, drop, waiter) = taken else { return nil }
+        waiter?.resume(returning: nil)
+        drop?()
+        return (record, kept)
+    }
+
+    /// The move did not happen: the link stays, and what waited is sent here.
+    func abortMove() {
+        let waiting: [(OutboundMessage, SessionEvent?)] = state.withLock { state in
+            guard case .underway(let waiting) = state.move else { return [] }
+            state.move = nil
+            return waiting
+        }
+        for (message, event) in waiting { send(message, event: event) }
+    }
+
+    /// The link is `remote`'s now: this object ends here without a trace in the store, and
+    /// whatever is sent to it (what waited first) goes there.
+    func finishMove(to remote: RemoteLink) {
+        let (waiting, timers): ([(OutboundMessage, SessionEvent?)], [Scheduled<Void>]) = state.withLock { state in
+            guard case .underway(let waiting) = state.move else { return ([], []) }
+            state.move = .done(remote)
+            _ = state.machine.end(graceOverAt: nil)
+            state.sessions.removeAll()
+            defer {
+                state.graceTimer = nil
+                state.leaseTimer = nil
+            }
+            return (waiting, [state.graceTimer, state.leaseTimer].compactMap { $0 })
+        }
+        for timer in timers { timer.cancel() }
+        for (message, event) in waiting { remote.send(message, event: event) }
+    }
+
+    /// Passes a message another node queued for this link on to where the link moved; false
+    /// when it did not move.
+    func forward(_ delivery: RemoteDelivery) -> Bool {
+        guard case .done(let remote) = state.withLock({ $0.move }) else { return false }
+        remote.forward(delivery)
+        return true
     }
 
     /// Asks the current transport to close once what is queued is written.
@@ -344,7 +424,7 @@ public final class Link: LinkEndpoint {
 
     /// Tells the journal the link has something the store lacks (its row, when new).
     func noteChanged() {
-        if state.withLock({ $0.stored.list() }) { journal?.linkChanged(self) }
+        if state.withLock({ $0.move == nil && $0.stored.list() }) { journal?.linkChanged(self) }
     }
 
     /// Adds the link's kept messages to `snapshot` (see `StoredLinkMarks.snapshot`).
@@ -355,6 +435,8 @@ public final class Link: LinkEndpoint {
     /// Adds to `batch` what the store lacks of the link (see `StoredLinkMarks.journal`).
     func journal(into batch: inout LiveStateBatch) {
         state.withLock { state in
+            // A link that moved is its new node's to write.
+            guard state.move == nil else { return }
             let record = storedRecord(state)
             state.stored.journal(state.machine, id: id, into: &batch) { record }
         }

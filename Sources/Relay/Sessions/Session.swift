@@ -100,6 +100,14 @@ public final class Session: Sendable {
         }
     }
 
+    /// The open session as the store keeps it (nil unless open).
+    func storedRow(clock: WallClock = WallClock()) -> StoredSession? {
+        state.withLock { state in
+            guard case .open(let open) = state.machine.state else { return nil }
+            return stored(open, clock: clock)
+        }
+    }
+
     /// The open session as the store keeps it.
     private func stored(_ open: Machine.Open, clock: WallClock) -> StoredSession {
         StoredSession(

@@ -20,12 +20,19 @@ extension Switchboard {
         var resumed: Bool
     }
 
-    /// Before a transport is admitted, what the fleet must know first: a device that does not
-    /// resume a link of this node gets a fresh link claimed fleet-wide (contract §4's replace
-    /// rule across nodes: the link it replaces, wherever it is, closes with 4002). Nil when
-    /// nothing is to be claimed (no fleet, an app, a resume this node can serve).
-    func seed(for identity: ClientIdentity, resume: ResumeRequest?) async throws(RelayHTTPError) -> LinkSeed? {
-        guard let fleet = table.fleet, case .device(let record) = identity else { return nil }
+    /// Before a transport is admitted, what the fleet must do first: a link resumed here that
+    /// another node has is brought here; a device that does not resume a link of this node gets
+    /// a fresh link claimed fleet-wide (contract §4's replace rule across nodes: the link it
+    /// replaces, wherever it is, closes with 4002). Nil when nothing is to be claimed (no fleet,
+    /// an app, a resume this node can serve).
+    func prepare(_ identity: ClientIdentity, resume: ResumeRequest?) async throws(RelayHTTPError) -> LinkSeed? {
+        guard let fleet = table.fleet else { return nil }
+        let (party, principal) = identity.partyAndPrincipal
+        if let resume, !table.links(of: party, principal: principal).contains(where: { $0.accepts(resumeToken: resume.token) }) {
+            // The link may be on another node: it comes here first (contract §11).
+            await bringHere(resumeToken: resume.token, party: party, principal: principal)
+        }
+        guard case .device(let record) = identity else { return nil }
         if let resume, table.links(of: .device, principal: record.deviceID).contains(where: { $0.accepts(resumeToken: resume.token) }) {
             return nil
         }
@@ -53,15 +60,9 @@ extension Switchboard {
         seed: LinkSeed? = nil,
         dropTransport: @escaping @Sendable () -> Void
     ) -> Admission {
-        let party: Party
-        let principal: String
+        let (party, principal) = identity.partyAndPrincipal
         var app: AppIdentity?
-        switch identity {
-        case .app(let identity):
-            (party, principal, app) = (.app, identity.userID, identity)
-        case .device(let record):
-            (party, principal) = (.device, record.deviceID)
-        }
+        if case .app(let identity) = identity { app = identity }
         if let resume, let link = table.links(of: party, principal: principal).first(where: { $0.accepts(resumeToken: resume.token) }) {
             if let generation = attachTransport(to: link, resumingAfter: resume.lastSeq, dropTransport: dropTransport) {
                 if let app { link.replaceAppIdentity(app, validUntil: app.expiresAt + limits.tokenLeeway) }
@@ -205,8 +206,10 @@ extension Switchboard {
     /// journal writes the live state as the services stop after this). Links and sessions stay in the store, open: the next
     /// process takes them over and the clients resume there. Without a store to keep them,
     /// sessions close (`shutdown`) and links end, as in v1.
-    func shutdown(drain: Duration) async {
+    func shutdown(drain configured: Duration) async {
         draining.store(true, ordering: .relaxed)
+        // A node the fleet declared dead lost its links already: nothing to wait for.
+        let drain = table.fleet?.store.isFenced == true ? .zero : configured
         let links = table.allLinks
         logger.info("Shutting down: telling clients to go away", metadata: ["links": "\(links.count)"])
         for link in links {
@@ -230,6 +233,16 @@ extension Switchboard {
         // With a journal, its last write (when the services stop, after this) keeps them all.
         if liveState == nil {
             for link in table.allLinks { end(link) }
+        }
+    }
+}
+
+extension ClientIdentity {
+    /// Which party the client is, and its user or device id.
+    var partyAndPrincipal: (Party, String) {
+        switch self {
+        case .app(let identity): (.app, identity.userID)
+        case .device(let record): (.device, record.deviceID)
         }
     }
 }

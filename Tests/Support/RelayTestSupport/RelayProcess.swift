@@ -4,8 +4,16 @@ import Foundation
 public struct RelayProcess: Sendable {
     public let process: ChildProcess
     public let port: Int
+    private let logged: LoggedText
 
-    public struct DidNotStart: Error {}
+    /// The last lines the relay logged (up to about 64 KiB), for a failing test to show.
+    public var recentLog: String { logged.get() }
+
+    /// The relay exited or did not listen in time; what it logged.
+    public struct DidNotStart: Error, CustomStringConvertible {
+        public var log: String
+        public var description: String { "the relay did not start: \(log)" }
+    }
 
     /// Starts `binary serve` with exactly `environment` (plus PATH, RELAY_PORT=0, and a store of
     /// its own unless `RELAY_DB` is given); returns once it says where it listens. Its log keeps
@@ -28,6 +36,7 @@ public struct RelayProcess: Sendable {
             standardError: .pipe
         )
         let log = process.standardError!
+        let logged = LoggedText()
         let port: Int? = try? await withDeadline(.seconds(30), "the relay to listen") { await withCheckedContinuation { continuation in
             Thread.detachNewThread {
                 var seen = ""
@@ -35,6 +44,7 @@ public struct RelayProcess: Sendable {
                 while true {
                     let chunk = log.availableData
                     if chunk.isEmpty { break }
+                    logged.append(String(decoding: chunk, as: UTF8.self))
                     guard !resumed else { continue }
                     seen += String(decoding: chunk, as: UTF8.self)
                     if let range = seen.range(of: "listening on 127.0.0.1:"), let port = Int(seen[range.upperBound...].prefix { $0.isNumber }) {
@@ -48,9 +58,9 @@ public struct RelayProcess: Sendable {
         guard let port else {
             Foundation.kill(process.processIdentifier, SIGKILL)
             Thread.detachNewThread { process.waitUntilExit() }
-            throw DidNotStart()
+            throw DidNotStart(log: String(logged.get().suffix(4000)))
         }
-        return RelayProcess(process: process, port: port)
+        return RelayProcess(process: process, port: port, logged: logged)
     }
 
     /// Resident memory of the relay process, in KiB (`VmRSS`).
@@ -72,4 +82,19 @@ public struct RelayProcess: Sendable {
         if process.isRunning { Foundation.kill(process.processIdentifier, SIGKILL) }
         _ = try? await process.exited()
     }
+}
+
+/// Text one thread writes and another reads.
+final class LoggedText: @unchecked Sendable {
+    // Safe: every access holds `lock`.
+    private let lock = NSLock()
+    private var text = ""
+
+    func append(_ value: String) {
+        lock.withLock {
+            text += value
+            if text.utf8.count > 80_000 { text = String(text.suffix(64_000)) }
+        }
+    }
+    func get() -> String { lock.withLock { text } }
 }

@@ -51,7 +51,7 @@ struct HTTPLinkRoutes: Sendable {
             token: body["resume_token"].map { $0.stringValue.map(RequestField.present) ?? .malformed } ?? .absent,
             lastSeq: body["last_seq"].map { $0.intValue.map(RequestField.present) ?? .malformed } ?? .absent
         )
-        let seed = try await switchboard.seed(for: identity, resume: resume)
+        let seed = try await switchboard.prepare(identity, resume: resume)
         let transport = TransportSlot()
         let admitted = switchboard.admit(identity, resume: resume, seed: seed) { [switchboard] in transport.drop(switchboard) }
         transport.set(admitted.link, generation: admitted.generation)
@@ -71,7 +71,7 @@ struct HTTPLinkRoutes: Sendable {
     /// `event: close` with `{"code","reason"}`, then the stream ends.
     @Sendable func events(_ request: Request, context: RelayRequestContext) async throws -> Response {
         let query = request.uri.queryParameters
-        let link = try authenticatedLink(id: query.get("link_id"), token: query.get("resume_token"))
+        let link = try await authenticatedLink(id: query.get("link_id"), token: query.get("resume_token"))
         var lastSeq: Int?
         if let header = request.headers[HTTPField.Name("Last-Event-ID")!], !header.isEmpty {
             guard let value = Int(header), value >= 0 else { throw RelayHTTPError(.badRequest, "Last-Event-ID must be a seq number") }
@@ -137,7 +137,7 @@ struct HTTPLinkRoutes: Sendable {
     /// the link's rate limit let through.
     @Sendable func send(_ request: Request, context: RelayRequestContext) async throws -> Response {
         let body = try await request.jsonObject(upTo: Self.bodyLimit(maxMessageBytes))
-        let link = try authenticatedLink(id: body["link_id"]?.stringValue, token: body["resume_token"]?.stringValue)
+        let link = try await authenticatedLink(id: body["link_id"]?.stringValue, token: body["resume_token"]?.stringValue)
         let messages = try Self.messages(body["messages"], maxMessageBytes: maxMessageBytes)
         let accepted = await handle(messages, from: link)
         return .json(.object(["accepted": .int(accepted)]))
@@ -151,7 +151,7 @@ struct HTTPLinkRoutes: Sendable {
     /// waiting poll per link: a newer one ends it with an empty answer.
     @Sendable func poll(_ request: Request, context: RelayRequestContext) async throws -> Response {
         let body = try await request.jsonObject(upTo: Self.bodyLimit(maxMessageBytes))
-        let link = try authenticatedLink(id: body["link_id"]?.stringValue, token: body["resume_token"]?.stringValue)
+        let link = try await authenticatedLink(id: body["link_id"]?.stringValue, token: body["resume_token"]?.stringValue)
         let messages = try Self.messages(body["messages"], maxMessageBytes: maxMessageBytes)
         let lastSeq = try Self.nonNegative(body["last_seq"], name: "last_seq")
         var wait = true
@@ -193,8 +193,10 @@ struct HTTPLinkRoutes: Sendable {
     // MARK: Parts
 
     /// The link named by a request, if its token matches.
-    private func authenticatedLink(id: String?, token: String?) throws -> Link {
+    private func authenticatedLink(id: String?, token: String?) async throws -> Link {
         guard let id, let token else { throw RelayHTTPError(.badRequest, "link_id and resume_token are required") }
+        // In a fleet, the link follows the request that names it.
+        if switchboard.table.link(id: id) == nil { await switchboard.bringHere(linkID: id, resumeToken: token) }
         guard let link = switchboard.table.link(id: id), !link.isEnded else {
             throw RelayHTTPError(.notFound, "Unknown link: open one with POST /api/link")
         }

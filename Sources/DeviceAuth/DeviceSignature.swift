@@ -92,6 +92,13 @@ public struct DeviceSignature: Sendable, Equatable {
 
 /// Admits devices: signature form, time window, secret (registry or derived), constant-time
 /// compare, revocation, and finally the one-time nonce.
+/// Spent device nonces shared by every node of a fleet: a nonce spent on one node is refused
+/// on all of them.
+public protocol NonceLedger: Sendable {
+    /// Spends `nonce` of `deviceID` until `expiresAt` (Unix seconds); false when it was spent already.
+    func spend(deviceID: String, nonce: String, expiresAt: Int) async throws -> Bool
+}
+
 public struct DeviceAuthenticator: Sendable {
     public var directory: any DeviceDirectory
     /// `RELAY_DEVICE_MASTER_KEY`: derives a secret for devices the registry does not list.
@@ -99,12 +106,21 @@ public struct DeviceAuthenticator: Sendable {
     /// Accepted clock difference in seconds (`RELAY_DEVICE_SIG_WINDOW_S`).
     public var windowSeconds: Int
     public var nonces: NonceCache
+    /// The fleet's spent nonces, checked after this node's own cache (nil: this node only).
+    public var ledger: (any NonceLedger)?
 
-    public init(directory: any DeviceDirectory, masterKey: String?, windowSeconds: Int = 300, nonces: NonceCache = NonceCache()) {
+    public init(
+        directory: any DeviceDirectory,
+        masterKey: String?,
+        windowSeconds: Int = 300,
+        nonces: NonceCache = NonceCache(),
+        ledger: (any NonceLedger)? = nil
+    ) {
         self.directory = directory
         self.masterKey = masterKey
         self.windowSeconds = windowSeconds
         self.nonces = nonces
+        self.ledger = ledger
     }
 
     /// Checks `signature` at `now` (Unix seconds) and returns the device's record (a synthesized
@@ -138,10 +154,21 @@ public struct DeviceAuthenticator: Sendable {
         guard matched else { throw .badDeviceSignature }
         guard !record.revoked else { throw .deviceRevoked }
         switch nonces.insert(deviceID: signature.deviceID, nonce: signature.nonce, expiresAt: signature.timestamp + windowSeconds, now: now) {
-        case .accepted: return record
+        case .accepted: break
         case .replayed: throw .replayedNonce
         case .deviceFull: throw .deviceNoncesExhausted
         case .full: throw .replayCacheFull
         }
+        if let ledger {
+            let fresh: Bool
+            do {
+                fresh = try await ledger.spend(deviceID: signature.deviceID, nonce: signature.nonce, expiresAt: signature.timestamp + windowSeconds)
+            } catch {
+                // A nonce that cannot be spent fleet-wide is not accepted (fail closed).
+                throw AuthFailure(.unavailable, reason: "nonces_unavailable", "The relay cannot reach its store; connect again shortly")
+            }
+            guard fresh else { throw .replayedNonce }
+        }
+        return record
     }
 }

@@ -23,6 +23,9 @@ public final class FleetMembership: Service, Sendable {
     let address: String
     /// Rung when another node queued messages for this node's links.
     public let doorbell = Doorbell()
+    /// Rung with a device id when that device's presence may have changed anywhere in the
+    /// fleet, and with `*` when anything may have (after the node listens again).
+    public let presence = Doorbell()
     let logger: Logger
     private let connection = Mutex<PostgresConnection?>(nil)
 
@@ -117,14 +120,22 @@ public final class FleetMembership: Service, Sendable {
                 continue
             }
             listening = ObjectIdentifier(connection)
-            do {
-                try await connection.listen(on: channel) { notifications in
-                    // Listening now: whatever was rung before is read once.
-                    self.doorbell.ring()
-                    for try await _ in notifications { self.doorbell.ring() }
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    try? await connection.listen(on: self.channel) { notifications in
+                        // Listening now: whatever was rung before is read once.
+                        self.doorbell.ring()
+                        for try await _ in notifications { self.doorbell.ring() }
+                    }
                 }
-            } catch {
-                // The connection is gone; the heartbeat connects again.
+                group.addTask {
+                    try? await connection.listen(on: "relay_fleet") { notifications in
+                        self.presence.ring("*")
+                        for try await notification in notifications { self.presence.ring(notification.payload) }
+                    }
+                }
+                // Both end when the connection is gone; the heartbeat connects again.
+                await group.waitForAll()
             }
         }
     }
@@ -184,16 +195,16 @@ public final class FleetMembership: Service, Sendable {
     }
 }
 
-/// What to do when the doorbell rings (set once the reader exists).
+/// What to do when a bell rings, with what it says (set once the listener exists).
 public final class Doorbell: Sendable {
-    private let action = Mutex<(@Sendable () -> Void)?>(nil)
+    private let action = Mutex<(@Sendable (String) -> Void)?>(nil)
 
-    public func set(_ action: @escaping @Sendable () -> Void) {
+    public func set(_ action: @escaping @Sendable (String) -> Void) {
         self.action.withLock { $0 = action }
     }
 
-    public func ring() {
-        action.withLock { $0 }?()
+    public func ring(_ payload: String = "") {
+        action.withLock { $0 }?(payload)
     }
 }
 

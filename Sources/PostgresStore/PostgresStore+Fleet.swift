@@ -1,4 +1,5 @@
 /// The fleet's shared rows on PostgreSQL: device links claimed fleet-wide, reservations, the inbox between nodes, and taking over the links of nodes that stopped.
+import DeviceAuth
 import Foundation
 import PostgresNIO
 import Registry
@@ -18,6 +19,24 @@ extension StoredLiveState {
         sessions += other.sessions
         elsewhere.merge(other.elsewhere) { $1 }
         for link in other.links { elsewhere[link.id] = nil }
+    }
+}
+
+extension PostgresStore: NonceLedger {
+    /// One round trip per device connection; the commit does not wait for the WAL flush (a
+    /// crash of PostgreSQL itself could forget the last fraction of a second of nonces, each
+    /// still bound to its signature's 300 s window).
+    public func spend(deviceID: String, nonce: String, expiresAt: Int) async throws -> Bool {
+        try await transaction("spending a device nonce") { connection in
+            try await connection.query("SET LOCAL synchronous_commit = off", logger: self.logger)
+            return try await !connection.query(
+                """
+                INSERT INTO relay_nonce (device_id, nonce, expires_at) VALUES (\(deviceID), \(nonce), \(Int64(expiresAt)))
+                ON CONFLICT DO NOTHING RETURNING 1
+                """,
+                logger: self.logger
+            ).collect().isEmpty
+        }
     }
 }
 
@@ -81,6 +100,7 @@ extension PostgresStore: FleetStore {
                     return (replaced, rung)
                 }
                 await ring(rung)
+                await announce([link.principal])
                 return replaced
             } catch let error where attempt < 3 && error.description.contains("relay_link_one_per_device") {
                 // Another node claimed the device between the read and the write: again, now
@@ -294,7 +314,10 @@ extension PostgresStore: FleetStore {
             )
             return true
         }
-        if moved { await ring([destination]) }
+        if moved {
+            await ring([destination])
+            if link.party == "device" { await announce([link.principal]) }
+        }
         return moved
     }
 
@@ -324,6 +347,54 @@ extension PostgresStore: FleetStore {
             guard !links.isEmpty else { return nil }
             return try await self.liveState(of: links, on: connection)
         }
+    }
+
+    // MARK: Presence and operators
+
+    public func presence(of deviceIDs: [String]) async throws(StoreError) -> [String: FleetPresence] {
+        guard !deviceIDs.isEmpty else { return [:] }
+        return try await call("reading presence") {
+            var presence: [String: FleetPresence] = [:]
+            for try await (device, attached, sessions, capabilities) in try await self.client.query(
+                """
+                SELECT l.principal, l.attached, (SELECT count(*) FROM relay_session s WHERE s.device_link = l.link_id AND s.opened), l.capabilities
+                FROM relay_link l WHERE l.party = 'device' AND l.principal = ANY(\(deviceIDs))
+                """,
+                logger: self.logger
+            ).decode((String, Bool, Int, String?).self) {
+                presence[device] = FleetPresence(online: attached, sessions: attached ? sessions : 0, capabilities: capabilities)
+            }
+            return presence
+        }
+    }
+
+    public func describe(deviceID: String, linkID: String, capabilities: String) async throws(StoreError) {
+        try await call("recording a device's capabilities") {
+            try await self.client.query("UPDATE relay_link SET capabilities = \(capabilities) WHERE link_id = \(linkID)", logger: self.logger).collect()
+        }
+        await announce([deviceID])
+    }
+
+    public func sessions(id: String?) async throws(StoreError) -> [FleetSession] {
+        try await call("listing sessions") {
+            var sessions: [FleetSession] = []
+            for try await (session, user, device, deviceLink, created, opened, answered) in try await self.client.query(
+                """
+                SELECT session_id, user_id, device_id, device_link, created_at, opened, answered FROM relay_session
+                WHERE \(id)::text IS NULL OR session_id = \(id)::text ORDER BY created_at
+                """,
+                logger: self.logger
+            ).decode((String, String, String, String, Double, Bool, Bool).self) {
+                sessions.append(
+                    FleetSession(id: session, userID: user, deviceID: device, deviceLink: deviceLink, createdAt: created, opened: opened, answered: answered)
+                )
+            }
+            return sessions
+        }
+    }
+
+    public func request(_ delivery: RemoteDelivery) async throws(StoreError) {
+        try await send([delivery])
     }
 
     // MARK: Nodes that stopped
@@ -384,6 +455,7 @@ extension PostgresStore: FleetStore {
             taken.merge(try await takeOver(dead, lockKey: lockKey, orphansToo: false))
         }
         if orphansToo { taken.merge(try await takeOver(nil, lockKey: nil, orphansToo: true)) }
+        await announce(Set(taken.links.filter { $0.party == "device" }.map(\.principal)))
         return FleetTakeover(state: taken, undecided: undecided)
     }
 

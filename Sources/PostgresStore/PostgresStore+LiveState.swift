@@ -11,9 +11,10 @@ extension PostgresStore: LiveStateStore {
     public func save(_ batches: [LiveStateBatch]) async throws(StoreError) {
         try ensureNotFenced()
         let node = node
-        try await transaction("writing the live state") { connection in
+        let changed = try await transaction("writing the live state") { connection -> Set<String> in
             try await connection.query("SET LOCAL synchronous_commit = off", logger: self.logger)
             try await self.ensureServing(on: connection)
+            var changed = Set<String>()
             let snapshotAt = batches.lastIndex { $0.snapshot != nil }
             for (index, batch) in batches.enumerated() {
                 if let snapshotAt, index < snapshotAt {
@@ -21,15 +22,30 @@ extension PostgresStore: LiveStateStore {
                     var rest = batch
                     rest.messages = []
                     rest.forgotten = []
-                    try await self.write(rest, node: node, on: connection)
+                    changed.formUnion(try await self.write(rest, node: node, on: connection))
                 } else {
-                    try await self.write(batch, node: node, on: connection)
+                    changed.formUnion(try await self.write(batch, node: node, on: connection))
                 }
             }
+            return changed
+        }
+        await announce(changed)
+    }
+
+    /// Tells every node that these devices' presence may have changed (after the commit that
+    /// changed it, in a statement of its own).
+    func announce(_ devices: Set<String>) async {
+        guard !devices.isEmpty else { return }
+        let ids = Array(devices)
+        _ = try? await call("announcing presence") {
+            try await self.client.query("SELECT pg_notify('relay_fleet', d) FROM unnest(\(ids)::text[]) AS d", logger: self.logger).collect()
         }
     }
 
-    private func write(_ batch: LiveStateBatch, node: String, on connection: PostgresConnection) async throws {
+    /// Writes one batch; the devices whose presence it may change.
+    private func write(_ batch: LiveStateBatch, node: String, on connection: PostgresConnection) async throws -> Set<String> {
+        var changed = Set(batch.links.filter { $0.party == "device" }.map(\.principal))
+        changed.formUnion(batch.sessions.map(\.deviceID))
         for link in batch.links {
             try await upsert(link, node: node, on: connection)
         }
@@ -58,14 +74,26 @@ extension PostgresStore: LiveStateStore {
                 "DELETE FROM relay_outbox WHERE link_id IN (SELECT link_id FROM relay_link WHERE link_id = ANY(\(batch.endedLinks)) AND owner_node = \(node))",
                 logger: logger
             )
+            for try await device in try await connection.query(
+                "DELETE FROM relay_link WHERE link_id = ANY(\(batch.endedLinks)) AND owner_node = \(node) AND party = 'device' RETURNING principal",
+                logger: logger
+            ).decode(String.self) {
+                changed.insert(device)
+            }
             try await connection.query("DELETE FROM relay_link WHERE link_id = ANY(\(batch.endedLinks)) AND owner_node = \(node)", logger: logger)
         }
         for session in batch.sessions {
             try await upsert(session, on: connection)
         }
         if !batch.endedSessions.isEmpty {
-            try await connection.query("DELETE FROM relay_session WHERE session_id = ANY(\(batch.endedSessions))", logger: logger)
+            for try await device in try await connection.query(
+                "DELETE FROM relay_session WHERE session_id = ANY(\(batch.endedSessions)) RETURNING device_id",
+                logger: logger
+            ).decode(String.self) {
+                changed.insert(device)
+            }
         }
+        return changed
     }
 
     func upsert(_ session: StoredSession, on connection: PostgresConnection) async throws {
@@ -74,10 +102,10 @@ extension PostgresStore: LiveStateStore {
         try await connection.query(
             """
             INSERT INTO relay_session (session_id, app_link, device_link, user_id, device_id, created_at, answered, ttl_seconds,
-                setup_deadline, refresh_at, credentials, credential_expiries)
+                setup_deadline, refresh_at, credentials, credential_expiries, opened)
             VALUES (\(session.id), \(session.appLink), \(session.deviceLink), \(session.userID), \(session.deviceID), \(session.createdAt),
-                \(session.answered), \(session.ttlSeconds), \(session.setupDeadline), \(session.refreshAt), \(documents), \(expiries))
-            ON CONFLICT (session_id) DO UPDATE SET answered = excluded.answered, ttl_seconds = excluded.ttl_seconds,
+                \(session.answered), \(session.ttlSeconds), \(session.setupDeadline), \(session.refreshAt), \(documents), \(expiries), true)
+            ON CONFLICT (session_id) DO UPDATE SET opened = true, answered = excluded.answered, ttl_seconds = excluded.ttl_seconds,
                 setup_deadline = excluded.setup_deadline, refresh_at = excluded.refresh_at, credentials = excluded.credentials,
                 credential_expiries = excluded.credential_expiries
             """,

@@ -127,6 +127,9 @@ extension PostgresStore {
                 "ALTER TABLE relay_session ALTER COLUMN ttl_seconds SET DEFAULT 0",
                 "ALTER TABLE relay_session ALTER COLUMN credentials SET DEFAULT '{}'",
                 "ALTER TABLE relay_session ALTER COLUMN credential_expiries SET DEFAULT '{}'",
+                // Presence fleet-wide: what a device said of itself, and which sessions opened.
+                "ALTER TABLE relay_link ADD COLUMN capabilities text",
+                "ALTER TABLE relay_session ADD COLUMN opened boolean NOT NULL DEFAULT false",
                 "CREATE INDEX relay_session_by_app_link ON relay_session (app_link)",
                 "CREATE INDEX relay_session_by_device_link ON relay_session (device_link)",
                 // Messages for links another node serves: addressed when written to the node

@@ -64,6 +64,41 @@ public struct LinkHandover: Sendable {
     }
 }
 
+/// A device's presence across the fleet (contract §8): online when its live link has a
+/// transport, its open sessions, and what it last said of itself (`device_info`, JSON).
+public struct FleetPresence: Sendable, Equatable {
+    public var online: Bool
+    public var sessions: Int
+    public var capabilities: String?
+
+    public init(online: Bool, sessions: Int, capabilities: String?) {
+        self.online = online
+        self.sessions = sessions
+        self.capabilities = capabilities
+    }
+}
+
+/// A session as the fleet's store has it, for operators.
+public struct FleetSession: Sendable, Equatable {
+    public var id: String
+    public var userID: String
+    public var deviceID: String
+    public var deviceLink: String
+    public var createdAt: Double
+    public var opened: Bool
+    public var answered: Bool
+
+    public init(id: String, userID: String, deviceID: String, deviceLink: String, createdAt: Double, opened: Bool, answered: Bool) {
+        self.id = id
+        self.userID = userID
+        self.deviceID = deviceID
+        self.deviceLink = deviceLink
+        self.createdAt = createdAt
+        self.opened = opened
+        self.answered = answered
+    }
+}
+
 /// A session reservation's outcome across the fleet (contract §3.1's checks, in order).
 public enum FleetReservation: Sendable, Equatable {
     /// Reserved: the device's live link, and the node serving it.
@@ -106,6 +141,15 @@ public protocol FleetStore: Sendable {
     func handOver(_ handover: LinkHandover, to node: String) async throws(StoreError) -> Bool
     /// A link this node serves now (handed over to it), with what it keeps and its sessions.
     func liveState(ofLink linkID: String) async throws(StoreError) -> StoredLiveState?
+    /// The presence of each of `deviceIDs`.
+    func presence(of deviceIDs: [String]) async throws(StoreError) -> [String: FleetPresence]
+    /// Records what the device on `linkID` said of itself (and tells the fleet).
+    func describe(deviceID: String, linkID: String, capabilities: String) async throws(StoreError)
+    /// Every session not yet closed, or the one with `id`.
+    func sessions(id: String?) async throws(StoreError) -> [FleetSession]
+    /// Queues `delivery` for whichever node serves its link (an operator's request to end a
+    /// session held elsewhere).
+    func request(_ delivery: RemoteDelivery) async throws(StoreError)
     /// Declares dead the nodes that stopped or stopped answering, and takes their links (and
     /// the messages queued for them) and the sessions those links take part in over.
     func takeOverStoppedNodes() async throws(StoreError) -> StoredLiveState

@@ -1,6 +1,9 @@
 /// Several `relay serve` nodes on one PostgreSQL database behaving as one relay: sessions across nodes, the fleet-wide rules, a node killed or paused.
 import DeviceAuth
 import Foundation
+import HTTPTypes
+import HummingbirdTesting
+import NIOCore
 import Logging
 import PostgresStore
 import Registry
@@ -280,6 +283,84 @@ struct TestFleet: Sendable {
         #expect(try await fleet.nodes[1].process.exited(within: .seconds(20)) == 0)
         for app in apps { try await app.expectNothingPendingBut("peer_status") }
         try await resumed.expectNothingPending()
+    }
+
+    @Test func presenceIsFleetWideAndAWatcherWhoseListenerWasCutResyncs() async throws {
+        let fleet = try await TestFleet.start(nodes: 2)
+        defer { fleet.stop() }
+        let watcher = try await fleet.client(0).app("alice")
+        try watcher.send(["type": "watch", "device_ids": ["robot-1"]])
+        var status = try await watcher.next("device_status")
+        #expect(status["online"] as? Bool == false)
+
+        // The device comes online on the other node, says what it can, and takes a session.
+        let device = try await fleet.device(on: 1)
+        status = try await watcher.next("device_status")
+        #expect(status["online"] as? Bool == true && status["sessions"] as? Int == 0)
+        try device.send(["type": "device_info", "capabilities": ["camera": "front"]])
+        let app = try await fleet.client(1).app("bob")
+        let sessionID = try await fleet.client(1).openSession(app: app, device: device, deviceID: "robot-1")
+        status = try await watcher.next("device_status")
+        #expect(status["online"] as? Bool == true && status["sessions"] as? Int == 1)
+
+        // GET /api/devices on the watcher's node sees the device on the other node.
+        let http = HTTPClient(port: fleet.nodes[0].port)
+        let token = try AppTokenSigner(secret: Array(TestRelay.jwtSecret.utf8)).token(userID: "alice", devices: nil, now: Date().timeIntervalSince1970, lifetime: 600)
+        let listed = try await http.client.get("/api/devices", headers: [.authorization: "Bearer \(token)"])
+        let devices = try #require((try JSONSerialization.jsonObject(with: Data(String(buffer: listed.body ?? .init()).utf8)) as? JSONObject)?["devices"] as? [JSONObject])
+        let robot = try #require(devices.first { $0["device_id"] as? String == "robot-1" })
+        #expect(robot["online"] as? Bool == true && robot["sessions"] as? Int == 1)
+        #expect((robot["capabilities"] as? JSONObject)?["camera"] as? String == "front")
+        await http.shutdown()
+
+        // The watcher's node loses its listening connection while the session ends: it reads
+        // the status again once it listens again, and the watcher hears it.
+        try await fleet.server.sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'relay-node-' || (SELECT node_id FROM relay_node ORDER BY started_at LIMIT 1)",
+            database: fleet.database
+        )
+        try app.send(["type": "webrtc_close", "session_id": sessionID])
+        status = try await watcher.next("device_status")
+        #expect(status["online"] as? Bool == true && status["sessions"] as? Int == 0)
+        device.close()
+        status = try await watcher.next("device_status")
+        #expect(status["online"] as? Bool == false)
+    }
+
+    @Test func aSignedDeviceURLIsSpentOnEveryNodeAndRevocationAndAdminReachAcrossTheFleet() async throws {
+        let fleet = try await TestFleet.start(nodes: 3, ["RELAY_ADMIN_TOKEN": "admin-secret-0123456789abcdef0123456789", "RELAY_REGISTRY_POLL_MS": "100"])
+        defer { fleet.stop() }
+        // One signed URL, used on node 0 then replayed on node 1: refused.
+        let query = DeviceSignature.sign(
+            deviceID: "robot-1",
+            timestamp: Int(Date().timeIntervalSince1970),
+            nonce: DeviceSignature.makeNonce(),
+            secret: fleet.secrets["robot-1"]!
+        ).query
+        let device = try await TestSocket.connect("ws://127.0.0.1:\(fleet.nodes[0].port)/ws/device?\(query)")
+        let replay = try RawConnection.open(port: fleet.nodes[1].port)
+        let refused = try await replay.request(RawFrame.upgradeRequest(port: fleet.nodes[1].port, pathAndQuery: "/ws/device?\(query)"))
+        #expect(refused.hasPrefix("HTTP/1.1 401"), "\(refused)")
+        #expect(refused.contains("nonce"), "\(refused)")
+
+        // An operator on node 2 lists the sessions held on node 0 and ends one of them.
+        let app = try await fleet.client(1).app("alice")
+        let sessionID = try await fleet.client(1).openSession(app: app, device: device, deviceID: "robot-1")
+        let admin = HTTPClient(port: fleet.nodes[2].port)
+        let headers: HTTPFields = [.authorization: "Bearer admin-secret-0123456789abcdef0123456789"]
+        let listed = try await admin.client.get("/admin/sessions", headers: headers)
+        let sessions = (try JSONSerialization.jsonObject(with: Data(String(buffer: listed.body ?? .init()).utf8)) as? JSONObject)?["sessions"] as? [JSONObject]
+        #expect(sessions?.map { $0["session_id"] as? String } == [sessionID])
+        let ended = try await admin.client.delete("/admin/sessions/\(sessionID)", headers: headers, body: .init())
+        #expect(ended.status == .ok)
+        #expect(try await RestartTests.next("webrtc_close", on: device)["reason"] as? String == "admin")
+        #expect(try await RestartTests.next("webrtc_close", on: app)["reason"] as? String == "admin")
+
+        // Revoked on node 2: node 0 closes the device's socket (1008).
+        let revoked = try await admin.client.delete("/admin/devices/robot-1", headers: headers, body: .init())
+        #expect(revoked.status == .ok)
+        #expect(try await device.closeCode() == 1008)
+        await admin.shutdown()
     }
 }
 

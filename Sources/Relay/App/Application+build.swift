@@ -124,7 +124,8 @@ public func buildRelay(
             heartbeat: .milliseconds(configuration.nodeHeartbeatMilliseconds),
             logger: logger
         )
-        membership.doorbell.set { service.ring() }
+        membership.doorbell.set { _ in service.ring() }
+        membership.presence.set { service.presenceChanged($0) }
         services.append(service)
     }
     let connection = LinkConnection(
@@ -142,7 +143,8 @@ public func buildRelay(
             directory: store,
             masterKey: configuration.deviceMasterKey,
             windowSeconds: configuration.deviceSignatureWindowSeconds,
-            nonces: nonces
+            nonces: nonces,
+            ledger: stores.nonces
         ),
         metrics: metrics
     )
@@ -280,13 +282,15 @@ struct RelayStores: Sendable {
     /// This node's place in the fleet (a service: it keeps it, or stops the relay).
     var membership: FleetMembership?
     var fleet: Fleet?
+    /// Device nonces spent anywhere in the fleet.
+    var nonces: (any NonceLedger)?
     /// Stops what runs beside the services.
     let close: @Sendable () async -> Void
 
     static func open(_ configuration: RelayConfiguration, logger: Logger) async throws(StoreError) -> RelayStores {
         guard let url = configuration.databaseURL else {
             let store = try RelayStore(path: configuration.databasePath)
-            return RelayStores(registry: store, live: store, membership: nil, fleet: nil, close: {})
+            return RelayStores(registry: store, live: store, membership: nil, fleet: nil, nonces: nil, close: {})
         }
         let store = try PostgresStore(url: url, role: "relay", heartbeat: .milliseconds(configuration.nodeHeartbeatMilliseconds), logger: logger)
         // The pool runs from here until `close`: building reads the store already.
@@ -304,7 +308,8 @@ struct RelayStores: Sendable {
             registry: store,
             live: store,
             membership: membership,
-            fleet: Fleet(store: store, outbox: FleetOutbox(store: store, logger: logger))
+            fleet: Fleet(store: store, outbox: FleetOutbox(store: store, logger: logger)),
+            nonces: store
         ) {
             await membership.leave()
             pool.cancel()

@@ -2,6 +2,7 @@
 import Logging
 import Registry
 import ServiceLifecycle
+import Synchronization
 
 /// What a node of a fleet needs to reach the others: the shared store, and its outbox.
 struct Fleet: Sendable {
@@ -36,11 +37,39 @@ final class FleetService: Service, Sendable {
         bell.raise()
     }
 
+    private let changedDevices = Mutex<Set<String>>([])
+    private let presenceBell = WakeSignal()
+
+    /// A device's presence may have changed somewhere in the fleet (`*`: anything may have).
+    func presenceChanged(_ deviceID: String) {
+        changedDevices.withLock { _ = $0.insert(deviceID) }
+        presenceBell.raise()
+    }
+
     func run() async throws {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.readInbox() }
             group.addTask { await self.watchNodes() }
+            group.addTask { await self.tellWatchers() }
             await group.waitForAll()
+        }
+    }
+
+    /// Watchers on this node hear of changes anywhere in the fleet: on each announcement, and
+    /// every 5 s for every watched device (an announcement is a hint, as the doorbell is).
+    private func tellWatchers() async {
+        while !Task.isShuttingDownGracefully, !Task.isCancelled {
+            let timer = Task {
+                guard (try? await Task.sleep(for: .seconds(5))) != nil else { return }
+                self.presenceChanged("*")
+            }
+            try? await cancelWhenGracefulShutdown { await self.presenceBell.wait() }
+            timer.cancel()
+            let devices = changedDevices.withLock { devices in
+                defer { devices.removeAll() }
+                return devices
+            }
+            await switchboard.refreshPresence(devices)
         }
     }
 
@@ -66,7 +95,7 @@ final class FleetService: Service, Sendable {
     /// Returns when rung, or after `poll`.
     private func rungOrPolled() async {
         let timer = Task { [poll, bell] in
-            try? await Task.sleep(for: poll)
+            guard (try? await Task.sleep(for: poll)) != nil else { return }
             bell.raise()
         }
         defer { timer.cancel() }

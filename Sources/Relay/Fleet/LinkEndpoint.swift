@@ -52,6 +52,8 @@ enum SessionEvent: Sendable, Equatable {
     case replaced
     /// The link's client resumed on node `to`: hand the link over.
     case handover(to: String)
+    /// End the session, telling both parties (an operator asked on another node).
+    case ending(sessionID: String, reason: String)
 
     private struct Wire: Codable {
         var opened: StoredSession?
@@ -59,6 +61,7 @@ enum SessionEvent: Sendable, Equatable {
         var closed: [String]?
         var replaced: Bool?
         var handover: String?
+        var ending: [String]?
     }
 
     var encoded: String {
@@ -69,6 +72,7 @@ enum SessionEvent: Sendable, Equatable {
         case .closed(let id, let reason, let by): wire.closed = [id, reason, by]
         case .replaced: wire.replaced = true
         case .handover(let node): wire.handover = node
+        case .ending(let id, let reason): wire.ending = [id, reason]
         }
         return String(decoding: (try? JSONEncoder().encode(wire)) ?? Data(), as: UTF8.self)
     }
@@ -85,6 +89,8 @@ enum SessionEvent: Sendable, Equatable {
             self = .replaced
         } else if let node = wire.handover {
             self = .handover(to: node)
+        } else if let ending = wire.ending, ending.count == 2 {
+            self = .ending(sessionID: ending[0], reason: ending[1])
         } else {
             return nil
         }

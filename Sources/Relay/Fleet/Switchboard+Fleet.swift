@@ -139,7 +139,7 @@ extension Switchboard {
             liveState?.sessionChanged(session)
             armTimer(session)
             metrics.sessionStarted()
-            presence.changed(session.deviceID, status: status(of:))
+            presenceMayHaveChanged(session.deviceID)
             logger.info("Session opened from another node", metadata: sessionMetadata(session))
             return true
         case .answered(let sessionID):
@@ -158,6 +158,9 @@ extension Switchboard {
             }
             return false
         case .handover:
+            return false
+        case .ending(let sessionID, let reason):
+            if let session = link.session(sessionID) { close(session, reason: SessionCloseReason(rawValue: reason), by: .relay) }
             return false
         case .replaced:
             logger.info("Device connected on another node; replacing its link here", metadata: ["device.id": "\(link.principal)", "link.id": "\(link.id)"])

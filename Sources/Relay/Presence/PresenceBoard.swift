@@ -43,6 +43,9 @@ final class PresenceBoard: Sendable {
         }
     }
 
+    /// Every device some link watches.
+    var watchedDevices: [String] { watchers.keys }
+
     /// Forgets an ended link's watches.
     func unwatch(_ link: Link) {
         stopWatching(link.replaceWatched(with: []), by: link)

@@ -19,7 +19,8 @@ struct AdminRoutes: Sendable {
         let admin = router.group("admin")
         admin.get("devices") { request, context -> Response in
             try authorize(request)
-            return .json(.object(["devices": .array(try await storeCall { () async throws(StoreError) in try await store.devices() }.map(view))]))
+            let entries = try await storeCall { () async throws(StoreError) in try await store.devices() }
+            return .json(.object(["devices": .array(await views(entries))]))
         }
         admin.post("devices") { request, context -> Response in
             try authorize(request)
@@ -27,7 +28,7 @@ struct AdminRoutes: Sendable {
         }
         admin.get("devices/:id") { request, context -> Response in
             try authorize(request)
-            return .json(.object(["device": view(try await entry(context))]))
+            return .json(.object(["device": await views([try await entry(context)])[0]]))
         }
         admin.delete("devices/:id") { request, context -> Response in
             try authorize(request)
@@ -35,23 +36,43 @@ struct AdminRoutes: Sendable {
             let revoked = try await storeCall { () async throws(StoreError) in try await store.revoke(deviceID, now: Date()) }
             switchboard.revoke(deviceID: deviceID)
             context.logger.info("Device revoked by an operator", metadata: ["device.id": "\(deviceID)"])
-            return .json(.object(["device": revoked.map(view) ?? .null]))
+            return .json(.object(["device": await views(revoked.map { [$0] } ?? []).first ?? .null]))
         }
         admin.get("sessions") { request, _ -> Response in
             try authorize(request)
-            let sessions = switchboard.table.allSessions.sorted { $0.createdAt < $1.createdAt }
-            return .json(.object(["sessions": .array(sessions.map(view))]))
+            return .json(.object(["sessions": .array(try await sessions(id: nil))]))
         }
         admin.get("sessions/:id") { request, context -> Response in
             try authorize(request)
-            return .json(.object(["session": view(try session(context))]))
+            guard let session = try await sessions(id: context.parameters.get("id") ?? "").first else {
+                throw RelayHTTPError(.notFound, "No live session with that id")
+            }
+            return .json(.object(["session": session]))
         }
         admin.delete("sessions/:id") { request, context -> Response in
             try authorize(request)
-            let session = try session(context)
-            switchboard.close(session, reason: .admin, by: .relay)
-            context.logger.info("Session ended by an operator", metadata: ["session.id": "\(session.id)"])
-            return .json(.object(["session_id": .string(session.id), "closed": .bool(true)]))
+            let id = context.parameters.get("id") ?? ""
+            if let session = switchboard.table.session(id), session.keepsTimers || switchboard.table.fleet == nil {
+                switchboard.close(session, reason: .admin, by: .relay)
+            } else if let fleet = switchboard.table.fleet,
+                let held = try await storeCall({ () async throws(StoreError) in try await fleet.store.sessions(id: id) }).first
+            {
+                // Held by another node (the one serving its device): that node ends it.
+                try await storeCall { () async throws(StoreError) in
+                    try await fleet.store.request(
+                        RemoteDelivery(
+                            linkID: held.deviceLink,
+                            type: "end",
+                            openBody: "",
+                            event: SessionEvent.ending(sessionID: id, reason: SessionCloseReason.admin.rawValue).encoded
+                        )
+                    )
+                }
+            } else {
+                throw RelayHTTPError(.notFound, "No live session with that id")
+            }
+            context.logger.info("Session ended by an operator", metadata: ["session.id": "\(id)"])
+            return .json(.object(["session_id": .string(id), "closed": .bool(true)]))
         }
     }
 
@@ -80,7 +101,7 @@ struct AdminRoutes: Sendable {
         guard label.utf8.count <= 256 else { throw RelayHTTPError(.badRequest, "label must be at most 256 bytes") }
         let (entry, secret) = try await storeCall { () async throws(StoreError) in try await store.addDevice(deviceID, owners: owners, label: label, now: Date()) }
         context.logger.info("Device added by an operator", metadata: ["device.id": "\(deviceID)"])
-        return .json(.object(["device": view(entry), "secret": .string(secret)]), status: .created)
+        return .json(.object(["device": await views([entry])[0], "secret": .string(secret)]), status: .created)
     }
 
     private func entry(_ context: RelayRequestContext) async throws -> DeviceEntry {
@@ -91,11 +112,22 @@ struct AdminRoutes: Sendable {
         return entry
     }
 
-    private func session(_ context: RelayRequestContext) throws -> Session {
-        guard let id = context.parameters.get("id"), let session = switchboard.table.session(id) else {
-            throw RelayHTTPError(.notFound, "No live session with that id")
+    /// Live sessions (every one, or the one with `id`): this node's, or in a fleet the fleet's.
+    private func sessions(id: String?) async throws -> [JSONValue] {
+        guard let fleet = switchboard.table.fleet else {
+            let sessions = id.map { switchboard.table.session($0).map { [$0] } ?? [] } ?? switchboard.table.allSessions
+            return sessions.sorted { $0.createdAt < $1.createdAt }.map(view)
         }
-        return session
+        return try await storeCall { () async throws(StoreError) in try await fleet.store.sessions(id: id) }.map { session in
+            .object([
+                "session_id": .string(session.id),
+                "user_id": .string(session.userID),
+                "device_id": .string(session.deviceID),
+                "created_at": .time(Date(timeIntervalSince1970: session.createdAt)),
+                "phase": .string(session.opened ? "open" : "reserved"),
+                "answered": .bool(session.answered),
+            ])
+        }
     }
 
     /// Store errors as HTTP answers.
@@ -112,15 +144,21 @@ struct AdminRoutes: Sendable {
         }
     }
 
-    /// A device for operators: the registry row and presence, never a secret.
-    private func view(_ entry: DeviceEntry) -> JSONValue {
-        guard case .object(var fields) = switchboard.presenceView(of: entry.deviceID, entry: entry) else { return .null }
-        fields["owners"] = .array(entry.owners.map(JSONValue.string))
-        fields["revoked"] = .bool(entry.revoked)
-        fields["revoked_at"] = .time(entry.revokedAt)
-        fields["created_at"] = .time(entry.createdAt)
-        fields["secrets"] = .int(entry.secrets.count)
-        return .object(fields)
+    /// Devices for operators: the registry rows and presence, never a secret.
+    private func views(_ entries: [DeviceEntry]) async -> [JSONValue] {
+        let presence = await switchboard.presenceViews(
+            of: entries.map(\.deviceID),
+            entries: Dictionary(entries.map { ($0.deviceID, $0) }) { first, _ in first }
+        )
+        return entries.map { entry in
+            guard case .object(var fields) = presence[entry.deviceID] else { return .null }
+            fields["owners"] = .array(entry.owners.map(JSONValue.string))
+            fields["revoked"] = .bool(entry.revoked)
+            fields["revoked_at"] = .time(entry.revokedAt)
+            fields["created_at"] = .time(entry.createdAt)
+            fields["secrets"] = .int(entry.secrets.count)
+            return .object(fields)
+        }
     }
 
     private func view(_ session: Session) -> JSONValue {

@@ -28,27 +28,39 @@ struct DevicesRoute: Sendable {
         for entry in entries { registered[entry.deviceID] = entry }
         // Claimed devices without a registry row are master-key devices; revoked ones are left out.
         let reachable = Set(registered.keys).union(identity.devices ?? []).filter { registered[$0]?.revoked != true }
-        let devices = reachable.sorted().map { deviceID in
-            switchboard.presenceView(of: deviceID, entry: registered[deviceID])
-        }
-        return .json(.object(["devices": .array(devices)]))
+        let views = await switchboard.presenceViews(of: Array(reachable), entries: registered)
+        return .json(.object(["devices": .array(reachable.sorted().compactMap { views[$0] })]))
     }
 }
 
 extension Switchboard {
-    /// One device as `GET /api/devices` and the admin API show it.
-    func presenceView(of deviceID: String, entry: DeviceEntry?) -> JSONValue {
-        let status = status(of: deviceID)
-        let sighting = presence.sighting(deviceID)
-        let lastSeen = status.online ? Date() : [sighting?.lastSeenAt, entry?.lastSeenAt].compactMap { $0 }.max()
-        var fields: [String: JSONValue] = [
-            "device_id": .string(deviceID),
-            "online": .bool(status.online),
-            "sessions": .int(status.sessions),
-            "last_seen_at": .time(lastSeen),
-            "capabilities": sighting?.capabilities ?? .null,
-        ]
-        if let entry { fields["label"] = .string(entry.label) }
-        return .object(fields)
+    /// Devices as `GET /api/devices` and the admin API show them (presence fleet-wide in a fleet).
+    func presenceViews(of deviceIDs: [String], entries: [String: DeviceEntry]) async -> [String: JSONValue] {
+        var fleetPresence: [String: FleetPresence] = [:]
+        if let fleet = table.fleet { fleetPresence = (try? await fleet.store.presence(of: deviceIDs)) ?? [:] }
+        var views: [String: JSONValue] = [:]
+        for deviceID in deviceIDs {
+            let status: PresenceBoard.Status
+            var capabilities = presence.sighting(deviceID)?.capabilities
+            if table.fleet != nil {
+                let found = fleetPresence[deviceID]
+                status = .init(online: found?.online ?? false, sessions: found?.sessions ?? 0)
+                capabilities = found?.capabilities.map(JSONValue.raw) ?? capabilities
+            } else {
+                status = self.status(of: deviceID)
+            }
+            let entry = entries[deviceID]
+            let lastSeen = status.online ? Date() : [presence.sighting(deviceID)?.lastSeenAt, entry?.lastSeenAt].compactMap { $0 }.max()
+            var fields: [String: JSONValue] = [
+                "device_id": .string(deviceID),
+                "online": .bool(status.online),
+                "sessions": .int(status.sessions),
+                "last_seen_at": .time(lastSeen),
+                "capabilities": capabilities ?? .null,
+            ]
+            if let entry { fields["label"] = .string(entry.label) }
+            views[deviceID] = .object(fields)
+        }
+        return views
     }
 }

@@ -234,6 +234,10 @@ final class ShardedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         shards.reduce(0) { total, shard in total + shard.map.withLock { $0.count } }
     }
 
+    var keys: [Key] {
+        shards.flatMap { shard in shard.map.withLock { Array($0.keys) } }
+    }
+
     var values: [Value] {
         shards.flatMap { shard in shard.map.withLock { Array($0.values) } }
     }

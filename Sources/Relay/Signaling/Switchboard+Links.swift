@@ -172,7 +172,7 @@ extension Switchboard {
         let now = Date()
         presence.seen(link.principal, at: now)
         journal.record(.deviceSeen(deviceID: link.principal, at: now))
-        presence.changed(link.principal, status: status(of:))
+        presenceMayHaveChanged(link.principal)
     }
 
     /// A device's presence as watchers see it: a detached (reconnecting) device is offline.

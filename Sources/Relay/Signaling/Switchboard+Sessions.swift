@@ -113,7 +113,7 @@ extension Switchboard {
         liveState?.sessionChanged(session)
         armTimer(session)
         metrics.sessionStarted()
-        presence.changed(deviceID, status: status(of:))
+        presenceMayHaveChanged(deviceID)
         logger.info("Session opened", metadata: sessionMetadata(session))
     }
 
@@ -158,7 +158,7 @@ extension Switchboard {
             revokeLater(credentials)
             metrics.sessionEnded(reason: reason.rawValue, by: closer.rawValue)
         }
-        presence.changed(session.deviceID, status: status(of:))
+        presenceMayHaveChanged(session.deviceID)
         let message = OutboundMessage(
             "webrtc_close",
             [

@@ -94,7 +94,10 @@ public final class FleetMembership: Service, Sendable {
     /// One heartbeat on the node's connection: true when it went through, false when the
     /// connection is gone. Throws when the fleet declared the node dead.
     private func beatOnce() async throws -> Bool {
-        guard let connection = connection.withLock({ $0 }), !connection.isClosed else { return false }
+        guard let connection = connection.withLock({ $0 }), !connection.isClosed else {
+            store.connectedSince = nil
+            return false
+        }
         let alive: Bool
         do {
             alive = try await store.call("beating") {
@@ -104,6 +107,7 @@ public final class FleetMembership: Service, Sendable {
                 ).collect().isEmpty
             }
         } catch {
+            store.connectedSince = nil
             _ = connection.close() as EventLoopFuture<Void>
             return false
         }
@@ -174,6 +178,7 @@ public final class FleetMembership: Service, Sendable {
             return connection
         }
         try? await replaced?.close()
+        store.connectedSince = .now
         doorbell.ring()
         return true
     }

@@ -414,6 +414,13 @@ extension PostgresStore: FleetStore {
         let slow = heartbeat * 5
         let fastSeconds = Double(fast.components.seconds) + Double(fast.components.attoseconds) / 1e18
         let slowSeconds = Double(slow.components.seconds) + Double(slow.components.attoseconds) / 1e18
+        // Silence means death only when this node could hear: after an outage of the database
+        // (or of the network to it) every node's heartbeat is old and its lock was freed, and
+        // the others are connecting again as this one did. This node judges by each rule only
+        // once it has been connected itself for that rule's time.
+        let connected = ContinuousClock.now - (connectedSince ?? .now)
+        let mayFast = connected >= fast
+        let maySlow = connected >= slow
         let held = """
             EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
                 AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -423,8 +430,8 @@ extension PostgresStore: FleetStore {
             try await self.client.query(
                 """
                 SELECT n.node_id, n.lock_key, \(unescaped: held) AS held,
-                    n.state = 'stopped' OR (NOT \(unescaped: held) AND n.heartbeat_at < now() - make_interval(secs => \(fastSeconds)))
-                        OR n.heartbeat_at < now() - make_interval(secs => \(slowSeconds)) AS stopped
+                    n.state = 'stopped' OR (\(mayFast) AND NOT \(unescaped: held) AND n.heartbeat_at < now() - make_interval(secs => \(fastSeconds)))
+                        OR (\(maySlow) AND n.heartbeat_at < now() - make_interval(secs => \(slowSeconds))) AS stopped
                 FROM relay_node n WHERE n.state <> 'dead' AND n.node_id <> \(node)
                 """,
                 logger: self.logger

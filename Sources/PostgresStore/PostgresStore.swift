@@ -32,6 +32,13 @@ public final class PostgresStore: Service, Sendable {
     let endpoint: Endpoint
     /// Set once the fleet declared this node dead (`FleetMembership`).
     private let fenced = Atomic<Bool>(false)
+    /// Since when the node's own connection (`FleetMembership`) holds its lock without a break.
+    private let connected = Mutex<ContinuousClock.Instant?>(nil)
+
+    var connectedSince: ContinuousClock.Instant? {
+        get { connected.withLock { $0 } }
+        set { connected.withLock { $0 = newValue } }
+    }
 
     struct Endpoint: Sendable {
         var host: String

@@ -22,9 +22,10 @@ struct TestFleet: Sendable {
     static func start(
         nodes count: Int,
         devices: [String] = ["robot-1"],
+        on server: PostgresServer? = nil,
         _ extra: [String: String] = [:]
     ) async throws -> TestFleet {
-        let server = try await PostgresServer.running()
+        let server = if let server { server } else { try await PostgresServer.running() }
         let url = try await server.createDatabase()
         let store = try PostgresStore(url: url, role: "relay-test", logger: Logger(label: "relay-test"))
         let secrets = try await store.whileRunning {
@@ -361,6 +362,114 @@ struct TestFleet: Sendable {
         #expect(revoked.status == .ok)
         #expect(try await device.closeCode() == 1008)
         await admin.shutdown()
+    }
+
+    @Test func whilePostgreSQLIsDownCallsOnOneNodeGoOnCrossNodeSetUpsFailCleanlyAndNoNodeExits() async throws {
+        // A server of its own: this test stops it.
+        let server = try await PostgresServer.startPrivate()
+        do {
+            let fleet = try await TestFleet.start(nodes: 2, devices: ["robot-1", "robot-2"], on: server)
+            defer { fleet.stop() }
+            let local = try await fleet.device("robot-1", on: 0)
+            let remote = try await fleet.device("robot-2", on: 1)
+            let app = try await fleet.client(0).app("alice")
+            let sessionID = try await fleet.client(0).openSession(app: app, device: local, deviceID: "robot-1")
+
+            try await server.stop()
+            // The call on one node goes on: it never needed the database.
+            try app.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "offer-1"])
+            #expect(try await local.next("webrtc_offer")["sdp"] as? String == "offer-1")
+            try local.send(["type": "webrtc_answer", "session_id": sessionID, "sdp": "answer-1"])
+            #expect(try await app.next("webrtc_answer")["sdp"] as? String == "answer-1")
+            // A set-up across nodes needs it: a clear error, at once.
+            try app.send(["type": "webrtc_request", "device_id": "robot-2", "request_id": "across"])
+            let refused = try await app.next("error")
+            #expect(refused["code"] as? String == "device_offline" && refused["request_id"] as? String == "across")
+            #expect((refused["message"] as? String)?.contains("store") == true)
+            // Alive, not ready.
+            for node in fleet.nodes {
+                let http = HTTPClient(port: node.port)
+                #expect(try await http.client.get("/healthz").status == .ok)
+                #expect(try await http.client.get("/readyz").status == .serviceUnavailable)
+                await http.shutdown()
+            }
+
+            try await server.start()
+            // Back: every node ready again, none exited or was declared dead, and a set-up
+            // across nodes works.
+            for node in fleet.nodes {
+                let http = HTTPClient(port: node.port)
+                _ = try await eventually("node \(node.port) to be ready again", timeout: .seconds(30)) {
+                    try await http.client.get("/readyz").status == .ok ? true : nil
+                }
+                await http.shutdown()
+                #expect(node.process.isRunning)
+            }
+            #expect(try await fleet.state(of: 0) == ["serving", "serving"])
+            let across = try await eventually("a set-up across nodes to work again") { () -> String? in
+                try app.send(["type": "webrtc_request", "device_id": "robot-2"])
+                let answer = try await app.next()
+                return answer["type"] as? String == "webrtc_credentials" ? answer["session_id"] as? String : nil
+            }
+            #expect(try await remote.next("webrtc_request")["session_id"] as? String == across)
+            try app.send(["type": "webrtc_close", "session_id": sessionID])
+            #expect(try await local.next("webrtc_close")["reason"] as? String == "normal")
+        } catch {
+            await server.shutdown()
+            throw error
+        }
+        await server.shutdown()
+    }
+
+    @Test func httpFallbacksWorkAcrossNodes() async throws {
+        let fleet = try await TestFleet.start(nodes: 3)
+        defer { fleet.stop() }
+        // The app streams events from node 0 and sends through node 1; the device long-polls
+        // on node 1 and sends through node 2.
+        let token = try AppTokenSigner(secret: Array(TestRelay.jwtSecret.utf8)).token(userID: "alice", devices: nil, now: Date().timeIntervalSince1970, lifetime: 600)
+        let appHello = try await openHTTPLink(port: fleet.nodes[0].port, .app(token: token))
+        let app = try await EventStreamParty(port: fleet.nodes[0].port, hello: appHello, sendPort: fleet.nodes[1].port)
+        let signed = DeviceSignature.sign(
+            deviceID: "robot-1",
+            timestamp: Int(Date().timeIntervalSince1970),
+            nonce: DeviceSignature.makeNonce(),
+            secret: fleet.secrets["robot-1"]!
+        )
+        let deviceHello = try await openHTTPLink(port: fleet.nodes[1].port, .device(query: signed.query))
+        let device = PollParty(port: fleet.nodes[1].port, hello: deviceHello, sendPort: fleet.nodes[2].port)
+
+        try await app.send(["type": "webrtc_request", "device_id": "robot-1"])
+        let sessionID = try #require(try await app.next("webrtc_credentials")["session_id"] as? String)
+        _ = try await device.next("webrtc_request")
+        for index in 0..<30 {
+            try await app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "app-\(index)"]])
+            try await device.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "device-\(index)"]])
+        }
+        var fromApp: [String] = []
+        while fromApp.count < 30 {
+            let message = try await device.next()
+            guard message["type"] as? String == "webrtc_ice" else { continue }
+            fromApp.append((message["candidate"] as? JSONObject)?["candidate"] as? String ?? "")
+        }
+        var fromDevice: [String] = []
+        while fromDevice.count < 30 {
+            let message = try await app.next()
+            guard message["type"] as? String == "webrtc_ice" else { continue }
+            fromDevice.append((message["candidate"] as? JSONObject)?["candidate"] as? String ?? "")
+        }
+        #expect(fromApp == (0..<30).map { "app-\($0)" })
+        #expect(fromDevice == (0..<30).map { "device-\($0)" })
+        // An error about a message sent through another node comes back on the link.
+        try await app.send(["type": "webrtc_offer", "session_id": "no-such-session", "sdp": "x"])
+        var error: JSONObject = [:]
+        repeat { error = try await app.next() } while error["type"] as? String != "error"
+        #expect(error["code"] as? String == "unknown_session")
+        try await app.send(["type": "webrtc_close", "session_id": sessionID])
+        var closed: JSONObject = [:]
+        repeat { closed = try await device.next() } while closed["type"] as? String != "webrtc_close"
+        #expect(closed["by"] as? String == "app")
+        await app.vanish()
+        await device.vanish()
     }
 }
 

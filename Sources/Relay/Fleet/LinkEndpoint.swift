@@ -52,6 +52,8 @@ enum SessionEvent: Sendable, Equatable {
     case replaced
     /// The link's client resumed on node `to`: hand the link over.
     case handover(to: String)
+    /// A message the link's client sent through another node (`POST /api/link/send`).
+    case fromLink
     /// End the session, telling both parties (an operator asked on another node).
     case ending(sessionID: String, reason: String)
 
@@ -62,6 +64,7 @@ enum SessionEvent: Sendable, Equatable {
         var replaced: Bool?
         var handover: String?
         var ending: [String]?
+        var fromLink: Bool?
     }
 
     var encoded: String {
@@ -73,6 +76,7 @@ enum SessionEvent: Sendable, Equatable {
         case .replaced: wire.replaced = true
         case .handover(let node): wire.handover = node
         case .ending(let id, let reason): wire.ending = [id, reason]
+        case .fromLink: wire.fromLink = true
         }
         return String(decoding: (try? JSONEncoder().encode(wire)) ?? Data(), as: UTF8.self)
     }
@@ -91,6 +95,8 @@ enum SessionEvent: Sendable, Equatable {
             self = .handover(to: node)
         } else if let ending = wire.ending, ending.count == 2 {
             self = .ending(sessionID: ending[0], reason: ending[1])
+        } else if wire.fromLink == true {
+            self = .fromLink
         } else {
             return nil
         }

@@ -1,5 +1,6 @@
 /// Messages other nodes of the fleet sent to this node's links, and the session events they carry.
 import Foundation
+import HTTPTypes
 import Logging
 import OpenSSLCrypto
 import Registry
@@ -22,6 +23,11 @@ extension Switchboard {
             if link.forward(row) { continue }
             if case .handover(let node) = event {
                 if await handOver(link, to: node) { moved[link.id] = link }
+                continue
+            }
+            if case .fromLink = event {
+                // Sent by the link's client through another node (contract §7).
+                if let message = try? JSONParser.object(row.openBody) { await handle(message: .object(message), from: link) }
                 continue
             }
             if let event, !apply(event, to: link) { continue }
@@ -91,6 +97,29 @@ extension Switchboard {
         await bringHere(row, fleet: fleet)
     }
 
+    /// Contract §7 in a fleet: `POST /api/link/send` for a link another node serves queues the
+    /// messages for that node, which handles them as from the link (its rate limit and errors
+    /// apply there). How many were queued; nil when no node serves it (the caller answers as
+    /// for any unknown link). Throws 401 for a token that is not the link's.
+    func forward(_ messages: [JSONValue], toLink linkID: String, resumeToken: String) async throws(RelayHTTPError) -> Int? {
+        guard let fleet = table.fleet else { return nil }
+        let row: FleetLinkRow?
+        do throws(StoreError) {
+            row = try await fleet.store.link(tokenHash: LibCrypto.sha256(Array(resumeToken.utf8)))
+        } catch {
+            throw RelayHTTPError.storeUnavailable
+        }
+        guard let row, row.owner != fleet.node, row.ownerRuns else { return nil }
+        guard row.linkID == linkID else { throw RelayHTTPError(.unauthorized, "resume_token does not match this link") }
+        let event = SessionEvent.fromLink.encoded
+        do throws(StoreError) {
+            try await fleet.store.send(messages.map { RemoteDelivery(linkID: linkID, type: "from_link", openBody: $0.serialized, event: event) })
+        } catch {
+            throw RelayHTTPError.storeUnavailable
+        }
+        return messages.count
+    }
+
     private func bringHere(_ found: FleetLinkRow, fleet: Fleet) async {
         var row: FleetLinkRow? = found
         let deadline = ContinuousClock.now + .seconds(3)
@@ -157,7 +186,7 @@ extension Switchboard {
                 )
             }
             return false
-        case .handover:
+        case .handover, .fromLink:
             return false
         case .ending(let sessionID, let reason):
             if let session = link.session(sessionID) { close(session, reason: SessionCloseReason(rawValue: reason), by: .relay) }

@@ -18,7 +18,7 @@ extension Switchboard {
         var allowed: [String] = []
         var refused: [String] = []
         for deviceID in Set(deviceIDs).sorted() {
-            if await mayReach(identity, deviceID: deviceID) { allowed.append(deviceID) } else { refused.append(deviceID) }
+            if try await mayReach(identity, deviceID: deviceID, requestID: requestID) { allowed.append(deviceID) } else { refused.append(deviceID) }
         }
         let statuses = await statuses(of: allowed)
         presence.watch(link, deviceIDs: allowed) { statuses[$0] ?? .init(online: false, sessions: 0) }

@@ -37,7 +37,7 @@ extension Switchboard {
         guard DeviceSignature.isValidDeviceID(deviceID) else {
             throw SignalingError(.badRequest, "device_id must be 1-128 characters of [A-Za-z0-9._:-]", requestID: requestID)
         }
-        guard await mayReach(identity, deviceID: deviceID) else {
+        guard try await mayReach(identity, deviceID: deviceID, requestID: requestID) else {
             throw SignalingError(.unauthorized, "Not authorized", requestID: requestID)
         }
         let session: Session
@@ -52,7 +52,7 @@ extension Switchboard {
             )
         } catch {
             logger.error("Reserving a session failed", metadata: ["device.id": "\(deviceID)", "error": "\(error)"])
-            throw SignalingError(.deviceOffline, "The relay cannot reach its store to set the session up; try again shortly", requestID: requestID)
+            throw Self.storeUnavailable(requestID: requestID)
         }
         switch reservation {
         case .success(let reserved):
@@ -124,15 +124,21 @@ extension Switchboard {
         ]
     }
 
-    /// Contract §1.3: the token's `devices` claim, or the registry's owners.
-    func mayReach(_ identity: AppIdentity, deviceID: String) async -> Bool {
+    /// Contract §1.3: the token's `devices` claim, or the registry's owners. A registry that
+    /// does not answer is an error of its own (the client tries again), never a refusal.
+    func mayReach(_ identity: AppIdentity, deviceID: String, requestID: String?) async throws(SignalingError) -> Bool {
         if identity.devices?.contains(deviceID) == true { return true }
         do {
             return try await directory.device(deviceID)?.owners.contains(identity.userID) ?? false
         } catch {
             logger.error("Device registry lookup failed", metadata: ["device.id": "\(deviceID)", "error": "\(error)"])
-            return false
+            throw Self.storeUnavailable(requestID: requestID)
         }
+    }
+
+    /// The answer while the store does not answer (`device_offline`, which clients retry).
+    static func storeUnavailable(requestID: String?) -> SignalingError {
+        SignalingError(.deviceOffline, "The relay cannot reach its store to set the session up; try again shortly", requestID: requestID)
     }
 
     /// Ends a session once, telling both parties who ended it and why. `fromAnotherNode`: the

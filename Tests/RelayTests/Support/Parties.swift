@@ -117,7 +117,8 @@ final class EventStreamParty: Party {
     private let http: HTTPClient
     var hello: JSONObject { link.object }
 
-    init(port: Int, hello: Hello, lastEventID: Int? = nil) async throws {
+    /// The stream from `port`; sends to `sendPort` (another node of a fleet) when given.
+    init(port: Int, hello: Hello, lastEventID: Int? = nil, sendPort: Int? = nil) async throws {
         self.link = hello
         let (linkID, token) = (hello.linkID, hello.resumeToken)
         stream = try await SSEClient.connect(
@@ -125,7 +126,7 @@ final class EventStreamParty: Party {
             path: "/api/link/events?link_id=\(linkID)&resume_token=\(token)",
             headers: lastEventID.map { [("Last-Event-ID", String($0))] } ?? []
         )
-        http = HTTPClient(port: port)
+        http = HTTPClient(port: sendPort ?? port)
     }
 
     func send(_ object: JSONObject) async throws {
@@ -161,10 +162,11 @@ final class PollParty: Party {
     private let lastSeq = Mutex(0)
     private let loop = Mutex<Task<Void, Never>?>(nil)
 
-    init(port: Int, hello: Hello) {
+    /// Waits on `port`; sends to `sendPort` (another node of a fleet) when given.
+    init(port: Int, hello: Hello, sendPort: Int? = nil) {
         self.link = hello
         waiting = HTTPClient(port: port)
-        sending = HTTPClient(port: port)
+        sending = HTTPClient(port: sendPort ?? port)
         let task = Task { [weak self] in
             while !Task.isCancelled {
                 guard let self else { return }

@@ -137,8 +137,15 @@ struct HTTPLinkRoutes: Sendable {
     /// the link's rate limit let through.
     @Sendable func send(_ request: Request, context: RelayRequestContext) async throws -> Response {
         let body = try await request.jsonObject(upTo: Self.bodyLimit(maxMessageBytes))
-        let link = try await authenticatedLink(id: body["link_id"]?.stringValue, token: body["resume_token"]?.stringValue)
         let messages = try Self.messages(body["messages"], maxMessageBytes: maxMessageBytes)
+        if let id = body["link_id"]?.stringValue, let token = body["resume_token"]?.stringValue, switchboard.table.link(id: id) == nil,
+            let forwarded = try await switchboard.forward(messages, toLink: id, resumeToken: token)
+        {
+            // The link waits on another node (its event stream or poll is there): the messages
+            // go to that node, which handles them as from the link (and answers errors on it).
+            return .json(.object(["accepted": .int(forwarded)]))
+        }
+        let link = try await authenticatedLink(id: body["link_id"]?.stringValue, token: body["resume_token"]?.stringValue)
         let accepted = await handle(messages, from: link)
         return .json(.object(["accepted": .int(accepted)]))
     }

@@ -197,6 +197,14 @@ struct TURNBench: AsyncParsableCommand {
 /// Starts the `relay` binary built beside this one, with development secrets, the message-rate
 /// limits lifted (these runs measure other things) and `extra` settings.
 func startRelayBinary(_ extra: [String: String] = [:]) async throws -> (RelayProcess, Connector) {
+    let (binary, environment) = relayBinary(extra)
+    let relay = try await RelayProcess.start(binary: binary, environment: environment)
+    return (relay, Connector(port: relay.port, environment: environment))
+}
+
+/// The `relay` binary built beside this one, and its environment: development secrets, the
+/// message-rate limits lifted, and `extra` settings.
+func relayBinary(_ extra: [String: String] = [:]) -> (URL, [String: String]) {
     let binary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("relay")
     var environment = [
         "RELAY_JWT_SECRET": "bench-jwt-secret-bench-jwt-secret-00",
@@ -205,8 +213,7 @@ func startRelayBinary(_ extra: [String: String] = [:]) async throws -> (RelayPro
         "RELAY_RATE_PER_S": "100000",
     ]
     environment.merge(extra) { _, new in new }
-    let relay = try await RelayProcess.start(binary: binary, environment: environment)
-    return (relay, Connector(port: relay.port, environment: environment))
+    return (binary, environment)
 }
 
 /// Connects benchmark clients with credentials made from the relay's configuration.

@@ -6,26 +6,60 @@ import Synchronization
 /// Many app/device pairs in sessions, each side dropping its socket every few seconds and
 /// resuming, both sending all the while. Every message carries a number; at the end each side
 /// checks what it got: delivered, lost, duplicated. Runs the real `relay` binary and reads its
-/// memory from /proc.
+/// memory from /proc. With `--nodes N`, a fleet of N nodes on a private PostgreSQL behind
+/// haproxy (no sticky routing: a resume lands on any node), restarted one after another every
+/// `--restart-every` seconds (SIGTERM: clients leave on `go_away` and resume elsewhere).
 struct Soak: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Drop-and-resume soak: messages lost and duplicated must be 0.")
 
     @Option(help: "App/device pairs.") var pairs = 20
     @Option(help: "Seconds to run.") var seconds = 120
     @Option(help: "Messages each side sends per second.") var rate = 50
+    @Option(help: "Relay nodes (more than 1: a fleet on PostgreSQL behind haproxy).") var nodes = 1
+    @Option(help: "With a fleet: restart a node (SIGTERM, then a new process) every this many seconds; 0 never.") var restartEvery = 0
 
     func run() async throws {
         quietLogging()
         // Every pair reconnects from 127.0.0.1 many times a minute.
-        let (relay, connector) = try await startRelayBinary(["RELAY_CONNECT_BURST": "100000", "RELAY_CONNECT_RATE_PER_MIN": "1000000"])
-        defer { relay.kill() }
-        let startRSS = relay.residentKiB ?? 0
+        let limits = ["RELAY_CONNECT_BURST": "100000", "RELAY_CONNECT_RATE_PER_MIN": "1000000"]
+        let relay: RelayProcess?
+        let fleet: FleetProcesses?
+        let connector: Connector
+        if nodes > 1 {
+            let (binary, environment) = relayBinary(limits)
+            fleet = try await FleetProcesses.start(count: nodes, binary: binary, environment: environment)
+            relay = nil
+            connector = Connector(port: fleet!.proxyPort, environment: environment)
+        } else {
+            let started = try await startRelayBinary(limits)
+            (relay, fleet, connector) = (started.0, nil, started.1)
+        }
+        defer { relay?.kill() }
+        let startRSS = relay?.residentKiB ?? fleet?.residentKiB ?? 0
         let deadline = ContinuousClock.now + .seconds(seconds)
         let tally = Tally()
         let rate = rate
-        print(
-            "soak: \(pairs) pairs for \(seconds) s, \(rate) messages/s each way, relay pid \(relay.process.processIdentifier) on port \(relay.port)"
-        )
+        if let relay {
+            print("soak: \(pairs) pairs for \(seconds) s, \(rate) messages/s each way, relay pid \(relay.process.processIdentifier) on port \(relay.port)")
+        } else if let fleet {
+            print(
+                "soak: \(pairs) pairs for \(seconds) s, \(rate) messages/s each way, \(nodes) nodes on ports \(fleet.ports) behind haproxy on \(fleet.proxyPort)"
+                    + (restartEvery > 0 ? ", a node restarted every \(restartEvery) s" : "")
+            )
+        }
+        // Rolling restarts while the pairs run.
+        let restarts = Task { [restartEvery, nodes] () -> [Duration] in
+            guard let fleet, restartEvery > 0 else { return [] }
+            var took: [Duration] = []
+            var next = 0
+            while ContinuousClock.now + .seconds(restartEvery) < deadline - .seconds(5) {
+                try? await Task.sleep(for: .seconds(restartEvery))
+                guard let duration = try? await fleet.restart(next % nodes) else { break }
+                took.append(duration)
+                next += 1
+            }
+            return took
+        }
 
         try await withThrowingTaskGroup(of: Void.self) { group in
             for index in 0..<pairs {
@@ -61,16 +95,23 @@ struct Soak: AsyncParsableCommand {
             }
             try await group.waitForAll()
         }
-        let endRSS = relay.residentKiB ?? 0
+        let restarted = await restarts.value
+        let endRSS = relay?.residentKiB ?? fleet?.residentKiB ?? 0
+        await fleet?.stop()
         let totals = tally.totals
-        print("  drop-and-resume cycles: \(totals.cycles) (\(totals.freshLinks) could not resume)")
+        if fleet != nil {
+            print("  node restarts: \(restarted.count) (SIGTERM to exit: \(restarted.map { "\(Int($0 / .milliseconds(1))) ms" }.joined(separator: ", ")))")
+        }
+        print(
+            "  drop-and-resume cycles: \(totals.cycles) (\(totals.freshLinks) could not resume, \(totals.refusedConnects) connects refused and tried again)"
+        )
         print("  messages sent:      \(totals.sent)")
         print("  messages delivered: \(totals.delivered)")
         print("  messages lost:      \(totals.sent - totals.delivered)")
         print("  messages duplicated: \(totals.duplicated)")
         print("  out of order:       \(totals.outOfOrder)")
         print("  errors / sessions closed: \(totals.errors) / \(totals.closes)")
-        print("  relay memory (RSS): \(startRSS / 1024) MiB at start, \(endRSS / 1024) MiB at end")
+        print("  relay memory (RSS\(fleet == nil ? "" : ", all nodes")): \(startRSS / 1024) MiB at start, \(endRSS / 1024) MiB at end")
         if totals.sent != totals.delivered || totals.duplicated != 0 || totals.outOfOrder != 0 || totals.errors != 0 || totals.closes != 0 {
             throw ExitCode(1)
         }
@@ -89,6 +130,8 @@ final class Tally: Sendable {
         /// `error` and `webrtc_close` messages: none should come.
         var errors = 0
         var closes = 0
+        /// Reconnects refused (a node going away) and tried again.
+        var refusedConnects = 0
     }
 
     private let totals_ = Mutex(Totals())
@@ -111,6 +154,8 @@ final class Side: Sendable {
         var sentCount = 0
         /// Highest number received from the other side, in order.
         var received = -1
+        /// The relay said `go_away`: the next drop comes at once.
+        var goAway = false
     }
 
     private let state: Mutex<State>
@@ -138,7 +183,7 @@ final class Side: Sendable {
         while true {
             let socket = state.withLock { $0.socket }
             let cycleEnd = min(deadline, ContinuousClock.now + .milliseconds(Int.random(in: 1500...4000)))
-            while ContinuousClock.now < cycleEnd {
+            while ContinuousClock.now < cycleEnd, !state.withLock({ $0.goAway }) {
                 let number = state.withLock { state in
                     defer { state.sentCount += 1 }
                     return state.sentCount
@@ -157,12 +202,28 @@ final class Side: Sendable {
             _ = await drainedSockets.next()
             try await Task.sleep(for: .milliseconds(Int.random(in: 50...400)))
             let lastSeq = state.withLock { $0.lastSeq }
-            let fresh = try await reconnect("&resume_token=\(socket.hello["resume_token"] as! String)&last_seq=\(lastSeq)")
+            // A node going away refuses new links (503, Retry-After) until the balancer takes
+            // it out: try again, as a client does.
+            var attempt = 0
+            var fresh: TestSocket
+            while true {
+                do {
+                    fresh = try await reconnect("&resume_token=\(socket.hello["resume_token"] as! String)&last_seq=\(lastSeq)")
+                    break
+                } catch where attempt < 25 {
+                    attempt += 1
+                    tally.add { $0.refusedConnects += 1 }
+                    try await Task.sleep(for: .milliseconds(200))
+                }
+            }
             tally.add {
                 $0.cycles += 1
                 if fresh.hello["resumed"] as? Bool != true { $0.freshLinks += 1 }
             }
-            state.withLock { $0.socket = fresh }
+            state.withLock {
+                $0.socket = fresh
+                $0.goAway = false
+            }
             socketsInput.yield(fresh)
         }
     }
@@ -185,6 +246,7 @@ final class Side: Sendable {
             if let ack { try? socket.send(["type": "ack", "seq": ack]) }
         }
         switch message["type"] as? String {
+        case "go_away": state.withLock { $0.goAway = true }
         case "error": tally.add { $0.errors += 1 }
         case "webrtc_close": tally.add { $0.closes += 1 }
         default: break

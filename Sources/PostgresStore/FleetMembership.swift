@@ -1,4 +1,5 @@
 /// This node's place in the fleet: its row, its lock and heartbeat on a connection of its own, and the doorbell other nodes ring.
+import Foundation
 import Logging
 import NIOCore
 import NIOSSL
@@ -63,7 +64,12 @@ public final class FleetMembership: Service, Sendable {
     /// Beats until a graceful shutdown; takes the lock again after a loss.
     private func beat() async throws {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
-            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.store.heartbeat) }
+            // A beat every `heartbeat`, or at once when the connection is seen gone: the lock
+            // is to be held again well within the two beats after which others may judge.
+            let next = ContinuousClock.now + store.heartbeat
+            while ContinuousClock.now < next, connection.withLock({ $0?.isClosed == false }), !Task.isShuttingDownGracefully {
+                try? await cancelWhenGracefulShutdown { try await Task.sleep(for: min(.milliseconds(50), self.store.heartbeat)) }
+            }
             guard !Task.isShuttingDownGracefully, !Task.isCancelled else { return }
             if try await beatOnce() { continue }
             logger.warning("Lost this node's connection to the fleet's database; connecting again", metadata: ["store": "\(store.location)"])
@@ -88,6 +94,13 @@ public final class FleetMembership: Service, Sendable {
             "The fleet declared this node dead while it was cut off or paused, and took its links; stopping without writing anything more",
             metadata: ["store": "\(store.location)", "node": "\(store.node)"]
         )
+        // The relay stops as the service fails; a node that lost its links must not linger
+        // serving sockets it no longer owns if that takes long: it ends (status 75, "try
+        // again": a supervisor starts a new incarnation) after a short grace at the latest.
+        Task.detached {
+            try? await Task.sleep(for: .seconds(3))
+            exit(75)
+        }
         return StoreError.unusable("the fleet declared this node dead at \(store.location) and took its links over")
     }
 

@@ -231,7 +231,7 @@ extension PostgresStore: FleetStore {
                 """,
                 logger: self.logger
             ).decode((Int64, String, String, String, String?).self) {
-                rows.append((seq, RemoteDelivery(linkID: link, type: type, openBody: body, event: event)))
+                rows.append((seq, RemoteDelivery(linkID: link, type: type, openBody: body, event: event, seq: seq)))
             }
             return rows.sorted { $0.0 < $1.0 }.map(\.1)
         }
@@ -287,7 +287,7 @@ extension PostgresStore: FleetStore {
         await ring([owner])
     }
 
-    public func handOver(_ handover: LinkHandover, to destination: String) async throws(StoreError) -> Bool {
+    public func handOver(_ handover: LinkHandover, carrying carried: [RemoteDelivery], to destination: String) async throws(StoreError) -> Bool {
         try ensureNotFenced()
         let node = node
         let link = handover.link
@@ -312,6 +312,21 @@ extension PostgresStore: FleetStore {
                 "UPDATE relay_inbox SET node_id = \(destination) WHERE link_id = \(link.id) AND node_id = \(node)",
                 logger: self.logger
             )
+            if !carried.isEmpty {
+                // In their places: before whatever was queued for the link after them.
+                let seqs = carried.map { $0.seq ?? 0 }
+                let types = carried.map(\.type)
+                let bodies = carried.map(\.openBody)
+                let events = carried.map { $0.event ?? "" }
+                try await connection.query(
+                    """
+                    INSERT INTO relay_inbox (seq, node_id, link_id, type, body, event)
+                    SELECT m.seq, \(destination), \(link.id), m.type, m.body, nullif(m.event, '')
+                    FROM unnest(\(seqs)::bigint[], \(types)::text[], \(bodies)::text[], \(events)::text[]) AS m(seq, type, body, event)
+                    """,
+                    logger: self.logger
+                )
+            }
             return true
         }
         if moved {

@@ -134,14 +134,36 @@ public final class PostgresStore: Service, Sendable {
     func call<T: Sendable>(_ what: String, within timeout: Duration? = nil, _ body: @escaping @Sendable () async throws -> T) async throws(StoreError) -> T {
         let timeout = timeout ?? callTimeout
         do {
-            return try await withThrowingTaskGroup(of: T.self) { group in
-                group.addTask { try await body() }
-                group.addTask {
-                    try await Task.sleep(for: timeout)
-                    throw StoreError.unusable("PostgreSQL at \(self.location) did not answer within \(timeout) (\(what))")
+            let location = location
+            // The deadline does not wait for the call: a query on a connection the server has
+            // just closed was seen to hang without end, ignoring cancellation (postgres-nio),
+            // and a task group would wait for it. The call is cancelled and left behind.
+            return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+                let once = Once()
+                let work = Task {
+                    // After a restart of PostgreSQL the pool may still hold connections the
+                    // server closed: the call goes again on another (a few times, within the
+                    // deadline), rather than failing once per stale connection.
+                    var attempt = 0
+                    while true {
+                        do {
+                            let value = try await body()
+                            if once.claim() { continuation.resume(returning: value) }
+                            return
+                        } catch where attempt < 16 && !Task.isCancelled && Self.connectionWasLost(error) {
+                            attempt += 1
+                        } catch {
+                            if once.claim() { continuation.resume(throwing: error) }
+                            return
+                        }
+                    }
                 }
-                defer { group.cancelAll() }
-                return try await group.next()!
+                Task {
+                    try? await Task.sleep(for: timeout)
+                    guard once.claim() else { return }
+                    work.cancel()
+                    continuation.resume(throwing: StoreError.unusable("PostgreSQL at \(location) did not answer within \(timeout) (\(what))"))
+                }
             }
         } catch let error as StoreError {
             throw error
@@ -179,6 +201,22 @@ public final class PostgresStore: Service, Sendable {
     static func mayRetry(_ error: PostgresTransactionError) -> Bool {
         guard let failure = error.closureError as? PSQLError, let state = failure.serverInfo?[.sqlState] else { return false }
         return state == "40P01" || state == "40001"
+    }
+
+    /// The call failed because its connection was gone (closed by a server that restarted,
+    /// or cut): nothing of it happened, and another connection may serve it.
+    static func connectionWasLost(_ error: any Error) -> Bool {
+        let failure: PSQLError?
+        if let transaction = error as? PostgresTransactionError {
+            // Only a failed BEGIN: after it, what ran is unknown.
+            failure = transaction.beginError as? PSQLError
+        } else {
+            failure = error as? PSQLError
+        }
+        guard let failure else { return false }
+        if failure.code == .serverClosedConnection || failure.code == .clientClosedConnection || failure.code == .uncleanShutdown { return true }
+        // 57P01-57P03: the server is shutting down, was shut down, or cannot connect now.
+        return failure.serverInfo?[.sqlState]?.hasPrefix("57P") == true
     }
 
     static func describe(_ error: PSQLError) -> String {
@@ -228,5 +266,18 @@ public final class PostgresStore: Service, Sendable {
             tls: mode
         )
         return (configuration, "\(user)@\(host):\(port)/\(database)", endpoint)
+    }
+}
+
+/// A flag the first of several racing tasks claims.
+final class Once: Sendable {
+    private let done = Mutex(false)
+
+    /// True for the first caller only.
+    func claim() -> Bool {
+        done.withLock { done in
+            defer { done = true }
+            return !done
+        }
     }
 }

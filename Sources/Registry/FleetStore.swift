@@ -10,12 +10,15 @@ public struct RemoteDelivery: Sendable, Equatable {
     public var openBody: String
     /// A session event (JSON), or nil for a message that only passes through.
     public var event: String?
+    /// Its place in the order of the inbox it was read from (nil before it is written).
+    public var seq: Int64?
 
-    public init(linkID: String, type: String, openBody: String, event: String?) {
+    public init(linkID: String, type: String, openBody: String, event: String?, seq: Int64? = nil) {
         self.linkID = linkID
         self.type = type
         self.openBody = openBody
         self.event = event
+        self.seq = seq
     }
 }
 
@@ -136,9 +139,10 @@ public protocol FleetStore: Sendable {
     func link(id linkID: String) async throws(StoreError) -> FleetLinkRow?
     /// Asks `owner` (through its inbox) to hand `linkID` over to this node.
     func requestHandover(of linkID: String, from owner: String) async throws(StoreError)
-    /// Hands a link of this node to `node`: its row, kept messages and sessions as given, and
-    /// the messages queued for it here; false when the link is no longer this node's.
-    func handOver(_ handover: LinkHandover, to node: String) async throws(StoreError) -> Bool
+    /// Hands a link of this node to `node`: its row, kept messages and sessions as given, the
+    /// messages queued for it here, and `carried` (read from this node's inbox but not
+    /// delivered: they go back in their places); false when the link is no longer this node's.
+    func handOver(_ handover: LinkHandover, carrying carried: [RemoteDelivery], to node: String) async throws(StoreError) -> Bool
     /// A link this node serves now (handed over to it), with what it keeps and its sessions.
     func liveState(ofLink linkID: String) async throws(StoreError) -> StoredLiveState?
     /// The presence of each of `deviceIDs`.

@@ -38,7 +38,7 @@ struct TestFleet: Sendable {
         }
         let environment = [
             "RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey, "RELAY_DATABASE_URL": url,
-            "RELAY_NODE_HEARTBEAT_MS": "200", "RELAY_RESUME_GRACE_S": "20", "RELAY_RATE_BURST": "1000", "RELAY_RATE_PER_S": "1000",
+            "RELAY_NODE_HEARTBEAT_MS": "200", "RELAY_RESUME_GRACE_S": "20", "RELAY_LOG_LEVEL": "debug", "RELAY_RATE_BURST": "1000", "RELAY_RATE_PER_S": "1000",
         ].merging(extra) { $1 }
         var nodes: [RelayProcess] = []
         for _ in 0..<count {
@@ -50,7 +50,12 @@ struct TestFleet: Sendable {
     func client(_ node: Int) -> ProcessClient { ProcessClient(port: nodes[node].port) }
 
     func device(_ deviceID: String = "robot-1", on node: Int, resume: ProcessClient.Resume? = nil) async throws -> TestSocket {
-        try await client(node).device(deviceID, secret: secrets[deviceID]!, resume: resume)
+        do {
+            return try await client(node).device(deviceID, secret: secrets[deviceID]!, resume: resume)
+        } catch {
+            Issue.record("node \(node) refused the device: \(nodes[node].recentLog.suffix(3000))")
+            throw error
+        }
     }
 
     func stop() {
@@ -209,7 +214,15 @@ struct TestFleet: Sendable {
         // Meanwhile the device says something to the paused node (it is read after the wake).
         try device.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "stale"]])
         kill(paused, SIGCONT)
-        let status = try await fleet.nodes[1].process.exited(within: .seconds(20))
+        let status: Int32
+        do {
+            status = try await fleet.nodes[1].process.exited(within: .seconds(20))
+        } catch {
+            Issue.record(
+                "\(fleet.nodes[1].recentLog.split(separator: "\n").filter { !$0.contains("PostgresNIO") && !$0.contains("Looking for") }.suffix(30).joined(separator: "\n"))"
+            )
+            throw error
+        }
         #expect(status != 0)
         // Nothing the woken node read went anywhere: the app hears nothing more from it.
         try await app.expectNothingPending()
@@ -311,7 +324,14 @@ struct TestFleet: Sendable {
         let devices = try #require((try JSONSerialization.jsonObject(with: Data(String(buffer: listed.body ?? .init()).utf8)) as? JSONObject)?["devices"] as? [JSONObject])
         let robot = try #require(devices.first { $0["device_id"] as? String == "robot-1" })
         #expect(robot["online"] as? Bool == true && robot["sessions"] as? Int == 1)
-        #expect((robot["capabilities"] as? JSONObject)?["camera"] as? String == "front")
+        // What the device said of itself is written beside its link (the device's next
+        // messages wait for it; a listing elsewhere may come first).
+        _ = try await eventually("the device's capabilities to be listed") { () -> Bool? in
+            let listed = try await http.client.get("/api/devices", headers: [.authorization: "Bearer \(token)"])
+            let object = try JSONSerialization.jsonObject(with: Data(String(buffer: listed.body ?? .init()).utf8)) as? JSONObject
+            let robot = (object?["devices"] as? [JSONObject])?.first { $0["device_id"] as? String == "robot-1" }
+            return (robot?["capabilities"] as? JSONObject)?["camera"] as? String == "front" ? true : nil
+        }
         await http.shutdown()
 
         // The watcher's node loses its listening connection while the session ends: it reads
@@ -436,11 +456,20 @@ struct TestFleet: Sendable {
             secret: fleet.secrets["robot-1"]!
         )
         let deviceHello = try await openHTTPLink(port: fleet.nodes[1].port, .device(query: signed.query))
-        let device = PollParty(port: fleet.nodes[1].port, hello: deviceHello, sendPort: fleet.nodes[2].port)
+        let device = PollParty(port: fleet.nodes[1].port, hello: deviceHello, sendPort: fleet.nodes[2].port, sendsAlone: true)
 
         try await app.send(["type": "webrtc_request", "device_id": "robot-1"])
         let sessionID = try #require(try await app.next("webrtc_credentials")["session_id"] as? String)
         _ = try await device.next("webrtc_request")
+        defer {
+            if let failure = device.failure {
+                let logs = fleet.nodes.enumerated().map { node, process in
+                    process.recentLog.split(separator: "\n").filter { !$0.contains("ServiceLifecycle") && !$0.contains("PostgresNIO") }.suffix(25)
+                        .map { "node \(node): \($0)" }.joined(separator: "\n")
+                }
+                Issue.record("\(failure)\n\(logs.joined(separator: "\n"))")
+            }
+        }
         for index in 0..<30 {
             try await app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "app-\(index)"]])
             try await device.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "device-\(index)"]])

@@ -57,9 +57,11 @@ public func buildRelay(
         links: { table.allLinks },
         logger: logger
     )
-    // Spent nonces go to the store with the audit batches; those a previous run spent stay spent.
+    // Spent nonces go to the store with the audit batches (in a fleet, the ledger spends each
+    // in the shared store at once instead); those a previous run spent stay spent.
+    let ledger = stores.nonces
     let nonces = NonceCache(perDevice: configuration.deviceConnectsPerWindow) { deviceID, nonce, expiresAt in
-        journal.record(.nonceSpent(deviceID: deviceID, nonce: nonce, expiresAt: expiresAt))
+        if ledger == nil { journal.record(.nonceSpent(deviceID: deviceID, nonce: nonce, expiresAt: expiresAt)) }
     }
     nonces.remember(try await store.liveNonces(now: Int(Date().timeIntervalSince1970)))
     // The fleet membership first: it is the last to stop, after the last write.
@@ -144,7 +146,7 @@ public func buildRelay(
             masterKey: configuration.deviceMasterKey,
             windowSeconds: configuration.deviceSignatureWindowSeconds,
             nonces: nonces,
-            ledger: stores.nonces
+            ledger: ledger
         ),
         metrics: metrics
     )
@@ -313,7 +315,14 @@ struct RelayStores: Sendable {
         ) {
             await membership.leave()
             pool.cancel()
-            await pool.value
+            // The pool stops at once unless it is connecting to a database that is away: then
+            // the process does not wait for it.
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await pool.value }
+                group.addTask { try? await Task.sleep(for: .seconds(3)) }
+                await group.next()
+                group.cancelAll()
+            }
         }
     }
 }

@@ -3,7 +3,8 @@ import Synchronization
 
 /// A flag that wakes one waiting loop: `raise` (from any thread, any number of times) makes the
 /// loop's next or current `wait` return; a loop that checks its work, finds none and waits never
-/// misses a raise that came in between. Cancelling the waiting task wakes it too.
+/// misses a raise that came in between. Cancelling the waiting task wakes it too (without
+/// raising the flag).
 final class WakeSignal: Sendable {
     private let state = Mutex<(raised: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
 
@@ -30,7 +31,11 @@ final class WakeSignal: Sendable {
                 if ready { continuation.resume() }
             }
         } onCancel: {
-            raise()
+            // Wakes the waiter without leaving the flag raised for the next wait.
+            state.withLock { state in
+                defer { state.waiter = nil }
+                return state.waiter
+            }?.resume()
         }
     }
 }

@@ -4,11 +4,52 @@ import Registry
 import ServiceLifecycle
 import Synchronization
 
-/// What a node of a fleet needs to reach the others: the shared store, and its outbox.
+/// What a node of a fleet needs to reach the others: the shared store, its outbox, and the
+/// queue of links arriving from other nodes.
 struct Fleet: Sendable {
     let store: any FleetStore
     let outbox: FleetOutbox
+    let arrivals = Arrivals()
     var node: String { store.node }
+}
+
+/// Links arriving from other nodes (handed over, or taken over from a node that stopped),
+/// waiting to be restored by the inbox reader: it restores them between two reads, so the
+/// messages it read for them before they arrived (held meanwhile) reach them first and in order.
+final class Arrivals: Sendable {
+    private let queue = Mutex<(waiting: [(StoredLiveState, CheckedContinuation<Bool, Never>)], closed: Bool)>(([], false))
+    let signal = WakeSignal()
+
+    /// Returns once the inbox reader restored `state`: true, or false when the reader stopped
+    /// (the caller restores it itself: no reader races it any more).
+    func restore(_ state: StoredLiveState) async -> Bool {
+        await withCheckedContinuation { continuation in
+            let closed = queue.withLock { queue in
+                if !queue.closed { queue.waiting.append((state, continuation)) }
+                return queue.closed
+            }
+            if closed { continuation.resume(returning: false) }
+            signal.raise()
+        }
+    }
+
+    func take() -> [(StoredLiveState, CheckedContinuation<Bool, Never>)] {
+        queue.withLock { queue in
+            defer { queue.waiting.removeAll() }
+            return queue.waiting
+        }
+    }
+
+    /// The reader stopped: whoever waits, or comes, restores by itself.
+    func close() {
+        for (_, continuation) in queue.withLock({ queue in
+            queue.closed = true
+            defer { queue.waiting.removeAll() }
+            return queue.waiting
+        }) {
+            continuation.resume(returning: false)
+        }
+    }
 }
 
 /// Runs a node's two fleet loops. The inbox reader wakes when another node rings (`ring`) and
@@ -75,20 +116,47 @@ final class FleetService: Service, Sendable {
 
     private func readInbox() async {
         var failing = false
+        // Messages for links not here (yet): held a few seconds for a link on its way.
+        var strays: [String: (since: ContinuousClock.Instant, rows: [RemoteDelivery])] = [:]
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             await rungOrPolled()
             do {
                 var rows: [RemoteDelivery]
                 repeat {
+                    arrive(&strays)
                     rows = try await fleet.store.takeInbox(limit: 1000)
-                    await switchboard.deliver(rows)
+                    for stray in await switchboard.deliver(rows) {
+                        strays[stray.linkID, default: (.now, [])].rows.append(stray)
+                    }
                 } while rows.count == 1000
+                arrive(&strays)
                 if failing { logger.info("Reading messages from other nodes works again") }
                 failing = false
             } catch {
                 if !failing { logger.error("Reading messages from other nodes failed; will retry", metadata: ["error": "\(error)"]) }
                 failing = true
             }
+            for (id, held) in strays where ContinuousClock.now - held.since >= .seconds(5) {
+                switchboard.dropStrays(held.rows)
+                strays[id] = nil
+            }
+        }
+        arrive(&strays)
+        fleet.arrivals.close()
+    }
+
+    /// Restores the links that arrived, then hands them what was read for them before.
+    private func arrive(_ strays: inout [String: (since: ContinuousClock.Instant, rows: [RemoteDelivery])]) {
+        for (state, continuation) in fleet.arrivals.take() {
+            let restored = switchboard.restore(state)
+            if restored.links > 0 {
+                logger.info("Links arrived from other nodes", metadata: ["links": "\(restored.links)", "sessions": "\(restored.sessions)"])
+            }
+            for link in state.links {
+                guard let held = strays.removeValue(forKey: link.id) else { continue }
+                switchboard.deliverArrived(held.rows)
+            }
+            continuation.resume(returning: true)
         }
     }
 
@@ -99,6 +167,12 @@ final class FleetService: Service, Sendable {
             bell.raise()
         }
         defer { timer.cancel() }
+        // Arrivals wake the reader too.
+        let arrivals = Task { [fleet, bell] in
+            await fleet.arrivals.signal.wait()
+            bell.raise()
+        }
+        defer { arrivals.cancel() }
         try? await cancelWhenGracefulShutdown { await self.bell.wait() }
     }
 
@@ -109,11 +183,8 @@ final class FleetService: Service, Sendable {
             do {
                 let taken = try await fleet.store.takeOverStoppedNodes()
                 guard !taken.links.isEmpty else { continue }
-                let restored = switchboard.restore(taken)
-                logger.warning(
-                    "Took over the links of a node that stopped",
-                    metadata: ["links": "\(restored.links)", "sessions": "\(restored.sessions)"]
-                )
+                logger.warning("Taking over the links of a node that stopped", metadata: ["links": "\(taken.links.count)"])
+                if !(await fleet.arrivals.restore(taken)) { _ = switchboard.restore(taken) }
             } catch {
                 logger.debug("Looking for stopped nodes failed", metadata: ["error": "\(error)"])
             }

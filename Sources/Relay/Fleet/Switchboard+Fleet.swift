@@ -9,41 +9,77 @@ import RelayCore
 extension Switchboard {
     /// Hands messages other nodes queued for this node's links to them, in order. A message
     /// that carries a session event is applied to this node's copy of the session first; one
-    /// for a link that ended here is dropped (a session it would have opened is closed back);
-    /// one for a link that moved on follows it. A request for a link (its client resumed on
-    /// another node) hands it over before the next message is looked at.
-    func deliver(_ rows: [RemoteDelivery]) async {
+    /// for a link that moved on follows it. A request for a link (its client resumed on another
+    /// node) hands it over, with the messages after the request for it. Returns the messages
+    /// for links not here (the caller holds them a while for a link on its way).
+    func deliver(_ rows: [RemoteDelivery]) async -> [RemoteDelivery] {
+        var strays: [RemoteDelivery] = []
+        var carried = Set<Int64>()
         var moved: [String: Link] = [:]
-        for row in rows {
-            let event = row.event.flatMap(SessionEvent.init(encoded:))
+        for (index, row) in rows.enumerated() {
+            if let seq = row.seq, carried.contains(seq) { continue }
             guard let link = table.link(id: row.linkID) ?? moved[row.linkID] else {
-                if case .opened(let stored) = event { refuseRemoteSession(stored) }
+                strays.append(row)
                 continue
             }
-            if link.forward(row) { continue }
-            if case .handover(let node) = event {
-                if await handOver(link, to: node) { moved[link.id] = link }
+            if case .handover(let node) = row.event.flatMap(SessionEvent.init(encoded:)) {
+                let later = rows[(index + 1)...].filter { $0.linkID == link.id }
+                if await handOver(link, to: node, carrying: later) {
+                    carried.formUnion(later.compactMap(\.seq))
+                    moved[link.id] = link
+                }
                 continue
             }
-            if case .fromLink = event {
-                // Sent by the link's client through another node (contract §7).
-                if let message = try? JSONParser.object(row.openBody) { await handle(message: .object(message), from: link) }
-                continue
-            }
-            if let event, !apply(event, to: link) { continue }
-            link.send(OutboundMessage(type: row.type, openBody: row.openBody))
+            deliver(row, to: link)
         }
+        return strays
+    }
+
+    /// Messages held for links that never arrived: a session one would have opened closes back.
+    func dropStrays(_ rows: [RemoteDelivery]) {
+        for row in rows {
+            if case .opened(let stored) = row.event.flatMap(SessionEvent.init(encoded:)) { refuseRemoteSession(stored) }
+        }
+    }
+
+    /// What was read for links before they arrived here, now that they are here.
+    func deliverArrived(_ rows: [RemoteDelivery]) {
+        for row in rows {
+            guard let link = table.link(id: row.linkID) else { continue }
+            if case .handover = row.event.flatMap(SessionEvent.init(encoded:)) { continue }
+            deliver(row, to: link)
+        }
+    }
+
+    /// One message for a link of this node (or one that moved on: it follows it).
+    private func deliver(_ row: RemoteDelivery, to link: Link) {
+        if link.forward(row) { return }
+        let event = row.event.flatMap(SessionEvent.init(encoded:))
+        if case .fromLink = event {
+            // Sent by the link's client through another node (contract §7).
+            if let message = try? JSONParser.object(row.openBody) {
+                switch receive(message: .object(message), from: link) {
+                case .refused, .handled: break
+                case .pending(let work), .alongside(let work): Task { await work() }
+                }
+            }
+            return
+        }
+        if let event, !apply(event, to: link) { return }
+        link.send(OutboundMessage(type: row.type, openBody: row.openBody))
     }
 
     /// Hands `link` to `node`, where its client resumed: what it keeps, and its sessions whose
     /// timers this node kept, are written for that node with the link's new owner in one
     /// transaction; then this node's copies of its sessions reach it there. True once moved.
-    func handOver(_ link: Link, to node: String) async -> Bool {
+    func handOver(_ link: Link, to node: String, carrying later: [RemoteDelivery] = []) async -> Bool {
         guard let fleet = table.fleet, let (record, kept) = link.beginMove() else { return false }
         let sessions = link.sessions
         let rows = Dictionary(sessions.compactMap { session in session.storedRow().map { (session.id, $0) } }) { first, _ in first }
         do throws(StoreError) {
-            guard try await fleet.store.handOver(LinkHandover(link: record, messages: kept, sessions: Array(rows.values)), to: node) else {
+            guard
+                try await fleet.store.handOver(LinkHandover(link: record, messages: kept, sessions: Array(rows.values)), carrying: later, to: node)
+            else {
                 link.abortMove()
                 return false
             }
@@ -126,7 +162,9 @@ extension Switchboard {
         var asked: String?
         while let current = row, table.link(id: current.linkID) == nil, ContinuousClock.now < deadline {
             if current.owner == fleet.node {
-                if let state = try? await fleet.store.liveState(ofLink: current.linkID) { _ = restore(state) }
+                if let state = try? await fleet.store.liveState(ofLink: current.linkID) {
+                    if !(await fleet.arrivals.restore(state)) { _ = restore(state) }
+                }
                 return
             }
             if let owner = current.owner, current.ownerRuns {
@@ -137,7 +175,7 @@ extension Switchboard {
                 try? await Task.sleep(for: .milliseconds(20))
             } else if let taken = try? await fleet.store.takeOverStoppedNodes(), !taken.links.isEmpty {
                 // Its node stopped: this node takes that node's links over now.
-                _ = restore(taken)
+                if !(await fleet.arrivals.restore(taken)) { _ = restore(taken) }
             } else {
                 try? await Task.sleep(for: .milliseconds(50))
             }

@@ -378,19 +378,20 @@ public final class Link: LinkEndpoint {
     /// The link is `remote`'s now: this object ends here without a trace in the store, and
     /// whatever is sent to it (what waited first) goes there.
     func finishMove(to remote: RemoteLink) {
-        let (waiting, timers): ([(OutboundMessage, SessionEvent?)], [Scheduled<Void>]) = state.withLock { state in
-            guard case .underway(let waiting) = state.move else { return ([], []) }
+        let timers: [Scheduled<Void>] = state.withLock { state in
+            guard case .underway(let waiting) = state.move else { return [] }
             state.move = .done(remote)
+            // Under the lock: nothing sent from now on overtakes what waited.
+            for (message, event) in waiting { remote.send(message, event: event) }
             _ = state.machine.end(graceOverAt: nil)
             state.sessions.removeAll()
             defer {
                 state.graceTimer = nil
                 state.leaseTimer = nil
             }
-            return (waiting, [state.graceTimer, state.leaseTimer].compactMap { $0 })
+            return [state.graceTimer, state.leaseTimer].compactMap { $0 }
         }
         for timer in timers { timer.cancel() }
-        for (message, event) in waiting { remote.send(message, event: event) }
     }
 
     /// Passes a message another node queued for this link on to where the link moved; false

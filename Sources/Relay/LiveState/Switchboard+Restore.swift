@@ -50,15 +50,10 @@ extension Switchboard {
         for record in stored.sessions {
             let app = party(record.appLink, principal: record.userID, in: stored)
             let device = party(record.deviceLink, principal: record.deviceID, in: stored)
-            // A copy this node kept for its own party (the other was on the node taken over)
-            // gives way to the session as the store has it, between two links of this node.
-            let copy = table.session(record.id)
-            copy?.discard()
             guard let app, let device,
                 let session = Session(restoring: record, app: app, device: device, setupTimeout: limits.setupTimeout, clock: clock),
                 table.adopt(session)
             else {
-                if let copy { table.remove(copy) }
                 // A party's link did not survive (or the row is unreadable): the session is over;
                 // a party that did survive hears it.
                 liveState?.sessionEnded(record.id)
@@ -82,10 +77,13 @@ extension Switchboard {
         return (links, sessions)
     }
 
-    /// A restored session's party: a link of this node, or one another node serves.
+    /// A restored session's party: a link restored with it, or one served elsewhere. A link
+    /// this node served already is reached through the store too, as its copy of the session
+    /// reaches the restored one: what each party sent before the move and after it takes one
+    /// path, and keeps its order.
     private func party(_ linkID: String, principal: String, in stored: StoredLiveState) -> (any LinkEndpoint)? {
-        if let link = table.link(id: linkID) { return link }
-        guard let fleet = table.fleet, stored.elsewhere[linkID] != nil else { return nil }
+        if stored.links.contains(where: { $0.id == linkID }) { return table.link(id: linkID) }
+        guard let fleet = table.fleet, stored.elsewhere[linkID] != nil || table.link(id: linkID) != nil else { return nil }
         return RemoteLink(id: linkID, principal: principal, outbox: fleet.outbox)
     }
 }

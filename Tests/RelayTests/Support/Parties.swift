@@ -162,9 +162,15 @@ final class PollParty: Party {
     private let lastSeq = Mutex(0)
     private let loop = Mutex<Task<Void, Never>?>(nil)
 
-    /// Waits on `port`; sends to `sendPort` (another node of a fleet) when given.
-    init(port: Int, hello: Hello, sendPort: Int? = nil) {
+    /// Sends with `POST /api/link/send` instead of a poll that carries the messages.
+    private let sendsAlone: Bool
+
+    /// Waits on `port`; sends to `sendPort` (another node of a fleet) when given, with
+    /// `POST /api/link/send` when `sendsAlone` (a poll carries `last_seq` too: two in flight
+    /// at once may ack out of order).
+    init(port: Int, hello: Hello, sendPort: Int? = nil, sendsAlone: Bool = false) {
         self.link = hello
+        self.sendsAlone = sendsAlone
         waiting = HTTPClient(port: port)
         sending = HTTPClient(port: sendPort ?? port)
         let task = Task { [weak self] in
@@ -181,6 +187,10 @@ final class PollParty: Party {
         loop.withLock { $0 = task }
     }
 
+    /// The error that ended the polling loop, if any.
+    var failure: String? { failed.withLock { $0 } }
+    private let failed = Mutex<String?>(nil)
+
     private func poll(with messages: [JSONObject], wait: Bool, client: HTTPClient) async throws {
         let answer = try await client.post(
             "/api/link/poll",
@@ -189,7 +199,10 @@ final class PollParty: Party {
                 "last_seq": lastSeq.withLock { $0 }, "wait": wait, "timeout_ms": 1000,
             ]
         )
-        guard answer.status == .ok else { throw HTTPFailure(answer.status, answer.json) }
+        guard answer.status == .ok else {
+            failed.withLock { $0 = "poll(wait: \(wait)) answered \(answer.status.code) \(answer.json)" }
+            throw HTTPFailure(answer.status, answer.json)
+        }
         for message in answer.json["messages"] as? [JSONObject] ?? [] {
             guard let seq = message["seq"] as? Int else { continue }
             lastSeq.withLock { last in
@@ -202,7 +215,9 @@ final class PollParty: Party {
     }
 
     func send(_ object: JSONObject) async throws {
-        try await poll(with: [object], wait: false, client: sending)
+        guard sendsAlone else { return try await poll(with: [object], wait: false, client: sending) }
+        let sent = try await sending.post("/api/link/send", json: ["link_id": link.linkID, "resume_token": link.resumeToken, "messages": [object]])
+        guard sent.status == .ok else { throw HTTPFailure(sent.status, sent.json) }
     }
 
     func next() async throws -> JSONObject {

@@ -13,6 +13,8 @@ public struct RelayProcess: Sendable {
     public struct DidNotStart: Error, CustomStringConvertible {
         public var log: String
         public var description: String { "the relay did not start: \(log)" }
+
+        public init(log: String) { self.log = log }
     }
 
     /// Starts `binary serve` with exactly `environment` (plus PATH, RELAY_PORT=0, and a store of

@@ -62,6 +62,20 @@ struct TestFleet: Sendable {
         for node in nodes { node.kill() }
     }
 
+    /// Runs `body`; when it fails, what the nodes logged last goes with the failure.
+    func explaining<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch {
+            let logs = nodes.enumerated().map { node, process in
+                process.recentLog.split(separator: "\n").filter { !$0.contains("ServiceLifecycle") && !$0.contains("PostgresNIO") }.suffix(30)
+                    .map { "node \(node): \($0)" }.joined(separator: "\n")
+            }
+            Issue.record("\(error)\n\(logs.joined(separator: "\n"))")
+            throw error
+        }
+    }
+
     /// A node's state as the fleet's table says.
     func state(of node: Int) async throws -> [String] {
         try await server.sql("SELECT state FROM relay_node ORDER BY started_at", database: database).split(separator: "\n").map(String.init)
@@ -233,6 +247,10 @@ struct TestFleet: Sendable {
     @Test func aClientResumesOnAnotherNodeWhileItsOldNodeStillHoldsItsSocket() async throws {
         let fleet = try await TestFleet.start(nodes: 2)
         defer { fleet.stop() }
+        try await fleet.explaining { try await resumeOnAnotherNode(fleet) }
+    }
+
+    func resumeOnAnotherNode(_ fleet: TestFleet) async throws {
         let device = try await fleet.device(on: 1)
         let app = try await fleet.client(0).app("alice")
         let sessionID = try await fleet.client(0).openSession(app: app, device: device, deviceID: "robot-1")

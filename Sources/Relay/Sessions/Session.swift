@@ -37,6 +37,8 @@ public final class Session: Sendable {
         var machine: Machine
         /// The timer armed for the machine's next deadline.
         var timer: Scheduled<Void>?
+        /// Another object stands for the session from now on (`discard`): this one writes nothing.
+        var discarded = false
     }
 
     private let state: Mutex<State>
@@ -88,6 +90,7 @@ public final class Session: Sendable {
     /// timers), or gone once closed (a reserved session is not stored by this).
     func journal(into batch: inout LiveStateBatch, clock: WallClock = WallClock()) {
         state.withLock { state in
+            guard !state.discarded else { return }
             switch state.machine.state {
             case .reserved:
                 return
@@ -213,6 +216,7 @@ public final class Session: Sendable {
 
     /// Closes this copy without a word: another object stands for the session from now on.
     func discard() {
+        state.withLock { $0.discarded = true }
         _ = markClosed(.peerDisconnected, by: .relay)
     }
 

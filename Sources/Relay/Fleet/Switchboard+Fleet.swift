@@ -158,7 +158,7 @@ extension Switchboard {
 
     private func bringHere(_ found: FleetLinkRow, fleet: Fleet) async {
         var row: FleetLinkRow? = found
-        let deadline = ContinuousClock.now + .seconds(3)
+        let deadline = ContinuousClock.now + .seconds(8)
         var asked: String?
         while let current = row, table.link(id: current.linkID) == nil, ContinuousClock.now < deadline {
             if current.owner == fleet.node {

@@ -48,8 +48,8 @@ extension Switchboard {
         var sessions = 0
         let restored = Set(stored.links.map(\.id))
         for record in stored.sessions {
-            let app = party(record.appLink, principal: record.userID, in: stored)
-            let device = party(record.deviceLink, principal: record.deviceID, in: stored)
+            let app = party(record.appLink, principal: record.userID, restored: restored, in: stored)
+            let device = party(record.deviceLink, principal: record.deviceID, restored: restored, in: stored)
             guard let app, let device,
                 let session = Session(restoring: record, app: app, device: device, setupTimeout: limits.setupTimeout, clock: clock),
                 table.adopt(session)
@@ -81,8 +81,8 @@ extension Switchboard {
     /// this node served already is reached through the store too, as its copy of the session
     /// reaches the restored one: what each party sent before the move and after it takes one
     /// path, and keeps its order.
-    private func party(_ linkID: String, principal: String, in stored: StoredLiveState) -> (any LinkEndpoint)? {
-        if stored.links.contains(where: { $0.id == linkID }) { return table.link(id: linkID) }
+    private func party(_ linkID: String, principal: String, restored: Set<String>, in stored: StoredLiveState) -> (any LinkEndpoint)? {
+        if restored.contains(linkID) { return table.link(id: linkID) }
         guard let fleet = table.fleet, stored.elsewhere[linkID] != nil || table.link(id: linkID) != nil else { return nil }
         return RemoteLink(id: linkID, principal: principal, outbox: fleet.outbox)
     }

@@ -20,7 +20,7 @@ final class FleetProcesses: @unchecked Sendable {
         let server = try await PostgresServer.startPrivate()
         let url = try await server.createDatabase()
         let environment = base.merging([
-            "RELAY_DATABASE_URL": url, "RELAY_NODE_HEARTBEAT_MS": "500", "RELAY_SHUTDOWN_DRAIN_S": "3", "RELAY_RESUME_GRACE_S": "30",
+            "RELAY_DATABASE_URL": url, "RELAY_NODE_HEARTBEAT_MS": "1000", "RELAY_SHUTDOWN_DRAIN_S": "3", "RELAY_RESUME_GRACE_S": "30",
         ]) { $1 }
         let ports = try (0..<count).map { _ in try freePort() }
         var nodes: [RelayProcess] = []
@@ -95,6 +95,10 @@ final class FleetProcesses: @unchecked Sendable {
     /// on its port; returns how long the old one took to exit.
     func restart(_ index: Int) async throws -> Duration {
         let old = lock.withLock { nodes[index] }
+        if !old.process.isRunning {
+            let said = old.recentLog.split(separator: "\n").filter { $0.contains(" critical ") || $0.contains(" error ") }.suffix(3)
+            print("  node \(index) had stopped by itself: \(said.joined(separator: " | "))")
+        }
         let started = ContinuousClock.now
         kill(old.process.processIdentifier, SIGTERM)
         _ = try await old.process.exited(within: .seconds(60))

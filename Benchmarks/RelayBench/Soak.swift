@@ -54,13 +54,49 @@ struct Soak: AsyncParsableCommand {
             var next = 0
             while ContinuousClock.now + .seconds(restartEvery) < deadline - .seconds(5) {
                 try? await Task.sleep(for: .seconds(restartEvery))
-                guard let duration = try? await fleet.restart(next % nodes) else { break }
+                guard let duration = try? await fleet.restart(next % nodes) else {
+                    print("  node \(next % nodes) did not start again; no more restarts")
+                    break
+                }
                 took.append(duration)
                 next += 1
             }
             return took
         }
 
+        do {
+            try await runPairs(connector: connector, deadline: deadline, tally: tally)
+        } catch {
+            // The fleet's processes (PostgreSQL, haproxy, the nodes) go with the run.
+            restarts.cancel()
+            await fleet?.stop()
+            throw error
+        }
+        let restarted = await restarts.value
+        let endRSS = relay?.residentKiB ?? fleet?.residentKiB ?? 0
+        await fleet?.stop()
+        let totals = tally.totals
+        if fleet != nil {
+            print("  node restarts: \(restarted.count) (SIGTERM to exit: \(restarted.map { "\(Int($0 / .milliseconds(1))) ms" }.joined(separator: ", ")))")
+        }
+        print(
+            "  drop-and-resume cycles: \(totals.cycles) (\(totals.freshLinks) could not resume, \(totals.refusedConnects) connects refused and tried again)"
+        )
+        print("  messages sent:      \(totals.sent)")
+        print("  messages delivered: \(totals.delivered)")
+        print("  messages lost:      \(totals.sent - totals.delivered)")
+        print("  messages duplicated: \(totals.duplicated)")
+        print("  out of order:       \(totals.outOfOrder)")
+        print("  errors / sessions closed: \(totals.errors) / \(totals.closes)")
+        print("  relay memory (RSS\(fleet == nil ? "" : ", all nodes")): \(startRSS / 1024) MiB at start, \(endRSS / 1024) MiB at end")
+        if totals.sent != totals.delivered || totals.duplicated != 0 || totals.outOfOrder != 0 || totals.errors != 0 || totals.closes != 0 {
+            throw ExitCode(1)
+        }
+    }
+
+    /// Every pair's session, sending and resuming until `deadline`, then checking what arrived.
+    private func runPairs(connector: Connector, deadline: ContinuousClock.Instant, tally: Tally) async throws {
+        let rate = rate
         try await withThrowingTaskGroup(of: Void.self) { group in
             for index in 0..<pairs {
                 group.addTask {
@@ -94,26 +130,6 @@ struct Soak: AsyncParsableCommand {
                 }
             }
             try await group.waitForAll()
-        }
-        let restarted = await restarts.value
-        let endRSS = relay?.residentKiB ?? fleet?.residentKiB ?? 0
-        await fleet?.stop()
-        let totals = tally.totals
-        if fleet != nil {
-            print("  node restarts: \(restarted.count) (SIGTERM to exit: \(restarted.map { "\(Int($0 / .milliseconds(1))) ms" }.joined(separator: ", ")))")
-        }
-        print(
-            "  drop-and-resume cycles: \(totals.cycles) (\(totals.freshLinks) could not resume, \(totals.refusedConnects) connects refused and tried again)"
-        )
-        print("  messages sent:      \(totals.sent)")
-        print("  messages delivered: \(totals.delivered)")
-        print("  messages lost:      \(totals.sent - totals.delivered)")
-        print("  messages duplicated: \(totals.duplicated)")
-        print("  out of order:       \(totals.outOfOrder)")
-        print("  errors / sessions closed: \(totals.errors) / \(totals.closes)")
-        print("  relay memory (RSS\(fleet == nil ? "" : ", all nodes")): \(startRSS / 1024) MiB at start, \(endRSS / 1024) MiB at end")
-        if totals.sent != totals.delivered || totals.duplicated != 0 || totals.outOfOrder != 0 || totals.errors != 0 || totals.closes != 0 {
-            throw ExitCode(1)
         }
     }
 }

@@ -518,6 +518,29 @@ struct TestFleet: Sendable {
         await app.vanish()
         await device.vanish()
     }
+
+    @Test func aSessionsSetUpTimeoutStillFiresWhenTheNodeRunningItsTimersIsKilled() async throws {
+        let fleet = try await TestFleet.start(nodes: 2, ["RELAY_SETUP_TIMEOUT_S": "3"])
+        defer { fleet.stop() }
+        try await fleet.explaining {
+            // The device's node runs the session's timers; the app is on the other node.
+            let device = try await fleet.device(on: 1)
+            let app = try await fleet.client(0).app("alice")
+            let requested = ContinuousClock.now
+            let sessionID = try await fleet.client(0).openSession(app: app, device: device, deviceID: "robot-1")
+            _ = try await eventually("the session's row to be written") { () -> Bool? in
+                try await fleet.server.sql("SELECT ttl_seconds > 0 FROM relay_session WHERE session_id = '\(sessionID)'", database: fleet.database) == "t" ? true : nil
+            }
+            await fleet.nodes[1].killed()
+            // Nobody answers: the node that took the device's link over closes the session when
+            // its set-up time is up, and the app hears why.
+            let closed = try await RestartTests.next("webrtc_close", on: app)
+            #expect(closed["session_id"] as? String == sessionID)
+            #expect(closed["reason"] as? String == "setup_timeout")
+            let took = ContinuousClock.now - requested
+            #expect(took >= .seconds(3) && took < .seconds(8), "closed after \(took)")
+        }
+    }
 }
 
 extension TestSocket {

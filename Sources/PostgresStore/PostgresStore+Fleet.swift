@@ -339,26 +339,15 @@ extension PostgresStore: FleetStore {
     public func liveState(ofLink linkID: String) async throws(StoreError) -> StoredLiveState? {
         let node = node
         return try await transaction("reading a link handed over") { connection -> StoredLiveState? in
-            var links: [StoredLink] = []
-            for try await (id, hash, party, principal, validUntil, expiresAt, devices) in try await connection.query(
-                """
-                SELECT link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices
-                FROM relay_link WHERE link_id = \(linkID) AND owner_node = \(node)
-                """,
-                logger: self.logger
-            ).decode((String, Data, String, String, Double?, Double?, [String]?).self) {
-                links.append(
-                    StoredLink(
-                        id: id,
-                        tokenHash: [UInt8](hash),
-                        party: party,
-                        principal: principal,
-                        tokenValidUntil: validUntil,
-                        tokenExpiresAt: expiresAt,
-                        tokenDevices: devices
-                    )
+            let links = try await self.storedLinks(
+                connection.query(
+                    """
+                    SELECT link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices
+                    FROM relay_link WHERE link_id = \(linkID) AND owner_node = \(node)
+                    """,
+                    logger: self.logger
                 )
-            }
+            )
             guard !links.isEmpty else { return nil }
             return try await self.liveState(of: links, on: connection)
         }
@@ -520,25 +509,31 @@ extension PostgresStore: FleetStore {
                     logger: self.logger
                 )
             }
-            var stored: [StoredLink] = []
-            for try await (id, hash, party, principal, validUntil, expiresAt, devices) in links.decode(
-                (String, Data, String, String, Double?, Double?, [String]?).self
-            ) {
-                stored.append(
-                    StoredLink(
-                        id: id,
-                        tokenHash: [UInt8](hash),
-                        party: party,
-                        principal: principal,
-                        tokenValidUntil: validUntil,
-                        tokenExpiresAt: expiresAt,
-                        tokenDevices: devices
-                    )
-                )
-            }
+            let stored = try await self.storedLinks(links)
             guard !stored.isEmpty else { return empty }
             return try await self.liveState(of: stored, on: connection)
         }
+    }
+
+    /// Links read as `link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices`.
+    private func storedLinks(_ rows: PostgresRowSequence) async throws -> [StoredLink] {
+        var links: [StoredLink] = []
+        for try await (id, hash, party, principal, validUntil, expiresAt, devices) in rows.decode(
+            (String, Data, String, String, Double?, Double?, [String]?).self
+        ) {
+            links.append(
+                StoredLink(
+                    id: id,
+                    tokenHash: [UInt8](hash),
+                    party: party,
+                    principal: principal,
+                    tokenValidUntil: validUntil,
+                    tokenExpiresAt: expiresAt,
+                    tokenDevices: devices
+                )
+            )
+        }
+        return links
     }
 
     /// The kept messages of `links`, the sessions they take part in, and where those sessions'

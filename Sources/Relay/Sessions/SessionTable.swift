@@ -92,6 +92,7 @@ final class LocalSessionTable: SessionTable {
     {
         let id = Session.makeID()
         let device: any LinkEndpoint
+        var deviceNode = node
         if let fleet {
             // The fleet's rule, in one transaction of the shared store.
             switch try await fleet.store.reserveSession(
@@ -107,6 +108,7 @@ final class LocalSessionTable: SessionTable {
             case .appLimit: return .failure(.appLimit(limit: limits.maxPerApp))
             case .reserved(let link) where link.node != fleet.node:
                 device = RemoteLink(id: link.linkID, principal: deviceID, outbox: fleet.outbox)
+                deviceNode = NodeID(rawValue: link.node)
             case .reserved(let link):
                 guard let local = links[link.linkID] else {
                     try? await fleet.store.forgetSession(id)
@@ -118,7 +120,7 @@ final class LocalSessionTable: SessionTable {
                 record = SessionRecord(
                     id: id,
                     app: app.address,
-                    device: LinkAddress(node: NodeID(rawValue: fleet.node), linkID: device.id),
+                    device: LinkAddress(node: deviceNode, linkID: device.id),
                     userID: app.principal,
                     deviceID: deviceID,
                     phase: .reserved

@@ -163,7 +163,7 @@ public final class PostgresServer: Sendable {
     }
 
     /// A loopback port nothing listens on now.
-    private static func freePort() throws -> Int {
+    public static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()

@@ -15,8 +15,11 @@ final class FleetProcesses: @unchecked Sendable {
     private let server: PostgresServer
     private let proxy: ChildProcess
     private let directory: URL
+    /// Where each node's log goes when it is replaced or the fleet stops (nil: nowhere).
+    private let logs: URL?
+    private var written = 0
 
-    static func start(count: Int, binary: URL, environment base: [String: String]) async throws -> FleetProcesses {
+    static func start(count: Int, binary: URL, environment base: [String: String], logs: URL? = nil) async throws -> FleetProcesses {
         let server = try await PostgresServer.startPrivate()
         let url = try await server.createDatabase()
         let environment = base.merging([
@@ -67,7 +70,8 @@ final class FleetProcesses: @unchecked Sendable {
             binary: binary,
             server: server,
             proxy: proxy,
-            directory: directory
+            directory: directory,
+            logs: logs
         )
     }
 
@@ -79,7 +83,8 @@ final class FleetProcesses: @unchecked Sendable {
         binary: URL,
         server: PostgresServer,
         proxy: ChildProcess,
-        directory: URL
+        directory: URL,
+        logs: URL?
     ) {
         self.nodes = nodes
         self.ports = ports
@@ -89,6 +94,18 @@ final class FleetProcesses: @unchecked Sendable {
         self.server = server
         self.proxy = proxy
         self.directory = directory
+        self.logs = logs
+    }
+
+    /// Keeps what a node logged (its last 64 KiB) in `logs`, named by its port and incarnation.
+    private func keepLog(of node: RelayProcess) {
+        guard let logs else { return }
+        let name = lock.withLock { () -> String in
+            written += 1
+            return "node-\(node.port)-\(written).log"
+        }
+        try? FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
+        try? node.recentLog.write(to: logs.appendingPathComponent(name), atomically: true, encoding: .utf8)
     }
 
     /// Stops node `index` gracefully (SIGTERM: `go_away`, drain, exit) and starts a new process
@@ -103,6 +120,7 @@ final class FleetProcesses: @unchecked Sendable {
         kill(old.process.processIdentifier, SIGTERM)
         _ = try await old.process.exited(within: .seconds(60))
         let took = ContinuousClock.now - started
+        keepLog(of: old)
         let fresh = try await RelayProcess.start(binary: binary, environment: environment.merging(["RELAY_PORT": String(ports[index])]) { $1 })
         lock.withLock { nodes[index] = fresh }
         return took
@@ -111,7 +129,10 @@ final class FleetProcesses: @unchecked Sendable {
     var residentKiB: Int { lock.withLock { nodes.reduce(0) { $0 + ($1.residentKiB ?? 0) } } }
 
     func stop() async {
-        for node in lock.withLock({ nodes }) { await node.killed() }
+        for node in lock.withLock({ nodes }) {
+            await node.killed()
+            keepLog(of: node)
+        }
         kill(proxy.processIdentifier, SIGKILL)
         _ = try? await proxy.exited()
         await server.shutdown()

@@ -212,6 +212,8 @@ func relayBinary(_ extra: [String: String] = [:]) -> (URL, [String: String]) {
         "RELAY_RATE_BURST": "100000",
         "RELAY_RATE_PER_S": "100000",
     ]
+    // The relays log at the level the bench runs with, if one is set.
+    if let level = ProcessInfo.processInfo.environment["RELAY_LOG_LEVEL"] { environment["RELAY_LOG_LEVEL"] = level }
     environment.merge(extra) { _, new in new }
     return (binary, environment)
 }

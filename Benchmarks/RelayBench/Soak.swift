@@ -17,6 +17,8 @@ struct Soak: AsyncParsableCommand {
     @Option(help: "Messages each side sends per second.") var rate = 50
     @Option(help: "Relay nodes (more than 1: a fleet on PostgreSQL behind haproxy).") var nodes = 1
     @Option(help: "With a fleet: restart a node (SIGTERM, then a new process) every this many seconds; 0 never.") var restartEvery = 0
+    @Option(help: "With a fleet: a folder to keep each node process's last log lines in.") var logs: String?
+    @Flag(help: "Print each loss, duplicate and restart as it happens, with the time.") var verbose = false
 
     func run() async throws {
         quietLogging()
@@ -27,7 +29,8 @@ struct Soak: AsyncParsableCommand {
         let connector: Connector
         if nodes > 1 {
             let (binary, environment) = relayBinary(limits)
-            fleet = try await FleetProcesses.start(count: nodes, binary: binary, environment: environment)
+            fleet = try await FleetProcesses.start(
+                count: nodes, binary: binary, environment: environment, logs: logs.map { URL(fileURLWithPath: $0) })
             relay = nil
             connector = Connector(port: fleet!.proxyPort, environment: environment)
         } else {
@@ -54,11 +57,16 @@ struct Soak: AsyncParsableCommand {
             var next = 0
             while ContinuousClock.now + .seconds(restartEvery) < deadline - .seconds(5) {
                 try? await Task.sleep(for: .seconds(restartEvery))
-                guard let duration = try? await fleet.restart(next % nodes) else {
-                    print("  node \(next % nodes) did not start again; no more restarts")
+                let duration: Duration
+                if verbose { print("  \(soakClock()) node \(next % nodes) stopping") }
+                do {
+                    duration = try await fleet.restart(next % nodes)
+                } catch {
+                    print("  node \(next % nodes) did not start again (\(error)); no more restarts")
                     break
                 }
                 took.append(duration)
+                if verbose { print("  \(soakClock()) node \(next % nodes) restarted") }
                 next += 1
             }
             return took
@@ -86,7 +94,7 @@ struct Soak: AsyncParsableCommand {
         print("  messages delivered: \(totals.delivered)")
         print("  messages lost:      \(totals.sent - totals.delivered)")
         print("  messages duplicated: \(totals.duplicated)")
-        print("  out of order:       \(totals.outOfOrder)")
+        print("  out of order:       \(totals.outOfOrder) (delivered after a later one)")
         print("  errors / sessions closed: \(totals.errors) / \(totals.closes)")
         print("  relay memory (RSS\(fleet == nil ? "" : ", all nodes")): \(startRSS / 1024) MiB at start, \(endRSS / 1024) MiB at end")
         if totals.sent != totals.delivered || totals.duplicated != 0 || totals.outOfOrder != 0 || totals.errors != 0 || totals.closes != 0 {
@@ -96,7 +104,7 @@ struct Soak: AsyncParsableCommand {
 
     /// Every pair's session, sending and resuming until `deadline`, then checking what arrived.
     private func runPairs(connector: Connector, deadline: ContinuousClock.Instant, tally: Tally) async throws {
-        let rate = rate
+        let (rate, verbose) = (rate, verbose)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for index in 0..<pairs {
                 group.addTask {
@@ -110,10 +118,10 @@ struct Soak: AsyncParsableCommand {
                     let offer = try await app.next("webrtc_offer")
                     try app.send(["type": "webrtc_answer", "session_id": sessionID, "sdp": "v=0 answer"])
                     let answer = try await device.next("webrtc_answer")
-                    let appSide = Side(name: "app", socket: app, lastSeq: offer["seq"] as! Int) { resume in
+                    let appSide = Side(name: "pair \(index) app", verbose: verbose, socket: app, lastSeq: offer["seq"] as! Int) { resume in
                         try await connector.app("soak-user-\(index)", devices: ["soak-robot-\(index)"], resume: resume)
                     }
-                    let deviceSide = Side(name: "device", socket: device, lastSeq: answer["seq"] as! Int) { resume in
+                    let deviceSide = Side(name: "pair \(index) device", verbose: verbose, socket: device, lastSeq: answer["seq"] as! Int) { resume in
                         try await connector.device("soak-robot-\(index)", resume: resume)
                     }
                     async let appReading: Void = appSide.readLoop(tally: tally)
@@ -124,6 +132,12 @@ struct Soak: AsyncParsableCommand {
                     // Both stopped sending; each waits until the other's last message is in.
                     await appSide.waitForEverything(from: deviceSide)
                     await deviceSide.waitForEverything(from: appSide)
+                    if verbose {
+                        for (side, other) in [(appSide, deviceSide), (deviceSide, appSide)] {
+                            let missing = side.missing(upTo: other.sentCount - 1)
+                            if !missing.isEmpty { print("  \(side.name) never received \(missing.map(String.init).joined(separator: ", "))") }
+                        }
+                    }
                     appSide.finish()
                     deviceSide.finish()
                     _ = try await (appReading, deviceReading)
@@ -162,14 +176,18 @@ final class Tally: Sendable {
 /// and resumes with the last `seq` it processed; a reader task processes whatever arrives.
 final class Side: Sendable {
     let name: String
+    let verbose: Bool
     let reconnect: @Sendable (String) async throws -> TestSocket
 
     private struct State {
         var socket: TestSocket
         var lastSeq: Int
         var sentCount = 0
-        /// Highest number received from the other side, in order.
+        /// Every number up to this one was received from the other side.
         var received = -1
+        /// Numbers received above `received`, and the highest received.
+        var ahead = Set<Int>()
+        var highest = -1
         /// The relay said `go_away`: the next drop comes at once.
         var goAway = false
     }
@@ -182,8 +200,9 @@ final class Side: Sendable {
     private let drained: AsyncStream<Void>
     private let drainedInput: AsyncStream<Void>.Continuation
 
-    init(name: String, socket: TestSocket, lastSeq: Int, reconnect: @escaping @Sendable (String) async throws -> TestSocket) {
+    init(name: String, verbose: Bool = false, socket: TestSocket, lastSeq: Int, reconnect: @escaping @Sendable (String) async throws -> TestSocket) {
         self.name = name
+        self.verbose = verbose
         self.reconnect = reconnect
         self.state = Mutex(State(socket: socket, lastSeq: lastSeq))
         (sockets, socketsInput) = AsyncStream.makeStream(of: TestSocket.self, bufferingPolicy: .bufferingOldest(4))
@@ -216,6 +235,7 @@ final class Side: Sendable {
             // last message the reader processed.
             socket.close()
             _ = await drainedSockets.next()
+            if verbose { print("  \(soakClock()) \(name) closed its socket") }
             try await Task.sleep(for: .milliseconds(Int.random(in: 50...400)))
             let lastSeq = state.withLock { $0.lastSeq }
             // A node going away refuses new links (503, Retry-After) until the balancer takes
@@ -227,6 +247,7 @@ final class Side: Sendable {
                     fresh = try await reconnect("&resume_token=\(socket.hello["resume_token"] as! String)&last_seq=\(lastSeq)")
                     break
                 } catch where attempt < 25 {
+                    if verbose { print("  \(soakClock()) \(name) could not connect: \(error)") }
                     attempt += 1
                     tally.add { $0.refusedConnects += 1 }
                     try await Task.sleep(for: .milliseconds(200))
@@ -235,6 +256,12 @@ final class Side: Sendable {
             tally.add {
                 $0.cycles += 1
                 if fresh.hello["resumed"] as? Bool != true { $0.freshLinks += 1 }
+            }
+            // A fresh link numbers its messages from the start.
+            if fresh.hello["resumed"] as? Bool != true { state.withLock { $0.lastSeq = 0 } }
+            if verbose {
+                let sent = state.withLock { $0.sentCount }
+                print("  \(soakClock()) \(name) resumed (\(fresh.hello["resumed"] ?? "-")) from seq \(lastSeq) after \(attempt) refusals, next to send \(sent)")
             }
             state.withLock {
                 $0.socket = fresh
@@ -262,7 +289,9 @@ final class Side: Sendable {
             if let ack { try? socket.send(["type": "ack", "seq": ack]) }
         }
         switch message["type"] as? String {
-        case "go_away": state.withLock { $0.goAway = true }
+        case "go_away":
+            state.withLock { $0.goAway = true }
+            if verbose { print("  \(soakClock()) \(name) go_away at seq \(message["seq"] ?? "-")") }
         case "error": tally.add { $0.errors += 1 }
         case "webrtc_close": tally.add { $0.closes += 1 }
         default: break
@@ -271,17 +300,22 @@ final class Side: Sendable {
             let candidate = (message["candidate"] as? JSONObject)?["candidate"] as? String,
             let number = Int(candidate.dropFirst("candidate:".count))
         else { return }
-        state.withLock { state in
-            if number == state.received + 1 {
-                state.received = number
-                tally.add { $0.delivered += 1 }
-            } else if number <= state.received {
+        let said = state.withLock { state -> String? in
+            if number <= state.received || state.ahead.contains(number) {
                 tally.add { $0.duplicated += 1 }
-            } else {
-                tally.add { $0.outOfOrder += 1 }
-                state.received = number
+                return "\(number) again (seq \(message["seq"] ?? "-"))"
             }
+            tally.add { $0.delivered += 1 }
+            let late = number < state.highest
+            let highest = state.highest
+            state.highest = max(state.highest, number)
+            state.ahead.insert(number)
+            while state.ahead.remove(state.received + 1) != nil { state.received += 1 }
+            guard late else { return nil }
+            tally.add { $0.outOfOrder += 1 }
+            return "\(number) after \(highest) (seq \(message["seq"] ?? "-"))"
         }
+        if verbose, let said { print("  \(soakClock()) \(name) received \(said)") }
     }
 
     /// Waits (up to 15 s) until the other side's last message has been processed here.
@@ -293,9 +327,25 @@ final class Side: Sendable {
         }
     }
 
+    /// The numbers up to `last` the other side sent that never arrived here.
+    func missing(upTo last: Int) -> [Int] {
+        state.withLock { state in
+            guard state.received < last else { return [] }
+            return (state.received + 1...last).filter { !state.ahead.contains($0) }
+        }
+    }
+
     /// Ends the run: the current socket closes and the reader stops after it.
     func finish() {
         state.withLock { $0.socket }.close()
         socketsInput.finish()
     }
+}
+
+/// Wall-clock time of day with milliseconds, to line the soak's events up with the relays' logs.
+func soakClock() -> String {
+    let formatter = DateFormatter()
+    formatter.dateFormat = "HH:mm:ss.SSS"
+    formatter.timeZone = TimeZone(identifier: "UTC")
+    return formatter.string(from: Date())
 }

@@ -245,7 +245,7 @@ extension PostgresStore: FleetStore {
             try await self.linkRow(
                 self.client.query(
                     """
-                    SELECT l.link_id, l.party, l.principal, l.owner_node, coalesce(n.state IN ('serving', 'draining'), false)
+                    SELECT l.link_id, l.party, l.principal, l.owner_node, coalesce(n.state IN ('serving', 'draining'), false), l.owner_epoch
                     FROM relay_link l LEFT JOIN relay_node n ON n.node_id = l.owner_node WHERE l.token_hash = \(hash)
                     """,
                     logger: self.logger
@@ -259,7 +259,7 @@ extension PostgresStore: FleetStore {
             try await self.linkRow(
                 self.client.query(
                     """
-                    SELECT l.link_id, l.party, l.principal, l.owner_node, coalesce(n.state IN ('serving', 'draining'), false)
+                    SELECT l.link_id, l.party, l.principal, l.owner_node, coalesce(n.state IN ('serving', 'draining'), false), l.owner_epoch
                     FROM relay_link l LEFT JOIN relay_node n ON n.node_id = l.owner_node WHERE l.link_id = \(linkID)
                     """,
                     logger: self.logger
@@ -270,14 +270,14 @@ extension PostgresStore: FleetStore {
 
     private func linkRow(_ rows: PostgresRowSequence) async throws -> FleetLinkRow? {
         var row: FleetLinkRow?
-        for try await (id, party, principal, owner, runs) in rows.decode((String, String, String, String?, Bool).self) {
-            row = FleetLinkRow(linkID: id, party: party, principal: principal, owner: owner, ownerRuns: runs)
+        for try await (id, party, principal, owner, runs, epoch) in rows.decode((String, String, String, String?, Bool, Int64).self) {
+            row = FleetLinkRow(linkID: id, party: party, principal: principal, owner: owner, ownerRuns: runs, epoch: epoch)
         }
         return row
     }
 
-    public func requestHandover(of linkID: String, from owner: String) async throws(StoreError) {
-        let event = "{\"handover\":\"\(node)\"}"
+    public func requestHandover(of linkID: String, from owner: String, epoch: Int64) async throws(StoreError) {
+        let event = "{\"handover\":\"\(node)\",\"epoch\":\(epoch)}"
         try await call("asking for a link") {
             try await self.client.query(
                 "INSERT INTO relay_inbox (node_id, link_id, type, body, event) VALUES (\(owner), \(linkID), 'handover', '', \(event))",
@@ -433,37 +433,38 @@ extension PostgresStore: FleetStore {
         let candidates = try await call("looking for stopped nodes") {
             try await self.client.query(
                 """
-                SELECT n.node_id, n.lock_key, \(unescaped: held) AS held,
-                    n.state = 'stopped' OR (\(mayFast) AND NOT \(unescaped: held) AND n.heartbeat_at < now() - make_interval(secs => \(fastSeconds)))
-                        OR (\(maySlow) AND n.heartbeat_at < now() - make_interval(secs => \(slowSeconds))) AS stopped
+                SELECT n.node_id, n.lock_key, \(unescaped: held) AS held, n.state = 'stopped' AS said,
+                    \(mayFast) AND NOT \(unescaped: held) AND n.heartbeat_at < now() - make_interval(secs => \(fastSeconds)) AS killed,
+                    \(maySlow) AND n.heartbeat_at < now() - make_interval(secs => \(slowSeconds)) AS silent
                 FROM relay_node n WHERE n.state <> 'dead' AND n.node_id <> \(node)
                 """,
                 logger: self.logger
-            ).collect().map { try $0.decode((String, Int64, Bool, Bool).self) }
+            ).collect().map { try $0.decode((String, Int64, Bool, Bool, Bool, Bool).self) }
         }
         var taken = StoredLiveState(links: [], messages: [:], sessions: [])
         var undecided = 0
-        for (dead, lockKey, isHeld, stopped) in candidates {
-            guard stopped else {
-                if !isHeld { undecided += 1 }
-                continue
-            }
-            if isHeld {
-                // Silent past the slow bound yet holding its lock: hung, or paused. Its
-                // connection is ended so the lock frees; the next pass takes it over.
+        for (dead, lockKey, isHeld, said, killed, silent) in candidates {
+            if said || killed {
+                // Its lock is free (a stopped node's may be a moment longer; another taker may
+                // hold it for its transaction): whoever gets it takes the links.
+                let links = try await takeOver(dead, lockKey: lockKey, orphansToo: false)
+                if links.links.isEmpty, said { undecided += 1 }
+                taken.merge(links)
+            } else if silent {
+                // Silent past the slow bound yet holding its lock: hung, or paused. Its own
+                // connection is ended (never a taker's) so the lock frees; the next pass takes
+                // it over.
                 _ = try? await call("ending a hung node's connection") {
                     try await self.client.query(
-                        """
-                        SELECT pg_terminate_backend(l.pid) FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                            AND ((l.classid::bigint << 32) | l.objid::bigint) = \(lockKey)
-                        """,
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = \("relay-node-\(dead)")",
                         logger: self.logger
                     ).collect()
                 }
                 undecided += 1
-                continue
+            } else if !isHeld {
+                // Killed a moment ago, or cut off and about to take its lock again.
+                undecided += 1
             }
-            taken.merge(try await takeOver(dead, lockKey: lockKey, orphansToo: false))
         }
         if orphansToo { taken.merge(try await takeOver(nil, lockKey: nil, orphansToo: true)) }
         await announce(Set(taken.links.filter { $0.party == "device" }.map(\.principal)))

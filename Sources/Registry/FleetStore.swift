@@ -43,13 +43,16 @@ public struct FleetLinkRow: Sendable, Equatable {
     public var owner: String?
     /// That node runs (serving or draining); false once it stopped or was declared dead.
     public var ownerRuns: Bool
+    /// Counts the link's moves between nodes: a request for it names the move it saw.
+    public var epoch: Int64
 
-    public init(linkID: String, party: String, principal: String, owner: String?, ownerRuns: Bool) {
+    public init(linkID: String, party: String, principal: String, owner: String?, ownerRuns: Bool, epoch: Int64 = 0) {
         self.linkID = linkID
         self.party = party
         self.principal = principal
         self.owner = owner
         self.ownerRuns = ownerRuns
+        self.epoch = epoch
     }
 }
 
@@ -137,8 +140,9 @@ public protocol FleetStore: Sendable {
     /// The link whose resume token hashes to `tokenHash`, or with id `linkID`.
     func link(tokenHash: [UInt8]) async throws(StoreError) -> FleetLinkRow?
     func link(id linkID: String) async throws(StoreError) -> FleetLinkRow?
-    /// Asks `owner` (through its inbox) to hand `linkID` over to this node.
-    func requestHandover(of linkID: String, from owner: String) async throws(StoreError)
+    /// Asks `owner` (through its inbox) to hand `linkID` over to this node, as it was at
+    /// `epoch` (a request that comes after the link moved on is stale).
+    func requestHandover(of linkID: String, from owner: String, epoch: Int64) async throws(StoreError)
     /// Hands a link of this node to `node`: its row, kept messages and sessions as given, the
     /// messages queued for it here, and `carried` (read from this node's inbox but not
     /// delivered: they go back in their places); false when the link is no longer this node's.

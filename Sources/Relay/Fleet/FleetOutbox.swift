@@ -15,6 +15,19 @@ final class FleetOutbox: Service, Sendable {
         var dropped = 0
         var failures = 0
         var failing: String?
+        /// Messages queued since start, and of those the ones written or dropped.
+        var queued = 0
+        var done = 0
+        /// Who waits for everything queued before a point (that point's `queued`) to be done.
+        var waiting: [(upTo: Int, continuation: CheckedContinuation<Void, Never>)] = []
+
+        /// `count` more messages are done; returns whoever waited for them.
+        mutating func finish(_ count: Int) -> [CheckedContinuation<Void, Never>] {
+            done += count
+            let ready = waiting.filter { $0.upTo <= done }.map(\.continuation)
+            waiting.removeAll { $0.upTo <= done }
+            return ready
+        }
     }
 
     private let store: any FleetStore
@@ -30,14 +43,39 @@ final class FleetOutbox: Service, Sendable {
     }
 
     func send(_ delivery: RemoteDelivery) {
-        pending.withLock { pending in
+        let ready = pending.withLock { pending -> [CheckedContinuation<Void, Never>] in
             pending.rows.append(delivery)
-            if pending.rows.count > capacity {
-                pending.rows.removeFirst()
-                pending.dropped += 1
-            }
+            pending.queued += 1
+            guard pending.rows.count > capacity else { return [] }
+            pending.rows.removeFirst()
+            pending.dropped += 1
+            return pending.finish(1)
         }
+        for continuation in ready { continuation.resume() }
         wake.raise()
+    }
+
+    /// Returns once every message queued before the call is written (or dropped), or after
+    /// `bound` while the store refuses them. A link handed to another node waits for this
+    /// first: what its client sent here reaches the other party before what it sends there.
+    func written(within bound: Duration = .seconds(2)) async {
+        let timer = Task {
+            guard (try? await Task.sleep(for: bound)) != nil else { return }
+            let all = pending.withLock { pending in
+                defer { pending.waiting.removeAll() }
+                return pending.waiting.map(\.continuation)
+            }
+            for continuation in all { continuation.resume() }
+        }
+        defer { timer.cancel() }
+        await withCheckedContinuation { continuation in
+            let ready = pending.withLock { pending in
+                if pending.done >= pending.queued { return true }
+                pending.waiting.append((pending.queued, continuation))
+                return false
+            }
+            if ready { continuation.resume() }
+        }
     }
 
     /// Messages dropped because the store refused them for too long, since start.
@@ -72,25 +110,30 @@ final class FleetOutbox: Service, Sendable {
         guard !rows.isEmpty else { return }
         do {
             try await store.send(rows)
-            let recovered = pending.withLock { pending in
+            let (recovered, ready) = pending.withLock { pending in
                 defer {
                     pending.failures = 0
                     pending.failing = nil
                 }
-                return pending.failures > 0
+                return (pending.failures > 0, pending.finish(rows.count))
             }
+            for continuation in ready { continuation.resume() }
             if recovered { logger.info("Sending messages to other nodes works again") }
         } catch {
-            let first = pending.withLock { pending in
+            let (first, ready) = pending.withLock { pending in
                 pending.rows = rows + pending.rows
+                var ready: [CheckedContinuation<Void, Never>] = []
                 if pending.rows.count > capacity {
-                    pending.dropped += pending.rows.count - capacity
-                    pending.rows.removeFirst(pending.rows.count - capacity)
+                    let over = pending.rows.count - capacity
+                    pending.dropped += over
+                    pending.rows.removeFirst(over)
+                    ready = pending.finish(over)
                 }
                 pending.failures += 1
                 pending.failing = error.description
-                return pending.failures == 1
+                return (pending.failures == 1, ready)
             }
+            for continuation in ready { continuation.resume() }
             if first { logger.error("Sending messages to other nodes failed; will retry", metadata: ["messages": "\(rows.count)", "error": "\(error)"]) }
         }
     }

@@ -123,13 +123,13 @@ final class FleetService: Service, Sendable {
             do {
                 var rows: [RemoteDelivery]
                 repeat {
-                    arrive(&strays)
+                    await arrive(&strays)
                     rows = try await fleet.store.takeInbox(limit: 1000)
                     for stray in await switchboard.deliver(rows) {
                         strays[stray.linkID, default: (.now, [])].rows.append(stray)
                     }
                 } while rows.count == 1000
-                arrive(&strays)
+                await arrive(&strays)
                 if failing { logger.info("Reading messages from other nodes works again") }
                 failing = false
             } catch {
@@ -137,16 +137,18 @@ final class FleetService: Service, Sendable {
                 failing = true
             }
             for (id, held) in strays where ContinuousClock.now - held.since >= .seconds(5) {
+                logger.warning("Dropped messages for a link that never arrived", metadata: ["link.id": "\(id)", "messages": "\(held.rows.count)"])
                 switchboard.dropStrays(held.rows)
                 strays[id] = nil
             }
         }
-        arrive(&strays)
+        await arrive(&strays)
         fleet.arrivals.close()
     }
 
-    /// Restores the links that arrived, then hands them what was read for them before.
-    private func arrive(_ strays: inout [String: (since: ContinuousClock.Instant, rows: [RemoteDelivery])]) {
+    /// Restores the links that arrived, then hands them what was read for them before (a
+    /// request for one from another node included: it moves on at once).
+    private func arrive(_ strays: inout [String: (since: ContinuousClock.Instant, rows: [RemoteDelivery])]) async {
         for (state, continuation) in fleet.arrivals.take() {
             let restored = switchboard.restore(state)
             if restored.links > 0 {
@@ -154,7 +156,7 @@ final class FleetService: Service, Sendable {
             }
             for link in state.links {
                 guard let held = strays.removeValue(forKey: link.id) else { continue }
-                switchboard.deliverArrived(held.rows)
+                _ = await switchboard.deliver(held.rows)
             }
             continuation.resume(returning: true)
         }

@@ -50,8 +50,9 @@ enum SessionEvent: Sendable, Equatable {
     case answered(sessionID: String)
     case closed(sessionID: String, reason: String, by: String)
     case replaced
-    /// The link's client resumed on node `to`: hand the link over.
-    case handover(to: String)
+    /// The link's client resumed on node `to`: hand the link over, unless it moved since the
+    /// request (its `epoch` then is newer than the request's).
+    case handover(to: String, epoch: Int64)
     /// A message the link's client sent through another node (`POST /api/link/send`).
     case fromLink
     /// End the session, telling both parties (an operator asked on another node).
@@ -63,6 +64,7 @@ enum SessionEvent: Sendable, Equatable {
         var closed: [String]?
         var replaced: Bool?
         var handover: String?
+        var epoch: Int64?
         var ending: [String]?
         var fromLink: Bool?
     }
@@ -74,7 +76,9 @@ enum SessionEvent: Sendable, Equatable {
         case .answered(let id): wire.answered = id
         case .closed(let id, let reason, let by): wire.closed = [id, reason, by]
         case .replaced: wire.replaced = true
-        case .handover(let node): wire.handover = node
+        case .handover(let node, let epoch):
+            wire.handover = node
+            wire.epoch = epoch
         case .ending(let id, let reason): wire.ending = [id, reason]
         case .fromLink: wire.fromLink = true
         }
@@ -92,7 +96,7 @@ enum SessionEvent: Sendable, Equatable {
         } else if wire.replaced == true {
             self = .replaced
         } else if let node = wire.handover {
-            self = .handover(to: node)
+            self = .handover(to: node, epoch: wire.epoch ?? -1)
         } else if let ending = wire.ending, ending.count == 2 {
             self = .ending(sessionID: ending[0], reason: ending[1])
         } else if wire.fromLink == true {

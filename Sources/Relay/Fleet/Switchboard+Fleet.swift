@@ -22,9 +22,9 @@ extension Switchboard {
                 strays.append(row)
                 continue
             }
-            if case .handover(let node) = row.event.flatMap(SessionEvent.init(encoded:)) {
+            if case .handover(let node, let epoch) = row.event.flatMap(SessionEvent.init(encoded:)) {
                 let later = rows[(index + 1)...].filter { $0.linkID == link.id }
-                if await handOver(link, to: node, carrying: later) {
+                if await handOver(link, to: node, asked: epoch, carrying: later) {
                     carried.formUnion(later.compactMap(\.seq))
                     moved[link.id] = link
                 }
@@ -39,15 +39,6 @@ extension Switchboard {
     func dropStrays(_ rows: [RemoteDelivery]) {
         for row in rows {
             if case .opened(let stored) = row.event.flatMap(SessionEvent.init(encoded:)) { refuseRemoteSession(stored) }
-        }
-    }
-
-    /// What was read for links before they arrived here, now that they are here.
-    func deliverArrived(_ rows: [RemoteDelivery]) {
-        for row in rows {
-            guard let link = table.link(id: row.linkID) else { continue }
-            if case .handover = row.event.flatMap(SessionEvent.init(encoded:)) { continue }
-            deliver(row, to: link)
         }
     }
 
@@ -72,8 +63,21 @@ extension Switchboard {
     /// Hands `link` to `node`, where its client resumed: what it keeps, and its sessions whose
     /// timers this node kept, are written for that node with the link's new owner in one
     /// transaction; then this node's copies of its sessions reach it there. True once moved.
-    func handOver(_ link: Link, to node: String, carrying later: [RemoteDelivery] = []) async -> Bool {
-        guard let fleet = table.fleet, let (record, kept) = link.beginMove() else { return false }
+    func handOver(_ link: Link, to node: String, asked epoch: Int64? = nil, carrying later: [RemoteDelivery] = []) async -> Bool {
+        // A request this node made itself came back with the links it took over from the node
+        // it asked: the link is where it was wanted. A request made before the link last moved
+        // is stale: the node that made it no longer waits for it (its client went elsewhere).
+        guard let fleet = table.fleet, node != fleet.node else { return false }
+        if let epoch {
+            guard let row = try? await fleet.store.link(id: link.id), row.owner == fleet.node, row.epoch == epoch else {
+                logger.debug("A stale request for a link was ignored", metadata: ["link.id": "\(link.id)", "node": "\(node)"])
+                return false
+            }
+        }
+        guard let (record, kept) = link.beginMove() else { return false }
+        // What its client sent through this node goes first (the client's next messages,
+        // sent there, must not overtake them).
+        await fleet.outbox.written()
         let sessions = link.sessions
         let rows = Dictionary(sessions.compactMap { session in session.storedRow().map { (session.id, $0) } }) { first, _ in first }
         do throws(StoreError) {
@@ -159,7 +163,7 @@ extension Switchboard {
     private func bringHere(_ found: FleetLinkRow, fleet: Fleet) async {
         var row: FleetLinkRow? = found
         let deadline = ContinuousClock.now + .seconds(8)
-        var asked: String?
+        var asked: Int64?
         while let current = row, table.link(id: current.linkID) == nil, ContinuousClock.now < deadline {
             if current.owner == fleet.node {
                 if let state = try? await fleet.store.liveState(ofLink: current.linkID) {
@@ -168,18 +172,25 @@ extension Switchboard {
                 return
             }
             if let owner = current.owner, current.ownerRuns {
-                if asked != owner {
-                    try? await fleet.store.requestHandover(of: current.linkID, from: owner)
-                    asked = owner
+                if asked != current.epoch {
+                    try? await fleet.store.requestHandover(of: current.linkID, from: owner, epoch: current.epoch)
+                    asked = current.epoch
                 }
                 try? await Task.sleep(for: .milliseconds(20))
             } else if let taken = try? await fleet.store.takeOverStoppedNodes(), !taken.links.isEmpty {
                 // Its node stopped: this node takes that node's links over now.
+                logger.warning("Taking over the links of a node that stopped", metadata: ["links": "\(taken.links.count)", "node": "\(current.owner ?? "none")"])
                 if !(await fleet.arrivals.restore(taken)) { _ = restore(taken) }
             } else {
                 try? await Task.sleep(for: .milliseconds(50))
             }
             row = try? await fleet.store.link(id: current.linkID)
+        }
+        if let row, table.link(id: row.linkID) == nil {
+            logger.warning(
+                "A resumed link could not be brought here; its client starts afresh",
+                metadata: ["link.id": "\(row.linkID)", "node": "\(row.owner ?? "none")", "node.runs": "\(row.ownerRuns)"]
+            )
         }
     }
 

@@ -13,9 +13,13 @@ extension Switchboard {
     /// the resume. Each session stays open between its restored links with its deadlines as
     /// they were: one that passed while no process ran is due at once (a set-up timeout
     /// closes it, a refresh mints). Returns how many links and sessions were taken over.
+    /// Restoring what is here already changes nothing.
     func restore(_ stored: StoredLiveState, clock: WallClock = WallClock()) -> (links: Int, sessions: Int) {
         var links = 0
-        for record in stored.links {
+        // A link this node holds already stays as it is, with its sessions: it is at least as
+        // new as the store's copy (in a fleet, two resumes may bring the same link here at once).
+        let here = Set(stored.links.map(\.id).filter { table.link(id: $0) != nil })
+        for record in stored.links where !here.contains(record.id) {
             guard let party = Party(rawValue: record.party) else { continue }
             let app = party == .app
                 ? AppIdentity(userID: record.principal, expiresAt: record.tokenExpiresAt ?? 0, devices: record.tokenDevices.map(Set.init))
@@ -47,7 +51,7 @@ extension Switchboard {
         }
         var sessions = 0
         let restored = Set(stored.links.map(\.id))
-        for record in stored.sessions {
+        for record in stored.sessions where !here.contains(record.appLink) && !here.contains(record.deviceLink) {
             let app = party(record.appLink, principal: record.userID, restored: restored, in: stored)
             let device = party(record.deviceLink, principal: record.deviceID, restored: restored, in: stored)
             guard let app, let device,

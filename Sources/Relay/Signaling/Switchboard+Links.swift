@@ -67,6 +67,7 @@ extension Switchboard {
             if let generation = attachTransport(to: link, resumingAfter: resume.lastSeq, dropTransport: dropTransport) {
                 if let app { link.replaceAppIdentity(app, validUntil: app.expiresAt + limits.tokenLeeway) }
                 logger.info("Link resumed", metadata: ["link.id": "\(link.id)", "link.party": "\(party.rawValue)"])
+                goAwayIfDraining(link)
                 return Admission(link: link, generation: generation, resumed: true)
             }
             // The replay cannot be complete: this link is over; the client starts afresh.
@@ -97,7 +98,15 @@ extension Switchboard {
         link.noteChanged()
         deviceSeen(link)
         logger.debug("Link attached", metadata: ["link.id": "\(link.id)", "link.party": "\(party.rawValue)"])
+        goAwayIfDraining(link)
         return Admission(link: link, generation: generation, resumed: false)
+    }
+
+    /// A client admitted while the relay began to drain (its admission was under way, a link
+    /// coming from another node, when `go_away` went out) hears it too, after its `hello`.
+    private func goAwayIfDraining(_ link: Link) {
+        guard isDraining else { return }
+        link.send(OutboundMessage("go_away", ["reconnect_after_ms": .number(Double(Int.random(in: 1000...5000)))]))
     }
 
     /// Attaches a new transport to an existing link (a resume, or the next poll or event stream
@@ -212,9 +221,7 @@ extension Switchboard {
         let drain = table.fleet?.store.isFenced == true ? .zero : configured
         let links = table.allLinks
         logger.info("Shutting down: telling clients to go away", metadata: ["links": "\(links.count)"])
-        for link in links {
-            link.send(OutboundMessage("go_away", ["reconnect_after_ms": .number(Double(Int.random(in: 1000...5000)))]))
-        }
+        for link in links { goAwayIfDraining(link) }
         let deadline = ContinuousClock.now + drain
         while ContinuousClock.now < deadline, table.allLinks.contains(where: \.isAttached) {
             try? await Task.sleep(for: .milliseconds(50))

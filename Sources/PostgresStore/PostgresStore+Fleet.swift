@@ -110,6 +110,16 @@ extension PostgresStore: FleetStore {
         }
     }
 
+    public func registerLink(_ link: StoredLink) async throws(StoreError) {
+        try ensureNotFenced()
+        let node = node
+        try await transaction("writing a new link") { connection in
+            try await connection.query("SET LOCAL synchronous_commit = off", logger: self.logger)
+            try await self.ensureServing(on: connection)
+            try await self.upsert(link, node: node, on: connection)
+        }
+    }
+
     /// The event that tells a node its device link was replaced by a newer connection.
     public static let replacedEvent = "{\"replaced\":true}"
 
@@ -478,7 +488,6 @@ extension PostgresStore: FleetStore {
         return try await transaction("taking over a stopped node's links") { connection -> StoredLiveState in
             let empty = StoredLiveState(links: [], messages: [:], sessions: [])
             try await self.ensureServing(on: connection)
-            let links: PostgresRowSequence
             if let dead, let lockKey {
                 // One taker per dead node: its lock (free now) for this transaction, and its row.
                 var locked = false
@@ -491,26 +500,23 @@ extension PostgresStore: FleetStore {
                     logger: self.logger
                 ).collect()
                 guard !marked.isEmpty else { return empty }
-                try await connection.query("UPDATE relay_inbox SET node_id = \(node) WHERE node_id = \(dead)", logger: self.logger)
-                links = try await connection.query(
-                    """
-                    UPDATE relay_link SET owner_node = \(node), owner_epoch = owner_epoch + 1, attached = false, updated_at = now()
-                    WHERE owner_node = \(dead)
-                    RETURNING link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices
-                    """,
-                    logger: self.logger
-                )
-            } else {
-                links = try await connection.query(
-                    """
-                    UPDATE relay_link SET owner_node = \(node), owner_epoch = owner_epoch + 1, attached = false, updated_at = now()
-                    WHERE owner_node IS NULL OR owner_node NOT IN (SELECT node_id FROM relay_node WHERE state <> 'dead')
-                    RETURNING link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices
-                    """,
-                    logger: self.logger
-                )
             }
-            let stored = try await self.storedLinks(links)
+            // The links first: a message being queued for one of them holds its row until it
+            // commits, so the inbox, moved after, has every message addressed to the dead node
+            // (and whatever comes after goes to this one).
+            let stored = try await self.storedLinks(
+                connection.query(
+                    """
+                    UPDATE relay_link SET owner_node = \(node), owner_epoch = owner_epoch + 1, attached = false, updated_at = now()
+                    WHERE CASE WHEN \(dead)::text IS NULL
+                        THEN owner_node IS NULL OR owner_node NOT IN (SELECT node_id FROM relay_node WHERE state <> 'dead')
+                        ELSE owner_node = \(dead)::text END
+                    RETURNING link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices
+                    """,
+                    logger: self.logger
+                )
+            )
+            if let dead { try await connection.query("UPDATE relay_inbox SET node_id = \(node) WHERE node_id = \(dead)", logger: self.logger) }
             guard !stored.isEmpty else { return empty }
             return try await self.liveState(of: stored, on: connection)
         }

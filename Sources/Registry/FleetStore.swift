@@ -125,6 +125,9 @@ public protocol FleetStore: Sendable {
     /// fleet (contract §4's replace rule); the link it replaces, if any. A replaced link served
     /// by another node is told so through that node's inbox.
     func claimDevice(_ link: StoredLink) async throws(StoreError) -> FleetLink?
+    /// Writes the row of a fresh app link this node serves, before its client hears `hello`
+    /// (its next request may land on another node, which must find it).
+    func registerLink(_ link: StoredLink) async throws(StoreError)
     /// Reserves session `id` between the app link `app` (served by this node; its row is
     /// written if it is not yet) and the live link of `deviceID`, within the limits.
     func reserveSession(_ id: String, app: StoredLink, deviceID: String, createdAt: Double, maxPerDevice: Int, maxPerApp: Int)

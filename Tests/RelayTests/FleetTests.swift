@@ -543,6 +543,126 @@ struct TestFleet: Sendable {
     }
 }
 
+extension FleetTests {
+    /// CLUSTER_DESIGN §15 cases 4 and 12: messages queued for a link on another node arrive
+    /// once and in order when that node loses its listening connection in the middle of a
+    /// burst (it reconnects and reads what it missed), and when the link moves to a third node
+    /// while a burst is on its way (what the old node had read or was still to read goes along).
+    @Test func messagesInFlightWhileTheListenerIsCutOrTheLinkMovesArriveOnceInOrder() async throws {
+        let fleet = try await TestFleet.start(nodes: 3)
+        defer { fleet.stop() }
+        try await fleet.explaining {
+            let device = try await fleet.device(on: 1)
+            let app = try await fleet.client(0).app("alice")
+            let sessionID = try await fleet.client(0).openSession(app: app, device: device, deviceID: "robot-1")
+            func burst(_ numbers: Range<Int>) throws {
+                for number in numbers {
+                    try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "c-\(number)"]])
+                }
+            }
+            try burst(0..<150)
+            let cut = try await fleet.server.sql(
+                """
+                SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                WHERE application_name = 'relay-node-' || (SELECT node_id FROM relay_node ORDER BY started_at OFFSET 1 LIMIT 1)
+                """,
+                database: fleet.database
+            )
+            #expect(cut == "t", "the device's node had no listening connection to cut")
+            try burst(150..<300)
+            #expect(try await Self.collect(300, "webrtc_ice", field: "candidate", on: device) == (0..<300).map { "c-\($0)" })
+            let lastSeq = try #require(try await device.expectNothingPendingSeq())
+
+            // The device resumes on node 2 while the next burst is on its way to node 1.
+            // (Fewer than the link keeps: 256.)
+            try burst(300..<500)
+            let moved = try await fleet.device(on: 2, resume: try ProcessClient.Resume(device.hello, lastSeq: lastSeq))
+            #expect(moved.hello["resumed"] as? Bool == true)
+            #expect(try await Self.collect(200, "webrtc_ice", field: "candidate", on: moved) == (300..<500).map { "c-\($0)" })
+            try await moved.expectNothingPendingBut("peer_status")
+            _ = try await device.closeCode()
+            // The call goes on both ways from the link's new node.
+            try moved.send(["type": "webrtc_answer", "session_id": sessionID, "sdp": "answer"])
+            #expect(try await RestartTests.next("webrtc_answer", on: app)["sdp"] as? String == "answer")
+            try await app.expectNothingPendingBut("peer_status")
+        }
+    }
+
+    /// CLUSTER_DESIGN §15 case 18: a device added on one node, its secret rotated and a user
+    /// granted with `relay device` on the fleet's database, hold on every node at once; the
+    /// audit of a call whose device's node was killed is complete when the call ends.
+    @Test func registryWritesHoldOnEveryNodeAndACallIsAuditedThroughAKill() async throws {
+        let adminToken = "admin-secret-0123456789abcdef0123456789"
+        let fleet = try await TestFleet.start(nodes: 3, ["RELAY_ADMIN_TOKEN": adminToken])
+        defer { fleet.stop() }
+        try await fleet.explaining {
+            let admin = HTTPClient(port: fleet.nodes[0].port)
+            let added = try await admin.client.post(
+                "/admin/devices",
+                headers: [.authorization: "Bearer \(adminToken)", .contentType: "application/json"],
+                body: ByteBuffer(string: #"{"device_id":"robot-2","owners":["alice"]}"#)
+            )
+            await admin.shutdown()
+            #expect(added.status == .created)
+            let firstSecret = try #require(
+                (try JSONSerialization.jsonObject(with: Data(String(buffer: added.body ?? .init()).utf8)) as? JSONObject)?["secret"] as? String
+            )
+            // Added on node 0, the device connects on node 1.
+            let device = try await fleet.client(1).device("robot-2", secret: firstSecret)
+
+            // Rotated and finished with the CLI: the old secret is refused on node 2, the new
+            // one taken there (its link replaces the one on node 1).
+            let url = try #require(fleet.environment["RELAY_DATABASE_URL"])
+            let rotated = try await CommandLineTests.relay(["device", "rotate", "robot-2", "--json", "--database-url", url])
+            #expect(rotated.status == 0, "\(rotated.stderr)")
+            let newSecret = try #require(
+                (try JSONSerialization.jsonObject(with: Data(rotated.stdout.utf8)) as? JSONObject)?["secret"] as? String
+            )
+            let finished = try await CommandLineTests.relay(["device", "rotate", "robot-2", "--finish", "--database-url", url])
+            #expect(finished.status == 0, "\(finished.stderr)")
+            let oldSigned = DeviceSignature.sign(
+                deviceID: "robot-2",
+                timestamp: Int(Date().timeIntervalSince1970),
+                nonce: DeviceSignature.makeNonce(),
+                secret: firstSecret
+            ).query
+            let refused = try await RawConnection.open(port: fleet.nodes[2].port)
+                .request(RawFrame.upgradeRequest(port: fleet.nodes[2].port, pathAndQuery: "/ws/device?\(oldSigned)"))
+            #expect(refused.hasPrefix("HTTP/1.1 401"), "\(refused)")
+            let again = try await fleet.client(2).device("robot-2", secret: newSecret)
+            #expect(try await device.closeCode() == 4002)
+
+            // Granted with the CLI: bob reaches the device from node 1.
+            let granted = try await CommandLineTests.relay(["device", "grant", "robot-2", "--owner", "bob", "--database-url", url])
+            #expect(granted.status == 0, "\(granted.stderr)")
+            let bob = try await fleet.client(1).app("bob")
+            let sessionID = try await fleet.client(1).openSession(app: bob, device: again, deviceID: "robot-2")
+            try bob.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "offer"])
+            let lastSeq = try #require(try await again.next("webrtc_offer")["seq"] as? Int)
+
+            // The device's node (it keeps the session's timers) is killed; the device resumes on
+            // node 0 and bob hangs up: the audit row says so, as if nothing had happened.
+            _ = try await eventually("the session's row to be written") { () -> Bool? in
+                try await fleet.server.sql("SELECT count(*) FROM relay_session WHERE session_id = '\(sessionID)'", database: fleet.database) == "1" ? true : nil
+            }
+            await fleet.nodes[2].killed()
+            #expect(try await RestartTests.next("peer_status", on: bob)["status"] as? String == "reconnecting")
+            let resumed = try await fleet.client(0).device("robot-2", secret: newSecret, resume: try ProcessClient.Resume(again.hello, lastSeq: lastSeq))
+            #expect(resumed.hello["resumed"] as? Bool == true)
+            try bob.send(["type": "webrtc_close", "session_id": sessionID])
+            #expect(try await RestartTests.next("webrtc_close", on: resumed)["by"] as? String == "app")
+            let audited = try await eventually("the call's audit row") { () -> String? in
+                let row = try await fleet.server.sql(
+                    "SELECT user_id || ' ' || device_id || ' ' || close_reason || ' ' || closed_by FROM relay_session_audit WHERE session_id = '\(sessionID)'",
+                    database: fleet.database
+                )
+                return row.isEmpty ? nil : row
+            }
+            #expect(audited == "bob robot-2 normal app")
+        }
+    }
+}
+
 extension TestSocket {
     /// The `seq` of the `pong` that answers a `ping`: everything pending before it is read (and skipped).
     func expectNothingPendingSeq() async throws -> Int? {

@@ -23,8 +23,9 @@ extension Switchboard {
     /// Before a transport is admitted, what the fleet must do first: a link resumed here that
     /// another node has is brought here; a device that does not resume a link of this node gets
     /// a fresh link claimed fleet-wide (contract §4's replace rule across nodes: the link it
-    /// replaces, wherever it is, closes with 4002). Nil when nothing is to be claimed (no fleet,
-    /// an app, a resume this node can serve).
+    /// replaces, wherever it is, closes with 4002); an app's fresh link is written for the
+    /// fleet (its next request may land on another node). Nil when nothing is to be claimed
+    /// (no fleet, a resume this node can serve).
     func prepare(_ identity: ClientIdentity, resume: ResumeRequest?) async throws(RelayHTTPError) -> LinkSeed? {
         guard let fleet = table.fleet else { return nil }
         let (party, principal) = identity.partyAndPrincipal
@@ -32,11 +33,31 @@ extension Switchboard {
             // The link may be on another node: it comes here first (contract §11).
             await bringHere(resumeToken: resume.token, party: party, principal: principal)
         }
-        guard case .device(let record) = identity else { return nil }
-        if let resume, table.links(of: .device, principal: record.deviceID).contains(where: { $0.accepts(resumeToken: resume.token) }) {
+        if let resume, table.links(of: party, principal: principal).contains(where: { $0.accepts(resumeToken: resume.token) }) {
             return nil
         }
         let seed = LinkSeed()
+        guard case .device(let record) = identity else {
+            guard case .app(let app) = identity else { return nil }
+            do throws(StoreError) {
+                try await fleet.store.registerLink(
+                    StoredLink(
+                        id: seed.id,
+                        tokenHash: seed.tokenHash,
+                        party: Party.app.rawValue,
+                        principal: app.userID,
+                        tokenValidUntil: app.expiresAt + limits.tokenLeeway,
+                        tokenExpiresAt: app.expiresAt,
+                        tokenDevices: app.devices.map { Array($0).sorted() },
+                        attached: true
+                    )
+                )
+            } catch {
+                logger.error("Writing an app's new link failed", metadata: ["user.id": "\(app.userID)", "error": "\(error)"])
+                throw RelayHTTPError.storeUnavailable
+            }
+            return seed
+        }
         do throws(StoreError) {
             let replaced = try await fleet.store.claimDevice(
                 StoredLink(id: seed.id, tokenHash: seed.tokenHash, party: Party.device.rawValue, principal: record.deviceID, attached: true)

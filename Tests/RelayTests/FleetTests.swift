@@ -318,7 +318,9 @@ struct TestFleet: Sendable {
     }
 
     @Test func presenceIsFleetWideAndAWatcherWhoseListenerWasCutResyncs() async throws {
-        let fleet = try await TestFleet.start(nodes: 2)
+        // Beats long enough that the node connects again well before the fleet could take a
+        // node whose lock is free for dead (2 beats), even on a loaded machine.
+        let fleet = try await TestFleet.start(nodes: 2, ["RELAY_NODE_HEARTBEAT_MS": "1000"])
         defer { fleet.stop() }
         let watcher = try await fleet.client(0).app("alice")
         try watcher.send(["type": "watch", "device_ids": ["robot-1"]])
@@ -549,7 +551,9 @@ extension FleetTests {
     /// burst (it reconnects and reads what it missed), and when the link moves to a third node
     /// while a burst is on its way (what the old node had read or was still to read goes along).
     @Test func messagesInFlightWhileTheListenerIsCutOrTheLinkMovesArriveOnceInOrder() async throws {
-        let fleet = try await TestFleet.start(nodes: 3)
+        // Beats long enough that the cut node connects again well before the fleet could take
+        // a node whose lock is free for dead (2 beats), even on a loaded machine.
+        let fleet = try await TestFleet.start(nodes: 3, ["RELAY_NODE_HEARTBEAT_MS": "1000"])
         defer { fleet.stop() }
         try await fleet.explaining {
             let device = try await fleet.device(on: 1)

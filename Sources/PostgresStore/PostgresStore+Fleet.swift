@@ -110,6 +110,31 @@ extension PostgresStore: FleetStore {
         }
     }
 
+    public func takeQuota(_ key: String, capacity: Int, perSecond: Double) async throws(StoreError) -> Int? {
+        // In SET, `q` is the row as it was.
+        let refilled = "least(\(Double(capacity)), q.tokens + \(perSecond) * extract(epoch FROM now() - q.updated_at))"
+        let (allowed, tokens) = try await call("taking from a limit") { () async throws -> (Bool, Double) in
+            var result = (true, 0.0)
+            for try await row in try await self.client.query(
+                """
+                INSERT INTO relay_quota AS q (key, tokens, allowed, updated_at)
+                VALUES (\(key), \(Double(capacity) - 1), \(capacity >= 1), now())
+                ON CONFLICT (key) DO UPDATE SET
+                    allowed = \(unescaped: refilled) >= 1,
+                    tokens = \(unescaped: refilled) - CASE WHEN \(unescaped: refilled) >= 1 THEN 1 ELSE 0 END,
+                    updated_at = now()
+                RETURNING allowed, tokens
+                """,
+                logger: self.logger
+            ).decode((Bool, Double).self) {
+                result = row
+            }
+            return result
+        }
+        guard !allowed else { return nil }
+        return perSecond > 0 ? max(1, Int(((1 - tokens) / perSecond).rounded(.up))) : 60
+    }
+
     public func registerLink(_ link: StoredLink) async throws(StoreError) {
         try ensureNotFenced()
         let node = node
@@ -500,6 +525,12 @@ extension PostgresStore: FleetStore {
                     logger: self.logger
                 ).collect()
                 guard !marked.isEmpty else { return empty }
+                // Nodes dead for a day are history: their rows go (the table stays small
+                // through years of deploys).
+                try await connection.query(
+                    "DELETE FROM relay_node WHERE state = 'dead' AND heartbeat_at < now() - interval '1 day'",
+                    logger: self.logger
+                )
             }
             // The links first: a message being queued for one of them holds its row until it
             // commits, so the inbox, moved after, has every message addressed to the dead node

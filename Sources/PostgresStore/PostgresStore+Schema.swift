@@ -147,6 +147,21 @@ extension PostgresStore {
                 "CREATE INDEX relay_inbox_by_node ON relay_inbox (node_id, seq)",
             ]
         ),
+        (
+            "v4: per-user limits fleet-wide",
+            [
+                // Token buckets any node takes from in one statement (UNLOGGED: a crash of the
+                // database refills them, which is fine).
+                """
+                CREATE UNLOGGED TABLE relay_quota (
+                    key text PRIMARY KEY,
+                    tokens double precision NOT NULL,
+                    allowed boolean NOT NULL,
+                    updated_at timestamptz NOT NULL
+                )
+                """
+            ]
+        ),
     ]
 
     /// Brings the database's schema up to date. Nodes starting together take turns (an

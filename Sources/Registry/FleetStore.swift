@@ -125,6 +125,9 @@ public protocol FleetStore: Sendable {
     /// fleet (contract §4's replace rule); the link it replaces, if any. A replaced link served
     /// by another node is told so through that node's inbox.
     func claimDevice(_ link: StoredLink) async throws(StoreError) -> FleetLink?
+    /// Takes a token from the bucket `key` shares across the fleet (`capacity`, refilled at
+    /// `perSecond`): nil when taken, else the seconds until one is back.
+    func takeQuota(_ key: String, capacity: Int, perSecond: Double) async throws(StoreError) -> Int?
     /// Writes the row of a fresh app link this node serves, before its client hears `hello`
     /// (its next request may land on another node, which must find it).
     func registerLink(_ link: StoredLink) async throws(StoreError)

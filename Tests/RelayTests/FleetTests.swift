@@ -592,6 +592,27 @@ extension FleetTests {
         }
     }
 
+    /// CLUSTER_DESIGN §10: a user's `POST /api/turn/credentials` limit is one bucket for the
+    /// whole fleet, whichever node each request lands on.
+    @Test func aUsersTURNCredentialLimitHoldsAcrossTheFleet() async throws {
+        let fleet = try await TestFleet.start(nodes: 3, ["RELAY_TURN_RATE_PER_MIN": "3"])
+        defer { fleet.stop() }
+        let signer = AppTokenSigner(secret: Array(TestRelay.jwtSecret.utf8))
+        func bearer(_ user: String) throws -> HTTPFields {
+            [.authorization: "Bearer \(try signer.token(userID: user, devices: nil, now: Date().timeIntervalSince1970, lifetime: 600))"]
+        }
+        let clients = fleet.nodes.map { HTTPClient(port: $0.port) }
+        for client in clients {
+            #expect(try await client.post("/api/turn/credentials", headers: try bearer("alice"), json: nil).status == .ok)
+        }
+        let refused = try await clients[1].client.post("/api/turn/credentials", headers: try bearer("alice"), body: ByteBuffer())
+        #expect(refused.status == .tooManyRequests)
+        #expect((Int(refused.headers[.retryAfter] ?? "") ?? 0) >= 1, "\(refused.headers)")
+        // Another user has a bucket of their own.
+        #expect(try await clients[2].post("/api/turn/credentials", headers: try bearer("bob"), json: nil).status == .ok)
+        for client in clients { await client.shutdown() }
+    }
+
     /// CLUSTER_DESIGN §15 case 18: a device added on one node, its secret rotated and a user
     /// granted with `relay device` on the fleet's database, hold on every node at once; the
     /// audit of a call whose device's node was killed is complete when the call ends.
@@ -646,8 +667,9 @@ extension FleetTests {
 
             // The device's node (it keeps the session's timers) is killed; the device resumes on
             // node 0 and bob hangs up: the audit row says so, as if nothing had happened.
+            // (Written in full by the device's node, which keeps the session.)
             _ = try await eventually("the session's row to be written") { () -> Bool? in
-                try await fleet.server.sql("SELECT count(*) FROM relay_session WHERE session_id = '\(sessionID)'", database: fleet.database) == "1" ? true : nil
+                try await fleet.server.sql("SELECT ttl_seconds > 0 FROM relay_session WHERE session_id = '\(sessionID)'", database: fleet.database) == "t" ? true : nil
             }
             await fleet.nodes[2].killed()
             #expect(try await RestartTests.next("peer_status", on: bob)["status"] as? String == "reconnecting")

@@ -236,7 +236,11 @@ public func buildRelay(
         use: TURNCredentialsRoute(
             authenticator: authenticator,
             turn: turn,
-            limiter: RateLimiter(capacity: configuration.turnRatePerMinute, perSecond: Double(configuration.turnRatePerMinute) / 60)
+            limiter: FleetWideLimiter(
+                local: RateLimiter(capacity: configuration.turnRatePerMinute, perSecond: Double(configuration.turnRatePerMinute) / 60),
+                fleet: stores.fleet?.store,
+                name: "turn_credentials"
+            )
         ).respond
     )
     // A plain GET on a WebSocket path (no upgrade asked for) gets 426 rather than a 404.

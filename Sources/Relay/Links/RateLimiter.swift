@@ -1,4 +1,5 @@
 /// Token buckets keyed by a string (a user, a client address), bounded in memory.
+import Registry
 import RelayCore
 import Synchronization
 
@@ -47,6 +48,29 @@ final class RateLimiter: Sendable {
         if buckets.count > maxKeys {
             let keep = buckets.sorted { ($0.value.updatedAt ?? now) > ($1.value.updatedAt ?? now) }.prefix(maxKeys / 2)
             buckets = Dictionary(uniqueKeysWithValues: keep.map { ($0.key, $0.value) })
+        }
+    }
+}
+
+/// A per-key limit that holds across a fleet (CLUSTER_DESIGN §10): in a fleet, each take is one
+/// statement on the shared store's bucket for the key, whichever node the request lands on;
+/// alone, or while the store cannot answer, this process's own buckets (N nodes then allow up
+/// to N times as much, rather than refusing everyone).
+struct FleetWideLimiter: Sendable {
+    let local: RateLimiter
+    let fleet: (any FleetStore)?
+    /// Names the limit among the others in the shared store.
+    let name: String
+
+    func take(_ key: String) async -> RateLimiter.Decision {
+        guard let fleet else { return local.take(key) }
+        do throws(StoreError) {
+            if let retryAfter = try await fleet.takeQuota("\(name):\(key)", capacity: local.capacity, perSecond: local.perSecond) {
+                return .denied(retryAfterSeconds: retryAfter)
+            }
+            return .allowed
+        } catch {
+            return local.take(key)
         }
     }
 }

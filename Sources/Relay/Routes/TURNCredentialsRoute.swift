@@ -10,11 +10,12 @@ import TURNBroker
 struct TURNCredentialsRoute: Sendable {
     let authenticator: ClientAuthenticator
     let turn: any TURNProvider
-    let limiter: RateLimiter
+    /// Per user, fleet-wide in a fleet.
+    let limiter: FleetWideLimiter
 
     @Sendable func respond(_ request: Request, context: RelayRequestContext) async throws -> Response {
         let identity = try authenticator.app(request, logger: context.logger)
-        if case .denied(let retryAfter) = limiter.take(identity.userID) {
+        if case .denied(let retryAfter) = await limiter.take(identity.userID) {
             throw RelayHTTPError(
                 .tooManyRequests,
                 "Too many TURN credential requests; retry in \(retryAfter) s",

@@ -73,8 +73,9 @@ public final class Session: Sendable {
             ttlSeconds: stored.ttlSeconds,
             credentials: credentials,
             setupDeadline: stored.setupDeadline.map(clock.instant),
-            // A mint under way when the process stopped is due again at once.
-            refreshDeadline: clock.instant(stored.refreshAt ?? clock.wallNow)
+            // A mint under way when the process stopped is due again at once; credentials
+            // that never expire (a static STUN list, ttl 0) are never refreshed.
+            refreshDeadline: stored.refreshAt.map(clock.instant) ?? (stored.ttlSeconds > 0 ? clock.instant(clock.wallNow) : nil)
         )
         self.state = Mutex(State(machine: Machine(setupTimeout: setupTimeout, restoring: open)))
     }

@@ -6,7 +6,9 @@ import NIOPosix
 import RelayTestSupport
 
 /// The relay under load and the clients that load it. Every client runs on one event loop of
-/// the load generator's own; the relay runs as its own process, pinned to its own core.
+/// the load generator's own; the relay runs as its own process, pinned to its own core. With
+/// several nodes, they are a fleet on a private PostgreSQL (with its default, durable commit
+/// settings), pinned to the same core; PostgreSQL runs where the kernel puts it.
 final class LoadGenerator: @unchecked Sendable {
     static let jwtSecret = "load-jwt-secret-load-jwt-secret-000"
     static let masterKey = "load-master-key-load-master-key-000"
@@ -14,13 +16,19 @@ final class LoadGenerator: @unchecked Sendable {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     var loop: any EventLoop { flusher.loop }
     let flusher: Flusher
-    let relay: RelayProcess
-    let port: Int
+    let relays: [RelayProcess]
+    var relay: RelayProcess { relays[0] }
+    var port: Int { relays[0].port }
+    /// Where devices connect (apps connect to node 0).
+    let deviceNode: Int
+    /// The fleet's database (several nodes only).
+    let database: PostgresServer?
 
     /// Starts the `relay` built beside this binary on `serverCPU` (when given), with the
     /// message-rate, connection-rate and per-address connection limits raised as load needs
     /// (it opens thousands of links from each loopback address); every other limit stays.
-    init(relayBinary: String?, serverCPU: Int?, loadCPU: Int?, extraEnvironment: [String: String] = [:]) async throws {
+    init(relayBinary: String?, serverCPU: Int?, loadCPU: Int?, nodes: Int = 1, sameNode: Bool = false, extraEnvironment: [String: String] = [:]) async throws {
+        deviceNode = sameNode ? 0 : nodes - 1
         if let loadCPU { pinThisProcess(to: loadCPU) }
         let binary =
             relayBinary.map { URL(fileURLWithPath: $0) }
@@ -35,13 +43,24 @@ final class LoadGenerator: @unchecked Sendable {
             "RELAY_MAX_CONNECTIONS_PER_IP": "100000",
         ]
         environment.merge(extraEnvironment) { _, new in new }
-        relay = try await RelayProcess.start(binary: binary, environment: environment, cpu: serverCPU)
-        port = relay.port
+        if nodes > 1 {
+            let database = try await PostgresServer.startPrivate(durable: true)
+            self.database = database
+            environment["RELAY_DATABASE_URL"] = try await database.createDatabase()
+        } else {
+            database = nil
+        }
+        var relays: [RelayProcess] = []
+        for _ in 0..<nodes {
+            relays.append(try await RelayProcess.start(binary: binary, environment: environment, cpu: serverCPU))
+        }
+        self.relays = relays
         flusher = Flusher(eventLoop: group.next())
     }
 
     func shutdown() async {
-        await relay.killed()
+        for relay in relays { await relay.killed() }
+        await database?.shutdown()
         try? await group.shutdownGracefully()
     }
 
@@ -71,7 +90,7 @@ final class LoadGenerator: @unchecked Sendable {
     }
 
     /// Opens a socket on `path` from `source` (a 127.0.0.x address); `callbacks` hear its messages.
-    func connect(path: String, source: String = "127.0.0.1", callbacks: LoadSocket.Callbacks) -> EventLoopFuture<LoadSocket> {
+    func connect(path: String, source: String = "127.0.0.1", node: Int = 0, callbacks: LoadSocket.Callbacks) -> EventLoopFuture<LoadSocket> {
         let socket = LoadSocket(path: path, flusher: flusher, callbacks: callbacks)
         var bootstrap = ClientBootstrap(group: loop)
             .channelOption(.tcpOption(.tcp_nodelay), value: 1)
@@ -86,32 +105,38 @@ final class LoadGenerator: @unchecked Sendable {
                 .channelOption(ChannelOptions.socket(SocketOptionLevel(IPPROTO_IP), SocketOptionName(24)), value: 1)
                 .bind(to: try! SocketAddress(ipAddress: source, port: 0))
         }
-        return bootstrap.connect(host: "127.0.0.1", port: port).map { _ in socket }
+        return bootstrap.connect(host: "127.0.0.1", port: relays[node].port).map { _ in socket }
     }
 
     // MARK: The relay's figures
 
-    /// CPU time the relay process has used (user + system), in seconds.
+    /// CPU time the relay processes have used (user + system), in seconds.
     var serverCPUSeconds: Double {
-        guard let stat = try? String(contentsOfFile: "/proc/\(relay.process.processIdentifier)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return 0 }
-        // Fields after the command name: state is field 3; utime and stime are fields 14 and 15.
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        let ticks = (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)
-        return ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+        relays.reduce(0) { total, relay in
+            guard let stat = try? String(contentsOfFile: "/proc/\(relay.process.processIdentifier)/stat", encoding: .utf8),
+                let close = stat.lastIndex(of: ")")
+            else { return total }
+            // Fields after the command name: state is field 3; utime and stime are fields 14 and 15.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            let ticks = (Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)
+            return total + ticks / Double(sysconf(Int32(_SC_CLK_TCK)))
+        }
     }
 
+    /// CPU time the fleet's PostgreSQL has used, in seconds (0 without a fleet).
+    var databaseCPUSeconds: Double { database?.cpuSeconds ?? 0 }
+
     /// The relay's CPU time and the wall time over `during`, or over `seconds` of waiting.
-    func measure(seconds: Int, during: (() async -> Void)? = nil) async throws -> (serverCPU: Double, elapsed: Double) {
+    func measure(seconds: Int, during: (() async -> Void)? = nil) async throws -> (serverCPU: Double, databaseCPU: Double, elapsed: Double) {
         let cpuBefore = serverCPUSeconds
+        let databaseBefore = databaseCPUSeconds
         let started = ContinuousClock.now
         if let during { await during() } else { try await Task.sleep(for: .seconds(seconds)) }
-        return (serverCPUSeconds - cpuBefore, (ContinuousClock.now - started).seconds)
+        return (serverCPUSeconds - cpuBefore, databaseCPUSeconds - databaseBefore, (ContinuousClock.now - started).seconds)
     }
 
     /// The relay's resident memory, in KiB.
-    var serverRSSKiB: Int { relay.residentKiB ?? 0 }
+    var serverRSSKiB: Int { relays.reduce(0) { $0 + ($1.residentKiB ?? 0) } }
 }
 
 /// Pins every thread of this process (and those it starts later) to `cpu`, with `taskset -a`.

@@ -37,9 +37,9 @@ struct LoadError: Error, CustomStringConvertible {
 
 extension LoadGenerator {
     /// Connects one socket and waits for its `hello`.
-    func open(path: String, source: String = "127.0.0.1") -> EventLoopFuture<LoadSocket> {
+    func open(path: String, source: String = "127.0.0.1", node: Int = 0) -> EventLoopFuture<LoadSocket> {
         let hello = loop.makePromise(of: Void.self)
-        return connect(path: path, source: source, callbacks: Opening(hello: hello).callbacks)
+        return connect(path: path, source: source, node: node, callbacks: Opening(hello: hello).callbacks)
             .flatMap { socket in hello.futureResult.map { socket } }
     }
 
@@ -51,7 +51,8 @@ extension LoadGenerator {
         return pairs
     }
 
-    /// Connects `count` pairs without sessions, 200 at a time.
+    /// Connects `count` pairs without sessions, 200 at a time (with several nodes, every app on
+    /// the first and every device on the last: each message crosses between nodes).
     func openPairs(count: Int, prefix: String) async throws -> [Pair] {
         let pairs = (0..<count).map { Pair(index: $0, prefix: prefix) }
         for batch in stride(from: 0, to: count, by: 200) {
@@ -60,9 +61,9 @@ extension LoadGenerator {
                 let devicePath = Self.devicePath(pair.deviceID)
                 let appPath = try Self.appPath(pair.userID, devices: [pair.deviceID])
                 opening.append(
-                    open(path: devicePath).flatMap { device in
+                    open(path: devicePath, node: deviceNode).flatMap { device in
                         pair.device = device
-                        return self.open(path: appPath).map { pair.app = $0 }
+                        return self.open(path: appPath, node: 0).map { pair.app = $0 }
                     }
                 )
             }

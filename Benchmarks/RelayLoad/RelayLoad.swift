@@ -18,6 +18,8 @@ struct Placement: ParsableArguments {
     @Option(help: "The relay binary (default: the one built beside relay-load).") var relay: String?
     @Option(help: "CPU the relay is pinned to (-1: not pinned).") var serverCPU = 0
     @Option(help: "CPU the load generator is pinned to (-1: not pinned).") var loadCPU = 1
+    @Option(help: "Relay nodes (more than 1: a fleet on a private PostgreSQL; apps on the first node, devices on the last).") var nodes = 1
+    @Flag(help: "With a fleet: every app and device on the first node (the fleet's store, no message between nodes).") var sameNode = false
 
     /// Starts the relay, runs `body` against it, and ends the relay whatever happens.
     func run(_ environment: [String: String] = [:], _ body: (LoadGenerator) async throws -> Void) async throws {
@@ -25,6 +27,8 @@ struct Placement: ParsableArguments {
             relayBinary: relay,
             serverCPU: serverCPU < 0 ? nil : serverCPU,
             loadCPU: loadCPU < 0 ? nil : loadCPU,
+            nodes: nodes,
+            sameNode: sameNode,
             extraEnvironment: environment
         )
         do {
@@ -128,16 +132,19 @@ struct Window {
     var seconds: Double
     var delivered: Int
     var serverCPU: Double
+    /// PostgreSQL's CPU (a fleet only).
+    var databaseCPU: Double
     var latencies: Latencies
 
     var perSecond: Double { Double(delivered) / seconds }
     var cpuMicrosPerMessage: Double { serverCPU * 1e6 / Double(max(delivered, 1)) }
+    var databaseMicrosPerMessage: Double { databaseCPU * 1e6 / Double(max(delivered, 1)) }
 
     static func measure(_ traffic: Traffic, load: LoadGenerator, seconds: Int, during: (() async -> Void)? = nil) async throws -> Window {
         await traffic.startRecording()
-        let (cpu, elapsed) = try await load.measure(seconds: seconds, during: during)
+        let (cpu, databaseCPU, elapsed) = try await load.measure(seconds: seconds, during: during)
         let (delivered, latencies) = await traffic.stopRecording()
-        return Window(seconds: elapsed, delivered: delivered, serverCPU: cpu, latencies: latencies)
+        return Window(seconds: elapsed, delivered: delivered, serverCPU: cpu, databaseCPU: databaseCPU, latencies: latencies)
     }
 }
 
@@ -176,6 +183,8 @@ struct RelayTraffic: AsyncParsableCommand {
         report.add("delivered_per_s", window.perSecond)
         report.add("server_cpu_s", window.serverCPU)
         report.add("server_cpu_us_per_msg", window.cpuMicrosPerMessage)
+        report.add("nodes", placement.nodes)
+        if placement.nodes > 1 { report.add("database_cpu_us_per_msg", window.databaseMicrosPerMessage) }
         report.fields += window.latencies.fields("")
         report.add("lost", lost)
         report.add("errors", errors)
@@ -183,7 +192,9 @@ struct RelayTraffic: AsyncParsableCommand {
         let mode = options.rate == 0 ? "flat out, \(options.window) in flight per pair and direction" : "\(options.rate)/s offered"
         report.summary = [
             "relay: \(options.pairs) pairs, \(options.kind) messages of \(traffic.messageBytes) bytes, \(mode)",
-            "  delivered \(figure(window.perSecond, 0)) messages/s over \(figure(window.seconds)) s; relay CPU \(figure(window.cpuMicrosPerMessage, 2)) µs per message (\(figure(window.serverCPU / window.seconds * 100, 0))% of a core)",
+            "  delivered \(figure(window.perSecond, 0)) messages/s over \(figure(window.seconds)) s; relay CPU \(figure(window.cpuMicrosPerMessage, 2)) µs per message (\(figure(window.serverCPU / window.seconds * 100, 0))% of a core)"
+                + (placement.nodes > 1
+                    ? " over \(placement.nodes) nodes; PostgreSQL CPU \(figure(window.databaseMicrosPerMessage, 2)) µs per message (\(figure(window.databaseCPU / window.seconds * 100, 0))% of a core)" : ""),
             "  one-way latency µs: p50 \(figure(window.latencies.micro(50))) p90 \(figure(window.latencies.micro(90))) p99 \(figure(window.latencies.micro(99))) p99.9 \(figure(window.latencies.micro(99.9))) max \(figure(window.latencies.maxMicro))",
             "  lost \(lost), errors \(errors), sockets closed \(closes.count)\(closes.first.map { " (\($0))" } ?? "")",
         ]

@@ -145,7 +145,7 @@ struct SetUp: AsyncParsableCommand {
         churn.start()
         try await Task.sleep(for: .seconds(warmup))
         await churn.startRecording()
-        let (cpu, elapsed) = try await load.measure(seconds: seconds)
+        let (cpu, _, elapsed) = try await load.measure(seconds: seconds)
         let (completed, latencies) = await churn.stopRecording()
         try await churn.stop()
         let (errors, closes) = await churn.summary

@@ -21,10 +21,12 @@ final class WakeSignal: Sendable {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let ready = state.withLock { state in
-                    if state.raised || Task.isCancelled {
+                    if state.raised {
                         state.raised = false
                         return true
                     }
+                    // Cancelled: returns, and a raise still to come is the next wait's.
+                    if Task.isCancelled { return true }
                     state.waiter = continuation
                     return false
                 }

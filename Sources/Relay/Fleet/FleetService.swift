@@ -169,9 +169,11 @@ final class FleetService: Service, Sendable {
             bell.raise()
         }
         defer { timer.cancel() }
-        // Arrivals wake the reader too.
+        // Arrivals wake the reader too (not this task's cancellation when the reader woke for
+        // another reason: that would wake the next wait at once, and the reader would spin).
         let arrivals = Task { [fleet, bell] in
             await fleet.arrivals.signal.wait()
+            guard !Task.isCancelled else { return }
             bell.raise()
         }
         defer { arrivals.cancel() }

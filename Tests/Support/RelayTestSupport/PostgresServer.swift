@@ -36,18 +36,49 @@ public final class PostgresServer: Sendable {
 
     /// The test process's server (the exit handler stops it), not a test's own.
     private let shared: Bool
+    /// Writes reach the disk before a commit returns (PostgreSQL's defaults), as a benchmark
+    /// wants; the tests' servers skip that.
+    private let durable: Bool
 
-    private init(port: Int, directory: String, binaries: String, shared: Bool) {
+    private init(port: Int, directory: String, binaries: String, shared: Bool, durable: Bool) {
         self.port = port
         self.directory = directory
         self.binaries = binaries
         self.shared = shared
+        self.durable = durable
     }
 
     /// A server of the caller's own (for a test that stops and starts it while others run):
-    /// `shutdown()` ends it and removes its folder.
-    public static func startPrivate() async throws -> PostgresServer {
-        try await start(shared: false)
+    /// `shutdown()` ends it and removes its folder. `durable`: with PostgreSQL's own fsync and
+    /// commit settings (for a benchmark).
+    public static func startPrivate(durable: Bool = false) async throws -> PostgresServer {
+        try await start(shared: false, durable: durable)
+    }
+
+    /// CPU seconds the server's processes used so far: the postmaster, its live backends and
+    /// those that ended (counted into the postmaster's children time when reaped).
+    public var cpuSeconds: Double {
+        guard let pid = postmaster.withLock({ $0?.processIdentifier }) else { return 0 }
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        var total = 0.0
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        for entry in entries {
+            guard let candidate = Int32(entry), let fields = Self.statFields(candidate) else { continue }
+            // Fields after the command: ppid is 4th, utime 14th, stime 15th, cutime 16th, cstime 17th.
+            if candidate == pid {
+                total += ((Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0) + (Double(fields[13]) ?? 0) + (Double(fields[14]) ?? 0)) / ticks
+            } else if Int32(fields[1]) == pid {
+                total += ((Double(fields[11]) ?? 0) + (Double(fields[12]) ?? 0)) / ticks
+            }
+        }
+        return total
+    }
+
+    /// `/proc/<pid>/stat` after the command name, split on spaces (state first).
+    private static func statFields(_ pid: Int32) -> [Substring]? {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 15 ? fields : nil
     }
 
     /// Stops the server and removes its folder.
@@ -56,7 +87,7 @@ public final class PostgresServer: Sendable {
         try? FileManager.default.removeItem(atPath: directory)
     }
 
-    private static func start(shared: Bool = true) async throws -> PostgresServer {
+    private static func start(shared: Bool = true, durable: Bool = false) async throws -> PostgresServer {
         guard let binaries = Self.binaryDirectory() else {
             throw Unavailable(description: "PostgreSQL is not installed (scripts/setup-debian installs Debian's postgresql)")
         }
@@ -68,7 +99,7 @@ public final class PostgresServer: Sendable {
         }
         let initdb = try Self.run(binaries + "/initdb", ["-D", directory + "/data", "-U", "relay", "--auth=trust", "-E", "UTF8", "--no-sync"])
         guard try await initdb.exited(within: .seconds(120)) == 0 else { throw Unavailable(description: "initdb failed") }
-        let server = PostgresServer(port: try Self.freePort(), directory: directory, binaries: binaries, shared: shared)
+        let server = PostgresServer(port: try Self.freePort(), directory: directory, binaries: binaries, shared: shared, durable: durable)
         try await server.start()
         guard shared else { return server }
         folder = directory
@@ -90,9 +121,8 @@ public final class PostgresServer: Sendable {
             binaries + "/postgres",
             [
                 "-D", directory + "/data", "-p", String(port), "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=" + directory,
-                "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=400",
-                "-c", "shared_buffers=64MB",
-            ]
+                "-c", "max_connections=400", "-c", "shared_buffers=64MB",
+            ] + (durable ? [] : ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
         )
         postmaster.withLock { $0 = process }
         if shared { Self.runningPID = process.processIdentifier }

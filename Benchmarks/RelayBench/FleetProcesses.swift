@@ -108,16 +108,16 @@ final class FleetProcesses: @unchecked Sendable {
         try? node.recentLog.write(to: logs.appendingPathComponent(name), atomically: true, encoding: .utf8)
     }
 
-    /// Stops node `index` gracefully (SIGTERM: `go_away`, drain, exit) and starts a new process
-    /// on its port; returns how long the old one took to exit.
-    func restart(_ index: Int) async throws -> Duration {
+    /// Stops node `index` gracefully (SIGTERM: `go_away`, drain, exit), or with `kill` at once
+    /// (SIGKILL), and starts a new process on its port; returns how long the old one took to exit.
+    func restart(_ index: Int, kill killing: Bool = false) async throws -> Duration {
         let old = lock.withLock { nodes[index] }
         if !old.process.isRunning {
             let said = old.recentLog.split(separator: "\n").filter { $0.contains(" critical ") || $0.contains(" error ") }.suffix(3)
             print("  node \(index) had stopped by itself: \(said.joined(separator: " | "))")
         }
         let started = ContinuousClock.now
-        kill(old.process.processIdentifier, SIGTERM)
+        kill(old.process.processIdentifier, killing ? SIGKILL : SIGTERM)
         _ = try await old.process.exited(within: .seconds(60))
         let took = ContinuousClock.now - started
         keepLog(of: old)

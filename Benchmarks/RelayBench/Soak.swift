@@ -19,9 +19,11 @@ struct Soak: AsyncParsableCommand {
     @Option(help: "With a fleet: restart a node (SIGTERM, then a new process) every this many seconds; 0 never.") var restartEvery = 0
     @Option(help: "With a fleet: a folder to keep each node process's last log lines in.") var logs: String?
     @Flag(help: "Print each loss, duplicate and restart as it happens, with the time.") var verbose = false
+    @Flag(help: "With --restart-every: end the node with SIGKILL instead of SIGTERM (messages sent in its last moments are lost until clients number theirs).") var kill = false
 
     func run() async throws {
         quietLogging()
+        let kill = kill
         // Every pair reconnects from 127.0.0.1 many times a minute.
         let limits = ["RELAY_CONNECT_BURST": "100000", "RELAY_CONNECT_RATE_PER_MIN": "1000000"]
         let relay: RelayProcess?
@@ -54,18 +56,21 @@ struct Soak: AsyncParsableCommand {
         let restarts = Task { [restartEvery, nodes] () -> [Duration] in
             guard let fleet, restartEvery > 0 else { return [] }
             var took: [Duration] = []
+            var kills: [ContinuousClock.Instant] = []
             var next = 0
             while ContinuousClock.now + .seconds(restartEvery) < deadline - .seconds(5) {
                 try? await Task.sleep(for: .seconds(restartEvery))
                 let duration: Duration
                 if verbose { print("  \(soakClock()) node \(next % nodes) stopping") }
                 do {
-                    duration = try await fleet.restart(next % nodes)
+                    if kill { kills.append(.now) }
+                    duration = try await fleet.restart(next % nodes, kill: kill)
                 } catch {
                     print("  node \(next % nodes) did not start again (\(error)); no more restarts")
                     break
                 }
                 took.append(duration)
+                tally.add { $0.kills = kills }
                 if verbose { print("  \(soakClock()) node \(next % nodes) restarted") }
                 next += 1
             }
@@ -85,7 +90,19 @@ struct Soak: AsyncParsableCommand {
         await fleet?.stop()
         let totals = tally.totals
         if fleet != nil {
-            print("  node restarts: \(restarted.count) (SIGTERM to exit: \(restarted.map { "\(Int($0 / .milliseconds(1))) ms" }.joined(separator: ", ")))")
+            print("  node restarts: \(restarted.count) (\(kill ? "SIGKILL" : "SIGTERM") to exit: \(restarted.map { "\(Int($0 / .milliseconds(1))) ms" }.joined(separator: ", ")))")
+        }
+        let resumes = totals.resumeMillis.sorted()
+        if !resumes.isEmpty {
+            func at(_ share: Double) -> Int { Int(resumes[min(resumes.count - 1, Int(Double(resumes.count) * share))].rounded()) }
+            print("  resume (connect to hello, on whichever node the balancer picks): p50 \(at(0.5)) ms, p99 \(at(0.99)) ms, max \(Int(resumes.last!.rounded())) ms")
+        }
+        for killed in totals.kills {
+            // The clients that lost their socket in the 2 s after the kill, and when the last of them was back.
+            let affected = totals.unexpected.filter { $0.dropped >= killed && $0.dropped < killed + .seconds(2) }
+            if let last = affected.map(\.resumed).max() {
+                print("  SIGKILL to every client of the node resumed: \(Int((last - killed) / .milliseconds(1))) ms (\(affected.count) links)")
+            }
         }
         print(
             "  drop-and-resume cycles: \(totals.cycles) (\(totals.freshLinks) could not resume, \(totals.refusedConnects) connects refused and tried again)"
@@ -162,6 +179,13 @@ final class Tally: Sendable {
         var closes = 0
         /// Reconnects refused (a node going away) and tried again.
         var refusedConnects = 0
+        /// How long each resume took, from the connect to the `hello`.
+        var resumeMillis: [Double] = []
+        /// Sockets the relay's side dropped without a `go_away` (a node killed), and when their
+        /// side was back.
+        var unexpected: [(dropped: ContinuousClock.Instant, resumed: ContinuousClock.Instant)] = []
+        /// When nodes were killed.
+        var kills: [ContinuousClock.Instant] = []
     }
 
     private let totals_ = Mutex(Totals())
@@ -190,6 +214,10 @@ final class Side: Sendable {
         var highest = -1
         /// The relay said `go_away`: the next drop comes at once.
         var goAway = false
+        /// The socket ended without this side closing it (its node was killed): when.
+        var lost: ContinuousClock.Instant?
+        /// This side is closing its socket itself.
+        var closing = false
     }
 
     private let state: Mutex<State>
@@ -218,7 +246,7 @@ final class Side: Sendable {
         while true {
             let socket = state.withLock { $0.socket }
             let cycleEnd = min(deadline, ContinuousClock.now + .milliseconds(Int.random(in: 1500...4000)))
-            while ContinuousClock.now < cycleEnd, !state.withLock({ $0.goAway }) {
+            while ContinuousClock.now < cycleEnd, !state.withLock({ $0.goAway || $0.lost != nil }) {
                 let number = state.withLock { state in
                     defer { state.sentCount += 1 }
                     return state.sentCount
@@ -233,6 +261,7 @@ final class Side: Sendable {
             guard ContinuousClock.now < deadline else { return }
             // Drop: what was sent is written before the close frame. Then resume from the
             // last message the reader processed.
+            state.withLock { $0.closing = true }
             socket.close()
             _ = await drainedSockets.next()
             if verbose { print("  \(soakClock()) \(name) closed its socket") }
@@ -242,6 +271,7 @@ final class Side: Sendable {
             // it out: try again, as a client does.
             var attempt = 0
             var fresh: TestSocket
+            let connecting = ContinuousClock.now
             while true {
                 do {
                     fresh = try await reconnect("&resume_token=\(socket.hello["resume_token"] as! String)&last_seq=\(lastSeq)")
@@ -253,9 +283,12 @@ final class Side: Sendable {
                     try await Task.sleep(for: .milliseconds(200))
                 }
             }
+            let lost = state.withLock { $0.lost }
             tally.add {
                 $0.cycles += 1
                 if fresh.hello["resumed"] as? Bool != true { $0.freshLinks += 1 }
+                $0.resumeMillis.append(Double((ContinuousClock.now - connecting) / .microseconds(1)) / 1000)
+                if let lost { $0.unexpected.append((lost, .now)) }
             }
             // A fresh link numbers its messages from the start.
             if fresh.hello["resumed"] as? Bool != true { state.withLock { $0.lastSeq = 0 } }
@@ -266,6 +299,8 @@ final class Side: Sendable {
             state.withLock {
                 $0.socket = fresh
                 $0.goAway = false
+                $0.lost = nil
+                $0.closing = false
             }
             socketsInput.yield(fresh)
         }
@@ -275,6 +310,9 @@ final class Side: Sendable {
         for await socket in sockets {
             while let message = try? await socket.next() {
                 process(message, tally: tally)
+            }
+            state.withLock { state in
+                if !state.closing, state.lost == nil { state.lost = .now }
             }
             drainedInput.yield()
         }

@@ -274,7 +274,10 @@ final class Side: Sendable {
             let connecting = ContinuousClock.now
             while true {
                 do {
-                    fresh = try await reconnect("&resume_token=\(socket.hello["resume_token"] as! String)&last_seq=\(lastSeq)")
+                    // A client gives up on a connect that brings no hello in a few seconds (one
+                    // to a node killed while it answered may never end) and tries again.
+                    let query = "&resume_token=\(socket.hello["resume_token"] as! String)&last_seq=\(lastSeq)"
+                    fresh = try await withDeadline(.seconds(5), "a hello") { try await self.reconnect(query) }
                     break
                 } catch where attempt < 25 {
                     if verbose { print("  \(soakClock()) \(name) could not connect: \(error)") }

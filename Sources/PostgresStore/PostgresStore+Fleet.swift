@@ -217,29 +217,40 @@ extension PostgresStore: FleetStore {
         let bodies = deliveries.map(\.openBody)
         let events = deliveries.map { $0.event ?? "" }
         // Each row goes to the node serving its link as it is written (a link that moves waits
-        // for this transaction, then takes its rows along); rows for links gone are dropped.
-        let nodes = try await transaction("sending messages to other nodes") { connection -> [String] in
-            try await connection.query("SET LOCAL synchronous_commit = off", logger: self.logger)
-            try await self.ensureServing(on: connection)
-            var nodes: [String] = []
-            for try await node in try await connection.query(
+        // for this statement, then takes its rows along); rows for links gone are dropped. One
+        // statement, one round trip: it holds this node's row (nothing is written once the fleet
+        // declared the node dead) and commits without waiting for the WAL flush.
+        let node = node
+        let (serving, nodes) = try await call("sending messages to other nodes") { () async throws -> (Bool, [String]) in
+            var result = (false, [String]())
+            for try await row in try await self.client.query(
                 """
-                WITH written AS (
+                WITH serving AS (
+                    SELECT 1 FROM relay_node WHERE node_id = \(node) AND state IN ('serving', 'draining') FOR SHARE
+                ),
+                written AS (
                     INSERT INTO relay_inbox (node_id, link_id, type, body, event)
                     SELECT l.owner_node, m.link, m.type, m.body, nullif(m.event, '')
                     FROM unnest(\(links)::text[], \(types)::text[], \(bodies)::text[], \(events)::text[]) WITH ORDINALITY AS m(link, type, body, event, ord)
                     JOIN relay_link l ON l.link_id = m.link AND l.owner_node IS NOT NULL
+                    WHERE EXISTS (SELECT 1 FROM serving)
                     ORDER BY m.ord
                     FOR SHARE OF l
                     RETURNING node_id
                 )
-                SELECT DISTINCT node_id FROM written
+                SELECT set_config('synchronous_commit', 'off', true) = 'off', EXISTS (SELECT 1 FROM serving),
+                    coalesce(array(SELECT DISTINCT node_id FROM written), '{}')
                 """,
                 logger: self.logger
-            ).decode(String.self) {
-                nodes.append(node)
+            ).decode((Bool, Bool, [String]).self) {
+                result = (row.1, row.2)
             }
-            return nodes
+            return result
+        }
+        guard serving else {
+            fence()
+            try ensureNotFenced()
+            return
         }
         // After the commit, in a statement of its own: a NOTIFY inside a writing transaction
         // serializes every commit of the database.
@@ -252,6 +263,13 @@ extension PostgresStore: FleetStore {
         _ = try? await call("ringing other nodes") {
             try await self.client.query("SELECT pg_notify('relay_node_' || n, '') FROM unnest(\(nodes)::text[]) AS n", logger: self.logger)
                 .collect()
+        }
+    }
+
+    public func tidyInbox() async throws(StoreError) {
+        _ = try await call("reclaiming the inbox's space") {
+            // Another node's vacuum under way: this one skips.
+            try await self.client.query("VACUUM (SKIP_LOCKED) relay_inbox", logger: self.logger).collect()
         }
     }
 

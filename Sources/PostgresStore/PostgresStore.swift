@@ -158,12 +158,14 @@ public final class PostgresStore: Service, Sendable {
                         }
                     }
                 }
-                Task {
-                    try? await Task.sleep(for: timeout)
-                    guard once.claim() else { return }
+                let deadline = Task {
+                    guard (try? await Task.sleep(for: timeout)) != nil, once.claim() else { return }
                     work.cancel()
                     continuation.resume(throwing: StoreError.unusable("PostgreSQL at \(location) did not answer within \(timeout) (\(what))"))
                 }
+                // It goes as soon as the call is answered (thousands of calls a second must not
+                // leave as many sleeping timers behind).
+                once.keep(deadline)
             }
         } catch let error as StoreError {
             throw error
@@ -271,13 +273,24 @@ public final class PostgresStore: Service, Sendable {
 
 /// A flag the first of several racing tasks claims.
 final class Once: Sendable {
-    private let done = Mutex(false)
+    private let state = Mutex<(done: Bool, timer: Task<Void, Never>?)>((false, nil))
 
-    /// True for the first caller only.
+    /// True for the first caller only; the timer kept is cancelled then.
     func claim() -> Bool {
-        done.withLock { done in
-            defer { done = true }
-            return !done
+        let (first, timer) = state.withLock { state in
+            defer { state = (true, nil) }
+            return (!state.done, state.timer)
         }
+        timer?.cancel()
+        return first
+    }
+
+    /// A timer to cancel once claimed (at once if it was already).
+    func keep(_ timer: Task<Void, Never>) {
+        let done = state.withLock { state in
+            if !state.done { state.timer = timer }
+            return state.done
+        }
+        if done { timer.cancel() }
     }
 }

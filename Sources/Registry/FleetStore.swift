@@ -140,6 +140,9 @@ public protocol FleetStore: Sendable {
     /// Queues messages for links other nodes serve (each goes to whichever node serves its link
     /// when it is written) and rings those nodes.
     func send(_ deliveries: [RemoteDelivery]) async throws(StoreError)
+    /// Reclaims the space of messages taken (a queue read from its head slows down with every
+    /// row deleted and not yet reclaimed: autovacuum comes by once a minute at most).
+    func tidyInbox() async throws(StoreError)
     /// Takes up to `limit` of the messages queued for this node's links, in the order they were
     /// queued.
     func takeInbox(limit: Int) async throws(StoreError) -> [RemoteDelivery]

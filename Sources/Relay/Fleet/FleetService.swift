@@ -118,13 +118,21 @@ final class FleetService: Service, Sendable {
         var failing = false
         // Messages for links not here (yet): held a few seconds for a link on its way.
         var strays: [String: (since: ContinuousClock.Instant, rows: [RemoteDelivery])] = [:]
+        // Rows taken since the inbox was last tidied, and when that was.
+        var taken = 0
+        var tidied = ContinuousClock.now
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             await rungOrPolled()
+            if taken > 0, ContinuousClock.now - tidied >= .seconds(1) {
+                try? await fleet.store.tidyInbox()
+                (taken, tidied) = (0, .now)
+            }
             do {
                 var rows: [RemoteDelivery]
                 repeat {
                     await arrive(&strays)
                     rows = try await fleet.store.takeInbox(limit: 1000)
+                    taken += rows.count
                     for stray in await switchboard.deliver(rows) {
                         strays[stray.linkID, default: (.now, [])].rows.append(stray)
                     }

@@ -613,6 +613,72 @@ extension FleetTests {
         for client in clients { await client.shutdown() }
     }
 
+    /// CLUSTER_DESIGN §15 case 6, its last part: a killed node's device that never comes back
+    /// ends its sessions after the resume grace, on the node that took its link over; the app on
+    /// another node hears `peer_disconnected`, and the audit says so.
+    @Test func aKilledNodesDeviceThatNeverComesBackEndsItsSessionsAfterTheGrace() async throws {
+        let fleet = try await TestFleet.start(nodes: 2, ["RELAY_RESUME_GRACE_S": "2"])
+        defer { fleet.stop() }
+        try await fleet.explaining {
+            let device = try await fleet.device(on: 1)
+            let app = try await fleet.client(0).app("alice")
+            let sessionID = try await fleet.client(0).openSession(app: app, device: device, deviceID: "robot-1")
+            try device.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "offer"])
+            _ = try await app.next("webrtc_offer")
+            _ = try await eventually("the session's row to be written") { () -> Bool? in
+                try await fleet.server.sql("SELECT ttl_seconds > 0 FROM relay_session WHERE session_id = '\(sessionID)'", database: fleet.database) == "t" ? true : nil
+            }
+            await fleet.nodes[1].killed()
+            #expect(try await app.next("peer_status")["status"] as? String == "reconnecting")
+            let reconnecting = ContinuousClock.now
+            let closed = try await app.next("webrtc_close")
+            #expect(closed["session_id"] as? String == sessionID && closed["reason"] as? String == "peer_disconnected" && closed["by"] as? String == "relay")
+            let waited = ContinuousClock.now - reconnecting
+            #expect(waited >= .seconds(1) && waited < .seconds(6), "closed \(waited) after the takeover")
+            try await app.expectNothingPending()
+            let audited = try await eventually("the audit row") { () -> String? in
+                let row = try await fleet.server.sql("SELECT close_reason FROM relay_session_audit WHERE session_id = '\(sessionID)'", database: fleet.database)
+                return row.isEmpty ? nil : row
+            }
+            #expect(audited == "peer_disconnected")
+        }
+    }
+
+    /// CLUSTER_DESIGN §15 case 7, its other half: the node running a session's timers is killed
+    /// and the node that takes its device's link over refreshes the ICE servers when they are
+    /// due (80 % of a 60 s ttl), for both parties, each on its own node.
+    @Test func aSessionsICEServersAreStillRefreshedWhenTheNodeRunningItsTimersIsKilled() async throws {
+        let fleet = try await TestFleet.start(nodes: 3)
+        defer { fleet.stop() }
+        try await fleet.explaining {
+            let device = try await fleet.device(on: 1)
+            let app = try await fleet.client(0).app("alice")
+            let requested = ContinuousClock.now
+            try app.send(["type": "webrtc_request", "device_id": "robot-1", "ttl": 60])
+            let sessionID = try #require(try await app.next("webrtc_credentials")["session_id"] as? String)
+            let request = try await device.next("webrtc_request")
+            try device.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "offer"])
+            _ = try await app.next("webrtc_offer")
+            try app.send(["type": "webrtc_answer", "session_id": sessionID, "sdp": "answer"])
+            let lastSeq = try #require(try await device.next("webrtc_answer")["seq"] as? Int)
+            _ = request
+            _ = try await eventually("the session's row to be written") { () -> Bool? in
+                try await fleet.server.sql("SELECT answered FROM relay_session WHERE session_id = '\(sessionID)'", database: fleet.database) == "t" ? true : nil
+            }
+            await fleet.nodes[1].killed()
+            #expect(try await app.next("peer_status")["status"] as? String == "reconnecting")
+            // The device resumes on node 2 (its link comes from the node that took it over).
+            let resumed = try await fleet.device(on: 2, resume: try ProcessClient.Resume(device.hello, lastSeq: lastSeq))
+            #expect(resumed.hello["resumed"] as? Bool == true)
+            let appRefresh = try await RestartTests.next("ice_servers_refresh", on: app, within: .seconds(70))
+            let deviceRefresh = try await RestartTests.next("ice_servers_refresh", on: resumed, within: .seconds(20))
+            #expect(appRefresh["session_id"] as? String == sessionID && deviceRefresh["session_id"] as? String == sessionID)
+            #expect((appRefresh["ice_servers"] as? JSONObject)?["ttl"] as? Int == 60)
+            let took = ContinuousClock.now - requested
+            #expect(took >= .seconds(47) && took < .seconds(58), "refreshed \(took) after the request")
+        }
+    }
+
     /// CLUSTER_DESIGN §15 case 18: a device added on one node, its secret rotated and a user
     /// granted with `relay device` on the fleet's database, hold on every node at once; the
     /// audit of a call whose device's node was killed is complete when the call ends.

@@ -70,9 +70,9 @@ import Testing
 
     /// The next message of `type`, past any `peer_status` (whose timing depends on which party
     /// the relay took back first).
-    static func next(_ type: String, on socket: TestSocket) async throws -> JSONObject {
+    static func next(_ type: String, on socket: TestSocket, within timeout: Duration = Mailbox<String>.defaultWait) async throws -> JSONObject {
         while true {
-            let message = try await socket.next()
+            let message = try await socket.next(within: timeout)
             if message["type"] as? String == type { return message }
             guard message["type"] as? String == "peer_status" else {
                 throw TestSocket.UnexpectedMessage(expected: type, received: "\(message)")

@@ -107,9 +107,9 @@ public final class TestSocket: Sendable {
         outgoing.yield(raw)
     }
 
-    /// The next message, decoded; throws if the socket closes first.
-    public func next() async throws -> JSONObject {
-        guard let text = try await inbox.next() else { throw SocketClosed() }
+    /// The next message, decoded; throws if the socket closes first (or nothing comes `within`).
+    public func next(within timeout: Duration = Mailbox<String>.defaultWait) async throws -> JSONObject {
+        guard let text = try await inbox.next(within: timeout) else { throw SocketClosed() }
         return try Self.decode(text)
     }
 

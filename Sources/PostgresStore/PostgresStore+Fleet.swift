@@ -269,7 +269,7 @@ extension PostgresStore: FleetStore {
     public func tidyInbox() async throws(StoreError) {
         _ = try await call("reclaiming the inbox's space") {
             // Another node's vacuum under way: this one skips.
-            try await self.client.query("VACUUM (SKIP_LOCKED) relay_inbox", logger: self.logger).collect()
+            try await self.client.query("VACUUM (SKIP_LOCKED, TRUNCATE false) relay_inbox", logger: self.logger).collect()
         }
     }
 

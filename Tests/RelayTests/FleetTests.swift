@@ -613,6 +613,90 @@ extension FleetTests {
         for client in clients { await client.shutdown() }
     }
 
+    /// CLUSTER_DESIGN §15 case 2: a link whose connection ended without a close frame (a reset,
+    /// or a FIN) on one node resumes on another with `last_seq` behind what it was sent (exactly
+    /// what it missed, in order), equal (nothing), and ahead of it (taken as complete: what
+    /// comes next is numbered after the client's `last_seq`); the app hears `reconnecting` and
+    /// `connected`.
+    @Test(arguments: [AbruptClient.Ending.reset, .fin])
+    func aLinkResumesOnAnotherNodeWithLastSeqBehindEqualAndAhead(_ ending: AbruptClient.Ending) async throws {
+        let fleet = try await TestFleet.start(nodes: 3)
+        defer { fleet.stop() }
+        try await fleet.explaining {
+            let device = try await fleet.device(on: 1)
+            let app = try await fleet.client(0).app("alice")
+            let sessionID = try await fleet.client(0).openSession(app: app, device: device, deviceID: "robot-1")
+            let lastSeq = try #require(try await device.expectNothingPendingSeq())
+            let secret = try #require(fleet.secrets["robot-1"])
+            func path(after seq: Int) -> String {
+                let signed = DeviceSignature.sign(
+                    deviceID: "robot-1",
+                    timestamp: Int(Date().timeIntervalSince1970),
+                    nonce: DeviceSignature.makeNonce(),
+                    secret: secret
+                ).query
+                return "/ws/device?\(signed)&resume_token=\(device.hello["resume_token"] as! String)&last_seq=\(seq)"
+            }
+            func candidates(_ numbers: Range<Int>) throws {
+                for number in numbers {
+                    try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "c-\(number)"]])
+                }
+            }
+            // The app hears the device's status change (a move between nodes may add a pair).
+            func until(_ status: String) async throws {
+                while try await app.next("peer_status")["status"] as? String != status {}
+            }
+
+            // The robot's network changes: a transport on node 2 takes the link over (from node
+            // 1, whose socket closes) and its connection ends without a close frame.
+            try await AbruptClient.connectThenDrop(port: fleet.nodes[2].port, pathAndQuery: path(after: lastSeq), ending: ending)
+            _ = try await device.closeCode()
+            try await until("reconnecting")
+            try candidates(0..<8)
+            try await app.expectNothingPendingBut("peer_status")
+
+            // Behind: on node 0, exactly the 8 it missed, in order.
+            let behind = try await TestSocket.connect("ws://127.0.0.1:\(fleet.nodes[0].port)\(path(after: lastSeq))")
+            #expect(behind.hello["resumed"] as? Bool == true)
+            var received: [String] = []
+            for _ in 0..<8 {
+                let message = try await RestartTests.next("webrtc_ice", on: behind)
+                received.append("\(message["seq"] as? Int ?? -1):\((message["candidate"] as? JSONObject)?["candidate"] as? String ?? "")")
+            }
+            #expect(received == (0..<8).map { "\(lastSeq + 1 + $0):c-\($0)" })
+            try await until("connected")
+            // (A ping's pong is numbered too.)
+            let behindLast = try #require(try await behind.expectNothingPendingSeq())
+
+            // Equal: it drops and resumes on node 1 having processed everything: nothing again.
+            behind.close()
+            _ = try await behind.closeCode()
+            try await until("reconnecting")
+            let equal = try await TestSocket.connect("ws://127.0.0.1:\(fleet.nodes[1].port)\(path(after: behindLast))")
+            #expect(equal.hello["resumed"] as? Bool == true)
+            try await until("connected")
+            try equal.send(["type": "ping"])
+            let equalPong = try await equal.next("pong")
+            #expect(equalPong["seq"] as? Int == behindLast + 1, "nothing came before the pong")
+            let equalLast = try #require(equalPong["seq"] as? Int)
+
+            // Ahead: one more message is kept for it while it is away, and it resumes on node 2
+            // saying it has processed two beyond that: complete; the next is numbered after it.
+            equal.close()
+            _ = try await equal.closeCode()
+            try await until("reconnecting")
+            try candidates(8..<9)
+            try await app.expectNothingPendingBut("peer_status")
+            let ahead = try await TestSocket.connect("ws://127.0.0.1:\(fleet.nodes[2].port)\(path(after: equalLast + 3))")
+            #expect(ahead.hello["resumed"] as? Bool == true)
+            try await until("connected")
+            try candidates(9..<10)
+            let next = try await RestartTests.next("webrtc_ice", on: ahead)
+            #expect(next["seq"] as? Int == equalLast + 4)
+            #expect((next["candidate"] as? JSONObject)?["candidate"] as? String == "c-9")
+        }
+    }
+
     /// CLUSTER_DESIGN §15 case 6, its last part: a killed node's device that never comes back
     /// ends its sessions after the resume grace, on the node that took its link over; the app on
     /// another node hears `peer_disconnected`, and the audit says so.

@@ -154,23 +154,11 @@ extension PostgresStore: FleetStore {
         async throws(StoreError) -> FleetReservation
     {
         try ensureNotFenced()
-        let node = node
         return try await transaction("reserving a session") { connection -> FleetReservation in
             try await connection.query("SET LOCAL synchronous_commit = off", logger: self.logger)
             try await self.ensureServing(on: connection)
-            // The app's link is known to the fleet before the device's node answers it (written
-            // if missing, never locked here: the journal may be writing it, and this
-            // transaction locks only the device's row, so the two never wait on each other).
-            let hash = Data(app.tokenHash)
-            try await connection.query(
-                """
-                INSERT INTO relay_link (link_id, token_hash, party, principal, owner_node, token_valid_until, token_expires_at, token_devices, attached)
-                VALUES (\(app.id), \(hash), \(app.party), \(app.principal), \(node), \(app.tokenValidUntil), \(app.tokenExpiresAt),
-                    \(app.tokenDevices), true)
-                ON CONFLICT DO NOTHING
-                """,
-                logger: self.logger
-            )
+            // (The app's link is known to the fleet already: its row was written before its
+            // `hello`, `registerLink`.)
             // The device's row, locked: reservations for one device take turns fleet-wide.
             var device: (id: String, owner: String?, attached: Bool)?
             for try await row in try await connection.query(
@@ -500,7 +488,7 @@ extension PostgresStore: FleetStore {
             if said || killed {
                 // Its lock is free (a stopped node's may be a moment longer; another taker may
                 // hold it for its transaction): whoever gets it takes the links.
-                let links = try await takeOver(dead, lockKey: lockKey, orphansToo: false)
+                let links = try await takeOver(dead, lockKey: lockKey)
                 if links.links.isEmpty, said { undecided += 1 }
                 taken.merge(links)
             } else if silent {
@@ -519,14 +507,15 @@ extension PostgresStore: FleetStore {
                 undecided += 1
             }
         }
-        if orphansToo { taken.merge(try await takeOver(nil, lockKey: nil, orphansToo: true)) }
+        if orphansToo { taken.merge(try await takeOver(nil, lockKey: nil)) }
         await announce(Set(taken.links.filter { $0.party == "device" }.map(\.principal)))
         return FleetTakeover(state: taken, undecided: undecided)
     }
 
     /// Declares `dead` dead (unless another node just did) and takes its links, the messages
-    /// queued for them and their sessions over, in one transaction.
-    private func takeOver(_ dead: String?, lockKey: Int64?, orphansToo: Bool) async throws(StoreError) -> StoredLiveState {
+    /// queued for them and their sessions over, in one transaction; with no `dead`, the links no
+    /// live node serves.
+    private func takeOver(_ dead: String?, lockKey: Int64?) async throws(StoreError) -> StoredLiveState {
         let node = node
         return try await transaction("taking over a stopped node's links") { connection -> StoredLiveState in
             let empty = StoredLiveState(links: [], messages: [:], sessions: [])

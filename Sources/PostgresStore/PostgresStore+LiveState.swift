@@ -74,13 +74,12 @@ extension PostgresStore: LiveStateStore {
                 "DELETE FROM relay_outbox WHERE link_id IN (SELECT link_id FROM relay_link WHERE link_id = ANY(\(batch.endedLinks)) AND owner_node = \(node))",
                 logger: logger
             )
-            for try await device in try await connection.query(
-                "DELETE FROM relay_link WHERE link_id = ANY(\(batch.endedLinks)) AND owner_node = \(node) AND party = 'device' RETURNING principal",
+            for try await (party, principal) in try await connection.query(
+                "DELETE FROM relay_link WHERE link_id = ANY(\(batch.endedLinks)) AND owner_node = \(node) RETURNING party, principal",
                 logger: logger
-            ).decode(String.self) {
-                changed.insert(device)
+            ).decode((String, String).self) where party == "device" {
+                changed.insert(principal)
             }
-            try await connection.query("DELETE FROM relay_link WHERE link_id = ANY(\(batch.endedLinks)) AND owner_node = \(node)", logger: logger)
         }
         for session in batch.sessions {
             try await upsert(session, on: connection)

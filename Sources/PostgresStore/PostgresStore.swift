@@ -143,15 +143,18 @@ public final class PostgresStore: Service, Sendable {
                 let work = Task {
                     // After a restart of PostgreSQL the pool may still hold connections the
                     // server closed: the call goes again on another (a few times, within the
-                    // deadline), rather than failing once per stale connection.
-                    var attempt = 0
+                    // deadline), rather than failing once per stale connection. A deadlock
+                    // PostgreSQL broke by failing this call runs it again too.
+                    var (lost, deadlocked) = (0, 0)
                     while true {
                         do {
                             let value = try await body()
                             if once.claim() { continuation.resume(returning: value) }
                             return
-                        } catch where attempt < 16 && !Task.isCancelled && Self.connectionWasLost(error) {
-                            attempt += 1
+                        } catch where lost < 16 && !Task.isCancelled && Self.connectionWasLost(error) {
+                            lost += 1
+                        } catch where deadlocked < 3 && !Task.isCancelled && Self.mayRetry(error) {
+                            deadlocked += 1
                         } catch {
                             if once.claim() { continuation.resume(throwing: error) }
                             return
@@ -187,21 +190,15 @@ public final class PostgresStore: Service, Sendable {
     ) async throws(StoreError) -> T {
         let logger = logger
         return try await call(what, within: timeout) {
-            var attempt = 0
-            while true {
-                do {
-                    return try await self.client.withTransaction(logger: logger) { connection in try await body(connection) }
-                } catch let error as PostgresTransactionError where attempt < 3 && Self.mayRetry(error) {
-                    // A deadlock PostgreSQL broke by failing this transaction: it runs again.
-                    attempt += 1
-                }
-            }
+            try await self.client.withTransaction(logger: logger) { connection in try await body(connection) }
         }
     }
 
-    /// A transaction PostgreSQL failed for a deadlock or a serialization conflict.
-    static func mayRetry(_ error: PostgresTransactionError) -> Bool {
-        guard let failure = error.closureError as? PSQLError, let state = failure.serverInfo?[.sqlState] else { return false }
+    /// A statement or transaction PostgreSQL failed for a deadlock or a serialization conflict:
+    /// nothing of it happened.
+    static func mayRetry(_ error: any Error) -> Bool {
+        let failure = (error as? PostgresTransactionError)?.closureError ?? error
+        guard let state = (failure as? PSQLError)?.serverInfo?[.sqlState] else { return false }
         return state == "40P01" || state == "40001"
     }
 

@@ -175,8 +175,6 @@ public func buildRelay(
             )
             let identity = try await admission.admit(request, as: party, from: remoteIP, logger: logger)
             let seed = try await switchboard.prepare(identity, resume: resume)
-            // Bringing a link from another node takes a while: the drain may have begun.
-            if switchboard.isDraining { return .refuse(RelayHTTPError.restarting.refusal) }
             return .accept { LinkSocket(connection: connection, identity: identity, resume: resume, seed: seed) }
         } catch {
             return .refuse(error.refusal)

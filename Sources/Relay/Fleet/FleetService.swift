@@ -196,7 +196,7 @@ final class FleetService: Service, Sendable {
                 let taken = try await fleet.store.takeOverStoppedNodes()
                 guard !taken.links.isEmpty else { continue }
                 logger.warning("Taking over the links of a node that stopped", metadata: ["links": "\(taken.links.count)"])
-                if !(await fleet.arrivals.restore(taken)) { _ = switchboard.restore(taken) }
+                await switchboard.arrive(taken, fleet: fleet)
             } catch {
                 logger.debug("Looking for stopped nodes failed", metadata: ["error": "\(error)"])
             }

@@ -166,9 +166,7 @@ extension Switchboard {
         var asked: Int64?
         while let current = row, table.link(id: current.linkID) == nil, ContinuousClock.now < deadline {
             if current.owner == fleet.node {
-                if let state = try? await fleet.store.liveState(ofLink: current.linkID) {
-                    if !(await fleet.arrivals.restore(state)) { _ = restore(state) }
-                }
+                if let state = try? await fleet.store.liveState(ofLink: current.linkID) { await arrive(state, fleet: fleet) }
                 return
             }
             if let owner = current.owner, current.ownerRuns {
@@ -180,7 +178,7 @@ extension Switchboard {
             } else if let taken = try? await fleet.store.takeOverStoppedNodes(), !taken.links.isEmpty {
                 // Its node stopped: this node takes that node's links over now.
                 logger.warning("Taking over the links of a node that stopped", metadata: ["links": "\(taken.links.count)", "node": "\(current.owner ?? "none")"])
-                if !(await fleet.arrivals.restore(taken)) { _ = restore(taken) }
+                await arrive(taken, fleet: fleet)
             } else {
                 try? await Task.sleep(for: .milliseconds(50))
             }
@@ -192,6 +190,12 @@ extension Switchboard {
                 metadata: ["link.id": "\(row.linkID)", "node": "\(row.owner ?? "none")", "node.runs": "\(row.ownerRuns)"]
             )
         }
+    }
+
+    /// Links (and their sessions) from another node: the inbox reader restores them between two
+    /// reads, so what it read for them first reaches them first; once it stopped, here.
+    func arrive(_ state: StoredLiveState, fleet: Fleet) async {
+        if !(await fleet.arrivals.restore(state)) { _ = restore(state) }
     }
 
     /// Applies a session event to `link`'s session copy; whether the message that carried it

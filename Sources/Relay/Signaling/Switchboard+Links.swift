@@ -25,8 +25,15 @@ extension Switchboard {
     /// a fresh link claimed fleet-wide (contract §4's replace rule across nodes: the link it
     /// replaces, wherever it is, closes with 4002); an app's fresh link is written for the
     /// fleet (its next request may land on another node). Nil when nothing is to be claimed
-    /// (no fleet, a resume this node can serve).
+    /// (no fleet, a resume this node can serve). Refused (503) once the relay drains: bringing a
+    /// link from another node takes a while, and the drain may have begun meanwhile.
     func prepare(_ identity: ClientIdentity, resume: ResumeRequest?) async throws(RelayHTTPError) -> LinkSeed? {
+        let seed = try await prepareInFleet(identity, resume: resume)
+        if isDraining { throw RelayHTTPError.restarting }
+        return seed
+    }
+
+    private func prepareInFleet(_ identity: ClientIdentity, resume: ResumeRequest?) async throws(RelayHTTPError) -> LinkSeed? {
         guard let fleet = table.fleet else { return nil }
         let (party, principal) = identity.partyAndPrincipal
         if let resume, !table.links(of: party, principal: principal).contains(where: { $0.accepts(resumeToken: resume.token) }) {

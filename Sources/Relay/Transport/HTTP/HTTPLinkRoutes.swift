@@ -52,8 +52,6 @@ struct HTTPLinkRoutes: Sendable {
             lastSeq: body["last_seq"].map { $0.intValue.map(RequestField.present) ?? .malformed } ?? .absent
         )
         let seed = try await switchboard.prepare(identity, resume: resume)
-        // Bringing a link from another node takes a while: the drain may have begun.
-        if switchboard.isDraining { throw RelayHTTPError.restarting }
         let transport = TransportSlot()
         let admitted = switchboard.admit(identity, resume: resume, seed: seed) { [switchboard] in transport.drop(switchboard) }
         transport.set(admitted.link, generation: admitted.generation)

@@ -24,14 +24,12 @@ struct ProcessClient {
     }
 
     func device(_ deviceID: String, secret: String, resume: Resume? = nil) async throws -> TestSocket {
-        let query = DeviceSignature.sign(
-            deviceID: deviceID,
-            timestamp: Int(Date().timeIntervalSince1970),
-            nonce: DeviceSignature.makeNonce(),
-            secret: secret
-        )
-        .query
-        return try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/device?\(query)\(resume.map { "&" + $0.query } ?? "")")
+        try await TestSocket.connect("ws://127.0.0.1:\(port)/ws/device?\(Self.signedQuery(deviceID, secret: secret))\(resume.map { "&" + $0.query } ?? "")")
+    }
+
+    /// A device's signed query, signed now with a fresh nonce.
+    static func signedQuery(_ deviceID: String, secret: String) -> String {
+        DeviceSignature.sign(deviceID: deviceID, timestamp: Int(Date().timeIntervalSince1970), nonce: DeviceSignature.makeNonce(), secret: secret).query
     }
 
     /// An app of `userID`; its token names `devices` (the registry decides when nil).

@@ -267,7 +267,8 @@ extension PostgresStore: FleetStore {
             var rows: [(Int64, RemoteDelivery)] = []
             for try await (seq, link, type, body, event) in try await self.client.query(
                 """
-                DELETE FROM relay_inbox WHERE seq IN (SELECT seq FROM relay_inbox WHERE node_id = \(node) ORDER BY seq LIMIT \(limit))
+                UPDATE relay_inbox SET taken = true
+                WHERE seq IN (SELECT seq FROM relay_inbox WHERE node_id = \(node) AND NOT taken ORDER BY seq LIMIT \(limit))
                 RETURNING seq, link_id, type, body, event
                 """,
                 logger: self.logger
@@ -343,31 +344,24 @@ extension PostgresStore: FleetStore {
                 """
                 UPDATE relay_link SET owner_node = \(destination), owner_epoch = owner_epoch + 1, attached = false,
                     token_valid_until = \(link.tokenValidUntil), token_expires_at = \(link.tokenExpiresAt), token_devices = \(link.tokenDevices),
-                    updated_at = now()
+                    cseq = greatest(cseq, \(Int64(link.cseq))), updated_at = now()
                 WHERE link_id = \(link.id) AND owner_node = \(node) RETURNING 1
                 """,
                 logger: self.logger
             ).collect()
             guard !updated.isEmpty else { return false }
+            // What is queued for it and not taken, and what was taken but not delivered (in
+            // their places: before whatever was queued for the link after them). What this node
+            // delivered to it is in what it keeps: gone with this transaction.
+            let seqs = carried.compactMap(\.seq)
             try await connection.query(
-                "UPDATE relay_inbox SET node_id = \(destination) WHERE link_id = \(link.id) AND node_id = \(node)",
+                """
+                UPDATE relay_inbox SET node_id = \(destination), taken = false
+                WHERE link_id = \(link.id) AND node_id = \(node) AND (NOT taken OR seq = ANY(\(seqs)))
+                """,
                 logger: self.logger
             )
-            if !carried.isEmpty {
-                // In their places: before whatever was queued for the link after them.
-                let seqs = carried.map { $0.seq ?? 0 }
-                let types = carried.map(\.type)
-                let bodies = carried.map(\.openBody)
-                let events = carried.map { $0.event ?? "" }
-                try await connection.query(
-                    """
-                    INSERT INTO relay_inbox (seq, node_id, link_id, type, body, event)
-                    SELECT m.seq, \(destination), \(link.id), m.type, m.body, nullif(m.event, '')
-                    FROM unnest(\(seqs)::bigint[], \(types)::text[], \(bodies)::text[], \(events)::text[]) AS m(seq, type, body, event)
-                    """,
-                    logger: self.logger
-                )
-            }
+            try await connection.query("DELETE FROM relay_inbox WHERE link_id = \(link.id) AND node_id = \(node) AND taken", logger: self.logger)
             return true
         }
         if moved {
@@ -383,7 +377,7 @@ extension PostgresStore: FleetStore {
             let links = try await self.storedLinks(
                 connection.query(
                     """
-                    SELECT link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices
+                    SELECT link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices, cseq
                     FROM relay_link WHERE link_id = \(linkID) AND owner_node = \(node)
                     """,
                     logger: self.logger
@@ -549,22 +543,25 @@ extension PostgresStore: FleetStore {
                     WHERE CASE WHEN \(dead)::text IS NULL
                         THEN owner_node IS NULL OR owner_node NOT IN (SELECT node_id FROM relay_node WHERE state <> 'dead')
                         ELSE owner_node = \(dead)::text END
-                    RETURNING link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices
+                    RETURNING link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices, cseq
                     """,
                     logger: self.logger
                 )
             )
-            if let dead { try await connection.query("UPDATE relay_inbox SET node_id = \(node) WHERE node_id = \(dead)", logger: self.logger) }
+            if let dead {
+                // Taken or not: what the dead node took but had not written the effects of is delivered here.
+                try await connection.query("UPDATE relay_inbox SET node_id = \(node), taken = false WHERE node_id = \(dead)", logger: self.logger)
+            }
             guard !stored.isEmpty else { return empty }
             return try await self.liveState(of: stored, on: connection)
         }
     }
 
-    /// Links read as `link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices`.
+    /// Links read as `link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices, cseq`.
     private func storedLinks(_ rows: PostgresRowSequence) async throws -> [StoredLink] {
         var links: [StoredLink] = []
-        for try await (id, hash, party, principal, validUntil, expiresAt, devices) in rows.decode(
-            (String, Data, String, String, Double?, Double?, [String]?).self
+        for try await (id, hash, party, principal, validUntil, expiresAt, devices, cseq) in rows.decode(
+            (String, Data, String, String, Double?, Double?, [String]?, Int64).self
         ) {
             links.append(
                 StoredLink(
@@ -574,7 +571,8 @@ extension PostgresStore: FleetStore {
                     principal: principal,
                     tokenValidUntil: validUntil,
                     tokenExpiresAt: expiresAt,
-                    tokenDevices: devices
+                    tokenDevices: devices,
+                    cseq: Int(cseq)
                 )
             )
         }

@@ -27,6 +27,27 @@ extension PostgresStore: LiveStateStore {
                     changed.formUnion(try await self.write(batch, node: node, on: connection))
                 }
             }
+            // The inbox's messages whose effects these batches hold.
+            let done = batches.flatMap(\.inboxDone)
+            if !done.isEmpty {
+                try await connection.query("DELETE FROM relay_inbox WHERE seq = ANY(\(done)) AND node_id = \(node)", logger: self.logger)
+            }
+            // Contract §11: the links' `cseq` marks, the highest of every batch, in one statement.
+            var marks: [String: Int] = [:]
+            for batch in batches {
+                for (linkID, cseq) in batch.marks { marks[linkID] = max(marks[linkID] ?? 0, cseq) }
+            }
+            if !marks.isEmpty {
+                let links = Array(marks.keys)
+                let cseqs = links.map { Int64(marks[$0]!) }
+                try await connection.query(
+                    """
+                    UPDATE relay_link l SET cseq = greatest(l.cseq, m.cseq) FROM unnest(\(links)::text[], \(cseqs)::bigint[]) AS m(link_id, cseq)
+                    WHERE l.link_id = m.link_id AND l.owner_node = \(node)
+                    """,
+                    logger: self.logger
+                )
+            }
             return changed
         }
         await announce(changed)

@@ -162,6 +162,19 @@ extension PostgresStore {
                 """
             ]
         ),
+        (
+            "v5: reliable sending",
+            [
+                // The highest `cseq` of a link's client whose message is done (contract §11).
+                "ALTER TABLE relay_link ADD COLUMN cseq bigint NOT NULL DEFAULT 0",
+                // A message read from the inbox stays until the live state holding what it caused
+                // is written (in the same transaction): a node killed in between leaves it to its
+                // taker instead of losing it.
+                "ALTER TABLE relay_inbox ADD COLUMN taken boolean NOT NULL DEFAULT false",
+                "DROP INDEX relay_inbox_by_node",
+                "CREATE INDEX relay_inbox_waiting ON relay_inbox (node_id, seq) WHERE NOT taken",
+            ]
+        ),
     ]
 
     /// Brings the database's schema up to date. Nodes starting together take turns (an

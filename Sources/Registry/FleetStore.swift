@@ -143,8 +143,10 @@ public protocol FleetStore: Sendable {
     /// Reclaims the space of messages taken (a queue read from its head slows down with every
     /// row deleted and not yet reclaimed: autovacuum comes by once a minute at most).
     func tidyInbox() async throws(StoreError)
-    /// Takes up to `limit` of the messages queued for this node's links, in the order they were
-    /// queued.
+    /// Takes up to `limit` of the messages queued for this node's links that it has not taken
+    /// yet, in the order they were queued. They stay in the store, taken, until the live-state
+    /// write that holds what they caused deletes them (`LiveStateBatch.inboxDone`): a node
+    /// killed before that leaves them to the node that takes its links over.
     func takeInbox(limit: Int) async throws(StoreError) -> [RemoteDelivery]
     /// The link whose resume token hashes to `tokenHash`, or with id `linkID`.
     func link(tokenHash: [UInt8]) async throws(StoreError) -> FleetLinkRow?
@@ -153,8 +155,9 @@ public protocol FleetStore: Sendable {
     /// `epoch` (a request that comes after the link moved on is stale).
     func requestHandover(of linkID: String, from owner: String, epoch: Int64) async throws(StoreError)
     /// Hands a link of this node to `node`: its row, kept messages and sessions as given, the
-    /// messages queued for it here, and `carried` (read from this node's inbox but not
-    /// delivered: they go back in their places); false when the link is no longer this node's.
+    /// messages queued for it here not yet taken, and `carried` (taken from this node's inbox
+    /// but not delivered: they go on in their places); false when the link is no longer this
+    /// node's.
     func handOver(_ handover: LinkHandover, carrying carried: [RemoteDelivery], to node: String) async throws(StoreError) -> Bool
     /// A link this node serves now (handed over to it), with what it keeps and its sessions.
     func liveState(ofLink linkID: String) async throws(StoreError) -> StoredLiveState?

@@ -18,6 +18,14 @@ final class OutboxLog: Sendable {
         case message = 1
         case forgotten = 2
         case ended = 3
+        /// A link's client's messages are done up to a `cseq` (contract §11).
+        case cseq = 4
+    }
+
+    /// What replaying the log gives: every live link's kept messages (in seq order) and `cseq` mark.
+    struct Contents {
+        var messages: [String: [StoredMessage]] = [:]
+        var marks: [String: Int] = [:]
     }
 
     let path: String
@@ -43,7 +51,7 @@ final class OutboxLog: Sendable {
     func append(_ batches: [LiveStateBatch]) throws {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(batches.reduce(0) { total, batch in
-            batch.messages.reduce(total) { $0 + 64 + $1.message.text.utf8.count } + 64 * (batch.forgotten.count + batch.endedLinks.count)
+            batch.messages.reduce(total) { $0 + 64 + $1.message.text.utf8.count } + 64 * (batch.forgotten.count + batch.endedLinks.count + batch.marks.count)
         })
         for batch in batches { Self.encode(batch, into: &bytes) }
         guard !bytes.isEmpty else { return }
@@ -56,11 +64,12 @@ final class OutboxLog: Sendable {
 
     /// Replaces the log with `snapshot` (every live link's kept messages), written beside it
     /// first and renamed over it, so a kill at any point leaves one whole log.
-    func replace(with snapshot: [String: [StoredMessage]]) throws {
+    func replace(with snapshot: [String: [StoredMessage]], marks: [(linkID: String, cseq: Int)]) throws {
         var bytes = Self.magic
         for (linkID, messages) in snapshot {
             for message in messages { Self.encode(.message, linkID, message: message, into: &bytes) }
         }
+        for (linkID, cseq) in marks { Self.encode(mark: cseq, linkID, into: &bytes) }
         try file.withLock { file in
             let fresh = path + ".new"
             let descriptor = Foundation.open(fresh, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
@@ -82,26 +91,31 @@ final class OutboxLog: Sendable {
         }
     }
 
-    /// Every link's kept messages as the log has them, in seq order.
-    static func read(path: String) -> [String: [StoredMessage]] {
+    /// Every link's kept messages and `cseq` mark as the log has them.
+    static func read(path: String) -> Contents {
         guard let data = FileManager.default.contents(atPath: path), data.count >= magic.count, Array(data.prefix(magic.count)) == magic else {
-            return [:]
+            return Contents()
         }
         var kept: [String: [Int: String]] = [:]
+        var marks: [String: Int] = [:]
         var reader = Reader(bytes: [UInt8](data), offset: magic.count)
-        while let kindByte = reader.byte(), let kind = Kind(rawValue: kindByte), let linkID = reader.string16() {
+        reading: while let kindByte = reader.byte(), let kind = Kind(rawValue: kindByte), let linkID = reader.string16() {
             switch kind {
             case .message:
-                guard let seq = reader.int64(), let text = reader.string32() else { return sorted(kept) }
+                guard let seq = reader.int64(), let text = reader.string32() else { break reading }
                 kept[linkID, default: [:]][seq] = text
             case .forgotten:
-                guard let from = reader.int64(), let before = reader.int64() else { return sorted(kept) }
+                guard let from = reader.int64(), let before = reader.int64() else { break reading }
                 kept[linkID] = kept[linkID]?.filter { $0.key < from || $0.key >= before }
             case .ended:
                 kept[linkID] = nil
+                marks[linkID] = nil
+            case .cseq:
+                guard let cseq = reader.int64() else { break reading }
+                marks[linkID] = max(marks[linkID] ?? 0, cseq)
             }
         }
-        return sorted(kept)
+        return Contents(messages: sorted(kept), marks: marks)
     }
 
     private static func sorted(_ kept: [String: [Int: String]]) -> [String: [StoredMessage]] {
@@ -119,7 +133,14 @@ final class OutboxLog: Sendable {
             append(Int64(clamping: before), to: &bytes)
         }
         for (linkID, message) in batch.messages { encode(.message, linkID, message: message, into: &bytes) }
+        // After the messages: a mark stands for what its messages caused, here and on the link.
+        for (linkID, cseq) in batch.marks { encode(mark: cseq, linkID, into: &bytes) }
         for linkID in batch.endedLinks { encode(.ended, linkID, into: &bytes) }
+    }
+
+    private static func encode(mark cseq: Int, _ linkID: String, into bytes: inout [UInt8]) {
+        encode(.cseq, linkID, into: &bytes)
+        append(Int64(cseq), to: &bytes)
     }
 
     private static func encode(_ kind: Kind, _ linkID: String, message: StoredMessage? = nil, into bytes: inout [UInt8]) {

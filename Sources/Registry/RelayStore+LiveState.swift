@@ -18,6 +18,9 @@ public struct StoredLink: Sendable, Equatable {
     public var tokenDevices: [String]?
     /// A transport serves it (a fleet's other nodes read it: a device that may take a session).
     public var attached: Bool
+    /// The client's messages up to this `cseq` were taken (contract §11): a resume drops them as
+    /// duplicates.
+    public var cseq: Int
 
     public init(
         id: String,
@@ -27,9 +30,11 @@ public struct StoredLink: Sendable, Equatable {
         tokenValidUntil: Double? = nil,
         tokenExpiresAt: Double? = nil,
         tokenDevices: [String]? = nil,
-        attached: Bool = false
+        attached: Bool = false,
+        cseq: Int = 0
     ) {
         self.attached = attached
+        self.cseq = cseq
         self.id = id
         self.tokenHash = tokenHash
         self.party = party
@@ -113,6 +118,12 @@ public struct LiveStateBatch: Sendable {
     public var forgotten: [(linkID: String, from: Int, before: Int)] = []
     public var sessions: [StoredSession] = []
     public var endedSessions: [String] = []
+    /// Per link: its client's messages up to this `cseq` are done (contract §11). With a
+    /// snapshot, every live link's mark is here.
+    public var marks: [(linkID: String, cseq: Int)] = []
+    /// Messages from the fleet's inbox delivered before this batch was gathered (its seqs): what
+    /// they caused is in it, so they go with it (a fleet's store only).
+    public var inboxDone: [Int64] = []
     /// Every live link's kept messages: when set, the outbox log is replaced by it (and
     /// `messages` and `forgotten` are already in it).
     public var snapshot: [String: [StoredMessage]]?
@@ -121,12 +132,12 @@ public struct LiveStateBatch: Sendable {
 
     public var isEmpty: Bool {
         links.isEmpty && endedLinks.isEmpty && messages.isEmpty && forgotten.isEmpty && sessions.isEmpty && endedSessions.isEmpty
-            && snapshot == nil
+            && marks.isEmpty && inboxDone.isEmpty && snapshot == nil
     }
 
     /// How many rows and records it writes (for logs and the retry bound).
     public var count: Int {
-        links.count + endedLinks.count + messages.count + forgotten.count + sessions.count + endedSessions.count
+        links.count + endedLinks.count + messages.count + forgotten.count + sessions.count + endedSessions.count + marks.count + inboxDone.count
             + (snapshot?.values.reduce(0) { $0 + $1.count } ?? 0)
     }
 }
@@ -190,7 +201,7 @@ extension RelayStore {
         try run {
             // A snapshot holds everything before it: what follows is appended to it.
             if let last = batches.lastIndex(where: { $0.snapshot != nil }), let snapshot = batches[last].snapshot {
-                try outbox.replace(with: snapshot)
+                try outbox.replace(with: snapshot, marks: batches[last].marks)
                 try outbox.append(Array(batches[(last + 1)...]))
             } else {
                 try outbox.append(batches)
@@ -254,6 +265,7 @@ extension RelayStore {
     public func liveState() throws(StoreError) -> StoredLiveState {
         try run {
             try pool.read { db in
+                let log = OutboxLog.read(path: self.outbox.path)
                 let links = try Row.fetchAll(db, sql: "SELECT * FROM live_link").map { row in
                     StoredLink(
                         id: row["id"],
@@ -262,10 +274,11 @@ extension RelayStore {
                         principal: row["principal"],
                         tokenValidUntil: row["token_valid_until"],
                         tokenExpiresAt: row["token_expires_at"],
-                        tokenDevices: (row["token_devices"] as String?).map { $0.split(separator: "\n").map(String.init) }
+                        tokenDevices: (row["token_devices"] as String?).map { $0.split(separator: "\n").map(String.init) },
+                        cseq: log.marks[row["id"] as String] ?? 0
                     )
                 }
-                let messages = OutboxLog.read(path: self.outbox.path)
+                let messages = log.messages
                 let sessions = try Row.fetchAll(db, sql: "SELECT * FROM live_session").map { row in
                     StoredSession(
                         id: row["id"],

@@ -83,6 +83,13 @@ struct TestFleet: Sendable {
         }
     }
 
+    /// Waits until every message queued between nodes was delivered and what it caused written.
+    func inboxIsEmpty() async throws {
+        _ = try await eventually("the inbox to be empty") { () -> Bool? in
+            try await server.sql("SELECT count(*) FROM relay_inbox", database: database) == "0" ? true : nil
+        }
+    }
+
     /// A node's state as the fleet's table says.
     func state(of node: Int) async throws -> [String] {
         try await server.sql("SELECT state FROM relay_node ORDER BY started_at", database: database).split(separator: "\n").map(String.init)
@@ -188,8 +195,10 @@ struct TestFleet: Sendable {
         let offer = try await device.next("webrtc_offer")
         let lastSeq = try #require(offer["seq"] as? Int)
         _ = request
-        // Let the device's node write its live state (every 5 ms), then kill it.
+        // Let the device's node write its live state (every 5 ms: the offer it delivered is
+        // written and gone from its inbox), then kill it.
         try await fleet.sessionRow(sessionID, holds: "ttl_seconds > 0")
+        try await fleet.inboxIsEmpty()
         let killedAt = ContinuousClock.now
         await fleet.nodes[1].killed()
 

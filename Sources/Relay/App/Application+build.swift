@@ -55,6 +55,7 @@ public func buildRelay(
         store: stores.live,
         interval: .milliseconds(configuration.outboxFlushMilliseconds),
         links: { table.allLinks },
+        settled: { [outbox = stores.fleet?.outbox] in await outbox?.written() },
         logger: logger
     )
     // Spent nonces go to the store with the audit batches (in a fleet, the ledger spends each

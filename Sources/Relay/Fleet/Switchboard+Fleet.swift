@@ -16,12 +16,14 @@ extension Switchboard {
         var strays: [RemoteDelivery] = []
         var carried = Set<Int64>()
         var moved: [String: Link] = [:]
+        var done: [Int64] = []
         for (index, row) in rows.enumerated() {
             if let seq = row.seq, carried.contains(seq) { continue }
             guard let link = table.link(id: row.linkID) ?? moved[row.linkID] else {
                 strays.append(row)
                 continue
             }
+            if let seq = row.seq { done.append(seq) }
             if case .handover(let node, let epoch) = row.event.flatMap(SessionEvent.init(encoded:)) {
                 let later = rows[(index + 1)...].filter { $0.linkID == link.id }
                 if await handOver(link, to: node, asked: epoch, carrying: later) {
@@ -32,6 +34,8 @@ extension Switchboard {
             }
             deliver(row, to: link)
         }
+        // Gone from the inbox with the live-state write that holds what they caused.
+        liveState?.inboxDelivered(done)
         return strays
     }
 
@@ -40,6 +44,7 @@ extension Switchboard {
         for row in rows {
             if case .opened(let stored) = row.event.flatMap(SessionEvent.init(encoded:)) { refuseRemoteSession(stored) }
         }
+        liveState?.inboxDelivered(rows.compactMap(\.seq))
     }
 
     /// One message for a link of this node (or one that moved on: it follows it).

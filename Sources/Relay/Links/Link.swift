@@ -404,8 +404,57 @@ public final class Link: LinkEndpoint {
 
     /// Asks the current transport to close once what is queued is written.
     func close(code: UInt16, reason: String) {
+        wakeWriter { $0.machine.requestClose(.init(code: code, reason: reason)) }
+    }
+
+    // MARK: Reliable sending (contract §11)
+
+    /// A message numbered `cseq` arrives: true when it is new (under way until `finish`),
+    /// false for a duplicate (dropped; acked now if it is safe already, else once it is).
+    func arrive(cseq: Int) -> Bool {
+        var fresh = true
+        wakeWriter { state in
+            fresh = state.machine.client.arrive(cseq)
+            return !fresh
+        }
+        return fresh
+    }
+
+    /// The message numbered `cseq` was handled for good: once a store holds what it caused
+    /// (`stored(cseq:)`, from the journal) its ack is due; with no store, at once.
+    func finish(cseq: Int) {
+        guard let journal else {
+            wakeWriter { state in
+                guard state.machine.client.finish(cseq) else { return false }
+                state.machine.client.stored(through: state.machine.client.done)
+                return true
+            }
+            return
+        }
+        let listed = state.withLock { state in state.machine.client.finish(cseq) && state.stored.list() }
+        if listed { journal.linkChanged(self) }
+    }
+
+    /// The store holds what the client's messages up to `cseq` caused: their ack is due.
+    func stored(cseq: Int) {
+        wakeWriter { state in
+            state.machine.client.stored(through: cseq)
+            return state.machine.client.ackDue
+        }
+    }
+
+    /// For a resumed link's `hello`: the highest `cseq` acked, which stands for the ack due.
+    func announceAck() -> Int {
+        state.withLock { state in
+            state.machine.client.announced()
+            return state.machine.client.safe
+        }
+    }
+
+    /// Runs `body` under the lock and, when it says so, wakes the writer of the current transport.
+    private func wakeWriter(_ body: (inout State) -> Bool) {
         let (wake, push): ((CheckedContinuation<Event?, Never>, Event)?, (@Sendable () -> Void)?) = state.withLock { state in
-            guard state.machine.requestClose(.init(code: code, reason: reason)) else { return (nil, nil) }
+            guard body(&state) else { return (nil, nil) }
             return (Self.takeWaiter(&state), Self.schedulePush(&state))
         }
         if let (continuation, event) = wake { continuation.resume(returning: event) }
@@ -428,18 +477,19 @@ public final class Link: LinkEndpoint {
         if state.withLock({ $0.move == nil && $0.stored.list() }) { journal?.linkChanged(self) }
     }
 
-    /// Adds the link's kept messages to `snapshot` (see `StoredLinkMarks.snapshot`).
-    func snapshot(into snapshot: inout [String: [StoredMessage]]) -> Int {
-        state.withLock { state in state.stored.snapshot(state.machine, id: id, into: &snapshot) }
+    /// Adds the link's kept messages and `cseq` mark to `batch`'s snapshot (see `StoredLinkMarks.snapshot`).
+    func snapshot(into batch: inout LiveStateBatch) -> Int {
+        state.withLock { state in state.stored.snapshot(state.machine, id: id, into: &batch) }
     }
 
-    /// Adds to `batch` what the store lacks of the link (see `StoredLinkMarks.journal`).
-    func journal(into batch: inout LiveStateBatch) {
+    /// Adds to `batch` what the store lacks of the link (see `StoredLinkMarks.journal`); the
+    /// `cseq` mark it adds, if any (the journal calls `stored(cseq:)` once it is written).
+    func journal(into batch: inout LiveStateBatch) -> Int? {
         state.withLock { state in
             // A link that moved is its new node's to write.
-            guard state.move == nil else { return }
+            guard state.move == nil else { return nil }
             let record = storedRecord(state)
-            state.stored.journal(state.machine, id: id, into: &batch) { record }
+            return state.stored.journal(state.machine, id: id, into: &batch) { record }
         }
     }
 
@@ -455,7 +505,9 @@ public final class Link: LinkEndpoint {
             tokenValidUntil: state.machine.tokenValidUntil,
             tokenExpiresAt: state.app?.expiresAt,
             tokenDevices: state.app?.devices.map { $0.sorted() },
-            attached: state.machine.isAttached
+            attached: state.machine.isAttached,
+            // What a node the link moves to must drop as duplicates: everything taken here.
+            cseq: state.machine.client.taken
         )
     }
 

@@ -21,6 +21,10 @@ final class LiveStateJournal: Service, Sendable {
         /// Sessions that ended without an object to ask (dropped while restoring).
         var endedSessions: [String] = []
         var failed: [LiveStateBatch] = []
+        /// The `cseq` marks of the failed batches: acked once they are written.
+        var failedMarks: [(Link, Int)] = []
+        /// Messages from the fleet's inbox delivered since the last flush (their seqs).
+        var inboxDone: [Int64] = []
         var dropped = 0
         var failing: String?
         /// The next flush replaces the outbox log with a snapshot (the first one of a process
@@ -38,6 +42,9 @@ final class LiveStateJournal: Service, Sendable {
     private let store: any LiveStateStore
     /// Every live link, for a snapshot.
     private let links: @Sendable () -> [Link]
+    /// Returns once every message routed before the call to another node's links is written (a
+    /// fleet's outbox): what a client's message caused is safe then, and its `ack` may go.
+    private let settled: @Sendable () async -> Void
     let interval: Duration
     private let capacity: Int
     private let logger: Logger
@@ -49,9 +56,17 @@ final class LiveStateJournal: Service, Sendable {
     /// snapshot (what the links keep is usually far less than what flowed).
     static let compactionBytes = 64 << 20
 
-    init(store: any LiveStateStore, interval: Duration, links: @escaping @Sendable () -> [Link], capacity: Int = 200_000, logger: Logger) {
+    init(
+        store: any LiveStateStore,
+        interval: Duration,
+        links: @escaping @Sendable () -> [Link],
+        settled: @escaping @Sendable () async -> Void = {},
+        capacity: Int = 200_000,
+        logger: Logger
+    ) {
         self.store = store
         self.links = links
+        self.settled = settled
         self.interval = interval
         self.capacity = capacity
         self.logger = logger
@@ -70,6 +85,17 @@ final class LiveStateJournal: Service, Sendable {
     func sessionChanged(_ session: Session) {
         pending.withLock { pending in
             pending.sessions.append(session)
+            pending.changed = true
+        }
+        wake.raise()
+    }
+
+    /// Messages from the fleet's inbox were delivered: the next write holds what they caused,
+    /// and deletes them (a node killed before it leaves them to its taker).
+    func inboxDelivered(_ seqs: [Int64]) {
+        guard !seqs.isEmpty else { return }
+        pending.withLock { pending in
+            pending.inboxDone += seqs
             pending.changed = true
         }
         wake.raise()
@@ -116,28 +142,35 @@ final class LiveStateJournal: Service, Sendable {
 
     /// Writes what changed since the last flush (only `run` calls it: one at a time).
     private func flush() async {
-        let (links, sessions, ended, failed) = pending.withLock { pending in
+        let (links, sessions, ended, failed, failedMarks, inboxDone) = pending.withLock { pending in
             defer {
+                pending.inboxDone.removeAll()
                 pending.changed = false
                 pending.links.removeAll(keepingCapacity: true)
                 pending.sessions.removeAll(keepingCapacity: true)
                 pending.endedSessions.removeAll()
                 pending.failed.removeAll()
+                pending.failedMarks.removeAll()
             }
-            return (pending.links, pending.sessions, pending.endedSessions, pending.failed)
+            return (pending.links, pending.sessions, pending.endedSessions, pending.failed, pending.failedMarks, pending.inboxDone)
         }
+        // Taken with the links and sessions to ask: everything these messages caused was listed
+        // before they were reported, so it is in this batch (or an earlier one).
         var batch = LiveStateBatch()
-        for link in links { link.journal(into: &batch) }
+        batch.inboxDone = inboxDone
+        var marks = failedMarks
+        for link in links {
+            if let cseq = link.journal(into: &batch) { marks.append((link, cseq)) }
+        }
         var seen = Set<ObjectIdentifier>()
         for session in sessions where seen.insert(ObjectIdentifier(session)).inserted { session.journal(into: &batch) }
         batch.endedSessions += ended
         let logBytes = store.outboxLogBytes
         if pending.withLock({ $0.snapshotDue || (logBytes > Self.compactionBytes && logBytes > 4 * $0.snapshotBytes) }) {
             // After the batch: the snapshot holds everything it has, and what came since.
-            var snapshot: [String: [StoredMessage]] = [:]
             var bytes = 0
-            for link in self.links() { bytes += link.snapshot(into: &snapshot) }
-            batch.snapshot = snapshot
+            batch.snapshot = [:]
+            for link in self.links() { bytes += link.snapshot(into: &batch) }
             pending.withLock { pending in
                 pending.snapshotDue = false
                 pending.snapshotBytes = bytes
@@ -147,6 +180,11 @@ final class LiveStateJournal: Service, Sendable {
         guard !batches.isEmpty else { return }
         do {
             try await store.save(batches)
+            if !marks.isEmpty {
+                // Contract §11: the client's messages up to each mark are safe; their acks go.
+                await settled()
+                for (link, cseq) in marks { link.stored(cseq: cseq) }
+            }
             let recovered = pending.withLock { pending in
                 defer {
                     pending.failing = nil
@@ -168,6 +206,7 @@ final class LiveStateJournal: Service, Sendable {
                     pending.snapshotDue = true
                 }
                 pending.failed = kept
+                pending.failedMarks = marks + pending.failedMarks
                 return pending.failures == 1
             }
             if first {

@@ -17,6 +17,8 @@ struct StoredLinkMarks: Sendable {
     private var from = 1
     /// Every stored message is to go (a restored link renumbered what it kept).
     private var rewrite = false
+    /// The client's messages up to this `cseq` are done in the store's eyes.
+    private var cseq = 0
 
     init() {}
 
@@ -26,6 +28,7 @@ struct StoredLinkMarks: Sendable {
         row = true
         through = frames.last?.seq ?? firstKept - 1
         from = frames.first?.seq ?? firstKept
+        cseq = machine.client.safe
     }
 
     /// Whether the journal is to be told (once until it asks).
@@ -40,13 +43,14 @@ struct StoredLinkMarks: Sendable {
 
     /// Adds what the store lacks of the link to `batch`: its row (`record`) when new or
     /// changed, the kept messages not yet written, the range of stored ones since acked or
-    /// dropped; or, once it ended, that it is gone.
-    mutating func journal(_ machine: Link.Machine, id: String, into batch: inout LiveStateBatch, record: () -> StoredLink) {
+    /// dropped, the client's `cseq` done since; or, once it ended, that it is gone. Returns
+    /// the `cseq` mark it added.
+    mutating func journal(_ machine: Link.Machine, id: String, into batch: inout LiveStateBatch, record: () -> StoredLink) -> Int? {
         listed = false
         if machine.isEnded {
             if row || through >= from { batch.endedLinks.append(id) }
             self = StoredLinkMarks()
-            return
+            return nil
         }
         if !row {
             batch.links.append(record())
@@ -64,18 +68,25 @@ struct StoredLinkMarks: Sendable {
         }
         for frame in frames { batch.messages.append((id, StoredMessage(seq: frame.seq, text: frame.text))) }
         through = machine.upcomingSeq - 1
+        // After the messages: what the client's messages caused (on this link too) is in the batch.
+        let done = machine.client.done
+        guard done > cseq else { return nil }
+        cseq = done
+        batch.marks.append((id, done))
+        return done
     }
 
-    /// Adds the link's kept messages to `snapshot` (nothing once it ended): the store now has
-    /// all of them. Returns their bytes.
-    mutating func snapshot(_ machine: Link.Machine, id: String, into snapshot: inout [String: [StoredMessage]]) -> Int {
+    /// Adds the link's kept messages and its stored `cseq` mark to `batch`'s snapshot (nothing
+    /// once it ended): the store now has all of them. Returns their bytes.
+    mutating func snapshot(_ machine: Link.Machine, id: String, into batch: inout LiveStateBatch) -> Int {
         guard !machine.isEnded else { return 0 }
         let (frames, firstKept) = machine.keptFrames(after: 0)
         rewrite = false
         from = firstKept
         through = machine.upcomingSeq - 1
+        if cseq > 0 { batch.marks.append((id, cseq)) }
         guard !frames.isEmpty else { return 0 }
-        snapshot[id] = frames.map { StoredMessage(seq: $0.seq, text: $0.text) }
+        batch.snapshot?[id] = frames.map { StoredMessage(seq: $0.seq, text: $0.text) }
         return frames.reduce(0) { $0 + $1.text.utf8.count }
     }
 }

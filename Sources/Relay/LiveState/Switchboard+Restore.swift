@@ -40,7 +40,8 @@ extension Switchboard {
                     rate: TokenBucket(burst: limits.rateBurst, perSecond: limits.ratePerSecond),
                     resumeGrace: limits.resumeGrace,
                     tokenValidUntil: party == .app ? record.tokenValidUntil ?? 0 : nil,
-                    detachedUntil: clock.now + limits.resumeGrace
+                    detachedUntil: clock.now + limits.resumeGrace,
+                    client: ClientSequence(through: record.cseq)
                 ),
                 metrics: metrics,
                 journal: liveState

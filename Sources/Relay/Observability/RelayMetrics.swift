@@ -20,6 +20,7 @@ final class RelayMetrics: Sendable {
     private let messagesIn: [String: CoreMetrics.Counter]
     private let messagesOut: [String: CoreMetrics.Counter]
     private let rateLimitedMessages: CoreMetrics.Counter
+    private let duplicateMessages: CoreMetrics.Counter
     private let authFailures: [String: CoreMetrics.Counter]
     private let storeDroppedEvents: CoreMetrics.Gauge
 
@@ -82,6 +83,7 @@ final class RelayMetrics: Sendable {
         messagesIn = Self.counters(Self.inboundTypes + ["other"], direction: "in", factory: factory)
         messagesOut = Self.counters(Self.outboundTypes + ["other"], direction: "out", factory: factory)
         rateLimitedMessages = CoreMetrics.Counter(label: "relay_rate_limited_messages_total", factory: factory)
+        duplicateMessages = CoreMetrics.Counter(label: "relay_duplicate_messages_total", factory: factory)
         authFailures = Dictionary(
             uniqueKeysWithValues: Self.authReasons.map {
                 ($0, CoreMetrics.Counter(label: "relay_auth_failures_total", dimensions: [("reason", $0)], factory: factory))
@@ -120,6 +122,11 @@ final class RelayMetrics: Sendable {
 
     func rateLimited() {
         rateLimitedMessages.increment()
+    }
+
+    /// A client re-sent a message (`cseq`) the relay had taken already: dropped (contract §11).
+    func duplicateDropped() {
+        duplicateMessages.increment()
     }
 
     func sessionEnded(reason: String, by closer: String) {

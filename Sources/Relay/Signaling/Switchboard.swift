@@ -99,7 +99,11 @@ final class Switchboard: Sendable {
     /// Every message, whatever carried it: the link's rate limit, then the message's route.
     @inline(__always)
     private func receive(from link: Link, decode: () throws(SignalingError) -> ClientEnvelope) -> Reception {
-        guard admitMessage(from: link) else { return .refused }
+        guard admitMessage(from: link) else {
+            // A numbered message refused is handled for good too: its error is on the link.
+            if let cseq = (try? decode())?.cseq, link.arrive(cseq: cseq) { link.finish(cseq: cseq) }
+            return .refused
+        }
         let envelope: ClientEnvelope
         do {
             envelope = try decode()
@@ -109,6 +113,32 @@ final class Switchboard: Sendable {
             return .handled
         }
         metrics.received(envelope.message.type)
+        guard let cseq = envelope.cseq else { return routeReportingErrors(envelope, from: link) }
+        // Contract §11: a number taken before is a duplicate (a client re-sending after a
+        // resume what was not acked yet): dropped, and acked.
+        guard link.arrive(cseq: cseq) else {
+            metrics.duplicateDropped()
+            return .handled
+        }
+        switch routeReportingErrors(envelope, from: link) {
+        case .refused, .handled:
+            link.finish(cseq: cseq)
+            return .handled
+        case .pending(let work):
+            return .pending {
+                await work()
+                link.finish(cseq: cseq)
+            }
+        case .alongside(let work):
+            return .alongside {
+                await work()
+                link.finish(cseq: cseq)
+            }
+        }
+    }
+
+    @inline(__always)
+    private func routeReportingErrors(_ envelope: ClientEnvelope, from link: Link) -> Reception {
         do {
             return try route(envelope, from: link)
         } catch {
@@ -173,8 +203,12 @@ final class Switchboard: Sendable {
             // on another event loop, and the session must already count as answered then.
             let answer = type == "webrtc_answer"
             if answer, session.markAnswered() { answered(session) }
+            // The sender's number goes with it (contract §11): a receiving client ignores one it
+            // processed already.
+            var forwarded = fields
+            if let cseq = envelope.cseq { forwarded.append(("peer_cseq", .int(cseq))) }
             // The peer's node, if it is another, counts the session answered too.
-            session.peer(of: link)?.send(OutboundMessage(type, fields: fields), event: answer ? .answered(sessionID: session.id) : nil)
+            session.peer(of: link)?.send(OutboundMessage(type, fields: forwarded), event: answer ? .answered(sessionID: session.id) : nil)
 
         case .close(let sessionID, let reason):
             let session = try openSession(sessionID, of: link, requestID: requestID)

@@ -21,6 +21,8 @@ struct LinkConnection: Sendable {
                 "heartbeat_ms": .number(Double(heartbeatMilliseconds)),
                 "resume_grace_ms": .number(Double(resumeGraceMilliseconds)),
                 "resumed": .bool(resumed),
+                // Contract §11: what the client re-sends starts after this.
+                "acked_cseq": resumed ? .int(link.announceAck()) : nil,
             ]
         )
     }

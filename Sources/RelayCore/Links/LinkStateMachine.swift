@@ -34,6 +34,8 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
     public private(set) var attachment = Attachment.new
     @usableFromInline var outbox: OutboxBuffer
     @usableFromInline var rate: TokenBucket<Instant>
+    /// The numbers (`cseq`) of the client's messages: duplicates, and the acks due (contract §11).
+    public var client: ClientSequence
     /// Bumped by every attach and detach: a writer serves one generation.
     public private(set) var generation = 0
     @usableFromInline var closeRequest: CloseRequest?
@@ -49,9 +51,17 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
 
     /// A new link, or (with `detachedUntil`) one restored from a store: detached, waiting for
     /// its client to resume until then.
-    public init(outbox: OutboxBuffer, rate: TokenBucket<Instant>, resumeGrace: Duration, tokenValidUntil: Double?, detachedUntil: Instant? = nil) {
+    public init(
+        outbox: OutboxBuffer,
+        rate: TokenBucket<Instant>,
+        resumeGrace: Duration,
+        tokenValidUntil: Double?,
+        detachedUntil: Instant? = nil,
+        client: ClientSequence = ClientSequence()
+    ) {
         self.outbox = outbox
         self.rate = rate
+        self.client = client
         self.resumeGrace = resumeGrace
         self.tokenValidUntil = tokenValidUntil
         if let detachedUntil {
@@ -231,7 +241,7 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
     /// Whether the writer of the current transport has something to take.
     @inlinable
     public var writerHasWork: Bool {
-        outbox.hasUnsent || (closeRequest != nil && !closeDelivered)
+        outbox.hasUnsent || client.ackDue || (closeRequest != nil && !closeDelivered)
     }
 
     /// Whether the close was asked for and handed to the writer.
@@ -240,7 +250,8 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
     public enum Take: Sendable, Equatable {
         /// A newer transport has the link (or it detached): this writer stops.
         case superseded
-        /// Frames to write in order, then the close when there is one.
+        /// Frames to write in order, then the close when there is one. An `ack` due comes
+        /// last, unnumbered (seq 0): it is never kept nor replayed (a newer one supersedes it).
         case write([OutboxBuffer.Frame], close: CloseRequest?)
     }
 
@@ -255,10 +266,16 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
         case .ended: break
         default: return .superseded
         }
-        let frames = outbox.takeUnsent()
+        var frames = outbox.takeUnsent()
+        if let ack = client.takeAck() { frames.append(OutboxBuffer.Frame(seq: 0, text: Self.ackText(ack))) }
         guard let request = closeRequest, !closeDelivered, closeWithFrames || frames.isEmpty else { return .write(frames, close: nil) }
         closeDelivered = true
         return .write(frames, close: request)
+    }
+
+    /// The text of the relay's `ack` of every client message up to `cseq`.
+    public static func ackText(_ cseq: Int) -> String {
+        "{\"type\":\"ack\",\"cseq\":\(cseq)}"
     }
 
     // MARK: Messages from the client

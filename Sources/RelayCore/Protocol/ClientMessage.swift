@@ -29,10 +29,12 @@ public enum ClientMessage: Sendable {
     }
 }
 
-/// A client message with the `request_id` to echo on whatever it causes.
+/// A client message with the `request_id` to echo on whatever it causes, and the client's own
+/// number for it (`cseq`, contract §11), if it sends reliably.
 public struct ClientEnvelope: Sendable {
     public var message: ClientMessage
     public var requestID: String?
+    public var cseq: Int?
 }
 
 /// The error codes of contract §3.6.
@@ -113,6 +115,12 @@ extension ClientEnvelope {
             requestID = id
         }
         let fields = Fields(object: object, requestID: requestID)
+        if let value = object["cseq"] {
+            guard let number = value.intValue, number > 0 else { throw fields.error("cseq must be a positive integer") }
+            cseq = number
+        } else {
+            cseq = nil
+        }
         guard let type = object["type"] else { throw fields.error("type is required") }
         guard let type = type.stringValue else { throw fields.error("type must be a string") }
         self.requestID = requestID

@@ -168,11 +168,12 @@ final class PollParty: Party {
     /// Waits on `port`; sends to `sendPort` (another node of a fleet) when given, with
     /// `POST /api/link/send` when `sendsAlone` (a poll carries `last_seq` too: two in flight
     /// at once may ack out of order).
-    init(port: Int, hello: Hello, sendPort: Int? = nil, sendsAlone: Bool = false) {
+    init(port: Int, hello: Hello, lastSeq: Int = 0, sendPort: Int? = nil, sendsAlone: Bool = false) {
         self.link = hello
         self.sendsAlone = sendsAlone
         waiting = HTTPClient(port: port)
         sending = HTTPClient(port: sendPort ?? port)
+        self.lastSeq.withLock { $0 = lastSeq }
         let task = Task { [weak self] in
             while !Task.isCancelled {
                 guard let self else { return }
@@ -204,7 +205,11 @@ final class PollParty: Party {
             throw HTTPFailure(answer.status, answer.json)
         }
         for message in answer.json["messages"] as? [JSONObject] ?? [] {
-            guard let seq = message["seq"] as? Int else { continue }
+            guard let seq = message["seq"] as? Int else {
+                // Unnumbered (an ack, contract §11): never answered twice.
+                if let data = try? JSONSerialization.data(withJSONObject: message) { inbox.append(data) }
+                continue
+            }
             lastSeq.withLock { last in
                 guard seq > last else { return }
                 last = seq

@@ -116,7 +116,11 @@ struct HTTPLinkRoutes: Sendable {
             switch await Self.nextEvent(link, generation: generation, timeout: keepalive, departure: departure) {
             case .event(.send(let frames)):
                 var text = ""
-                for frame in frames { text += "id: \(frame.seq)\nevent: message\ndata: \(frame.text)\n\n" }
+                for frame in frames {
+                    // An unnumbered message (an ack) has no id: it is never replayed.
+                    if frame.seq > 0 { text += "id: \(frame.seq)\n" }
+                    text += "event: message\ndata: \(frame.text)\n\n"
+                }
                 try await writer.write(ByteBuffer(string: text))
             case .event(.close(let code, let reason)):
                 try await writer.write(ByteBuffer(string: "event: close\ndata: \(Self.closeObject(code: code, reason: reason))\n\n"))

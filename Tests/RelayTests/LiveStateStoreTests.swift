@@ -66,3 +66,26 @@ import Testing
         }
     }
 }
+
+extension LiveStateStoreTests {
+    @Test func aLinksCseqMarkComesBackThroughASnapshotAndGoesWhenItEnds() async throws {
+        try await withTemporaryDirectory { directory in
+            let store = try RelayStore(path: "\(directory)/relay.sqlite")
+            var first = LiveStateBatch()
+            first.links = [Self.link("a"), Self.link("b")]
+            first.marks = [("a", 3), ("b", 9)]
+            var second = LiveStateBatch()
+            second.marks = [("a", 5)]
+            try await store.save([first, second])
+            #expect(try store.liveState().links.map { "\($0.id)=\($0.cseq)" }.sorted() == ["a=5", "b=9"])
+            var snapshot = LiveStateBatch()
+            snapshot.snapshot = [:]
+            snapshot.marks = [("a", 6), ("b", 9)]
+            var after = LiveStateBatch()
+            after.endedLinks = ["b"]
+            after.links = [Self.link("c")]
+            try await store.save([snapshot, after])
+            #expect(try store.liveState().links.map { "\($0.id)=\($0.cseq)" }.sorted() == ["a=6", "c=0"])
+        }
+    }
+}

@@ -5,7 +5,9 @@ import Synchronization
 
 /// Many app/device pairs in sessions, each side dropping its socket every few seconds and
 /// resuming, both sending all the while. Every message carries a number; at the end each side
-/// checks what it got: delivered, lost, duplicated. Runs the real `relay` binary and reads its
+/// checks what it got: delivered, lost, duplicated. The sides send reliably (contract §11: each
+/// message numbered with `cseq`, kept until acked, re-sent after a resume, a repeated
+/// `peer_cseq` ignored) unless `--unnumbered`. Runs the real `relay` binary and reads its
 /// memory from /proc. With `--nodes N`, a fleet of N nodes on a private PostgreSQL behind
 /// haproxy (no sticky routing: a resume lands on any node), restarted one after another every
 /// `--restart-every` seconds (SIGTERM: clients leave on `go_away` and resume elsewhere).
@@ -19,7 +21,8 @@ struct Soak: AsyncParsableCommand {
     @Option(help: "With a fleet: restart a node (SIGTERM, then a new process) every this many seconds; 0 never.") var restartEvery = 0
     @Option(help: "With a fleet: a folder to keep each node process's last log lines in.") var logs: String?
     @Flag(help: "Print each loss, duplicate and restart as it happens, with the time.") var verbose = false
-    @Flag(help: "With --restart-every: end the node with SIGKILL instead of SIGTERM (messages sent in its last moments are lost until clients number theirs).") var kill = false
+    @Flag(help: "With --restart-every: end the node with SIGKILL instead of SIGTERM.") var kill = false
+    @Flag(help: "Send as a v1 client: no cseq, nothing re-sent (a SIGKILL then loses what was in flight).") var unnumbered = false
 
     func run() async throws {
         quietLogging()
@@ -111,6 +114,9 @@ struct Soak: AsyncParsableCommand {
         print("  messages delivered: \(totals.delivered)")
         print("  messages lost:      \(totals.sent - totals.delivered)")
         print("  messages duplicated: \(totals.duplicated)")
+        if !unnumbered {
+            print("  re-sent after a resume: \(totals.resent); received again and ignored by peer_cseq: \(totals.repeats)")
+        }
         print("  out of order:       \(totals.outOfOrder) (delivered after a later one)")
         print("  errors / sessions closed: \(totals.errors) / \(totals.closes)")
         print("  relay memory (RSS\(fleet == nil ? "" : ", all nodes")): \(startRSS / 1024) MiB at start, \(endRSS / 1024) MiB at end")
@@ -121,7 +127,7 @@ struct Soak: AsyncParsableCommand {
 
     /// Every pair's session, sending and resuming until `deadline`, then checking what arrived.
     private func runPairs(connector: Connector, deadline: ContinuousClock.Instant, tally: Tally) async throws {
-        let (rate, verbose) = (rate, verbose)
+        let (rate, verbose, numbered) = (rate, verbose, !unnumbered)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for index in 0..<pairs {
                 group.addTask {
@@ -135,10 +141,10 @@ struct Soak: AsyncParsableCommand {
                     let offer = try await app.next("webrtc_offer")
                     try app.send(["type": "webrtc_answer", "session_id": sessionID, "sdp": "v=0 answer"])
                     let answer = try await device.next("webrtc_answer")
-                    let appSide = Side(name: "pair \(index) app", verbose: verbose, socket: app, lastSeq: offer["seq"] as! Int) { resume in
+                    let appSide = Side(name: "pair \(index) app", verbose: verbose, numbered: numbered, socket: app, lastSeq: offer["seq"] as! Int) { resume in
                         try await connector.app("soak-user-\(index)", devices: ["soak-robot-\(index)"], resume: resume)
                     }
-                    let deviceSide = Side(name: "pair \(index) device", verbose: verbose, socket: device, lastSeq: answer["seq"] as! Int) { resume in
+                    let deviceSide = Side(name: "pair \(index) device", verbose: verbose, numbered: numbered, socket: device, lastSeq: answer["seq"] as! Int) { resume in
                         try await connector.device("soak-robot-\(index)", resume: resume)
                     }
                     async let appReading: Void = appSide.readLoop(tally: tally)
@@ -179,6 +185,10 @@ final class Tally: Sendable {
         var closes = 0
         /// Reconnects refused (a node going away) and tried again.
         var refusedConnects = 0
+        /// Messages sent again after a resume (not acked before it).
+        var resent = 0
+        /// Messages received again with a `peer_cseq` already processed, and ignored.
+        var repeats = 0
         /// How long each resume took, from the connect to the `hello`.
         var resumeMillis: [Double] = []
         /// Sockets the relay's side dropped without a `go_away` (a node killed), and when their
@@ -198,9 +208,12 @@ final class Tally: Sendable {
 
 /// One party of a soak session: sends numbered ICE candidates, drops its socket now and then
 /// and resumes with the last `seq` it processed; a reader task processes whatever arrives.
+/// Numbered (contract §11), it keeps what it sent until the relay acks it and sends it again
+/// after a resume.
 final class Side: Sendable {
     let name: String
     let verbose: Bool
+    let numbered: Bool
     let reconnect: @Sendable (String) async throws -> TestSocket
 
     private struct State {
@@ -218,6 +231,12 @@ final class Side: Sendable {
         var lost: ContinuousClock.Instant?
         /// This side is closing its socket itself.
         var closing = false
+        /// Sent with a `cseq` and not acked yet, in order.
+        var unacked: [(cseq: Int, message: JSONObject)] = []
+
+        mutating func acked(through cseq: Int) {
+            unacked.removeFirst(unacked.prefix { $0.cseq <= cseq }.count)
+        }
     }
 
     private let state: Mutex<State>
@@ -228,9 +247,17 @@ final class Side: Sendable {
     private let drained: AsyncStream<Void>
     private let drainedInput: AsyncStream<Void>.Continuation
 
-    init(name: String, verbose: Bool = false, socket: TestSocket, lastSeq: Int, reconnect: @escaping @Sendable (String) async throws -> TestSocket) {
+    init(
+        name: String,
+        verbose: Bool = false,
+        numbered: Bool,
+        socket: TestSocket,
+        lastSeq: Int,
+        reconnect: @escaping @Sendable (String) async throws -> TestSocket
+    ) {
         self.name = name
         self.verbose = verbose
+        self.numbered = numbered
         self.reconnect = reconnect
         self.state = Mutex(State(socket: socket, lastSeq: lastSeq))
         (sockets, socketsInput) = AsyncStream.makeStream(of: TestSocket.self, bufferingPolicy: .bufferingOldest(4))
@@ -247,14 +274,20 @@ final class Side: Sendable {
             let socket = state.withLock { $0.socket }
             let cycleEnd = min(deadline, ContinuousClock.now + .milliseconds(Int.random(in: 1500...4000)))
             while ContinuousClock.now < cycleEnd, !state.withLock({ $0.goAway || $0.lost != nil }) {
-                let number = state.withLock { state in
+                let numbered = numbered
+                let message = state.withLock { state in
                     defer { state.sentCount += 1 }
-                    return state.sentCount
+                    var message: JSONObject = [
+                        "type": "webrtc_ice", "session_id": sessionID,
+                        "candidate": ["candidate": "candidate:\(state.sentCount)", "sdpMid": "0", "sdpMLineIndex": 0],
+                    ]
+                    if numbered {
+                        message["cseq"] = state.sentCount + 1
+                        state.unacked.append((state.sentCount + 1, message))
+                    }
+                    return message
                 }
-                try socket.send([
-                    "type": "webrtc_ice", "session_id": sessionID,
-                    "candidate": ["candidate": "candidate:\(number)", "sdpMid": "0", "sdpMLineIndex": 0],
-                ])
+                try socket.send(message)
                 tally.add { $0.sent += 1 }
                 try await Task.sleep(for: .milliseconds(1000 / rate))
             }
@@ -293,8 +326,19 @@ final class Side: Sendable {
                 $0.resumeMillis.append(Double((ContinuousClock.now - connecting) / .microseconds(1)) / 1000)
                 if let lost { $0.unexpected.append((lost, .now)) }
             }
-            // A fresh link numbers its messages from the start.
-            if fresh.hello["resumed"] as? Bool != true { state.withLock { $0.lastSeq = 0 } }
+            // A fresh link numbers its messages from the start; what was not acked went with the
+            // old one. A resumed one gets again what the relay did not ack.
+            let resend = state.withLock { state -> [JSONObject] in
+                guard fresh.hello["resumed"] as? Bool == true else {
+                    state.lastSeq = 0
+                    state.unacked.removeAll()
+                    return []
+                }
+                state.acked(through: fresh.hello["acked_cseq"] as? Int ?? 0)
+                return state.unacked.map(\.message)
+            }
+            for message in resend { try fresh.send(message) }
+            tally.add { $0.resent += resend.count }
             if verbose {
                 let sent = state.withLock { $0.sentCount }
                 print("  \(soakClock()) \(name) resumed (\(fresh.hello["resumed"] ?? "-")) from seq \(lastSeq) after \(attempt) refusals, next to send \(sent)")
@@ -333,6 +377,8 @@ final class Side: Sendable {
         case "go_away":
             state.withLock { $0.goAway = true }
             if verbose { print("  \(soakClock()) \(name) go_away at seq \(message["seq"] ?? "-")") }
+        case "ack":
+            if let cseq = message["cseq"] as? Int { state.withLock { $0.acked(through: cseq) } }
         case "error": tally.add { $0.errors += 1 }
         case "webrtc_close": tally.add { $0.closes += 1 }
         default: break
@@ -343,6 +389,11 @@ final class Side: Sendable {
         else { return }
         let said = state.withLock { state -> String? in
             if number <= state.received || state.ahead.contains(number) {
+                // Sent again after a resume: a client ignores a `peer_cseq` it processed (contract §11).
+                if message["peer_cseq"] as? Int == number + 1 {
+                    tally.add { $0.repeats += 1 }
+                    return nil
+                }
                 tally.add { $0.duplicated += 1 }
                 return "\(number) again (seq \(message["seq"] ?? "-"))"
             }

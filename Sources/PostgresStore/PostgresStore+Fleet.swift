@@ -63,6 +63,7 @@ extension PostgresStore: FleetStore {
                     if let replaced {
                         try await connection.query("DELETE FROM relay_link WHERE link_id = \(replaced.linkID)", logger: self.logger)
                         try await connection.query("DELETE FROM relay_outbox WHERE link_id = \(replaced.linkID)", logger: self.logger)
+                        try await connection.query("DELETE FROM relay_cseq WHERE link_id = \(replaced.linkID)", logger: self.logger)
                         if replaced.node != node {
                             // Its node (if it still runs) closes it with 4002; the apps of its
                             // sessions hear them end now, whether or not that node runs.
@@ -344,12 +345,13 @@ extension PostgresStore: FleetStore {
                 """
                 UPDATE relay_link SET owner_node = \(destination), owner_epoch = owner_epoch + 1, attached = false,
                     token_valid_until = \(link.tokenValidUntil), token_expires_at = \(link.tokenExpiresAt), token_devices = \(link.tokenDevices),
-                    cseq = greatest(cseq, \(Int64(link.cseq))), updated_at = now()
+                    restored_through = \(link.restoredThrough.map(Int64.init)), updated_at = now()
                 WHERE link_id = \(link.id) AND owner_node = \(node) RETURNING 1
                 """,
                 logger: self.logger
             ).collect()
             guard !updated.isEmpty else { return false }
+            try await self.record(marks: [link.id: link.cseq], on: connection)
             // What is queued for it and not taken, and what was taken but not delivered (in
             // their places: before whatever was queued for the link after them). What this node
             // delivered to it is in what it keeps: gone with this transaction.
@@ -377,7 +379,8 @@ extension PostgresStore: FleetStore {
             let links = try await self.storedLinks(
                 connection.query(
                     """
-                    SELECT link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices, cseq
+                    SELECT link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices,
+                        coalesce((SELECT c.cseq FROM relay_cseq c WHERE c.link_id = relay_link.link_id), 0), restored_through
                     FROM relay_link WHERE link_id = \(linkID) AND owner_node = \(node)
                     """,
                     logger: self.logger
@@ -543,7 +546,8 @@ extension PostgresStore: FleetStore {
                     WHERE CASE WHEN \(dead)::text IS NULL
                         THEN owner_node IS NULL OR owner_node NOT IN (SELECT node_id FROM relay_node WHERE state <> 'dead')
                         ELSE owner_node = \(dead)::text END
-                    RETURNING link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices, cseq
+                    RETURNING link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices,
+                        coalesce((SELECT c.cseq FROM relay_cseq c WHERE c.link_id = relay_link.link_id), 0), restored_through
                     """,
                     logger: self.logger
                 )
@@ -557,11 +561,12 @@ extension PostgresStore: FleetStore {
         }
     }
 
-    /// Links read as `link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices, cseq`.
+    /// Links read as `link_id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices, cseq,
+    /// restored_through`.
     private func storedLinks(_ rows: PostgresRowSequence) async throws -> [StoredLink] {
         var links: [StoredLink] = []
-        for try await (id, hash, party, principal, validUntil, expiresAt, devices, cseq) in rows.decode(
-            (String, Data, String, String, Double?, Double?, [String]?, Int64).self
+        for try await (id, hash, party, principal, validUntil, expiresAt, devices, cseq, restoredThrough) in rows.decode(
+            (String, Data, String, String, Double?, Double?, [String]?, Int64, Int64?).self
         ) {
             links.append(
                 StoredLink(
@@ -572,7 +577,8 @@ extension PostgresStore: FleetStore {
                     tokenValidUntil: validUntil,
                     tokenExpiresAt: expiresAt,
                     tokenDevices: devices,
-                    cseq: Int(cseq)
+                    cseq: Int(cseq),
+                    restoredThrough: restoredThrough.map(Int.init)
                 )
             )
         }

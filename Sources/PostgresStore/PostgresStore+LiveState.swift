@@ -37,17 +37,7 @@ extension PostgresStore: LiveStateStore {
             for batch in batches {
                 for (linkID, cseq) in batch.marks { marks[linkID] = max(marks[linkID] ?? 0, cseq) }
             }
-            if !marks.isEmpty {
-                let links = Array(marks.keys)
-                let cseqs = links.map { Int64(marks[$0]!) }
-                try await connection.query(
-                    """
-                    UPDATE relay_link l SET cseq = greatest(l.cseq, m.cseq) FROM unnest(\(links)::text[], \(cseqs)::bigint[]) AS m(link_id, cseq)
-                    WHERE l.link_id = m.link_id AND l.owner_node = \(node)
-                    """,
-                    logger: self.logger
-                )
-            }
+            try await self.record(marks: marks, on: connection)
             return changed
         }
         await announce(changed)
@@ -101,6 +91,13 @@ extension PostgresStore: LiveStateStore {
             ).decode((String, String).self) where party == "device" {
                 changed.insert(principal)
             }
+            try await connection.query(
+                """
+                DELETE FROM relay_cseq c WHERE c.link_id = ANY(\(batch.endedLinks))
+                AND NOT EXISTS (SELECT 1 FROM relay_link l WHERE l.link_id = c.link_id)
+                """,
+                logger: logger
+            )
         }
         for session in batch.sessions {
             try await upsert(session, on: connection)
@@ -114,6 +111,21 @@ extension PostgresStore: LiveStateStore {
             }
         }
         return changed
+    }
+
+    /// Raises links' `cseq` marks (a mark never goes down: two nodes may write one around a move).
+    func record(marks: [String: Int], on connection: PostgresConnection) async throws {
+        guard !marks.isEmpty else { return }
+        // In key order: two nodes writing the same links never wait on each other in a circle.
+        let links = marks.keys.sorted()
+        let cseqs = links.map { Int64(marks[$0]!) }
+        try await connection.query(
+            """
+            INSERT INTO relay_cseq (link_id, cseq) SELECT * FROM unnest(\(links)::text[], \(cseqs)::bigint[])
+            ON CONFLICT (link_id) DO UPDATE SET cseq = greatest(relay_cseq.cseq, excluded.cseq)
+            """,
+            logger: logger
+        )
     }
 
     func upsert(_ session: StoredSession, on connection: PostgresConnection) async throws {
@@ -140,7 +152,8 @@ extension PostgresStore: LiveStateStore {
         let updated = try await connection.query(
             """
             UPDATE relay_link SET token_valid_until = \(link.tokenValidUntil), token_expires_at = \(link.tokenExpiresAt),
-                token_devices = \(link.tokenDevices), attached = \(link.attached), updated_at = now()
+                token_devices = \(link.tokenDevices), attached = \(link.attached), restored_through = \(link.restoredThrough.map(Int64.init)),
+                updated_at = now()
             WHERE link_id = \(link.id) AND owner_node = \(node) RETURNING 1
             """,
             logger: logger

@@ -165,8 +165,13 @@ extension PostgresStore {
         (
             "v5: reliable sending",
             [
-                // The highest `cseq` of a link's client whose message is done (contract §11).
-                "ALTER TABLE relay_link ADD COLUMN cseq bigint NOT NULL DEFAULT 0",
+                // The highest `cseq` of a link's client whose message is done (contract §11):
+                // written behind every few milliseconds for every link that sends, so not in
+                // relay_link (whose rows every message between nodes reads FOR SHARE), and
+                // UNLOGGED as the kept messages it goes with.
+                "CREATE UNLOGGED TABLE relay_cseq (link_id text PRIMARY KEY, cseq bigint NOT NULL)",
+                // A link taken over and not resumed since: the highest seq the store knew then.
+                "ALTER TABLE relay_link ADD COLUMN restored_through bigint",
                 // A message read from the inbox stays until the live state holding what it caused
                 // is written (in the same transaction): a node killed in between leaves it to its
                 // taker instead of losing it.

@@ -21,6 +21,9 @@ public struct StoredLink: Sendable, Equatable {
     /// The client's messages up to this `cseq` were taken (contract §11): a resume drops them as
     /// duplicates.
     public var cseq: Int
+    /// Restored from a store and not resumed since: the highest seq the store knew then (kept
+    /// messages after it were queued since).
+    public var restoredThrough: Int?
 
     public init(
         id: String,
@@ -31,10 +34,12 @@ public struct StoredLink: Sendable, Equatable {
         tokenExpiresAt: Double? = nil,
         tokenDevices: [String]? = nil,
         attached: Bool = false,
-        cseq: Int = 0
+        cseq: Int = 0,
+        restoredThrough: Int? = nil
     ) {
         self.attached = attached
         self.cseq = cseq
+        self.restoredThrough = restoredThrough
         self.id = id
         self.tokenHash = tokenHash
         self.party = party
@@ -189,6 +194,9 @@ extension RelayStore {
                     """
             )
         }
+        migrator.registerMigration("v4: a restored link's boundary (contract §11)") { db in
+            try db.execute(sql: "ALTER TABLE live_link ADD COLUMN restored_through INTEGER")
+        }
     }
 
     /// Writes batches of live-state changes, in order: kept messages to the outbox log
@@ -226,13 +234,14 @@ extension RelayStore {
         for link in batch.links {
             try db.cachedStatement(
                 sql: """
-                    INSERT OR REPLACE INTO live_link (id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices)
-                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    INSERT OR REPLACE INTO live_link
+                    (id, token_hash, party, principal, token_valid_until, token_expires_at, token_devices, restored_through)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                     """
             ).execute(
                 arguments: [
                     link.id, Data(link.tokenHash), link.party, link.principal, link.tokenValidUntil, link.tokenExpiresAt,
-                    link.tokenDevices.map { $0.joined(separator: "\n") },
+                    link.tokenDevices.map { $0.joined(separator: "\n") }, link.restoredThrough,
                 ]
             )
         }
@@ -275,7 +284,8 @@ extension RelayStore {
                         tokenValidUntil: row["token_valid_until"],
                         tokenExpiresAt: row["token_expires_at"],
                         tokenDevices: (row["token_devices"] as String?).map { $0.split(separator: "\n").map(String.init) },
-                        cseq: log.marks[row["id"] as String] ?? 0
+                        cseq: log.marks[row["id"] as String] ?? 0,
+                        restoredThrough: row["restored_through"]
                     )
                 }
                 let messages = log.messages

@@ -129,6 +129,21 @@ import Testing
         #expect(!ahead)
     }
 
+    @Test func aLinkRestoredAgainBeforeItsClientCameBackStillRenumbersWhatWasQueuedSinceTheFirstRestore() {
+        // Restored with up to 6 stored; 7 and 8 were queued since, and the link moved to another
+        // node (or was stored and restored again) with that boundary: its client, which had
+        // processed 9 before the first node died, gets 7 and 8 as 10 and 11.
+        let first = OutboxBuffer(maxMessages: 256, maxBytes: 1 << 20, restoring: Self.stored(4...6), storedThrough: 6)
+        #expect(first.restoredThrough == 6)
+        var moved = OutboxBuffer(maxMessages: 256, maxBytes: 1 << 20, restoring: Self.stored(4...8), storedThrough: 6)
+        #expect(moved.upcomingSeq == 9)
+        let resumed = moved.rewind(resumingAfter: 9)
+        let replay = moved.takeUnsent()
+        #expect(resumed && replay.map(\.seq) == [10, 11])
+        #expect(replay.map(\.text) == [Self.frame(10), Self.frame(11)])
+        #expect(moved.restoredThrough == nil)
+    }
+
     @Test func aRestoreKeepsOnlyAGaplessRunWithinTheBounds() {
         var buffer = OutboxBuffer(maxMessages: 2, maxBytes: 1 << 20, restoring: Self.stored(1...2) + Self.stored(5...7), storedThrough: 7)
         #expect(buffer.keptCount.messages == 2)

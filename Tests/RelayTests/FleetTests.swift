@@ -804,8 +804,10 @@ extension FleetTests {
 
             // The device's node (it keeps the session's timers) is killed; the device resumes on
             // node 0 and bob hangs up: the audit row says so, as if nothing had happened.
-            // (Written in full by the device's node, which keeps the session.)
+            // (Written in full by the device's node, which keeps the session, with the offer it
+            // delivered.)
             try await fleet.sessionRow(sessionID, holds: "ttl_seconds > 0")
+            try await fleet.inboxIsEmpty()
             await fleet.nodes[2].killed()
             #expect(try await RestartTests.next("peer_status", on: bob)["status"] as? String == "reconnecting")
             let resumed = try await fleet.client(0).device("robot-2", secret: newSecret, resume: try ProcessClient.Resume(again.hello, lastSeq: lastSeq))
@@ -843,6 +845,51 @@ extension TestSocket {
             let message = try await next()
             if message["type"] as? String == "pong" { return }
             guard message["type"] as? String == type else { throw UnexpectedMessage(expected: "pong", received: "\(message)") }
+        }
+    }
+}
+
+extension FleetTests {
+    @Test func aLinkTakenOverAndResumedOnANewProcessGetsWhatWasQueuedForItMeanwhile() async throws {
+        // Live state written every second: the kill below loses the last messages the device had.
+        let fleet = try await TestFleet.start(nodes: 2, ["RELAY_OUTBOX_FLUSH_MS": "1000"])
+        defer { fleet.stop() }
+        var third: RelayProcess?
+        defer { third?.kill() }
+        try await fleet.explaining {
+            let device = try await fleet.device(on: 1)
+            let app = try await fleet.client(1).app("alice")
+            try app.send(["type": "webrtc_request", "device_id": "robot-1"])
+            let credentials = try await app.next("webrtc_credentials")
+            let sessionID = try #require(credentials["session_id"] as? String)
+            _ = try await device.next("webrtc_request")
+            try await fleet.sessionRow(sessionID, holds: "ttl_seconds > 0")
+            // The device processes two candidates its node has not written yet, and the node dies.
+            for name in ["a1", "a2"] { try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": name]]) }
+            _ = try await device.next("webrtc_ice")
+            let processed = try #require(try await device.next("webrtc_ice")["seq"] as? Int)
+            await fleet.nodes[1].killed()
+
+            // The app resumes on the node that takes the links over, and sends a third.
+            let resumedApp = try await fleet.client(0).app("alice", resume: .init(app.hello, lastSeq: try #require(credentials["seq"] as? Int)))
+            #expect(resumedApp.hello["resumed"] as? Bool == true)
+            try resumedApp.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": "a3"]])
+            try await resumedApp.expectNothingPending()
+
+            // The device resumes on a node started since (the link moves there), ahead of what
+            // the store had of it: it gets the third, numbered after what it processed.
+            third = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: fleet.environment)
+            let resumed = try await ProcessClient(port: third!.port).device(
+                "robot-1",
+                secret: fleet.secrets["robot-1"]!,
+                resume: .init(device.hello, lastSeq: processed)
+            )
+            #expect(resumed.hello["resumed"] as? Bool == true)
+            var missed: [JSONObject] = []
+            repeat { missed.append(try await resumed.next()) } while missed.last?["type"] as? String != "webrtc_ice"
+            #expect(missed.map { $0["seq"] as? Int } == (processed + 1...processed + missed.count).map { $0 }, "numbered on, without a gap")
+            #expect((missed.last?["candidate"] as? JSONObject)?["candidate"] as? String == "a3")
+            #expect(missed.dropLast().allSatisfy { $0["type"] as? String == "peer_status" })
         }
     }
 }

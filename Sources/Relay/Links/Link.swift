@@ -112,6 +112,9 @@ public final class Link: LinkEndpoint {
         self.principal = stored.principal
         var state = State(machine: machine, resumeToken: nil, app: app)
         state.stored = StoredLinkMarks(restored: machine)
+        // The row says it was restored (and where its store's messages ended then): a node it
+        // moves to, or that takes it over, renumbers from there on its first resume.
+        state.stored.row = stored.restoredThrough == machine.restoredThrough
         self.state = Mutex(state)
     }
 
@@ -410,10 +413,16 @@ public final class Link: LinkEndpoint {
     // MARK: Reliable sending (contract §11)
 
     /// A message numbered `cseq` arrives: true when it is new (under way until `finish`),
-    /// false for a duplicate (dropped; acked now if it is safe already, else once it is).
+    /// false for a duplicate (dropped; acked now if it is safe already, else once it is). Once
+    /// the link is moving to another node, nothing more is taken here: the node it moves to
+    /// drops what was taken before the move and takes the rest, which the client sends again.
     func arrive(cseq: Int) -> Bool {
         var fresh = true
         wakeWriter { state in
+            guard state.move == nil else {
+                fresh = false
+                return false
+            }
             fresh = state.machine.client.arrive(cseq)
             return !fresh
         }
@@ -507,7 +516,8 @@ public final class Link: LinkEndpoint {
             tokenDevices: state.app?.devices.map { $0.sorted() },
             attached: state.machine.isAttached,
             // What a node the link moves to must drop as duplicates: everything taken here.
-            cseq: state.machine.client.taken
+            cseq: state.machine.client.taken,
+            restoredThrough: state.machine.restoredThrough
         )
     }
 

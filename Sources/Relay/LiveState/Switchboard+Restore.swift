@@ -35,7 +35,9 @@ extension Switchboard {
                         maxMessages: limits.keptMessages,
                         maxBytes: limits.keptBytes,
                         restoring: frames,
-                        storedThrough: frames.last?.seq ?? 0
+                        // Restored before and not resumed since: what was queued since still follows
+                        // whatever its client says it has.
+                        storedThrough: record.restoredThrough ?? frames.last?.seq ?? 0
                     ),
                     rate: TokenBucket(burst: limits.rateBurst, perSecond: limits.ratePerSecond),
                     resumeGrace: limits.resumeGrace,
@@ -47,6 +49,7 @@ extension Switchboard {
                 journal: liveState
             )
             if let replaced = table.register(link) { end(replaced) }
+            link.noteChanged()
             link.armGrace(now: clock.now, graceTimer(for: link))
             links += 1
         }

@@ -238,6 +238,9 @@ public struct LinkStateMachine<Instant: InstantProtocol & Sendable>: Sendable wh
     /// Restored from a store and not attached since.
     public var isRestored: Bool { outbox.storedThrough != nil }
 
+    /// See `OutboxBuffer.restoredThrough`.
+    public var restoredThrough: Int? { outbox.restoredThrough }
+
     /// Whether the writer of the current transport has something to take.
     @inlinable
     public var writerHasWork: Bool {

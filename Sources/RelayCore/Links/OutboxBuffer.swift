@@ -45,12 +45,11 @@ public struct OutboxBuffer: Sendable {
     }
 
     /// A link's messages as a store kept them (in seq order, consecutive): none counts as
-    /// handed out. The first resume from ahead of them (`rewind`) is complete: the client
+    /// handed out. Those after `storedThrough` were queued since an earlier restore. The first resume from ahead of them (`rewind`) is complete: the client
     /// already holds everything the store knew, and what was queued since the restore is
     /// renumbered to follow the client's `last_seq`, so numbering stays gapless for it.
     public init(maxMessages: Int, maxBytes: Int, restoring frames: [Frame], storedThrough: Int) {
         self.init(maxMessages: maxMessages, maxBytes: maxBytes)
-        let through = max(storedThrough, frames.last?.seq ?? 0)
         for frame in frames {
             // Only a gapless run can be replayed: after a gap, what came before is useless.
             if let last = kept.last, frame.seq != last.seq + 1 {
@@ -63,11 +62,16 @@ public struct OutboxBuffer: Sendable {
         while kept.count > maxMessages || keptBytes > maxBytes, let oldest = kept.popFirst() {
             keptBytes -= oldest.text.utf8.count
         }
-        nextSeq = through + 1
+        nextSeq = max(storedThrough, frames.last?.seq ?? 0) + 1
         sendCursor = kept.first?.seq ?? nextSeq
         unsentBytes = keptBytes
-        self.storedThrough = through
+        self.storedThrough = storedThrough
     }
+
+    /// Restored from a store and not resumed since: the highest seq the store knew then (what
+    /// is kept after it was queued since the restore). A link moving to another node, or
+    /// stored again, carries it, so its first resume there renumbers what it must.
+    public var restoredThrough: Int? { storedThrough }
 
     /// Numbers a message with the next `seq` (`text` makes its frame for that seq) and keeps
     /// it, dropping the oldest kept ones past the bounds. True when the unsent messages are now

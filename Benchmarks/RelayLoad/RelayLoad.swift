@@ -123,6 +123,7 @@ struct TrafficOptions: ParsableArguments {
     @Option(help: "SDP bytes per offer (kind sdp).") var sdpBytes = 4096
     @Option(help: "Seconds measured.") var seconds = 10
     @Option(help: "Seconds of warm-up before measuring.") var warmup = 2
+    @Flag(help: "Number every message with cseq, as a client sending reliably does (contract §11): the relay acks them.") var cseq = false
 
     var trafficKind: Traffic.Kind { Traffic.Kind(rawValue: kind) ?? .ice }
 }
@@ -164,7 +165,7 @@ struct RelayTraffic: AsyncParsableCommand {
     func run(load: LoadGenerator) async throws {
         let pairs = try await load.openSessions(count: options.pairs, prefix: "relay")
         let traffic = try await load.loop.submit {
-            Traffic(pairs: pairs, kind: options.trafficKind, sdpBytes: options.sdpBytes, loop: load.loop)
+            Traffic(pairs: pairs, kind: options.trafficKind, sdpBytes: options.sdpBytes, numbered: options.cseq, loop: load.loop)
         }.get()
         traffic.start(rate: options.rate, window: options.window)
         try await Task.sleep(for: .seconds(options.warmup))
@@ -187,16 +188,19 @@ struct RelayTraffic: AsyncParsableCommand {
         if placement.nodes > 1 { report.add("database_cpu_us_per_msg", window.databaseMicrosPerMessage) }
         report.fields += window.latencies.fields("")
         report.add("lost", lost)
+        report.add("cseq", options.cseq)
+        report.add("acks", await traffic.acks)
         report.add("errors", errors)
         report.add("closed", closes.count)
         let mode = options.rate == 0 ? "flat out, \(options.window) in flight per pair and direction" : "\(options.rate)/s offered"
         report.summary = [
-            "relay: \(options.pairs) pairs, \(options.kind) messages of \(traffic.messageBytes) bytes, \(mode)",
+            "relay: \(options.pairs) pairs, \(options.kind) messages of \(traffic.messageBytes) bytes, \(mode)\(options.cseq ? ", numbered with cseq" : "")",
             "  delivered \(figure(window.perSecond, 0)) messages/s over \(figure(window.seconds)) s; relay CPU \(figure(window.cpuMicrosPerMessage, 2)) µs per message (\(figure(window.serverCPU / window.seconds * 100, 0))% of a core)"
                 + (placement.nodes > 1
                     ? " over \(placement.nodes) nodes; PostgreSQL CPU \(figure(window.databaseMicrosPerMessage, 2)) µs per message (\(figure(window.databaseCPU / window.seconds * 100, 0))% of a core)" : ""),
             "  one-way latency µs: p50 \(figure(window.latencies.micro(50))) p90 \(figure(window.latencies.micro(90))) p99 \(figure(window.latencies.micro(99))) p99.9 \(figure(window.latencies.micro(99.9))) max \(figure(window.latencies.maxMicro))",
-            "  lost \(lost), errors \(errors), sockets closed \(closes.count)\(closes.first.map { " (\($0))" } ?? "")",
+            "  lost \(lost), errors \(errors), sockets closed \(closes.count)\(closes.first.map { " (\($0))" } ?? "")"
+                + (options.cseq ? ", acks received \(await traffic.acks)" : ""),
         ]
         report.print()
     }

@@ -192,7 +192,7 @@ struct Slow: AsyncParsableCommand {
         // The slow device and its flooders: one device, `flooders` apps with a session each.
         let slow = try await load.openFlooders(count: flooders)
         let traffic = try await load.loop.submit {
-            Traffic(pairs: pairs, kind: options.trafficKind, sdpBytes: options.sdpBytes, loop: load.loop)
+            Traffic(pairs: pairs, kind: options.trafficKind, sdpBytes: options.sdpBytes, numbered: options.cseq, loop: load.loop)
         }.get()
         traffic.start(rate: rate, window: 0)
         try await Task.sleep(for: .seconds(options.warmup))

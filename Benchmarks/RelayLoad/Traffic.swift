@@ -3,7 +3,8 @@ import NIOCore
 /// Messages flowing both ways through sessions: at a constant rate (each message stamped with
 /// its intended send time, so a stall shows up as latency instead of as fewer messages) or flat
 /// out (a fixed number of messages in flight per pair and direction, each one answered by the
-/// next). All state lives on the load generator's event loop.
+/// next). Numbered, each message carries its socket's next `cseq` and the relay's acks are
+/// counted. All state lives on the load generator's event loop.
 final class Traffic: @unchecked Sendable {
     enum Kind: String { case ice, sdp }
 
@@ -16,15 +17,21 @@ final class Traffic: @unchecked Sendable {
     private(set) var received = 0
     private(set) var receivedWhileRecording = 0
     private(set) var errors = 0
+    private(set) var ackCount = 0
+    /// Numbered: the last `cseq` each pair's app and device sent.
+    private let numbered: Bool
+    private var cseqs: [(app: Int, device: Int)]
     private(set) var closes: [String] = []
     var recording = false
     private var running = false
     private var timer: Scheduled<Void>?
     private var flatOut = false
 
-    init(pairs: [Pair], kind: Kind, sdpBytes: Int, loop: any EventLoop) {
+    init(pairs: [Pair], kind: Kind, sdpBytes: Int, numbered: Bool = false, loop: any EventLoop) {
         self.pairs = pairs
         self.loop = loop
+        self.numbered = numbered
+        cseqs = Array(repeating: (0, 0), count: pairs.count)
         messages = pairs.map { pair in
             switch kind {
             case .ice: (Wire.ice(session: pair.session), Wire.ice(session: pair.session))
@@ -45,7 +52,11 @@ final class Traffic: @unchecked Sendable {
         LoadSocket.Callbacks(
             message: { [self] socket, bytes in
                 guard let time = Wire.sendTime(bytes) else {
-                    if Wire.type(bytes) == "error" { errors += 1 }
+                    switch Wire.type(bytes) {
+                    case "error": errors += 1
+                    case "ack": ackCount += 1
+                    default: break
+                    }
                     return
                 }
                 received += 1
@@ -62,7 +73,20 @@ final class Traffic: @unchecked Sendable {
 
     private func send(_ pair: Pair, fromApp: Bool, at time: UInt64 = now()) {
         let socket: LoadSocket = fromApp ? pair.app : pair.device
-        socket.send(fromApp ? messages[pair.index].app.text(time) : messages[pair.index].device.text(time))
+        let text = fromApp ? messages[pair.index].app.text(time) : messages[pair.index].device.text(time)
+        if numbered {
+            let cseq: Int
+            if fromApp {
+                cseqs[pair.index].app += 1
+                cseq = cseqs[pair.index].app
+            } else {
+                cseqs[pair.index].device += 1
+                cseq = cseqs[pair.index].device
+            }
+            socket.send(text.dropLast() + ",\"cseq\":\(cseq)}")
+        } else {
+            socket.send(text)
+        }
         sent += 1
     }
 
@@ -127,6 +151,11 @@ final class Traffic: @unchecked Sendable {
     func drain(timeout: Duration) async -> Int {
         _ = await waitFor(loop, timeout: timeout) { [self] in received >= sent }
         return (try? await loop.submit { [self] in sent - received }.get()) ?? -1
+    }
+
+    /// Acks the relay sent (numbered traffic).
+    var acks: Int {
+        get async { (try? await loop.submit { [self] in ackCount }.get()) ?? 0 }
     }
 
     var summary: (errors: Int, closes: [String]) {

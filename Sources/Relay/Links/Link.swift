@@ -444,12 +444,19 @@ public final class Link: LinkEndpoint {
         if listed { journal.linkChanged(self) }
     }
 
-    /// The store holds what the client's messages up to `cseq` caused: their ack is due.
-    func stored(cseq: Int) {
-        wakeWriter { state in
+    /// The store holds what the client's messages up to `cseq` caused: their ack is due. It
+    /// goes with the next frames the transport writes; true when it still waits (the caller
+    /// makes it go with `writeAck` a little later if nothing else took it).
+    func stored(cseq: Int) -> Bool {
+        state.withLock { state in
             state.machine.client.stored(through: cseq)
             return state.machine.client.ackDue
         }
+    }
+
+    /// The ack due, if no frame took it since `stored(cseq:)`, is written on its own now.
+    func writeAck() {
+        wakeWriter { $0.machine.client.ackDue }
     }
 
     /// For a resumed link's `hello`: the highest `cseq` acked, which stands for the ack due.

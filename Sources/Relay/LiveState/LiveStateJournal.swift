@@ -25,6 +25,9 @@ final class LiveStateJournal: Service, Sendable {
         var failedMarks: [(Link, Int)] = []
         /// Messages from the fleet's inbox delivered since the last flush (their seqs).
         var inboxDone: [Int64] = []
+        /// Links whose ack was due at the last write: written on its own at the next one if
+        /// no frame took it meanwhile (on a busy link, acks ride with the traffic).
+        var acksDue: [Link] = []
         var dropped = 0
         var failing: String?
         /// The next flush replaces the outbox log with a snapshot (the first one of a process
@@ -136,15 +139,16 @@ final class LiveStateJournal: Service, Sendable {
 
     /// Returns once something waits to be written (or the task is cancelled).
     private func changes() async {
-        if pending.withLock({ $0.changed || !$0.failed.isEmpty || $0.snapshotDue }) { return }
+        if pending.withLock({ $0.changed || !$0.failed.isEmpty || $0.snapshotDue || !$0.acksDue.isEmpty }) { return }
         await wake.wait()
     }
 
     /// Writes what changed since the last flush (only `run` calls it: one at a time).
     private func flush() async {
-        let (links, sessions, ended, failed, failedMarks, inboxDone) = pending.withLock { pending in
+        let (links, sessions, ended, failed, failedMarks, inboxDone, acksDue) = pending.withLock { pending in
             defer {
                 pending.inboxDone.removeAll()
+                pending.acksDue.removeAll()
                 pending.changed = false
                 pending.links.removeAll(keepingCapacity: true)
                 pending.sessions.removeAll(keepingCapacity: true)
@@ -152,8 +156,9 @@ final class LiveStateJournal: Service, Sendable {
                 pending.failed.removeAll()
                 pending.failedMarks.removeAll()
             }
-            return (pending.links, pending.sessions, pending.endedSessions, pending.failed, pending.failedMarks, pending.inboxDone)
+            return (pending.links, pending.sessions, pending.endedSessions, pending.failed, pending.failedMarks, pending.inboxDone, pending.acksDue)
         }
+        for link in acksDue { link.writeAck() }
         // Taken with the links and sessions to ask: everything these messages caused was listed
         // before they were reported, so it is in this batch (or an earlier one).
         var batch = LiveStateBatch()
@@ -183,7 +188,8 @@ final class LiveStateJournal: Service, Sendable {
             if !marks.isEmpty {
                 // Contract §11: the client's messages up to each mark are safe; their acks go.
                 await settled()
-                for (link, cseq) in marks { link.stored(cseq: cseq) }
+                let due = marks.compactMap { link, cseq in link.stored(cseq: cseq) ? link : nil }
+                if !due.isEmpty { pending.withLock { $0.acksDue += due } }
             }
             let recovered = pending.withLock { pending in
                 defer {

@@ -203,12 +203,8 @@ final class Switchboard: Sendable {
             // on another event loop, and the session must already count as answered then.
             let answer = type == "webrtc_answer"
             if answer, session.markAnswered() { answered(session) }
-            // The sender's number goes with it (contract §11): a receiving client ignores one it
-            // processed already.
-            var forwarded = fields
-            if let cseq = envelope.cseq { forwarded.append(("peer_cseq", .int(cseq))) }
             // The peer's node, if it is another, counts the session answered too.
-            session.peer(of: link)?.send(OutboundMessage(type, fields: forwarded), event: answer ? .answered(sessionID: session.id) : nil)
+            session.peer(of: link)?.send(OutboundMessage(type, fields: fields), event: answer ? .answered(sessionID: session.id) : nil)
 
         case .close(let sessionID, let reason):
             let session = try openSession(sessionID, of: link, requestID: requestID)

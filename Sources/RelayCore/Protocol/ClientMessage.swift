@@ -3,7 +3,8 @@
 /// A message a client sent, validated: only the fields the contract names survive.
 public enum ClientMessage: Sendable {
     case webrtcRequest(deviceID: String, ttl: Int?, metadata: JSONValue?)
-    /// `webrtc_offer`, `webrtc_answer` or `webrtc_ice`, with the fields to forward.
+    /// `webrtc_offer`, `webrtc_answer` or `webrtc_ice`, with the fields to forward (the
+    /// sender's `cseq` as `peer_cseq` among them, contract §11).
     case negotiation(type: String, sessionID: String, fields: [(String, JSONValue?)])
     case close(sessionID: String, reason: String)
     case reject(sessionID: String, reason: String?)
@@ -115,12 +116,12 @@ extension ClientEnvelope {
             requestID = id
         }
         let fields = Fields(object: object, requestID: requestID)
+        var cseq: Int?
         if let value = object["cseq"] {
             guard let number = value.intValue, number > 0 else { throw fields.error("cseq must be a positive integer") }
             cseq = number
-        } else {
-            cseq = nil
         }
+        self.cseq = cseq
         guard let type = object["type"] else { throw fields.error("type is required") }
         guard let type = type.stringValue else { throw fields.error("type must be a string") }
         self.requestID = requestID
@@ -139,10 +140,16 @@ extension ClientEnvelope {
         case "webrtc_offer", "webrtc_answer":
             let sessionID = try fields.sessionID()
             let sdp = try fields.string("sdp", maxBytes: MessageLimits.sdpBytes)
-            message = .negotiation(type: type, sessionID: sessionID, fields: [("session_id", .string(sessionID)), ("sdp", .string(sdp))])
+            message = .negotiation(
+                type: type,
+                sessionID: sessionID,
+                fields: [("session_id", .string(sessionID)), ("sdp", .string(sdp)), ("peer_cseq", cseq.map { .number(Double($0)) })]
+            )
         case "webrtc_ice":
             let sessionID = try fields.sessionID()
-            message = .negotiation(type: type, sessionID: sessionID, fields: try fields.candidates(sessionID: sessionID))
+            var forwarded = try fields.candidates(sessionID: sessionID)
+            if let cseq { forwarded.append(("peer_cseq", .number(Double(cseq)))) }
+            message = .negotiation(type: type, sessionID: sessionID, fields: forwarded)
         case "webrtc_close":
             let sessionID = try fields.sessionID()
             message = .close(

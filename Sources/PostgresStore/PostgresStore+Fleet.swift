@@ -262,13 +262,27 @@ extension PostgresStore: FleetStore {
         }
     }
 
+    public func releaseStaleInbox(after age: Duration) async throws(StoreError) -> Int {
+        let node = node
+        let seconds = Double(age.components.seconds)
+        return try await call("releasing messages taken long ago") {
+            try await self.client.query(
+                """
+                UPDATE relay_inbox SET taken = false
+                WHERE node_id = \(node) AND taken AND taken_at < now() - make_interval(secs => \(seconds)) RETURNING 1
+                """,
+                logger: self.logger
+            ).collect().count
+        }
+    }
+
     public func takeInbox(limit: Int) async throws(StoreError) -> [RemoteDelivery] {
         let node = node
         return try await call("reading messages from other nodes") {
             var rows: [(Int64, RemoteDelivery)] = []
             for try await (seq, link, type, body, event) in try await self.client.query(
                 """
-                UPDATE relay_inbox SET taken = true
+                UPDATE relay_inbox SET taken = true, taken_at = now()
                 WHERE seq IN (SELECT seq FROM relay_inbox WHERE node_id = \(node) AND NOT taken ORDER BY seq LIMIT \(limit))
                 RETURNING seq, link_id, type, body, event
                 """,

@@ -176,6 +176,7 @@ extension PostgresStore {
                 // is written (in the same transaction): a node killed in between leaves it to its
                 // taker instead of losing it.
                 "ALTER TABLE relay_inbox ADD COLUMN taken boolean NOT NULL DEFAULT false",
+                "ALTER TABLE relay_inbox ADD COLUMN taken_at timestamptz",
                 "DROP INDEX relay_inbox_by_node",
                 "CREATE INDEX relay_inbox_waiting ON relay_inbox (node_id, seq) WHERE NOT taken",
             ]

@@ -148,6 +148,10 @@ public protocol FleetStore: Sendable {
     /// write that holds what they caused deletes them (`LiveStateBatch.inboxDone`): a node
     /// killed before that leaves them to the node that takes its links over.
     func takeInbox(limit: Int) async throws(StoreError) -> [RemoteDelivery]
+    /// Makes messages this node took more than `age` ago and never deleted takeable again: a
+    /// take whose answer was lost (a call given up on a hung connection) marked them taken but
+    /// delivered nothing. Returns how many.
+    func releaseStaleInbox(after age: Duration) async throws(StoreError) -> Int
     /// The link whose resume token hashes to `tokenHash`, or with id `linkID`.
     func link(tokenHash: [UInt8]) async throws(StoreError) -> FleetLinkRow?
     func link(id linkID: String) async throws(StoreError) -> FleetLinkRow?

@@ -1,5 +1,6 @@
 """Signaling helpers shared by the example robot and app: the relay's WebSocket link (hello,
-seq, acks, resume after a dropped socket), device URL signing, and ICE server conversion.
+seq, acks, resume after a dropped socket, reliable sending with cseq), device URL signing, and
+ICE server conversion.
 
 Copy this file with the example you start from; it only needs `websockets` and `aiortc`.
 """
@@ -65,7 +66,13 @@ async def add_remote_candidate(pc, candidate):
 
 class RelayLink:
     """One link to the relay (contract §4): survives dropped sockets by resuming with
-    resume_token and last_seq, so no message is lost or seen twice."""
+    resume_token and last_seq, so no message is lost or seen twice.
+
+    It also sends reliably (contract §11): every message it sends carries the next `cseq` and is
+    kept until the relay acks it; after a resume, whatever the relay did not ack (its hello says
+    `acked_cseq`) is sent again, and the relay drops what it had already. A message forwarded
+    from the other party carries its `peer_cseq`; one seen before (sent again after a relay
+    node died) is ignored here."""
 
     def __init__(self, url_for_connect, headers=None, log=print):
         self.url_for_connect = url_for_connect  # () -> URL with fresh credentials
@@ -77,6 +84,9 @@ class RelayLink:
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.closed = False
         self.connected = asyncio.Event()
+        self.cseq = 0
+        self.unacked = []  # [(cseq, message)], oldest first
+        self.peer_cseqs = {}  # session_id -> the highest peer_cseq processed
 
     async def run(self):
         """Connects, reads, and reconnects (with resume) until close() is called."""
@@ -87,18 +97,31 @@ class RelayLink:
             try:
                 async with websockets.connect(url, additional_headers=self.headers, max_size=1 << 20) as socket:
                     hello = json.loads(await socket.recv())
-                    if not hello.get("resumed"):
+                    if hello.get("resumed"):
+                        self._acked(hello.get("acked_cseq", 0))
+                    elif self.resume_token:
+                        # The old link could not be resumed: what it did not deliver went with its sessions.
                         self.last_seq = 0
+                        self.unacked.clear()
+                        self.peer_cseqs.clear()
                     self.resume_token = hello["resume_token"]
                     self.socket = socket
+                    for _, message in self.unacked:
+                        await socket.send(json.dumps(message))
                     self.connected.set()
-                    self.log(f"link {hello['link_id']} {'resumed' if hello.get('resumed') else 'opened'}")
+                    self.log(f"link {hello['link_id']} {'resumed' if hello.get('resumed') else 'opened'}"
+                             + (f", {len(self.unacked)} sent again" if self.unacked else ""))
                     async for text in socket:
                         message = json.loads(text)
+                        if message.get("type") == "ack" and "cseq" in message:
+                            self._acked(message["cseq"])
+                            continue
                         seq = message.get("seq", 0)
                         if seq and seq <= self.last_seq:
                             continue
                         self.last_seq = max(self.last_seq, seq)
+                        if self._seen_before(message):
+                            continue
                         await self.inbox.put(message)
                         if seq and seq % 20 == 0:
                             await self.send({"type": "ack", "seq": seq})
@@ -110,8 +133,34 @@ class RelayLink:
                 await asyncio.sleep(0.5)
 
     async def send(self, message: dict):
-        await self.connected.wait()
-        await self.socket.send(json.dumps(message))
+        """Numbers `message` and sends it now, or with the resume if the socket is down; it is
+        kept until the relay acks it. (Acks of `seq` are not numbered: sending one twice is
+        harmless.)"""
+        if message.get("type") != "ack":
+            self.cseq += 1
+            message = {**message, "cseq": self.cseq}
+            self.unacked.append((self.cseq, message))
+        socket = self.socket
+        if socket is None:
+            return
+        try:
+            await socket.send(json.dumps(message))
+        except websockets.WebSocketException:
+            pass  # sent again after the resume
+
+    def _acked(self, cseq: int):
+        while self.unacked and self.unacked[0][0] <= cseq:
+            self.unacked.pop(0)
+
+    def _seen_before(self, message: dict) -> bool:
+        """A forwarded message whose peer_cseq was processed already in its session."""
+        number, session = message.get("peer_cseq"), message.get("session_id")
+        if number is None or session is None:
+            return False
+        if number <= self.peer_cseqs.get(session, 0):
+            return True
+        self.peer_cseqs[session] = number
+        return False
 
     async def drop_socket(self):
         """Drops the transport without a word (as a lost network does): the link resumes."""

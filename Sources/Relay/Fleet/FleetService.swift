@@ -121,11 +121,18 @@ final class FleetService: Service, Sendable {
         // Rows taken since the inbox was last tidied, and when that was.
         var taken = 0
         var tidied = ContinuousClock.now
+        var released = ContinuousClock.now
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             await rungOrPolled()
             if taken > 0, ContinuousClock.now - tidied >= .seconds(1) {
                 try? await fleet.store.tidyInbox()
                 (taken, tidied) = (0, .now)
+            }
+            if ContinuousClock.now - released >= .seconds(10) {
+                released = .now
+                if let count = try? await fleet.store.releaseStaleInbox(after: .seconds(30)), count > 0 {
+                    logger.warning("Messages taken from the inbox but never delivered are taken again", metadata: ["messages": "\(count)"])
+                }
             }
             do {
                 var rows: [RemoteDelivery]

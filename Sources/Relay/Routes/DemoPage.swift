@@ -45,8 +45,11 @@ enum DemoPage {
         const log = (text) => { $("status").textContent = text + "\n" + $("status").textContent.split("\n").slice(0, 12).join("\n"); };
         window.demo = { framesDecoded: 0, pair: null, state: "idle" };
 
-        // The relay link: hello, seq, ack, and resume after a dropped socket (contract §4).
-        const link = { socket: null, resumeToken: null, lastSeq: 0, handlers: {}, queue: [] };
+        // The relay link: hello, seq, ack, and resume after a dropped socket (contract §4); every
+        // message numbered with cseq and kept until acked, sent again after a resume, and a
+        // forwarded message whose peer_cseq was seen already ignored (contract §11).
+        const link = { socket: null, resumeToken: null, lastSeq: 0, handlers: {}, cseq: 0, unacked: [], peerCseqs: {} };
+        function acked(cseq) { while (link.unacked.length && link.unacked[0].cseq <= cseq) link.unacked.shift(); }
         function connect() {
           const base = (location.protocol === "https:" ? "wss://" : "ws://") + location.host;
           let url = base + "/ws/app?token=" + encodeURIComponent($("token").value.trim());
@@ -56,22 +59,31 @@ enum DemoPage {
           socket.onmessage = (event) => {
             const message = JSON.parse(event.data);
             if (message.type === "hello") {
-              if (!message.resumed) link.lastSeq = 0;
+              if (message.resumed) acked(message.acked_cseq || 0);
+              else if (link.resumeToken) { link.lastSeq = 0; link.unacked = []; link.peerCseqs = {}; }
               link.resumeToken = message.resume_token;
               log("link " + (message.resumed ? "resumed" : "opened"));
-              for (const queued of link.queue.splice(0)) socket.send(JSON.stringify(queued));
+              for (const kept of link.unacked) socket.send(JSON.stringify(kept));
               return;
             }
+            if (message.type === "ack" && message.seq === undefined) { acked(message.cseq); return; }
             if (message.seq <= link.lastSeq) return;
             link.lastSeq = message.seq;
             if (message.seq % 20 === 0) send({ type: "ack", seq: message.seq });
+            if (message.peer_cseq !== undefined && message.session_id) {
+              if (message.peer_cseq <= (link.peerCseqs[message.session_id] || 0)) return;
+              link.peerCseqs[message.session_id] = message.peer_cseq;
+            }
             (link.handlers[message.type] || (() => log(JSON.stringify(message))))(message);
           };
           socket.onclose = () => { if (link.socket === socket && !link.closed) setTimeout(connect, 500); };
         }
         function send(message) {
+          if (message.type !== "ack") {
+            message = { ...message, cseq: ++link.cseq };
+            link.unacked.push(message);
+          }
           if (link.socket && link.socket.readyState === WebSocket.OPEN) link.socket.send(JSON.stringify(message));
-          else link.queue.push(message);
         }
 
         $("load").onclick = async () => {

@@ -347,6 +347,9 @@ public final class Link: LinkEndpoint {
 
     // MARK: Moving to another node
 
+    /// The link is moving (or moved) to another node.
+    var isMoving: Bool { state.withLock { $0.move != nil } }
+
     /// Starts moving the link to another node (its client resumed there): the transport is
     /// dropped, what is sent from now on waits, and what the link keeps is returned with its
     /// row. Nil when it ended or is already moving.
@@ -522,8 +525,11 @@ public final class Link: LinkEndpoint {
             tokenExpiresAt: state.app?.expiresAt,
             tokenDevices: state.app?.devices.map { $0.sorted() },
             attached: state.machine.isAttached,
-            // What a node the link moves to must drop as duplicates: everything taken here.
-            cseq: state.machine.client.taken,
+            // What a node the link moves to drops as duplicates: what was handled here for good.
+            // A message still being handled as the move begins (a transport reads on its own
+            // thread) counts as not taken: its client sends it again there, and if it got through
+            // here too, the receiving client ignores its repeated peer_cseq.
+            cseq: state.machine.client.done,
             restoredThrough: state.machine.restoredThrough
         )
     }

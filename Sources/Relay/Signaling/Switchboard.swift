@@ -120,7 +120,16 @@ final class Switchboard: Sendable {
             metrics.duplicateDropped()
             return .handled
         }
-        switch routeReportingErrors(envelope, from: link) {
+        let reception: Reception
+        do {
+            reception = try route(envelope, from: link)
+        } catch {
+            // The link began moving to another node as this message was handled (its sessions
+            // went with it): its client sends it again there, where it is answered.
+            if !link.isMoving { link.send(error.outbound) }
+            reception = .handled
+        }
+        switch reception {
         case .refused, .handled:
             link.finish(cseq: cseq)
             return .handled

@@ -18,8 +18,8 @@ public struct StoredLink: Sendable, Equatable {
     public var tokenDevices: [String]?
     /// A transport serves it (a fleet's other nodes read it: a device that may take a session).
     public var attached: Bool
-    /// The client's messages up to this `cseq` were taken (contract §11): a resume drops them as
-    /// duplicates.
+    /// The client's messages up to this `cseq` were handled for good (contract §11): sent again
+    /// after a resume, they are dropped as duplicates.
     public var cseq: Int
     /// Restored from a store and not resumed since: the highest seq the store knew then (kept
     /// messages after it were queued since).

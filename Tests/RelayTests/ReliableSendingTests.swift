@@ -251,8 +251,13 @@ extension FleetTests {
             try await ReliableSendingTests.acks(on: resumed, through: 100, after: acked)
 
             // The app processes each once, in order.
-            while processed.count < 100 {
-                ReliableSendingTests.processed([try await RestartTests.next("webrtc_ice", on: app)], into: &processed)
+            do {
+                while processed.count < 100 {
+                    ReliableSendingTests.processed([try await RestartTests.next("webrtc_ice", on: app)], into: &processed)
+                }
+            } catch {
+                Issue.record("acked before the kill \(acked); the app processed \(processed)")
+                throw error
             }
             #expect(processed == Array(1...100), "\(processed)")
         }

@@ -46,7 +46,8 @@ final class LiveStateJournal: Service, Sendable {
     /// Every live link, for a snapshot.
     private let links: @Sendable () -> [Link]
     /// Returns once every message routed before the call to another node's links is written (a
-    /// fleet's outbox): what a client's message caused is safe then, and its `ack` may go.
+    /// fleet's outbox). Awaited before a write that carries `cseq` marks: a mark (which a node
+    /// taking the link over trusts as "handled") never gets ahead of what its messages caused.
     private let settled: @Sendable () async -> Void
     let interval: Duration
     private let capacity: Int
@@ -183,11 +184,12 @@ final class LiveStateJournal: Service, Sendable {
         }
         let batches = batch.isEmpty ? failed : failed + [batch]
         guard !batches.isEmpty else { return }
+        // What the marked messages sent to other nodes is written before the marks are.
+        if !batch.marks.isEmpty { await settled() }
         do {
             try await store.save(batches)
             if !marks.isEmpty {
                 // Contract §11: the client's messages up to each mark are safe; their acks go.
-                await settled()
                 let due = marks.compactMap { link, cseq in link.stored(cseq: cseq) ? link : nil }
                 if !due.isEmpty { pending.withLock { $0.acksDue += due } }
             }

@@ -1,0 +1,213 @@
+"""The Python client against the real `relay serve` on loopback (no stand-in of the relay)."""
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from relay_client import RelayClient, RelayRefused
+
+JWT_SECRET = "test-jwt-secret-test-jwt-secret-00"
+MASTER_KEY = "test-master-key-test-master-key-00"
+ROOT = Path(__file__).resolve().parents[3]
+BINARY = os.environ.get("RELAY_BINARY", str(ROOT / ".build" / "debug" / "relay"))
+
+
+def app_token(user: str = "alice", devices=("robot-1",), lifetime: int = 600) -> str:
+    def encode(value: dict) -> str:
+        text = json.dumps(value, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(text).rstrip(b"=").decode()
+
+    now = int(time.time())
+    claims = {"sub": user, "iat": now, "exp": now + lifetime}
+    if devices is not None:
+        claims["devices"] = list(devices)
+    signing = encode({"alg": "HS256", "typ": "JWT"}) + "." + encode(claims)
+    signature = hmac.new(JWT_SECRET.encode(), signing.encode(), hashlib.sha256).digest()
+    return signing + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+
+
+def device_secret(device_id: str) -> str:
+    """What a relay without a registry entry derives for `device_id` from its master key."""
+    return hmac.new(MASTER_KEY.encode(), device_id.encode(), hashlib.sha256).hexdigest()
+
+
+class Relay:
+    """`relay serve` as a child process on a free loopback port, with a store of its own."""
+
+    def __init__(self, **environment):
+        self.directory = tempfile.TemporaryDirectory()
+        env = {
+            "PATH": "/usr/bin:/bin", "RELAY_PORT": "0", "RELAY_JWT_SECRET": JWT_SECRET, "RELAY_DEVICE_MASTER_KEY": MASTER_KEY,
+            "RELAY_DB": os.path.join(self.directory.name, "relay.sqlite"),
+        }
+        env.update(environment)
+        self.environment = env
+        self.process = subprocess.Popen([BINARY, "serve"], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=self.directory.name)
+        seen = ""
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = self.process.stderr.readline().decode(errors="replace")
+            if not line:
+                break
+            seen += line
+            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if match:
+                self.port = int(match.group(1))
+                break
+        else:
+            raise RuntimeError("the relay did not start: " + seen)
+        if not hasattr(self, "port"):
+            raise RuntimeError("the relay did not start: " + seen)
+        # Keep draining its log so it never blocks on a full pipe.
+        threading.Thread(target=self.process.stderr.read, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.directory.cleanup()
+
+
+@pytest.fixture
+def relay():
+    server = Relay()
+    yield server
+    server.stop()
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, 60))
+
+
+def test_an_app_and_a_device_have_a_whole_session(relay):
+    async def scenario():
+        async with RelayClient.for_device(relay.url, "robot-1", device_secret("robot-1")) as device, \
+                RelayClient.app(relay.url, lambda: app_token()) as app:
+            assert device.hello["resumed"] is False and app.hello["link_id"]
+            credentials = await app.request("robot-1")
+            session = credentials["session_id"]
+            assert credentials["ice_servers"]["iceServers"]
+            request = await device.next("webrtc_request")
+            assert request["session_id"] == session and request["user_id"] == "alice"
+            await device.send_offer(session, "v=0 offer")
+            assert (await app.next("webrtc_offer"))["sdp"] == "v=0 offer"
+            await app.send_answer(session, "v=0 answer")
+            answer = await device.next("webrtc_answer")
+            assert answer["sdp"] == "v=0 answer" and answer["peer_cseq"] >= 1
+            await app.send_ice(session, {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMid": "0"})
+            assert (await device.next("webrtc_ice"))["candidate"]["candidate"].startswith("candidate:1")
+            await app.close_session(session)
+            for client in (app, device):
+                closed = await client.next("webrtc_close")
+                assert closed["session_id"] == session and closed["by"] == "app"
+            # Everything the app sent was acked.
+            for _ in range(100):
+                if app.unacked == 0 and device.unacked == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert app.unacked == 0 and device.unacked == 0
+
+    run(scenario())
+
+
+def test_a_dropped_socket_resumes_the_link_and_nothing_is_lost_or_doubled(relay):
+    async def scenario():
+        async with RelayClient.for_device(relay.url, "robot-1", device_secret("robot-1")) as device, \
+                RelayClient.app(relay.url, lambda: app_token()) as app:
+            session = (await app.request("robot-1"))["session_id"]
+            await device.next("webrtc_request")
+            link = app.hello["link_id"]
+            for number in range(1, 51):
+                await app.send_ice(session, {"candidate": f"candidate:{number}"})
+                if number == 25:
+                    # The network drops the app's socket mid-stream.
+                    app._socket.transport.abort()
+            received = []
+            while len(received) < 50:
+                message = await device.next("webrtc_ice", "peer_status")
+                if message["type"] == "webrtc_ice":
+                    received.append(int(message["candidate"]["candidate"].split(":")[1]))
+            assert received == list(range(1, 51))
+            assert app.hello["link_id"] == link and app.hello["resumed"] is True and app.connects == 2
+
+    run(scenario())
+
+
+def test_a_refused_device_stops_with_the_reason_instead_of_retrying(relay):
+    async def scenario():
+        client = RelayClient.for_device(relay.url, "robot-1", "not-the-secret")
+        with pytest.raises(RelayRefused) as refused:
+            await client.start()
+        assert refused.value.status == 401 and "signature" in refused.value.detail
+        assert client.connects == 0
+
+    run(scenario())
+
+
+def test_an_app_token_is_refreshed_before_it_expires():
+    # No leeway: the relay closes an app's socket at `exp` without a fresh token (4001).
+    relay = Relay(RELAY_JWT_LEEWAY_S="0")
+
+    async def scenario():
+        minted = []
+
+        def provider():
+            minted.append(time.time())
+            return app_token(lifetime=4)
+
+        async with RelayClient.app(relay.url, provider, refresh_margin=2) as app:
+            link = app.hello["link_id"]
+            await asyncio.sleep(7)
+            # Still the same socket, never closed: the token went again with `auth` in time.
+            assert app.connects == 1 and app.hello["link_id"] == link
+            await app.send({"type": "ping", "request_id": "after"})
+            assert (await app.next("pong"))["request_id"] == "after"
+            assert len(minted) >= 3
+
+    try:
+        run(scenario())
+    finally:
+        relay.stop()
+
+
+def test_go_away_is_followed_and_the_link_resumes_on_the_next_process():
+    first = Relay(RELAY_SHUTDOWN_DRAIN_S="1")
+    store = first.environment["RELAY_DB"]
+    servers = [first]
+
+    async def scenario():
+        async with RelayClient.app(first.url, lambda: app_token()) as app:
+            link = app.hello["link_id"]
+            # SIGTERM: the relay says go_away (and refuses new links with 503 + Retry-After while
+            # it drains); the client leaves, and comes back to the next process on the same store.
+            first.process.send_signal(signal.SIGTERM)
+            go_away = await app.next("go_away")
+            assert "reconnect_after_ms" in go_away
+            await asyncio.get_running_loop().run_in_executor(None, first.process.wait)
+            servers.append(Relay(RELAY_PORT=str(first.port), RELAY_DB=store))
+            for _ in range(200):
+                if app.connects == 2:
+                    break
+                await asyncio.sleep(0.05)
+            assert app.connects == 2 and app.hello["resumed"] is True and app.hello["link_id"] == link
+
+    try:
+        run(scenario())
+    finally:
+        for server in reversed(servers):
+            server.stop()

@@ -297,10 +297,14 @@ class RelayClient:
         self.hello = hello
         self.resume_token = hello["resume_token"]
         self._reconnect_url = None
-        self._socket = socket
         self.connects += 1
-        for _, message in self._unacked:
-            await socket.send(json.dumps(message))
+        # What was not acked goes first, in order (what is sent meanwhile joins the end of the
+        # list and goes with it): a higher cseq ahead of a lower one would make that one a duplicate.
+        index = 0
+        while index < len(self._unacked):
+            await socket.send(json.dumps(self._unacked[index][1]))
+            index += 1
+        self._socket = socket
         self._connected.set()
         self._schedule_refresh()
         async for text in socket:

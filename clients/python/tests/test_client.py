@@ -211,3 +211,28 @@ def test_go_away_is_followed_and_the_link_resumes_on_the_next_process():
     finally:
         for server in reversed(servers):
             server.stop()
+
+
+def test_a_revoked_device_stops_with_403_and_a_live_one_is_disconnected_for_good(relay):
+    def device_command(*arguments):
+        return subprocess.run(
+            [BINARY, "device", *arguments], env={**relay.environment}, cwd=relay.directory.name,
+            capture_output=True, text=True, check=True,
+        ).stdout
+
+    secret = device_command("add", "robot-2", "--owner", "alice").strip().splitlines()[-1]
+
+    async def scenario():
+        live = RelayClient.for_device(relay.url, "robot-2", secret)
+        await live.start()
+        device_command("revoke", "robot-2")
+        # The relay drops the revoked device's socket; its reconnect is refused and it stops.
+        with pytest.raises(RelayRefused) as refused:
+            await live.next("never", timeout=20)
+        assert refused.value.status == 403
+        later = RelayClient.for_device(relay.url, "robot-2", secret)
+        with pytest.raises(RelayRefused) as again:
+            await later.start()
+        assert again.value.status == 403 and again.value.detail
+
+    run(scenario())

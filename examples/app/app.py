@@ -18,8 +18,8 @@ import time
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
-from relay_signaling import RelayLink, add_remote_candidate, candidates_of, rtc_configuration  # noqa: E402
+from relay_client import RelayClient  # pip install ./clients/python
+from relay_client.webrtc import add_remote_candidate, candidates_of, rtc_configuration
 
 
 def selected_pair(pc):
@@ -32,12 +32,11 @@ def selected_pair(pc):
 
 
 async def run(args):
-    link = RelayLink(lambda: f"{args.relay}/ws/app", headers={"Authorization": f"Bearer {args.token}"},
-                     log=lambda text: print(f"app: {text}", file=sys.stderr, flush=True))
-    reader = asyncio.create_task(link.run())
+    link = RelayClient.app(args.relay, lambda: args.token, log=lambda text: print(f"app: {text}", file=sys.stderr, flush=True))
+    await link.start()
     report = {"frames": 0, "width": None, "height": None, "messages": 0, "peer_status": [], "max_frame_gap_s": 0}
     await link.send({"type": "webrtc_request", "device_id": args.device_id})
-    credentials = await link.next("webrtc_credentials", "error")
+    credentials = await link.next("webrtc_credentials", "error", timeout=None)
     if credentials["type"] == "error":
         print(json.dumps({"error": credentials}), flush=True)
         return 1
@@ -72,7 +71,7 @@ async def run(args):
 
     async def signaling():
         while True:
-            message = await link.next()
+            message = await link.next(timeout=None)
             kind = message["type"]
             if kind == "webrtc_offer":
                 await pc.setRemoteDescription(RTCSessionDescription(message["sdp"], "offer"))
@@ -98,7 +97,6 @@ async def run(args):
     await pc.close()
     report["state"] = pc.connectionState
     await link.close()
-    reader.cancel()
     print(json.dumps(report), flush=True)
     return 0
 

@@ -22,8 +22,8 @@ import numpy
 from av import VideoFrame
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "common"))
-from relay_signaling import RelayLink, add_remote_candidate, candidates_of, derived_secret, rtc_configuration, signed_device_query  # noqa: E402
+from relay_client import RelayClient, derived_secret  # pip install ./clients/python
+from relay_client.webrtc import add_remote_candidate, candidates_of, rtc_configuration
 
 
 class TestPattern(VideoStreamTrack):
@@ -50,20 +50,20 @@ class Robot:
     def __init__(self, args):
         self.args = args
         secret = args.secret or derived_secret(args.device_id, args.master_key)
-        self.link = RelayLink(lambda: f"{args.relay}/ws/device?{signed_device_query(args.device_id, secret)}", log=self.log)
+        self.link = RelayClient.for_device(args.relay, args.device_id, secret, log=self.log)
         self.sessions = {}
 
     def log(self, text):
         print(f"robot {self.args.device_id}: {text}", flush=True)
 
     async def run(self):
-        reader = asyncio.create_task(self.link.run())
+        await self.link.start()
         # SIGUSR1 drops the signaling socket (as a lost network would); the link resumes and
         # live calls go on.
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(self.link.drop_socket()))
         await self.link.send({"type": "device_info", "capabilities": {"video": ["vp8", "h264"], "model": "simulated", "datachannel": True}})
         while True:
-            message = await self.link.next()
+            message = await self.link.next(timeout=None)
             kind, session_id = message["type"], message.get("session_id")
             try:
                 if kind == "webrtc_request":
@@ -85,7 +85,6 @@ class Robot:
                     self.log(f"{kind}: {json.dumps(message)}")
             except Exception as error:  # keep serving other sessions
                 self.log(f"session {session_id}: {type(error).__name__}: {error}")
-        await reader
 
     async def start(self, session_id, request):
         self.log(f"session {session_id} requested by {request.get('user_id')}")

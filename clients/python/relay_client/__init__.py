@@ -8,6 +8,6 @@ restarts, sends reliably, refreshes an app's token, and stops on a refusal.
         async for message in client:
             ...
 """
-from .client import RelayClient, RelayRefused, RelayClosed, signed_device_query
+from .client import RelayClient, RelayRefused, RelayClosed, derived_secret, signed_device_query
 
-__all__ = ["RelayClient", "RelayRefused", "RelayClosed", "signed_device_query"]
+__all__ = ["RelayClient", "RelayRefused", "RelayClosed", "derived_secret", "signed_device_query"]

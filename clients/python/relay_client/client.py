@@ -43,6 +43,11 @@ def signed_device_query(device_id: str, secret: str, now: Optional[float] = None
     return f"device_id={quote(device_id)}&ts={ts}&nonce={nonce}&sig={sig}"
 
 
+def derived_secret(device_id: str, master_key: str) -> str:
+    """The secret a relay derives for an unregistered device from RELAY_DEVICE_MASTER_KEY (development)."""
+    return hmac.new(master_key.encode(), device_id.encode(), hashlib.sha256).hexdigest()
+
+
 def token_expiry(token: str) -> Optional[float]:
     """The `exp` of a JWT (unverified: only to know when to refresh it)."""
     try:
@@ -202,6 +207,11 @@ class RelayClient:
     async def reject(self, session_id: str, reason: Optional[str] = None) -> int:
         return await self.send({"type": "webrtc_reject", "session_id": session_id, "reason": reason})
 
+    async def drop_socket(self):
+        """Drops the socket without a word (as a lost network does): the link resumes."""
+        if self._socket is not None:
+            self._socket.transport.abort()
+
     @property
     def unacked(self) -> int:
         """Messages sent and not yet acked by the relay."""
@@ -267,7 +277,7 @@ class RelayClient:
                 self._finish(closed)
                 return
             except (OSError, asyncio.TimeoutError, websockets.WebSocketException) as error:
-                self.log(f"socket ended ({error!r}); resuming")
+                self.log(f"socket dropped ({error!r}); resuming")
             finally:
                 self._socket = None
                 self._connected.clear()
@@ -306,6 +316,7 @@ class RelayClient:
             index += 1
         self._socket = socket
         self._connected.set()
+        self.log(f"link {hello['link_id']} {'resumed' if resumed else 'opened'}" + (f", {index} sent again" if index else ""))
         self._schedule_refresh()
         async for text in socket:
             await self._receive(json.loads(text))

@@ -7,7 +7,15 @@ it offers a generated test-pattern video track and a data channel (aiortc).
 
 It answers webrtc_request with an offer, sends its ICE candidates as webrtc_ice, applies the app's
 webrtc_answer and webrtc_ice, tears a session down on webrtc_close, and keeps its link through
-dropped sockets (resume). This is the file a robot-firmware author copies.
+dropped sockets and relay restarts (the Python client, `pip install ./clients/python`). This is the
+file a robot-firmware author copies.
+
+    --video /dev/video0     a camera (V4L2, 640x480) instead of the test pattern
+    --video clip.mp4        a file, played once at its own pace
+
+aiortc cannot restart ICE on a live connection (no `iceRestart` offers, and it does not apply a
+new `iceServers` configuration): on `ice_servers_refresh` it keeps its servers, and an app that
+needs a new path after an ICE failure asks for a new session.
 """
 import argparse
 import asyncio
@@ -21,6 +29,7 @@ import time
 import numpy
 from av import VideoFrame
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc.contrib.media import MediaPlayer, MediaRelay
 
 from relay_client import RelayClient, derived_secret  # pip install ./clients/python
 from relay_client.webrtc import add_remote_candidate, candidates_of, rtc_configuration
@@ -52,6 +61,9 @@ class Robot:
         secret = args.secret or derived_secret(args.device_id, args.master_key)
         self.link = RelayClient.for_device(args.relay, args.device_id, secret, log=self.log)
         self.sessions = {}
+        # A camera or file is opened once and shared by every session.
+        self.player = None
+        self.fanout = MediaRelay()
 
     def log(self, text):
         print(f"robot {self.args.device_id}: {text}", flush=True)
@@ -61,12 +73,18 @@ class Robot:
         # SIGUSR1 drops the signaling socket (as a lost network would); the link resumes and
         # live calls go on.
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, lambda: asyncio.ensure_future(self.link.drop_socket()))
-        await self.link.send({"type": "device_info", "capabilities": {"video": ["vp8", "h264"], "model": "simulated", "datachannel": True}})
+        await self.describe()
         while True:
             message = await self.link.next(timeout=None)
             kind, session_id = message["type"], message.get("session_id")
             try:
-                if kind == "webrtc_request":
+                if kind == "link_reset":
+                    # The relay could not resume the link: it forgot the sessions and what the
+                    # robot said of itself.
+                    for session in list(self.sessions):
+                        await self.stop(session, "link reset")
+                    await self.describe()
+                elif kind == "webrtc_request":
                     await self.start(session_id, message)
                 elif kind == "webrtc_answer" and session_id in self.sessions:
                     await self.sessions[session_id].setRemoteDescription(RTCSessionDescription(message["sdp"], "answer"))
@@ -86,11 +104,25 @@ class Robot:
             except Exception as error:  # keep serving other sessions
                 self.log(f"session {session_id}: {type(error).__name__}: {error}")
 
+    async def describe(self):
+        await self.link.send({"type": "device_info", "capabilities": {"video": ["vp8", "h264"], "model": "simulated", "datachannel": True}})
+
+    def video_track(self):
+        """The test pattern, or the shared camera or file (`--video`)."""
+        if not self.args.video:
+            return TestPattern()
+        if self.player is None:
+            if self.args.video.startswith("/dev/video"):
+                self.player = MediaPlayer(self.args.video, format="v4l2", options={"video_size": "640x480", "framerate": "30"})
+            else:
+                self.player = MediaPlayer(self.args.video)
+        return self.fanout.subscribe(self.player.video)
+
     async def start(self, session_id, request):
         self.log(f"session {session_id} requested by {request.get('user_id')}")
         pc = RTCPeerConnection(rtc_configuration(request["ice_servers"], relay_only=self.args.relay_only))
         self.sessions[session_id] = pc
-        pc.addTrack(TestPattern())
+        pc.addTrack(self.video_track())
         channel = pc.createDataChannel("telemetry")
 
         @channel.on("open")
@@ -131,6 +163,7 @@ def main():
     parser.add_argument("--secret", help="the device's own secret (relay device add prints it)")
     parser.add_argument("--master-key", default=os.environ.get("RELAY_DEVICE_MASTER_KEY"), help="derive the secret (default: RELAY_DEVICE_MASTER_KEY)")
     parser.add_argument("--relay-only", action="store_true", help="use TURN relay candidates only (iceTransportPolicy relay)")
+    parser.add_argument("--video", help="a camera (/dev/video0) or a video file instead of the test pattern")
     args = parser.parse_args()
     if not args.secret and not args.master_key:
         parser.error("pass --secret or --master-key (or set RELAY_DEVICE_MASTER_KEY)")

@@ -859,10 +859,8 @@ extension FleetTests {
         try await fleet.explaining {
             let device = try await fleet.device(on: 1)
             let app = try await fleet.client(1).app("alice")
-            try app.send(["type": "webrtc_request", "device_id": "robot-1"])
-            let credentials = try await app.next("webrtc_credentials")
-            let sessionID = try #require(credentials["session_id"] as? String)
-            _ = try await device.next("webrtc_request")
+            let opened = try await ProcessClient.session(app: app, device: device)
+            let (sessionID, credentials) = (opened.id, opened.credentials)
             try await fleet.sessionRow(sessionID, holds: "ttl_seconds > 0")
             // The device processes two candidates its node has not written yet, and the node dies.
             for name in ["a1", "a2"] { try app.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": ["candidate": name]]) }

@@ -49,9 +49,7 @@ import Testing
         try await TestRelay.run { relay in
             let device = try await relay.device()
             let app = try await relay.app()
-            try app.send(["type": "webrtc_request", "device_id": "robot-1"])
-            let sessionID = try #require(try await app.next("webrtc_credentials")["session_id"] as? String)
-            _ = try await device.next("webrtc_request")
+            let sessionID = try await ProcessClient.session(app: app, device: device).id
 
             // Re-sent, and re-sent out of order: each number is delivered once.
             for cseq in [1, 2, 2, 1, 3] { try device.send(Self.ice(sessionID, cseq)) }
@@ -100,6 +98,18 @@ import Testing
             #expect(resumed.hello["acked_cseq"] as? Int == 4)
             // A fresh link's hello has none.
             #expect(app.hello["acked_cseq"] == nil)
+        }
+    }
+
+    @Test func aNumberedMessageTheRateLimitRefusedIsAckedWithItsError() async throws {
+        try await TestRelay.run(["RELAY_RATE_BURST": "2", "RELAY_RATE_PER_S": "1"]) { relay in
+            let device = try await relay.device()
+            for cseq in 1...3 { try device.send(["type": "ping", "request_id": "p\(cseq)", "cseq": cseq]) }
+            // The third is refused: its outcome is the error on the link, so it is handled for
+            // good and acked with the others (sent again, it would be a duplicate).
+            let others = try await Self.acks(on: WebSocketParty(socket: device), through: 3)
+            #expect(others.map { $0["type"] as? String } == ["pong", "pong", "error"])
+            #expect(others.last?["code"] as? String == "rate_limited")
         }
     }
 
@@ -192,10 +202,8 @@ extension FleetTests {
         try await fleet.explaining {
             let device = try await fleet.device(on: 1)
             let app = try await fleet.client(0).app("alice")
-            try app.send(["type": "webrtc_request", "device_id": "robot-1"])
-            let credentials = try await app.next("webrtc_credentials")
-            let sessionID = try #require(credentials["session_id"] as? String)
-            _ = try await device.next("webrtc_request")
+            let opened = try await ProcessClient.session(app: app, device: device)
+            let (sessionID, credentials) = (opened.id, opened.credentials)
             // The app sends 50 and its socket goes before it reads a single ack.
             for cseq in 1...50 { try app.send(ReliableSendingTests.ice(sessionID, cseq)) }
             app.close()
@@ -269,9 +277,8 @@ extension FleetTests {
         try await fleet.explaining {
             let device = try await fleet.device(on: 1)
             let app = try await fleet.client(0).app("alice")
-            try app.send(["type": "webrtc_request", "device_id": "robot-1"])
-            let sessionID = try #require(try await app.next("webrtc_credentials")["session_id"] as? String)
-            let request = try await device.next("webrtc_request")
+            let opened = try await ProcessClient.session(app: app, device: device)
+            let (sessionID, request) = (opened.id, opened.request)
             try await fleet.sessionRow(sessionID, holds: "ttl_seconds > 0")
 
             // The device's node dies right after the app's 100 candidates, one of them delivered.

@@ -19,11 +19,9 @@ needs a new path after an ICE failure asks for a new session.
 """
 import argparse
 import asyncio
-import fractions
 import json
 import os
 import signal
-import sys
 import time
 
 import numpy

@@ -120,16 +120,7 @@ final class Switchboard: Sendable {
             metrics.duplicateDropped()
             return .handled
         }
-        let reception: Reception
-        do {
-            reception = try route(envelope, from: link)
-        } catch {
-            // The link began moving to another node as this message was handled (its sessions
-            // went with it): its client sends it again there, where it is answered.
-            if !link.isMoving { link.send(error.outbound) }
-            reception = .handled
-        }
-        switch reception {
+        switch routeReportingErrors(envelope, from: link) {
         case .refused, .handled:
             link.finish(cseq: cseq)
             return .handled
@@ -151,7 +142,9 @@ final class Switchboard: Sendable {
         do {
             return try route(envelope, from: link)
         } catch {
-            link.send(error.outbound)
+            // A numbered message handled as its link began moving to another node (its sessions
+            // went with it) is not answered here: its client sends it again there.
+            if envelope.cseq == nil || !link.isMoving { link.send(error.outbound) }
             return .handled
         }
     }

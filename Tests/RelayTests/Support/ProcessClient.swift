@@ -48,9 +48,20 @@ struct ProcessClient {
 
     /// Opens a session; returns its id.
     func openSession(app: TestSocket, device: TestSocket, deviceID: String) async throws -> String {
+        try await Self.session(app: app, device: device, deviceID: deviceID).id
+    }
+
+    /// A session `app` asked for and `device` was told of: its id, and the message each received.
+    struct OpenedSession {
+        var id: String
+        var credentials: JSONObject
+        var request: JSONObject
+    }
+
+    static func session(app: TestSocket, device: TestSocket, deviceID: String = "robot-1") async throws -> OpenedSession {
         try app.send(["type": "webrtc_request", "device_id": deviceID])
         let credentials = try await app.next("webrtc_credentials")
-        _ = try await device.next("webrtc_request")
-        return try #require(credentials["session_id"] as? String)
+        let request = try await device.next("webrtc_request")
+        return OpenedSession(id: try #require(credentials["session_id"] as? String), credentials: credentials, request: request)
     }
 }

@@ -83,7 +83,9 @@ struct TestFleet: Sendable {
         }
     }
 
-    /// Waits until every message queued between nodes was delivered and what it caused written.
+    /// Waits until every message queued between nodes was delivered and what it caused written:
+    /// a node killed before that leaves those messages to its taker, which delivers them again
+    /// (contract §11: at least once; a reliable client ignores them by `peer_cseq`).
     func inboxIsEmpty() async throws {
         _ = try await eventually("the inbox to be empty") { () -> Bool? in
             try await server.sql("SELECT count(*) FROM relay_inbox", database: database) == "0" ? true : nil
@@ -532,6 +534,7 @@ struct TestFleet: Sendable {
             let requested = ContinuousClock.now
             let sessionID = try await fleet.client(0).openSession(app: app, device: device, deviceID: "robot-1")
             try await fleet.sessionRow(sessionID, holds: "ttl_seconds > 0")
+            try await fleet.inboxIsEmpty()
             await fleet.nodes[1].killed()
             // Nobody answers: the node that took the device's link over closes the session when
             // its set-up time is up, and the app hears why.
@@ -706,6 +709,7 @@ extension FleetTests {
             try device.send(["type": "webrtc_offer", "session_id": sessionID, "sdp": "offer"])
             _ = try await app.next("webrtc_offer")
             try await fleet.sessionRow(sessionID, holds: "ttl_seconds > 0")
+            try await fleet.inboxIsEmpty()
             await fleet.nodes[1].killed()
             #expect(try await app.next("peer_status")["status"] as? String == "reconnecting")
             let reconnecting = ContinuousClock.now
@@ -741,6 +745,7 @@ extension FleetTests {
             let lastSeq = try #require(try await device.next("webrtc_answer")["seq"] as? Int)
             _ = request
             try await fleet.sessionRow(sessionID, holds: "answered")
+            try await fleet.inboxIsEmpty()
             await fleet.nodes[1].killed()
             #expect(try await app.next("peer_status")["status"] as? String == "reconnecting")
             // The device resumes on node 2 (its link comes from the node that took it over).

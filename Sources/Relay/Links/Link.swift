@@ -582,6 +582,12 @@ public final class Link: LinkEndpoint {
         }
     }
 
+    /// What the writer of `generation` is to do now, without waiting: nil when nothing is ready
+    /// (or that transport is no longer the link's).
+    func ready(generation: Int) -> Event? {
+        state.withLock { state in state.machine.generation == generation ? Self.takeEvent(&state) : nil }
+    }
+
     /// The push transport's drain to call, once until it takes what waits for it.
     private static func schedulePush(_ state: inout State) -> (@Sendable () -> Void)? {
         guard let push = state.push, !state.pushScheduled, state.machine.writerHasWork else { return nil }

@@ -260,7 +260,10 @@ struct HTTPLinkRoutes: Sendable {
     /// `clientGone` as soon as `departure` completes. The waits run to their end, so an event
     /// taken as another wait finishes is still returned (and kept until acked).
     static func nextEvent(_ link: Link, generation: Int, timeout: Duration, departure: EventLoopFuture<Void>? = nil) async -> Wait {
-        await withTaskGroup(of: Wait?.self) { group in
+        // A poll that does not wait takes what is ready now (a zero timer racing the wait for
+        // it could win before that wait even started, and answer nothing).
+        if timeout == .zero { return link.ready(generation: generation).map(Wait.event) ?? .timedOut }
+        return await withTaskGroup(of: Wait?.self) { group in
             group.addTask {
                 if let event = await link.next(generation: generation) { return .event(event) }
                 return Task.isCancelled ? nil : .superseded

@@ -8,7 +8,7 @@ let swiftSettings: [SwiftSetting] = [
 
 let package = Package(
     name: "relay",
-    platforms: [.macOS(.v15)],
+    platforms: [.macOS(.v15), .iOS(.v18)],
     products: [
         .executable(name: "relay", targets: ["RelayCommand"]),
         .executable(name: "relay-bench", targets: ["RelayBench"]),
@@ -16,6 +16,8 @@ let package = Package(
         .executable(name: "relay-echo", targets: ["RelayEcho"]),
         .executable(name: "relay-fuzz", targets: ["RelayFuzz"]),
         .library(name: "Relay", targets: ["Relay"]),
+        // The client library for Swift apps and robots (Linux and Apple platforms).
+        .library(name: "RelayClient", targets: ["RelayClient"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -97,6 +99,22 @@ let package = Package(
         .target(
             name: "RelayCore",
             dependencies: [.product(name: "DequeModule", package: "swift-collections")],
+            swiftSettings: swiftSettings
+        ),
+        // A client of the relay for Swift apps and robots: the link, resume, reliable sending,
+        // token refresh, typed events. HMAC by OpenSSL on Linux, CryptoKit on Apple's platforms.
+        .target(
+            name: "RelayClient",
+            dependencies: [
+                "RelayCore",
+                .target(name: "OpenSSLCrypto", condition: .when(platforms: [.linux])),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+            ],
             swiftSettings: swiftSettings
         ),
         // The server's connections: RFC 6455 on SwiftNIO, the upgrade gate, the open sockets;
@@ -228,6 +246,14 @@ let package = Package(
         .testTarget(
             name: "DeviceAuthTests",
             dependencies: ["DeviceAuth", "OpenSSLCrypto"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RelayClientTests",
+            dependencies: [
+                "DeviceAuth", "RelayClient", "RelayCore", "RelayTestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -117,6 +117,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The browser client (clients/js: relay-client.js and its demo page), embedded in the
+        // relay, which serves it at /client/relay-client.js and /demo.
+        .target(
+            name: "BrowserClient",
+            path: "clients/js",
+            exclude: ["README.md", "tests"],
+            sources: ["BrowserClient.swift"],
+            resources: [.embedInCode("relay-client.js"), .embedInCode("demo.html")],
+            swiftSettings: swiftSettings
+        ),
         // The server's connections: RFC 6455 on SwiftNIO, the upgrade gate, the open sockets;
         // used by the relay and by the echo server.
         .target(
@@ -139,7 +149,7 @@ let package = Package(
         .target(
             name: "Relay",
             dependencies: [
-                "DeviceAuth", "OpenSSLCrypto", "PostgresStore", "Registry", "RelayCore", "RelayWebSocket", "TURNBroker",
+                "BrowserClient", "DeviceAuth", "OpenSSLCrypto", "PostgresStore", "Registry", "RelayCore", "RelayWebSocket", "TURNBroker",
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Hummingbird", package: "hummingbird"),

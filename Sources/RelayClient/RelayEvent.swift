@@ -65,9 +65,9 @@ public struct ICEServers: Sendable, Equatable {
     }
 
     public var servers: [Server]
-    /// Seconds the credentials are valid for, and their end (unix seconds), when given.
+    /// Seconds the credentials are valid for, and their end (ISO 8601), when given.
     public var ttl: Int?
-    public var expiresAt: Int?
+    public var expiresAt: String?
     /// The document as the relay sent it.
     public var json: JSONValue
 
@@ -88,7 +88,7 @@ public struct ICEServers: Sendable, Equatable {
         }
         self.servers = servers
         self.ttl = document["ttl"]?.intValue
-        self.expiresAt = document["expiresAt"]?.intValue
+        self.expiresAt = document["expiresAt"]?.stringValue
         self.json = json ?? .null
     }
 }

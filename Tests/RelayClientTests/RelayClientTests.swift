@@ -20,6 +20,7 @@ struct RelayClientTests {
 
             let credentials = try await app.request(device: "robot-1")
             #expect(credentials.deviceID == "robot-1" && !credentials.iceServers.servers.isEmpty)
+            #expect(credentials.iceServers.ttl == 3600 && credentials.iceServers.expiresAt?.hasSuffix("Z") == true)
             let request = try await device.next { if case .sessionRequested(let request) = $0 { request } else { nil } }
             #expect(request.sessionID == credentials.sessionID && request.userID == "alice")
             let session = request.sessionID

@@ -225,7 +225,7 @@ public func buildRelay(
         maxMessageBytes: configuration.maxMessageBytes,
         keepalive: .seconds(configuration.sseKeepaliveSeconds)
     ).register(on: router)
-    router.get("/demo") { _, _ in DemoPage.response() }
+    BrowserFiles.register(on: router)
     router.get("/api/devices", use: DevicesRoute(authenticator: authenticator, store: store, switchboard: switchboard).respond)
     if let adminToken = configuration.adminToken {
         AdminRoutes(token: adminToken, store: store, switchboard: switchboard).register(on: router)

@@ -115,6 +115,7 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),
             ],
+            exclude: ["README.md"],
             swiftSettings: swiftSettings
         ),
         // The browser client (clients/js: relay-client.js and its demo page), embedded in the

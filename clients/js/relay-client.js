@@ -334,7 +334,9 @@ export class RelayClient {
     const resume = this._resumeFields();
     if (resume) query.push(`resume_token=${encodeURIComponent(resume.resume_token)}&last_seq=${resume.last_seq}`);
     const path = this.identity.device ? "/ws/device" : "/ws/app";
-    const base = this._goAwayUrl ? this._goAwayUrl : this.wsBase + path;
+    // A reconnect_url naming only another node (no path) gets this client's endpoint.
+    const other = this._goAwayUrl && new URL(this._goAwayUrl);
+    const base = !other ? this.wsBase + path : other.pathname === "/" && !other.search ? other.origin.replace(/^http/, "ws") + path : this._goAwayUrl;
     this._goAwayUrl = null;
     let socket;
     try {

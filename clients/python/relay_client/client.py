@@ -9,7 +9,7 @@ import random
 import secrets
 import time
 from typing import Any, Awaitable, Callable, Optional, Union
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import websockets
 from websockets.exceptions import InvalidStatus
@@ -241,7 +241,11 @@ class RelayClient:
     # The link
 
     async def _url(self) -> tuple:
-        url = self._reconnect_url or (self.base_url + self.path)
+        url = self.base_url + self.path
+        if self._reconnect_url:
+            # A reconnect_url naming only another node (no path) gets this client's endpoint.
+            bare = urlsplit(self._reconnect_url).path in ("", "/")
+            url = self._reconnect_url.rstrip("/") + self.path if bare else self._reconnect_url
         headers = {}
         query = []
         if self.device:

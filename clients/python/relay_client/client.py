@@ -320,6 +320,7 @@ class RelayClient:
             index += 1
         self._socket = socket
         self._connected.set()
+        self._events.put_nowait({"type": "connected", "hello": hello})
         self.log(f"link {hello['link_id']} {'resumed' if resumed else 'opened'}" + (f", {index} sent again" if index else ""))
         self._schedule_refresh()
         async for text in socket:

@@ -163,3 +163,26 @@ def test_a_revoked_device_stops_with_403_and_a_live_one_is_disconnected_for_good
         assert again.value.status == 403 and again.value.detail
 
     run(scenario())
+
+
+def test_retry_after_is_honoured_when_the_relay_refuses_for_a_while():
+    # One connection per 3 s per device: the resume right after a drop is refused (429,
+    # Retry-After). The client waits that long once, instead of knocking again and again.
+    relay = Relay(RELAY_CONNECT_BURST="1", RELAY_CONNECT_RATE_PER_MIN="20")
+    lines = []
+
+    async def scenario():
+        async with RelayClient.for_device(relay.url, "robot-1", device_secret("robot-1"), log=lines.append) as device:
+            dropped = time.monotonic()
+            await device.drop_socket()
+            while not (await device.next("connected", timeout=30))["hello"].get("resumed"):
+                pass
+            return time.monotonic() - dropped, device.hello
+
+    try:
+        waited, hello = run(scenario())
+    finally:
+        relay.stop()
+    refusals = [line for line in lines if "connect refused (429" in line]
+    assert hello["resumed"] is True, hello
+    assert len(refusals) == 1 and waited >= 2.5, (waited, lines)

@@ -108,6 +108,7 @@ let package = Package(
             dependencies: [
                 "RelayCore",
                 .target(name: "OpenSSLCrypto", condition: .when(platforms: [.linux])),
+                .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

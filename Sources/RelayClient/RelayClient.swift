@@ -5,6 +5,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import DequeModule
 import Logging
 import NIOCore
 import NIOPosix
@@ -46,6 +47,10 @@ public actor RelayClient {
         public var tokenRefreshMargin: Duration = .seconds(60)
         /// The client acks after this many messages.
         public var ackEvery = 16
+        /// What the client sends is paced to stay under the relay's per-link limit (contract §5:
+        /// 50 in a burst, 10/s by default), with a margin: over it the relay drops messages.
+        public var messageBurst = 40
+        public var messagesPerSecond = 9.0
         public var connectTimeout: Duration = .seconds(10)
         public var maxMessageSize = 1 << 20
         /// For `wss://`: the TLS settings (default: the system's trust roots).
@@ -91,6 +96,10 @@ public actor RelayClient {
     private var tokenExpiry: Double?
     private var starting: CheckedContinuation<Void, any Error>?
     private var acknowledging: [CheckedContinuation<Void, Never>] = []
+    /// Frames waiting for the pace, oldest first, and the pace.
+    private var outgoing: Deque<String> = []
+    private var pace: TokenBucket<ContinuousClock.Instant>
+    private var pacing: Task<Void, Never>?
 
     /// A client for the relay at `url` (`ws://`, `wss://`, or `http(s)://`; a path prefix is kept,
     /// the endpoint's path is added).
@@ -105,6 +114,7 @@ public actor RelayClient {
         self.endpoint = endpoint
         self.identity = identity
         self.options = options
+        self.pace = TokenBucket(burst: options.messageBurst, perSecond: options.messagesPerSecond)
         (events, output) = AsyncThrowingStream.makeStream(bufferingPolicy: .unbounded)
     }
 
@@ -164,7 +174,7 @@ public actor RelayClient {
         message["cseq"] = .number(Double(cseq))
         let text = JSONValue.object(message).serialized
         unacked.append((cseq, text))
-        socket?.send(text)
+        if socket != nil { transmit(text) }
         return cseq
     }
 
@@ -346,9 +356,12 @@ public actor RelayClient {
         connects += 1
         reconnectURL = nil
         // What was not acked goes first, in order: a higher cseq ahead of a lower one would make
-        // that one a duplicate.
-        for (_, text) in unacked { socket.send(text) }
+        // that one a duplicate. What waited for the old socket is among it.
         self.socket = socket
+        outgoing = Deque(unacked.map(\.1))
+        pacing?.cancel()
+        pacing = nil
+        transmitWaiting()
         logger.info("link \(hello.linkID) \(hello.resumed ? "resumed" : "opened")\(unacked.isEmpty ? "" : ", \(unacked.count) sent again")")
         output.yield(.connected(hello))
         starting?.resume()
@@ -367,7 +380,7 @@ public actor RelayClient {
             guard seq > lastSeq else { return }
             lastSeq = seq
             if seq - ackedSeq >= options.ackEvery {
-                socket?.send(#"{"type":"ack","seq":\#(seq)}"#)
+                transmit(#"{"type":"ack","seq":\#(seq)}"#)
                 ackedSeq = seq
             }
         }
@@ -393,6 +406,34 @@ public actor RelayClient {
         output.yield(event)
     }
 
+    /// Sends `text` on the current socket as the pace allows, after what is waiting.
+    private func transmit(_ text: String) {
+        outgoing.append(text)
+        transmitWaiting()
+    }
+
+    private func transmitWaiting() {
+        guard let socket, pacing == nil else { return }
+        while let text = outgoing.first {
+            let now = ContinuousClock.now
+            guard pace.take(now: now) else {
+                let wait = pace.durationUntilToken(at: now)
+                pacing = Task { [weak self] in
+                    try? await Task.sleep(for: wait)
+                    await self?.paced()
+                }
+                return
+            }
+            outgoing.removeFirst()
+            socket.send(text)
+        }
+    }
+
+    private func paced() {
+        pacing = nil
+        transmitWaiting()
+    }
+
     private func acked(through number: Int) {
         unacked.removeFirst(unacked.prefix { $0.0 <= number }.count)
         if unacked.isEmpty { wakeAcknowledging() }
@@ -411,6 +452,7 @@ public actor RelayClient {
         guard stopped == nil else { return }
         stopped = error
         refresher?.cancel()
+        pacing?.cancel()
         if error == .closed { output.finish() } else { output.finish(throwing: error) }
         starting?.resume(throwing: error)
         starting = nil

@@ -81,6 +81,33 @@ struct RelayClientTests {
         }
     }
 
+    @Test func aBurstBeyondTheRelaysLimitIsPacedAndNothingIsRefused() async throws {
+        // 100 messages at once, twice the relay's burst of 50 per link: sent as the limit allows.
+        try await ClientRelay.run { relay in
+            let device = try relay.device("robot-1")
+            let app = try relay.app()
+            try await device.start()
+            try await app.start()
+            let session = try await app.request(device: "robot-1").sessionID
+            for number in 1...100 {
+                await app.sendICE(session: session, candidate: ICECandidate(candidate: "candidate:\(number)"))
+            }
+            var received: [Int] = []
+            while received.count < 100 {
+                let ice = try await device.next { if case .ice(let ice) = $0 { ice } else { nil } }
+                received += ice.candidates.compactMap { Int($0.candidate.split(separator: ":")[1]) }
+            }
+            #expect(received == Array(1...100))
+            await app.waitUntilAcknowledged()
+            await app.close()
+            var errors: [RelayError] = []
+            for try await event in app.events {
+                if case .error(let error) = event { errors.append(error) }
+            }
+            #expect(errors.isEmpty)
+        }
+    }
+
     @Test func aDeviceWithAWrongSecretStopsWithTheReasonInsteadOfRetrying() async throws {
         try await ClientRelay.run { relay in
             let device = try relay.device("robot-1", secret: "not-the-secret")

@@ -25,6 +25,8 @@
  * @property {number} [maxBackoffMs]  Largest delay (default 30000).
  * @property {number} [refreshMarginS]  An app token is refreshed this many seconds before exp (default 60).
  * @property {number} [ackEvery]  Acknowledge after this many messages (default 16).
+ * @property {{burst: number, perSecond: number}} [pace]  What the client sends is paced to stay under
+ *   the relay's per-link limit (contract §5: 50 in a burst, 10/s by default), with a margin (default 40, 9/s).
  * @property {(line: string) => void} [log]  Where the client says what it does (default: nowhere).
  */
 
@@ -114,7 +116,7 @@ export class RelayClient {
     this.httpBase = `${secure ? "https" : "http"}://${url.host}${prefix}`;
     this.wsBase = `${secure ? "wss" : "ws"}://${url.host}${prefix}`;
     this.identity = identity;
-    this.options = { transports: ["websocket", "sse", "poll"], initialBackoffMs: 250, maxBackoffMs: 30000, refreshMarginS: 60, ackEvery: 16, log: () => {}, ...options };
+    this.options = { transports: ["websocket", "sse", "poll"], initialBackoffMs: 250, maxBackoffMs: 30000, refreshMarginS: 60, ackEvery: 16, pace: { burst: 40, perSecond: 9 }, log: () => {}, ...options };
     /** @type {RelayMessage | null} */
     this.hello = null;
     /** @type {Transport | null} */
@@ -128,6 +130,10 @@ export class RelayClient {
     this._peerCseqs = new Map();
     this._handlers = new Map();
     this._acknowledging = [];
+    this._outgoing = []; // messages waiting for the pace, oldest first
+    this._tokens = this.options.pace.burst;
+    this._tokensAt = Date.now();
+    this._pacing = null;
     this._waiting = new Map();
     this._closing = false;
     this._error = null;
@@ -226,7 +232,7 @@ export class RelayClient {
   send(message) {
     const numbered = { ...message, cseq: ++this._cseq };
     this._unacked.push({ cseq: numbered.cseq, message: numbered });
-    if (this._current) this._current.send([numbered]);
+    if (this._current) this._transmit([numbered]);
     return numbered.cseq;
   }
 
@@ -502,8 +508,10 @@ export class RelayClient {
     this.transport = transport;
     this.connects += 1;
     this._current = current;
-    // What was not acked goes first, in order: a higher cseq ahead of a lower one would make that one a duplicate.
-    if (this._unacked.length) current.send(this._unacked.map((kept) => kept.message));
+    // What was not acked goes first, in order: a higher cseq ahead of a lower one would make that
+    // one a duplicate. What waited for the old transport is among it.
+    this._outgoing = [];
+    this._transmit(this._unacked.map((kept) => kept.message));
     this.options.log(`link ${hello.link_id} ${hello.resumed ? "resumed" : "opened"} over ${transport}`);
     this._emit({ type: "connected", hello, transport });
     if (this._onFirstHello) { this._onFirstHello(); this._onFirstHello = null; }
@@ -518,7 +526,7 @@ export class RelayClient {
       // The long poll acks with its own last_seq.
       if (this.transport !== "poll" && message.seq - this._ackedSeq >= this.options.ackEvery) {
         this._ackedSeq = message.seq;
-        if (this._current) this._current.send([{ type: "ack", seq: message.seq }]);
+        if (this._current) this._transmit([{ type: "ack", seq: message.seq }]);
       }
     }
     if (message.peer_cseq !== undefined && message.session_id) {
@@ -534,6 +542,26 @@ export class RelayClient {
     const answer = message.request_id && this._waiting.get(message.request_id);
     if (answer && (message.type === "webrtc_credentials" || message.type === "error")) answer(message);
     this._emit(message);
+  }
+
+  /** Sends `messages` on the current transport as the pace allows, after what is waiting. */
+  _transmit(messages) {
+    this._outgoing.push(...messages);
+    if (this._pacing || !this._current) return;
+    const { burst, perSecond } = this.options.pace;
+    const ready = [];
+    while (this._outgoing.length) {
+      const now = Date.now();
+      this._tokens = Math.min(burst, this._tokens + ((now - this._tokensAt) / 1000) * perSecond);
+      this._tokensAt = now;
+      if (this._tokens < 1) {
+        this._pacing = setTimeout(() => { this._pacing = null; this._transmit([]); }, ((1 - this._tokens) / perSecond) * 1000);
+        break;
+      }
+      this._tokens -= 1;
+      ready.push(this._outgoing.shift());
+    }
+    if (ready.length) this._current.send(ready);
   }
 
   _acked(cseq) {

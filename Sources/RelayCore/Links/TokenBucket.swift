@@ -44,6 +44,12 @@ public struct TokenBucket<Instant: InstantProtocol & Sendable>: Sendable where I
         max(1, Int(((1 - tokens(at: now)) / perSecond).rounded(.up)))
     }
 
+    /// How long from `now` until a token is back (zero when there is one).
+    public func durationUntilToken(at now: Instant) -> Duration {
+        let missing = 1 - tokens(at: now)
+        return missing <= 0 ? .zero : .nanoseconds(Int64((missing / perSecond * 1e9).rounded(.up)))
+    }
+
     /// True once the bucket has refilled: it then says nothing a fresh one would not.
     public func isFull(at now: Instant) -> Bool {
         tokens(at: now) >= burst

@@ -31,7 +31,9 @@ class Chromium:
         self.process = subprocess.Popen(
             [self.binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
              f"--user-data-dir={self.profile.name}", f"--remote-debugging-port={self.port}",
-             "--autoplay-policy=no-user-gesture-required", "about:blank"],
+             "--autoplay-policy=no-user-gesture-required",
+             # Host candidates as addresses, not mDNS names (peers on loopback find each other).
+             "--disable-features=WebRtcHideLocalIpsWithMdns", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.socket = None
         self._ids = iter(range(1, 1 << 30))

@@ -83,6 +83,7 @@ class RelayClient:
         device: Optional[tuple] = None,
         backoff: tuple = (0.25, 30.0),
         refresh_margin: float = 60.0,
+        pace: tuple = (40, 9.0),
         log: Callable[[str], None] = lambda _: None,
     ):
         self.base_url = base_url.rstrip("/")
@@ -91,6 +92,12 @@ class RelayClient:
         self.device = device
         self.backoff = backoff
         self.refresh_margin = refresh_margin
+        # What the client sends is paced (burst, per second) to stay under the relay's per-link
+        # limit (contract §5: 50 in a burst, 10/s by default), with a margin.
+        self.pace = pace
+        self._tokens = float(pace[0])
+        self._tokens_at = time.monotonic()
+        self._write_lock = asyncio.Lock()
         self.log = log
         self.hello: Optional[dict] = None
         self.resume_token: Optional[str] = None
@@ -315,9 +322,11 @@ class RelayClient:
         # What was not acked goes first, in order (what is sent meanwhile joins the end of the
         # list and goes with it): a higher cseq ahead of a lower one would make that one a duplicate.
         index = 0
-        while index < len(self._unacked):
-            await socket.send(json.dumps(self._unacked[index][1]))
-            index += 1
+        async with self._write_lock:
+            while index < len(self._unacked):
+                await self._paced()
+                await socket.send(json.dumps(self._unacked[index][1]))
+                index += 1
         self._socket = socket
         self._connected.set()
         self._events.put_nowait({"type": "connected", "hello": hello})
@@ -358,13 +367,28 @@ class RelayClient:
         self._events.put_nowait(message)
 
     async def _write(self, message: dict):
-        socket = self._socket
-        if socket is None:
-            return
-        try:
-            await socket.send(json.dumps(message))
-        except websockets.WebSocketException:
-            pass  # sent again after the resume
+        async with self._write_lock:
+            socket = self._socket
+            if socket is None:
+                return
+            await self._paced()
+            if self._socket is not socket:
+                return  # dropped meanwhile: sent again after the resume
+            try:
+                await socket.send(json.dumps(message))
+            except websockets.WebSocketException:
+                pass  # sent again after the resume
+
+    async def _paced(self):
+        """Waits for a token of the pace (a token bucket), and spends it."""
+        burst, per_second = self.pace
+        now = time.monotonic()
+        self._tokens = min(float(burst), self._tokens + (now - self._tokens_at) * per_second)
+        self._tokens_at = now
+        if self._tokens < 1:
+            await asyncio.sleep((1 - self._tokens) / per_second)
+            self._tokens, self._tokens_at = 1.0, time.monotonic()
+        self._tokens -= 1
 
     def _acked(self, cseq: int):
         while self._unacked and self._unacked[0][0] <= cseq:

@@ -186,3 +186,24 @@ def test_retry_after_is_honoured_when_the_relay_refuses_for_a_while():
     refusals = [line for line in lines if "connect refused (429" in line]
     assert hello["resumed"] is True, hello
     assert len(refusals) == 1 and waited >= 2.5, (waited, lines)
+
+
+def test_a_burst_beyond_the_relays_limit_is_paced_and_nothing_is_refused(relay):
+    # 100 messages at once, twice the relay's burst of 50 per link: sent as the limit allows.
+    async def scenario():
+        async with RelayClient.for_device(relay.url, "robot-1", device_secret("robot-1")) as device, \
+                RelayClient.app(relay.url, lambda: app_token()) as app:
+            session = (await app.request("robot-1"))["session_id"]
+            await device.next("webrtc_request")
+            sending = asyncio.gather(*(app.send_ice(session, {"candidate": f"candidate:{n}"}) for n in range(1, 101)))
+            received = []
+            while len(received) < 100:
+                message = await device.next("webrtc_ice")
+                received.append(int(message["candidate"]["candidate"].split(":")[1]))
+            await sending
+            assert received == list(range(1, 101))
+            await app.close()
+            errors = [message async for message in app if message["type"] == "error"]
+            assert errors == []
+
+    run(scenario())

@@ -215,7 +215,7 @@ export class RelayClient {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => { off(); reject(new Error(`no ${wanted.join("/") || "message"} within ${timeoutMs} ms`)); }, timeoutMs);
       const off = this.on("*", (message) => {
-        if (message.type === "stopped") { clearTimeout(timer); off(); reject(message.error); return; }
+        if (message.type === "stopped" && !wanted.includes("stopped")) { clearTimeout(timer); off(); reject(message.error); return; }
         if (wanted.length && !wanted.includes(message.type)) return;
         clearTimeout(timer);
         off();

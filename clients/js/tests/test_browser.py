@@ -177,6 +177,34 @@ def test_refused_credentials_stop_the_client_with_the_reason(relay):
     assert live == {"device": "websocket"}, live
 
 
+def test_a_revoked_device_stops_with_403_and_a_live_one_is_disconnected_for_good(relay):
+    secret = relay.device_command("add", "robot-2", "--owner", "alice").strip().splitlines()[-1]
+
+    async def scenario_run():
+        browser = await browser_on(relay)
+        try:
+            await browser.evaluate(scenario("""
+                window.live = RelayClient.device(location.origin, "robot-2", SECRET, options);
+                await window.live.start();
+                window.ended = window.live.next("stopped", 30000).then((message) => message.error);
+            """, SECRET=secret))
+            relay.device_command("revoke", "robot-2")
+            # The relay drops the revoked device's link; its reconnect is refused and it stops.
+            return json.loads(await browser.evaluate(scenario("""
+                const live = await window.ended;
+                const later = RelayClient.device(location.origin, "robot-2", SECRET, options);
+                let again = null;
+                try { await later.start(); } catch (error) { again = error; }
+                return JSON.stringify([live, again].map((error) => ({ refused: error instanceof RelayRefusedError, status: error.status, detail: error.detail })));
+            """, SECRET=secret)))
+        finally:
+            await browser.close()
+
+    live, later = run(scenario_run())
+    assert live["refused"] and live["status"] == 403 and live["detail"], live
+    assert later["refused"] and later["status"] == 403, later
+
+
 def test_an_app_token_is_refreshed_before_it_expires():
     # No leeway: the relay closes an app's socket at `exp` without a fresh token (4001).
     relay = Relay(RELAY_JWT_LEEWAY_S="0")

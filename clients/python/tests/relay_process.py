@@ -71,6 +71,13 @@ class Relay:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
+    def device_command(self, *arguments) -> str:
+        """`relay device ...` on this relay's store; its standard output."""
+        return subprocess.run(
+            [BINARY, "device", *arguments], env={**self.environment}, cwd=self.directory.name,
+            capture_output=True, text=True, check=True,
+        ).stdout
+
     def stop(self):
         if self.process.poll() is None:
             self.process.kill()

@@ -1,13 +1,12 @@
 """The Python client against the real `relay serve` on loopback (no stand-in of the relay)."""
 import asyncio
 import signal
-import subprocess
 import time
 
 import pytest
 
 from relay_client import RelayClient, RelayRefused
-from relay_process import BINARY, Relay, app_token, device_secret
+from relay_process import Relay, app_token, device_secret
 
 
 @pytest.fixture
@@ -141,18 +140,12 @@ def test_go_away_is_followed_and_the_link_resumes_on_the_next_process():
 
 
 def test_a_revoked_device_stops_with_403_and_a_live_one_is_disconnected_for_good(relay):
-    def device_command(*arguments):
-        return subprocess.run(
-            [BINARY, "device", *arguments], env={**relay.environment}, cwd=relay.directory.name,
-            capture_output=True, text=True, check=True,
-        ).stdout
-
-    secret = device_command("add", "robot-2", "--owner", "alice").strip().splitlines()[-1]
+    secret = relay.device_command("add", "robot-2", "--owner", "alice").strip().splitlines()[-1]
 
     async def scenario():
         live = RelayClient.for_device(relay.url, "robot-2", secret)
         await live.start()
-        device_command("revoke", "robot-2")
+        relay.device_command("revoke", "robot-2")
         # The relay drops the revoked device's socket; its reconnect is refused and it stops.
         with pytest.raises(RelayRefused) as refused:
             await live.next("never", timeout=20)

@@ -167,8 +167,11 @@ let package = Package(
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
-            swiftSettings: swiftSettings
+            swiftSettings: swiftSettings,
+            plugins: ["BuildRevision"]
         ),
+        // The git revision of the build, for `relay --version`, the logs, /healthz and metrics.
+        .plugin(name: "BuildRevision", capability: .buildTool()),
         .executableTarget(
             name: "RelayCommand",
             dependencies: [

@@ -17,6 +17,7 @@ struct RelayCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "relay",
         abstract: "WebRTC signaling relay between mobile apps and robots.",
+        version: "relay \(RelayBuild.description)",
         subcommands: [Serve.self, Device.self, Token.self, SignURL.self],
         defaultSubcommand: Serve.self
     )
@@ -102,15 +103,30 @@ struct Serve: AsyncParsableCommand {
             throw ExitCode(78)
         }
         let level = configuration.logLevel
+        let format = configuration.logFormat
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
+            switch format {
+            case .text:
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            case .json:
+                var handler = JSONLogHandler(label: label)
+                handler.logLevel = level
+                return handler
+            }
         }
         if let development = configuration.development {
             printDevelopmentBanner(development, configuration: configuration)
         }
         let logger = Logger(label: "relay")
+        logger.notice(
+            "Relay \(RelayBuild.version) starting",
+            metadata: [
+                "relay.version": "\(RelayBuild.version)", "relay.revision": "\(RelayBuild.revision)",
+                "relay.store": "\(configuration.databaseURL == nil ? "sqlite" : "postgresql")",
+            ]
+        )
         let relay = try await exitingOnStoreError(configuration) { () async throws(StoreError) in
             try await buildRelay(configuration: configuration, logger: logger)
         }

@@ -189,7 +189,9 @@ public func buildRelay(
             status: .ok,
             headers: [.contentType: "application/json"],
             body: .init(
-                byteBuffer: ByteBuffer(string: "{\"status\":\"ok\",\"links\":\(counts.apps + counts.devices),\"sessions\":\(counts.sessions)}")
+                byteBuffer: ByteBuffer(
+                    string: "{\"status\":\"ok\",\"version\":\"\(RelayBuild.version)\",\"revision\":\"\(RelayBuild.revision)\",\"links\":\(counts.apps + counts.devices),\"sessions\":\(counts.sessions)}"
+                )
             )
         )
     }

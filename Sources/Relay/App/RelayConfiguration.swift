@@ -45,7 +45,7 @@ import TURNBroker
 ///   (one relay process per database for now)
 /// - `RELAY_TLS_CERT_FILE`, `RELAY_TLS_KEY_FILE` (PEM): serve `https://` and `wss://` (read again on SIGHUP)
 /// - `RELAY_ADMIN_TOKEN` (secret, ≥ 32 bytes): enables `/admin/*`
-/// - `RELAY_LOG_LEVEL` (`info`)
+/// - `RELAY_LOG_LEVEL` (`info`), `RELAY_LOG_FORMAT` (`text`, or `json`: one object per line)
 ///
 /// Development mode (`relay serve --dev`, on a loopback address only, with no app-token key and
 /// no device master key configured) makes random ones and says so loudly; without `--dev` a
@@ -83,6 +83,9 @@ public struct RelayConfiguration: Sendable {
     /// With no mint for this long, the relay probes its TURN provider (for `/readyz`).
     public var turnProbeSeconds = 30
     public var logLevel = Logger.Level.info
+    /// How log lines look: text, or one JSON object per line.
+    public enum LogFormat: String, Sendable { case text, json }
+    public var logFormat = LogFormat.text
     /// `RELAY_DB`: the SQLite store of contract §9.
     public var databasePath = "./relay.sqlite"
     public var auditFlushMilliseconds = 100
@@ -284,6 +287,13 @@ public struct RelayConfiguration: Sendable {
                 logLevel = parsed
             } else {
                 read.problem("RELAY_LOG_LEVEL: '\(level)' is not one of trace, debug, info, notice, warning, error, critical")
+            }
+        }
+        if let format = read.string("RELAY_LOG_FORMAT") {
+            if let parsed = LogFormat(rawValue: format.lowercased()) {
+                logFormat = parsed
+            } else {
+                read.problem("RELAY_LOG_FORMAT: '\(format)' is not one of text, json")
             }
         }
 

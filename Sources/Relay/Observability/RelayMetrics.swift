@@ -90,6 +90,11 @@ final class RelayMetrics: Sendable {
             }
         )
         storeDroppedEvents = CoreMetrics.Gauge(label: "relay_store_dropped_events", factory: factory)
+        CoreMetrics.Gauge(
+            label: "relay_build_info",
+            dimensions: [("version", RelayBuild.version), ("revision", RelayBuild.revision)],
+            factory: factory
+        ).record(1)
     }
 
     private static func counters(_ types: [String], direction: String, factory: PrometheusMetricsFactory) -> [String: CoreMetrics.Counter] {

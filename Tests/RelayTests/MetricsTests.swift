@@ -27,6 +27,55 @@ import Testing
         return series
     }
 
+    @Test func everyFamilyHasHelpAndTypeAndFollowsPrometheusNaming() async throws {
+        try await TestRelay.run { relay in
+            _ = try await relay.device()
+            let (status, text) = try await relay.get("/metrics")
+            #expect(status == .ok)
+            var help: [String: String] = [:]
+            var types: [String: String] = [:]
+            var sampled: Set<String> = []
+            for line in text.split(separator: "\n") {
+                let parts = line.split(separator: " ", maxSplits: 3).map(String.init)
+                if line.hasPrefix("# HELP ") { help[parts[2]] = parts.count > 3 ? parts[3] : "" }
+                else if line.hasPrefix("# TYPE ") { types[parts[2]] = parts[3] }
+                else { sampled.insert(String(line.prefix { $0 != "{" && $0 != " " })) }
+            }
+            #expect(!types.isEmpty && Set(types.keys) == Set(help.keys))
+            for (family, type) in types {
+                #expect(help[family]?.isEmpty == false, "no help for \(family)")
+                // Counters end in _total; durations are in seconds; sizes in bytes.
+                #expect((type == "counter") == family.hasSuffix("_total"), "\(family) is a \(type)")
+                #expect(!family.contains("_ms") && !family.contains("millis"), "\(family) is not in base units")
+            }
+            for sample in sampled {
+                let family = ["_bucket", "_sum", "_count"].reduce(sample) { name, suffix in
+                    types[name] == nil && name.hasSuffix(suffix) ? String(name.dropLast(suffix.count)) : name
+                }
+                #expect(types[family] != nil, "\(sample) has no # TYPE")
+            }
+            // The process's own metrics, in the names every Prometheus client uses.
+            let metrics = try await Self.scrape(relay)
+            #expect((metrics["process_resident_memory_bytes"] ?? 0) > 1_000_000)
+            #expect((metrics["process_open_fds"] ?? 0) > 3 && (metrics["process_max_fds"] ?? 0) >= (metrics["process_open_fds"] ?? 0))
+            #expect((metrics["process_cpu_seconds_total"] ?? 0) > 0)
+            #expect(abs((metrics["process_start_time_seconds"] ?? 0) - Date().timeIntervalSince1970) < 600)
+            #expect(metrics["relay_links{kind=\"device\"}"] == 1)
+        }
+    }
+
+    @Test func aMetricsTokenKeepsTheScrapeToWhoeverHasIt() async throws {
+        let token = String(repeating: "m", count: 40)
+        try await TestRelay.run(["RELAY_METRICS_TOKEN": token]) { relay in
+            let (status, body) = try await relay.get("/metrics")
+            #expect(status == .unauthorized && body.contains("RELAY_METRICS_TOKEN"))
+            let (wrong, _) = try await relay.request(.get, "/metrics", token: String(repeating: "x", count: 40))
+            #expect(wrong == .unauthorized)
+            let (allowed, _) = try await relay.request(.get, "/metrics", token: token)
+            #expect(allowed == .ok)
+        }
+    }
+
     @Test func countersMatchWhatClientsDid() async throws {
         try await TestRelay.run(["RELAY_RATE_BURST": "5", "RELAY_RATE_PER_S": "1"]) { relay in
             _ = try await relay.upgrade("/ws/app?token=\(relay.appToken(secret: "not-the-relay-secret-not-the-relay"))")

@@ -4,6 +4,7 @@ import Foundation
 import Hummingbird
 import HummingbirdCore
 import Logging
+import OpenSSLCrypto
 import PostgresStore
 import Registry
 import RelayCore
@@ -211,7 +212,14 @@ public func buildRelay(
         }
         return Response.json(.object(["status": .string("ready")]))
     }
-    router.get("/metrics") { _, _ in
+    router.get("/metrics") { [metricsToken = configuration.metricsToken] request, _ in
+        if let metricsToken {
+            guard let presented = ClientAuthenticator.bearerToken(in: request, queryParameter: false),
+                LibCrypto.constantTimeEquals(Array(presented.utf8), Array(metricsToken.utf8))
+            else {
+                throw RelayHTTPError(.unauthorized, "Metrics need 'Authorization: Bearer <RELAY_METRICS_TOKEN>'", headers: [.wwwAuthenticate: "Bearer"])
+            }
+        }
         let counts = switchboard.table.counts
         let text = metrics.render(links: counts.apps, devices: counts.devices, sessions: counts.sessions, droppedEvents: journal.droppedEvents)
         return Response(

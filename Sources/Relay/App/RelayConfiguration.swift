@@ -45,6 +45,7 @@ import TURNBroker
 ///   (one relay process per database for now)
 /// - `RELAY_TLS_CERT_FILE`, `RELAY_TLS_KEY_FILE` (PEM): serve `https://` and `wss://` (read again on SIGHUP)
 /// - `RELAY_ADMIN_TOKEN` (secret, ≥ 32 bytes): enables `/admin/*`
+/// - `RELAY_METRICS_TOKEN` (secret, ≥ 32 bytes): `/metrics` then needs `Authorization: Bearer`
 /// - `RELAY_LOG_LEVEL` (`info`), `RELAY_LOG_FORMAT` (`text`, or `json`: one object per line)
 ///
 /// Development mode (`relay serve --dev`, on a loopback address only, with no app-token key and
@@ -100,6 +101,8 @@ public struct RelayConfiguration: Sendable {
     public var tls: ServerTLS?
     /// `RELAY_ADMIN_TOKEN`: without it `/admin/*` answers 404.
     public var adminToken: String?
+    /// When set, a scrape of `/metrics` must present it as a bearer token.
+    public var metricsToken: String?
     /// Set when nothing was configured and the relay made its own secrets.
     public var development: DevelopmentSecrets?
 
@@ -281,6 +284,9 @@ public struct RelayConfiguration: Sendable {
         registryPollMilliseconds = read.int("RELAY_REGISTRY_POLL_MS", in: 50...600_000) ?? registryPollMilliseconds
         if let token = read.string("RELAY_ADMIN_TOKEN", isSecret: true), read.strongEnough(token, name: "RELAY_ADMIN_TOKEN") {
             adminToken = token
+        }
+        if let token = read.string("RELAY_METRICS_TOKEN", isSecret: true), read.strongEnough(token, name: "RELAY_METRICS_TOKEN") {
+            metricsToken = token
         }
         if let level = read.string("RELAY_LOG_LEVEL") {
             if let parsed = Logger.Level(rawValue: level.lowercased()) {

@@ -3,6 +3,7 @@ import CoreMetrics
 import Foundation
 import Prometheus
 import RelayCore
+import Synchronization
 
 /// The relay's metrics, created once per relay and exported by `GET /metrics` in Prometheus
 /// text format. Each relay has its own registry (through swift-metrics' `factory:`), so several
@@ -22,7 +23,9 @@ final class RelayMetrics: Sendable {
     private let rateLimitedMessages: CoreMetrics.Counter
     private let duplicateMessages: CoreMetrics.Counter
     private let authFailures: [String: CoreMetrics.Counter]
-    private let storeDroppedEvents: CoreMetrics.Gauge
+    private let storeDroppedEvents: CoreMetrics.Counter
+    /// The dropped events counted so far (the journal keeps a running total).
+    private let droppedCounted = Mutex(0)
 
     /// Message types the relay knows; anything else is counted as `other`.
     static let inboundTypes = [
@@ -89,7 +92,7 @@ final class RelayMetrics: Sendable {
                 ($0, CoreMetrics.Counter(label: "relay_auth_failures_total", dimensions: [("reason", $0)], factory: factory))
             }
         )
-        storeDroppedEvents = CoreMetrics.Gauge(label: "relay_store_dropped_events", factory: factory)
+        storeDroppedEvents = CoreMetrics.Counter(label: "relay_store_dropped_events_total", factory: factory)
         CoreMetrics.Gauge(
             label: "relay_build_info",
             dimensions: [("version", RelayBuild.version), ("revision", RelayBuild.revision)],
@@ -143,12 +146,46 @@ final class RelayMetrics: Sendable {
         (authFailures[reason] ?? authFailures["other"])?.increment()
     }
 
-    /// The scrape: gauges read from the live state, then the whole registry as text.
+    /// The scrape: gauges read from the live state, the whole registry as text with a `# HELP`
+    /// line for each family, then the process's own metrics.
     func render(links app: Int, devices: Int, sessions: Int, droppedEvents: Int) -> [UInt8] {
         links[.app]?.record(app)
         links[.device]?.record(devices)
         liveSessions.record(sessions)
-        storeDroppedEvents.record(droppedEvents)
-        return registry.emitToBuffer()
+        let newlyDropped = droppedCounted.withLock { counted in
+            defer { counted = max(counted, droppedEvents) }
+            return max(0, droppedEvents - counted)
+        }
+        if newlyDropped > 0 { storeDroppedEvents.increment(by: newlyDropped) }
+        var text = ""
+        for line in String(decoding: registry.emitToBuffer(), as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasPrefix("# TYPE "), let name = line.dropFirst(7).split(separator: " ").first {
+                text += "# HELP \(name) \(Self.help[String(name)] ?? "")\n"
+            }
+            text += line
+            text += "\n"
+        }
+        while text.hasSuffix("\n\n") { text.removeLast() }
+        text += ProcessMetrics.render()
+        return Array(text.utf8)
     }
+
+    /// What each family counts, for its `# HELP` line.
+    static let help: [String: String] = [
+        "relay_build_info": "The relay's version and the git revision it was built from (always 1).",
+        "relay_links": "Live links (attached or detached within their resume grace), by kind of client.",
+        "relay_sessions": "Open sessions.",
+        "relay_sessions_started_total": "Sessions opened.",
+        "relay_sessions_ended_total": "Sessions closed, by reason and by who closed them.",
+        "relay_session_setup_seconds": "Time from an app's webrtc_request to its answer delivered to the device, in seconds.",
+        "relay_messages_total": "Messages received from clients (in) and sent to them (out), by type.",
+        "relay_rate_limited_messages_total": "Messages dropped by the per-link rate limit.",
+        "relay_duplicate_messages_total": "Messages a client sent again (same cseq) and the relay dropped.",
+        "relay_auth_failures_total": "Refused app tokens and device signatures, by reason.",
+        "relay_store_dropped_events_total": "Audit events and device sightings dropped because the store's write queue was full.",
+        "relay_turn_mints_total": "ICE server credentials minted, by provider.",
+        "relay_turn_mint_errors_total": "ICE server mints that failed or timed out, by provider.",
+        "relay_turn_mint_seconds": "Time to mint ICE server credentials, in seconds, by provider.",
+        "relay_turn_revocations_failed_total": "TURN credential revocations that failed, by provider.",
+    ]
 }

@@ -37,7 +37,7 @@ import Testing
                 #expect(try await device.next("webrtc_close")["reason"] as? String == "peer_disconnected")
             }
             let body = try await relay.healthz()
-            #expect(body == #"{"status":"ok","links":1,"sessions":0}"#)
+            #expect(body.hasSuffix(#","links":1,"sessions":0}"#))
         }
     }
 

@@ -65,9 +65,47 @@ struct OperatorTests {
         #expect(objects.contains { $0["message"] as? String == "Link attached" && $0["link.party"] as? String == "device" })
     }
 
+    @Test func systemdHearsReadyOnceTheRelayListensAndStoppingWhenItDrains() async throws {
+        // What systemd does for a Type=notify unit: a datagram socket, named in NOTIFY_SOCKET.
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("notify-\(UUID().uuidString.prefix(8))").path
+        let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd); unlink(path) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(bound == 0)
+        var timeout = timeval(tv_sec: 20, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let receive = { @Sendable [fd] () throws -> String in
+            var buffer = [UInt8](repeating: 0, count: 512)
+            let count = recv(fd, &buffer, buffer.count, 0)
+            guard count > 0 else { throw NothingReceived(errno: errno) }
+            return String(decoding: buffer[..<count], as: UTF8.self)
+        }
+        let relay = try await RelayProcess.start(
+            binary: CommandLineTests.relayBinary,
+            environment: Self.environment.merging(["NOTIFY_SOCKET": path, "RELAY_SHUTDOWN_DRAIN_S": "0"]) { $1 }
+        )
+        defer { relay.kill() }
+        #expect(try await onOwnThread(receive) == "READY=1\nSTATUS=listening")
+        // Ready means listening: a request is answered.
+        #expect(try await Self.get("/healthz", port: relay.port).contains("\"status\":\"ok\""))
+        kill(relay.process.processIdentifier, SIGTERM)
+        #expect(try await onOwnThread(receive) == "STOPPING=1\nSTATUS=draining")
+        #expect(try await relay.process.exited() == 0)
+    }
+
     @Test func anUnknownLogFormatStopsStartUp() async throws {
         let run = try await CommandLineTests.relay(["serve"], environment: Self.environment.merging(["RELAY_LOG_FORMAT": "xml"]) { $1 })
         #expect(run.status == 78)
         #expect(run.stderr.contains("RELAY_LOG_FORMAT: 'xml' is not one of text, json"))
     }
+}
+
+struct NothingReceived: Error {
+    var errno: Int32
 }

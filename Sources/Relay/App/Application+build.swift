@@ -286,6 +286,7 @@ public func buildRelay(
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "relay"),
         services: services,
+        onServerRunning: { _ in SystemdNotification.send("READY=1\nSTATUS=listening") },
         logger: logger
     )
     return (application, ShutdownService(switchboard: switchboard, drain: .seconds(configuration.shutdownDrainSeconds)), stores.close)
@@ -350,6 +351,7 @@ public struct ShutdownService: Service {
 
     public func run() async throws {
         try? await gracefulShutdown()
+        SystemdNotification.send("STOPPING=1\nSTATUS=draining")
         await switchboard.shutdown(drain: drain)
     }
 }

@@ -65,7 +65,10 @@ public final class TestSocket: Sendable {
                         }
                     }
                     for try await message in inbound.messages(maxSize: 1 << 22) {
-                        if case .text(let text) = message { inbox.append(text) }
+                        if case .text(let text) = message {
+                            MessageCatalog.record(text)
+                            inbox.append(text)
+                        }
                         // A client that stops reading: the relay's writes back up in TCP.
                         if inbox.isPaused { try await Task.sleep(for: .seconds(3600)) }
                     }

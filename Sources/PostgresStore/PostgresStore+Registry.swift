@@ -58,14 +58,51 @@ extension PostgresStore: RelayRegistry {
 
     public func rotate(_ deviceID: String) async throws(StoreError) -> String {
         let secret = RelayStore.makeSecret()
-        let updated = try await call("rotating a secret") {
-            try await self.client.query(
-                "UPDATE relay_device SET previous_secret = secret, secret = \(secret) WHERE id = \(deviceID) RETURNING id",
+        let revoked = try await transaction("rotating a secret") { connection -> Bool? in
+            let rows = try await connection.query("SELECT revoked_at FROM relay_device WHERE id = \(deviceID) FOR UPDATE", logger: self.logger)
+            var state: Bool?
+            for try await revokedAt in rows.decode(Double?.self) { state = revokedAt != nil }
+            guard state == false else { return state }
+            try await connection.query(
+                "UPDATE relay_device SET previous_secret = secret, secret = \(secret) WHERE id = \(deviceID)",
                 logger: self.logger
-            ).collect().count
+            )
+            return false
         }
-        guard updated == 1 else { throw .unknownDevice(deviceID) }
+        guard let revoked else { throw .unknownDevice(deviceID) }
+        if revoked { throw .deviceRevoked(deviceID) }
         return secret
+    }
+
+    public func ungrant(_ deviceID: String, owner userID: String) async throws(StoreError) -> DeviceEntry {
+        let entry = try await transaction("taking an owner off a device") { connection -> DeviceEntry? in
+            try await connection.query("DELETE FROM relay_device_owner WHERE device_id = \(deviceID) AND user_id = \(userID)", logger: self.logger)
+            return try await Self.entries(connection, deviceID: deviceID, logger: self.logger).first
+        }
+        guard let entry else { throw .unknownDevice(deviceID) }
+        return entry
+    }
+
+    public func unrevoke(_ deviceID: String) async throws(StoreError) -> DeviceEntry {
+        let entry = try await transaction("unrevoking a device") { connection -> DeviceEntry? in
+            try await connection.query("UPDATE relay_device SET revoked_at = NULL WHERE id = \(deviceID)", logger: self.logger)
+            return try await Self.entries(connection, deviceID: deviceID, logger: self.logger).first
+        }
+        guard let entry else { throw .unknownDevice(deviceID) }
+        return entry
+    }
+
+    public func deleteDevice(_ deviceID: String) async throws(StoreError) {
+        let state = try await transaction("deleting a device") { connection -> Bool? in
+            let rows = try await connection.query("SELECT revoked_at FROM relay_device WHERE id = \(deviceID) FOR UPDATE", logger: self.logger)
+            var state: Bool?
+            for try await revokedAt in rows.decode(Double?.self) { state = revokedAt != nil }
+            guard state == true else { return state }
+            try await connection.query("DELETE FROM relay_device WHERE id = \(deviceID)", logger: self.logger)
+            return true
+        }
+        guard let state else { throw .unknownDevice(deviceID) }
+        if !state { throw .deviceNotRevoked(deviceID) }
     }
 
     public func dropPreviousSecret(_ deviceID: String) async throws(StoreError) {

@@ -24,6 +24,12 @@ public protocol RelayRegistry: DeviceDirectory, Sendable {
     func dropPreviousSecret(_ deviceID: String) async throws(StoreError)
     /// Lets `userID` open sessions to the device.
     func grant(_ deviceID: String, owner userID: String) async throws(StoreError) -> DeviceEntry
+    /// Takes `userID` off the device's owners.
+    func ungrant(_ deviceID: String, owner userID: String) async throws(StoreError) -> DeviceEntry
+    /// Lets a revoked device connect again (with the secrets it had).
+    func unrevoke(_ deviceID: String) async throws(StoreError) -> DeviceEntry
+    /// Forgets a revoked device: its row, secrets and owners (its audit entries stay).
+    func deleteDevice(_ deviceID: String) async throws(StoreError)
     /// Devices revoked after `time` (Unix seconds), with when.
     func revocations(after time: Double) async throws(StoreError) -> [(deviceID: String, at: Double)]
     /// The latest revocation time (0 when none).

@@ -226,14 +226,52 @@ public final class RelayStore: Sendable {
     /// never has more than two.
     public func rotate(_ deviceID: String) async throws(StoreError) -> String {
         let secret = Self.makeSecret()
-        let updated = try await run {
-            try await self.pool.write { db in
+        let revoked = try await run {
+            try await self.pool.write { db -> Bool? in
+                guard let revokedAt = try Row.fetchOne(db, sql: "SELECT revoked_at FROM device WHERE id = ?", arguments: [deviceID]) else { return nil }
+                if (revokedAt["revoked_at"] as Double?) != nil { return true }
                 try db.execute(sql: "UPDATE device SET previous_secret = secret, secret = ? WHERE id = ?", arguments: [secret, deviceID])
-                return db.changesCount
+                return false
             }
         }
-        guard updated == 1 else { throw .unknownDevice(deviceID) }
+        guard let revoked else { throw .unknownDevice(deviceID) }
+        if revoked { throw .deviceRevoked(deviceID) }
         return secret
+    }
+
+    public func ungrant(_ deviceID: String, owner userID: String) async throws(StoreError) -> DeviceEntry {
+        let entry = try await run {
+            try await self.pool.write { db -> DeviceEntry? in
+                try db.execute(sql: "DELETE FROM device_owner WHERE device_id = ? AND user_id = ?", arguments: [deviceID, userID])
+                return try Self.entry(deviceID, in: db)
+            }
+        }
+        guard let entry else { throw .unknownDevice(deviceID) }
+        return entry
+    }
+
+    public func unrevoke(_ deviceID: String) async throws(StoreError) -> DeviceEntry {
+        let entry = try await run {
+            try await self.pool.write { db -> DeviceEntry? in
+                try db.execute(sql: "UPDATE device SET revoked_at = NULL WHERE id = ?", arguments: [deviceID])
+                return try Self.entry(deviceID, in: db)
+            }
+        }
+        guard let entry else { throw .unknownDevice(deviceID) }
+        return entry
+    }
+
+    public func deleteDevice(_ deviceID: String) async throws(StoreError) {
+        let state = try await run {
+            try await self.pool.write { db -> Bool? in
+                guard let row = try Row.fetchOne(db, sql: "SELECT revoked_at FROM device WHERE id = ?", arguments: [deviceID]) else { return nil }
+                guard (row["revoked_at"] as Double?) != nil else { return false }
+                try db.execute(sql: "DELETE FROM device WHERE id = ?", arguments: [deviceID])
+                return true
+            }
+        }
+        guard let state else { throw .unknownDevice(deviceID) }
+        if !state { throw .deviceNotRevoked(deviceID) }
     }
 
     /// Ends a rotation: only the newest secret stays valid.

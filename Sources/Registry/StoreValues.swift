@@ -80,6 +80,8 @@ public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
         case deviceExists
         case unknownDevice
         case invalidDeviceID
+        /// The operation needs the device not revoked (rotate), or revoked (delete).
+        case wrongDeviceState
         case unusable
     }
 
@@ -99,6 +101,12 @@ public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
     public static func unusable(_ description: String) -> StoreError { StoreError(.unusable, description) }
     public static func deviceExists(_ id: String) -> StoreError { StoreError(.deviceExists, "device '\(id)' is already registered") }
     public static func unknownDevice(_ id: String) -> StoreError { StoreError(.unknownDevice, "device '\(id)' is not registered") }
+    public static func deviceRevoked(_ id: String) -> StoreError {
+        StoreError(.wrongDeviceState, "device '\(id)' is revoked: unrevoke it first (a revoked device keeps no usable secret)")
+    }
+    public static func deviceNotRevoked(_ id: String) -> StoreError {
+        StoreError(.wrongDeviceState, "device '\(id)' is not revoked: revoke it first (that disconnects it), then delete it")
+    }
     public static func invalidDeviceID(_ id: String) -> StoreError {
         StoreError(.invalidDeviceID, "'\(id)' is not a valid device id (1-128 characters of [A-Za-z0-9._:-])")
     }

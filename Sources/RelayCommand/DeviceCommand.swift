@@ -13,7 +13,7 @@ import Registry
 struct Device: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Manage registered devices (robots).",
-        subcommands: [Add.self, List.self, Revoke.self, Rotate.self, Grant.self]
+        subcommands: [Add.self, List.self, Grant.self, Ungrant.self, Rotate.self, Revoke.self, Unrevoke.self, Delete.self]
     )
 
     struct StoreOptions: ParsableArguments {
@@ -127,6 +127,53 @@ struct Device: AsyncParsableCommand {
                 print("New secret for \(deviceID) (shown only now):\n\(secret)")
                 print("The previous secret stays valid until: relay device rotate \(deviceID) --finish")
             }
+        }
+    }
+
+    struct Ungrant: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Take a user (JWT sub) off a device's owners.")
+        @Argument(help: "The device id.") var deviceID: String
+        @Option(name: .customLong("owner"), help: "The user id to take off (repeat for several).") var owners: [String]
+        @OptionGroup var options: StoreOptions
+
+        func validate() throws {
+            guard !owners.isEmpty else { throw ValidationError("Name at least one --owner") }
+        }
+
+        func run() async throws {
+            let store = try await options.open()
+            var entry: DeviceEntry?
+            for owner in owners {
+                entry = try await registry { () async throws(StoreError) in try await store.ungrant(deviceID, owner: owner) }
+            }
+            if options.json { printJSON(["device": entry?.json ?? [:]]) } else if let entry { print(Table.devices([entry])) }
+        }
+    }
+
+    struct Unrevoke: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Let a revoked device connect again, with the secrets it had.")
+        @Argument(help: "The device id.") var deviceID: String
+        @OptionGroup var options: StoreOptions
+
+        func run() async throws {
+            let store = try await options.open()
+            let entry = try await registry { () async throws(StoreError) in try await store.unrevoke(deviceID) }
+            if options.json { printJSON(["device": entry.json]) } else { print(Table.devices([entry])) }
+        }
+    }
+
+    struct Delete: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Forget a revoked device: its secrets and owners (its audit entries stay).",
+            discussion: "Revoke it first (that disconnects it). With RELAY_DEVICE_MASTER_KEY set, a device the registry does not know may connect with its derived secret."
+        )
+        @Argument(help: "The device id.") var deviceID: String
+        @OptionGroup var options: StoreOptions
+
+        func run() async throws {
+            let store = try await options.open()
+            try await registry { () async throws(StoreError) in try await store.deleteDevice(deviceID) }
+            if options.json { printJSON(["device_id": deviceID, "deleted": true]) } else { print("Deleted \(deviceID).") }
         }
     }
 

@@ -97,4 +97,45 @@ import Testing
             #expect(try await relay.request(.delete, "/admin/devices/robot-9", token: Self.token).status == .notFound)
         }
     }
+
+    @Test func operatorsGrantUngrantRotateUnrevokeAndDeleteDevices() async throws {
+        try await TestRelay.run(["RELAY_ADMIN_TOKEN": Self.token]) { relay in
+            let first = try await relay.store.addDevice("robot-7", owners: ["alice"]).secret
+            let owners = { (answer: (status: HTTPResponse.Status, json: [String: Any])) in (answer.json["device"] as? [String: Any])?["owners"] as? [String] }
+            let granted = try await relay.request(.post, "/admin/devices/robot-7/owners", token: Self.token, body: #"{"owner":"bob"}"#)
+            #expect(granted.status == .ok && owners(granted) == ["alice", "bob"])
+            #expect(try await relay.request(.post, "/admin/devices/robot-7/owners", token: Self.token, body: #"{}"#).status == .badRequest)
+            let device = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-7", secret: first))")
+            let bob = try await relay.app("bob", devices: nil)
+            _ = try await relay.openSession(app: bob, device: device, deviceID: "robot-7")
+            let ungranted = try await relay.request(.delete, "/admin/devices/robot-7/owners/bob", token: Self.token)
+            #expect(ungranted.status == .ok && owners(ungranted) == ["alice"])
+            try bob.send(["type": "webrtc_request", "device_id": "robot-7"])
+            #expect(try await bob.next("error")["code"] as? String == "unauthorized")
+
+            // Rotation: both secrets work until it is finished, then only the new one.
+            let rotated = try await relay.request(.post, "/admin/devices/robot-7/rotate", token: Self.token)
+            let second = try #require(rotated.json["secret"] as? String)
+            #expect(rotated.status == .ok && second != first)
+            // (the previous secret still works: this connect replaces the first socket)
+            _ = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-7", secret: first))")
+            let finished = try await relay.request(.post, "/admin/devices/robot-7/rotate/finish", token: Self.token)
+            #expect(finished.status == .ok && (finished.json["device"] as? [String: Any])?["secrets"] as? Int == 1)
+            #expect(try await relay.upgrade("/ws/device?\(relay.deviceQuery("robot-7", secret: first))").status == .unauthorized)
+
+            // Deleting needs a revoked device; a revoked one gets no new secret; unrevoked it connects again.
+            let notRevoked = try await relay.request(.delete, "/admin/devices/robot-7?purge=true", token: Self.token)
+            #expect(notRevoked.status == .conflict && (notRevoked.json["detail"] as? String)?.contains("revoke it first") == true)
+            #expect(try await relay.request(.delete, "/admin/devices/robot-7", token: Self.token).status == .ok)
+            let refused = try await relay.request(.post, "/admin/devices/robot-7/rotate", token: Self.token)
+            #expect(refused.status == .conflict && (refused.json["detail"] as? String)?.contains("is revoked") == true)
+            let unrevoked = try await relay.request(.post, "/admin/devices/robot-7/unrevoke", token: Self.token)
+            #expect(unrevoked.status == .ok && (unrevoked.json["device"] as? [String: Any])?["revoked"] as? Bool == false)
+            _ = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-7", secret: second))")
+            #expect(try await relay.request(.delete, "/admin/devices/robot-7", token: Self.token).status == .ok)
+            let deleted = try await relay.request(.delete, "/admin/devices/robot-7?purge=true", token: Self.token)
+            #expect(deleted.status == .ok && deleted.json["deleted"] as? Bool == true)
+            #expect(try await relay.request(.get, "/admin/devices/robot-7", token: Self.token).status == .notFound)
+        }
+    }
 }

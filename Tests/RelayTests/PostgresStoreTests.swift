@@ -48,6 +48,18 @@ import Testing
             #expect(try await store.latestRevocation() == 2000)
             #expect(try await store.device("robot-1")?.revoked == true)
             #expect(try await store.devices().count == 2)
+
+            // A revoked device gets no new secret; unrevoked it connects with the one it had.
+            await #expect(throws: StoreError.deviceRevoked("robot-1")) { try await store.rotate("robot-1") }
+            await #expect(throws: StoreError.deviceNotRevoked("robot-2")) { try await store.deleteDevice("robot-2") }
+            let restored = try await store.unrevoke("robot-1")
+            #expect(!restored.revoked && restored.secrets == [rotated])
+            #expect(try await store.ungrant("robot-1", owner: "bob").owners == ["alice"])
+            _ = try await store.revoke("robot-1", now: Date())
+            try await store.deleteDevice("robot-1")
+            #expect(try await store.device("robot-1") == nil)
+            #expect(try await store.devices().map(\.deviceID) == ["robot-2"])
+            await #expect(throws: StoreError.unknownDevice("robot-1")) { try await store.unrevoke("robot-1") }
         }
     }
 

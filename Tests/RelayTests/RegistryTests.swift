@@ -104,6 +104,36 @@ import Testing
         }
     }
 
+    @Test func theCommandLineUngrantsUnrevokesAndDeletesAndWillNotRotateARevokedDevice() async throws {
+        try await TestRelay.run { relay in
+            let secret = try await relay.store.addDevice("robot-7", owners: ["alice", "bob"]).secret
+            let ungranted = try await Self.device(["ungrant", "robot-7", "--owner", "bob"], relay: relay)
+            #expect(ungranted.status == 0 && (ungranted.json["device"] as? [String: Any])?["owners"] as? [String] == ["alice"])
+            let bob = try await relay.app("bob", devices: nil)
+            let device = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-7", secret: secret))")
+            try bob.send(["type": "webrtc_request", "device_id": "robot-7"])
+            #expect(try await bob.next("error")["code"] as? String == "unauthorized")
+
+            #expect(try await Self.device(["delete", "robot-7"], relay: relay).stderr.contains("is not revoked: revoke it first"))
+            #expect(try await Self.device(["revoke", "robot-7"], relay: relay).status == 0)
+            #expect(try await device.closeCode() == 1008)
+            let rotate = try await Self.device(["rotate", "robot-7"], relay: relay)
+            #expect(rotate.status == 1 && rotate.stderr.contains("device 'robot-7' is revoked: unrevoke it first"))
+            let refused = try await relay.upgrade("/ws/device?\(relay.deviceQuery("robot-7", secret: secret))")
+            #expect(refused.status == .forbidden)
+
+            let unrevoked = try await Self.device(["unrevoke", "robot-7"], relay: relay)
+            #expect(unrevoked.status == 0 && (unrevoked.json["device"] as? [String: Any])?["revoked"] as? Bool == false)
+            _ = try await TestSocket.connect("ws://127.0.0.1:\(relay.port)/ws/device?\(relay.deviceQuery("robot-7", secret: secret))")
+
+            #expect(try await Self.device(["revoke", "robot-7"], relay: relay).status == 0)
+            let deleted = try await Self.device(["delete", "robot-7"], relay: relay)
+            #expect(deleted.status == 0 && deleted.json["deleted"] as? Bool == true)
+            #expect(try await relay.store.device("robot-7") == nil)
+            #expect(try await Self.device(["unrevoke", "robot-7"], relay: relay).stderr.contains("device 'robot-7' is not registered"))
+        }
+    }
+
     @Test func ownershipIsRefusedUntilGranted() async throws {
         try await TestRelay.run { relay in
             let secret = try await relay.store.addDevice("robot-7", owners: ["alice"]).secret

@@ -33,10 +33,52 @@ struct AdminRoutes: Sendable {
         admin.delete("devices/:id") { request, context -> Response in
             try authorize(request)
             let deviceID = try await entry(context).deviceID
+            if request.uri.queryParameters.get("purge") == "true" {
+                try await storeCall { () async throws(StoreError) in try await store.deleteDevice(deviceID) }
+                context.logger.info("Device deleted by an operator", metadata: ["device.id": "\(deviceID)"])
+                return .json(.object(["device_id": .string(deviceID), "deleted": .bool(true)]))
+            }
             let revoked = try await storeCall { () async throws(StoreError) in try await store.revoke(deviceID, now: Date()) }
             switchboard.revoke(deviceID: deviceID)
             context.logger.info("Device revoked by an operator", metadata: ["device.id": "\(deviceID)"])
             return .json(.object(["device": await views(revoked.map { [$0] } ?? []).first ?? .null]))
+        }
+        admin.post("devices/:id/owners") { request, context -> Response in
+            try authorize(request)
+            let deviceID = try await entry(context).deviceID
+            let object = try await request.jsonObject(upTo: 4096, example: #"{"owner":"alice"}"#)
+            guard let owner = object["owner"]?.stringValue, !owner.isEmpty, owner.utf8.count <= 256 else {
+                throw RelayHTTPError(.badRequest, "owner (a user id, the JWT sub) is required")
+            }
+            let updated = try await storeCall { () async throws(StoreError) in try await store.grant(deviceID, owner: owner) }
+            return .json(.object(["device": await views([updated])[0]]))
+        }
+        admin.delete("devices/:id/owners/:owner") { request, context -> Response in
+            try authorize(request)
+            let deviceID = try await entry(context).deviceID
+            let owner = context.parameters.get("owner") ?? ""
+            let updated = try await storeCall { () async throws(StoreError) in try await store.ungrant(deviceID, owner: owner) }
+            return .json(.object(["device": await views([updated])[0]]))
+        }
+        admin.post("devices/:id/rotate") { request, context -> Response in
+            try authorize(request)
+            let deviceID = try await entry(context).deviceID
+            let secret = try await storeCall { () async throws(StoreError) in try await store.rotate(deviceID) }
+            context.logger.info("Device secret rotated by an operator", metadata: ["device.id": "\(deviceID)"])
+            return .json(.object(["device_id": .string(deviceID), "secret": .string(secret)]))
+        }
+        admin.post("devices/:id/rotate/finish") { request, context -> Response in
+            try authorize(request)
+            let deviceID = try await entry(context).deviceID
+            try await storeCall { () async throws(StoreError) in try await store.dropPreviousSecret(deviceID) }
+            return .json(.object(["device": await views([try await entry(context)])[0]]))
+        }
+        admin.post("devices/:id/unrevoke") { request, context -> Response in
+            try authorize(request)
+            let deviceID = try await entry(context).deviceID
+            let updated = try await storeCall { () async throws(StoreError) in try await store.unrevoke(deviceID) }
+            context.logger.info("Device unrevoked by an operator", metadata: ["device.id": "\(deviceID)"])
+            return .json(.object(["device": await views([updated])[0]]))
         }
         admin.get("sessions") { request, _ -> Response in
             try authorize(request)
@@ -139,6 +181,7 @@ struct AdminRoutes: Sendable {
             case .deviceExists: throw RelayHTTPError(.conflict, error.description)
             case .unknownDevice: throw RelayHTTPError(.notFound, error.description)
             case .invalidDeviceID: throw RelayHTTPError(.badRequest, error.description)
+            case .wrongDeviceState: throw RelayHTTPError(.conflict, error.description)
             case .unusable: throw RelayHTTPError(.serviceUnavailable, "Store unavailable", headers: [.retryAfter: "5"])
             }
         }

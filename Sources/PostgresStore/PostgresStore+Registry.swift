@@ -252,12 +252,28 @@ extension PostgresStore: RelayRegistry {
         }
     }
 
-    public func auditLog(deviceID: String?, limit: Int) async throws(StoreError) -> [AuditEntry] {
-        try await call("reading the audit log") {
+    public func pruneAudit(createdBefore time: Date) async throws(StoreError) -> Int {
+        let before = time.timeIntervalSince1970
+        return try await call("pruning the audit log") {
+            try await self.client.query("DELETE FROM relay_session_audit WHERE created_at < \(before) RETURNING 1", logger: self.logger).collect().count
+        }
+    }
+
+    public func auditLog(_ query: AuditQuery) async throws(StoreError) -> [AuditEntry] {
+        let since = query.since?.timeIntervalSince1970
+        let until = query.until?.timeIntervalSince1970
+        let afterTime = query.after?.createdAt
+        let afterSession = query.after?.sessionID ?? ""
+        return try await call("reading the audit log") {
             let rows = try await self.client.query(
                 """
                 SELECT session_id, user_id, device_id, created_at, answered_at, closed_at, close_reason, closed_by FROM relay_session_audit
-                WHERE (\(deviceID)::text IS NULL OR device_id = \(deviceID)) ORDER BY created_at DESC LIMIT \(limit)
+                WHERE (\(query.deviceID)::text IS NULL OR device_id = \(query.deviceID))
+                AND (\(query.userID)::text IS NULL OR user_id = \(query.userID))
+                AND (\(since)::float8 IS NULL OR created_at >= \(since))
+                AND (\(until)::float8 IS NULL OR created_at < \(until))
+                AND (\(afterTime)::float8 IS NULL OR created_at < \(afterTime) OR (created_at = \(afterTime) AND session_id < \(afterSession)))
+                ORDER BY created_at DESC, session_id DESC LIMIT \(query.limit)
                 """,
                 logger: self.logger
             )

@@ -34,8 +34,10 @@ public protocol RelayRegistry: DeviceDirectory, Sendable {
     func revocations(after time: Double) async throws(StoreError) -> [(deviceID: String, at: Double)]
     /// The latest revocation time (0 when none).
     func latestRevocation() async throws(StoreError) -> Double
-    /// Audit rows, newest first.
-    func auditLog(deviceID: String?, limit: Int) async throws(StoreError) -> [AuditEntry]
+    /// Audit entries, newest first (created_at, then session id), as `query` says.
+    func auditLog(_ query: AuditQuery) async throws(StoreError) -> [AuditEntry]
+    /// Deletes the entries of sessions created before `time`; returns how many.
+    func pruneAudit(createdBefore time: Date) async throws(StoreError) -> Int
     /// Applies a batch of recorded events in one transaction, in order.
     func apply(_ events: [StoreEvent]) async throws(StoreError)
     /// Device nonces spent and still live at `now` (Unix seconds).
@@ -57,4 +59,11 @@ public protocol LiveStateStore: Sendable {
     func closeSessionsLeftOpen() async throws(StoreError) -> Int
     /// Bytes a snapshot of the kept messages would reclaim (0: a snapshot reclaims nothing).
     var outboxLogBytes: Int { get }
+}
+
+extension RelayRegistry {
+    /// The newest `limit` entries, of one device when given.
+    public func auditLog(deviceID: String? = nil, limit: Int = 100) async throws(StoreError) -> [AuditEntry] {
+        try await auditLog(AuditQuery(deviceID: deviceID, limit: limit))
+    }
 }

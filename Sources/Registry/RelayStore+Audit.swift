@@ -80,17 +80,36 @@ extension RelayStore {
     }
 
     /// Audit rows, newest first.
-    public func auditLog(deviceID: String? = nil, limit: Int = 100) async throws(StoreError) -> [AuditEntry] {
-        try await run {
+    public func auditLog(_ query: AuditQuery) async throws(StoreError) -> [AuditEntry] {
+        var conditions: [String] = []
+        var arguments: StatementArguments = []
+        if let deviceID = query.deviceID {
+            conditions.append("device_id = ?")
+            arguments += [deviceID]
+        }
+        if let userID = query.userID {
+            conditions.append("user_id = ?")
+            arguments += [userID]
+        }
+        if let since = query.since {
+            conditions.append("created_at >= ?")
+            arguments += [since.timeIntervalSince1970]
+        }
+        if let until = query.until {
+            conditions.append("created_at < ?")
+            arguments += [until.timeIntervalSince1970]
+        }
+        if let after = query.after {
+            conditions.append("(created_at < ? OR (created_at = ? AND session_id < ?))")
+            arguments += [after.createdAt, after.createdAt, after.sessionID]
+        }
+        arguments += [query.limit]
+        let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let sql = "SELECT * FROM session_audit \(filter) ORDER BY created_at DESC, session_id DESC LIMIT ?"
+        let bound = arguments
+        return try await run {
             try await self.pool.read { db in
-                try Row.fetchAll(
-                    db,
-                    sql: """
-                        SELECT * FROM session_audit \(deviceID == nil ? "" : "WHERE device_id = ?")
-                        ORDER BY created_at DESC, rowid DESC LIMIT ?
-                        """,
-                    arguments: StatementArguments(deviceID.map { [$0] } ?? []) + [limit]
-                ).map { row in
+                try Row.fetchAll(db, sql: sql, arguments: bound).map { row in
                     AuditEntry(
                         sessionID: row["session_id"],
                         userID: row["user_id"],
@@ -102,6 +121,15 @@ extension RelayStore {
                         closedBy: row["closed_by"]
                     )
                 }
+            }
+        }
+    }
+
+    public func pruneAudit(createdBefore time: Date) async throws(StoreError) -> Int {
+        try await run {
+            try await self.pool.write { db in
+                try db.execute(sql: "DELETE FROM session_audit WHERE created_at < ?", arguments: [time.timeIntervalSince1970])
+                return db.changesCount
             }
         }
     }

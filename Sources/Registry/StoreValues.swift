@@ -64,6 +64,37 @@ public struct AuditEntry: Sendable, Equatable {
     }
 }
 
+/// Which audit entries to read: newest first, filtered, a page at a time.
+public struct AuditQuery: Sendable, Equatable {
+    /// Where a page ends: entries strictly older (in the order created_at, then session id).
+    public struct Cursor: Sendable, Equatable {
+        public var createdAt: Double
+        public var sessionID: String
+
+        public init(createdAt: Double, sessionID: String) {
+            self.createdAt = createdAt
+            self.sessionID = sessionID
+        }
+    }
+
+    public var deviceID: String?
+    public var userID: String?
+    /// Sessions created at or after `since`, and before `until`.
+    public var since: Date?
+    public var until: Date?
+    public var after: Cursor?
+    public var limit: Int
+
+    public init(deviceID: String? = nil, userID: String? = nil, since: Date? = nil, until: Date? = nil, after: Cursor? = nil, limit: Int = 100) {
+        self.deviceID = deviceID
+        self.userID = userID
+        self.since = since
+        self.until = until
+        self.after = after
+        self.limit = limit
+    }
+}
+
 /// What the relay records, in batches.
 public enum StoreEvent: Sendable {
     case sessionOpened(sessionID: String, userID: String, deviceID: String, at: Date)

@@ -140,4 +140,74 @@ import Testing
             #expect(takenOver.closedAt != nil)
         }
     }
+
+    /// Five sessions: s1 (alice, robot-1) 40 days ago ... s5 (bob, robot-2) now.
+    static func history(in store: RelayStore, now: Date) async throws {
+        let sessions: [(id: String, user: String, device: String, daysAgo: Double)] = [
+            ("s1", "alice", "robot-1", 40), ("s2", "alice", "robot-1", 3), ("s3", "bob", "robot-1", 2), ("s4", "alice", "robot-2", 1), ("s5", "bob", "robot-2", 0),
+        ]
+        var events: [StoreEvent] = []
+        for session in sessions {
+            let created = now.addingTimeInterval(-session.daysAgo * 86_400 - 0.123)
+            events.append(.sessionOpened(sessionID: session.id, userID: session.user, deviceID: session.device, at: created))
+            events.append(.sessionClosed(sessionID: session.id, at: created.addingTimeInterval(60), reason: "normal", closedBy: "app"))
+        }
+        try await store.apply(events)
+    }
+
+    @Test func operatorsPageAndFilterTheAuditLogWithPreciseTimes() async throws {
+        try await TestRelay.run(["RELAY_ADMIN_TOKEN": Self.adminToken]) { relay in
+            let now = Date()
+            try await Self.history(in: relay.store, now: now)
+            func page(_ query: String) async throws -> (ids: [String], next: String?, entries: [[String: Any]]) {
+                let answer = try await relay.request(.get, "/admin/audit\(query)", token: Self.adminToken)
+                #expect(answer.status == .ok)
+                let entries = try #require(answer.json["entries"] as? [[String: Any]])
+                return (entries.compactMap { $0["session_id"] as? String }, answer.json["next"] as? String, entries)
+            }
+            // Newest first, two at a time, until `next` is null.
+            var seen: [String] = []
+            var query = "?limit=2"
+            var pages = 0
+            while true {
+                let result = try await page(query)
+                seen += result.ids
+                pages += 1
+                guard let next = result.next else { break }
+                query = "?limit=2&after=\(next)"
+            }
+            #expect(seen == ["s5", "s4", "s3", "s2", "s1"] && pages == 3)
+            #expect(try await page("?device_id=robot-1").ids == ["s3", "s2", "s1"])
+            #expect(try await page("?user_id=bob").ids == ["s5", "s3"])
+            let since = Int64((now.timeIntervalSince1970 - 2.5 * 86_400) * 1000)
+            #expect(try await page("?since=\(since)&device_id=robot-1").ids == ["s3"])
+            let until = Date(timeIntervalSince1970: now.timeIntervalSince1970 - 1.5 * 86_400).formatted(.iso8601)
+            #expect(try await page("?until=\(until)").ids == ["s3", "s2", "s1"])
+            // Times with milliseconds, as ISO 8601.
+            let entry = try #require(try await page("?user_id=bob&limit=1").entries.first)
+            let created = try #require(entry["created_at"] as? String)
+            #expect(created.wholeMatch(of: /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z/) != nil)
+            #expect(entry["close_reason"] as? String == "normal" && entry["closed_by"] as? String == "app")
+            #expect(try await relay.request(.get, "/admin/audit?limit=0", token: Self.adminToken).status == .badRequest)
+            #expect(try await relay.request(.get, "/admin/audit?since=yesterday", token: Self.adminToken).status == .badRequest)
+            #expect(try await relay.request(.get, "/admin/audit?after=%25%25", token: Self.adminToken).status == .badRequest)
+            #expect(try await relay.request(.get, "/admin/audit").status == .unauthorized)
+        }
+    }
+
+    @Test func theAuditLogKeepsOnlyTheRetentionPeriod() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = "\(directory)/relay.sqlite"
+            let store = try RelayStore(path: path)
+            try await Self.history(in: store, now: Date())
+            // Kept: 7 days. The relay prunes as it starts.
+            try await TestRelay.run(["RELAY_DB": path, "RELAY_AUDIT_RETENTION_DAYS": "7"]) { relay in
+                let kept = try await eventually("the audit log pruned") { () async throws -> [String]? in
+                    let ids = try await relay.store.auditLog().map(\.sessionID)
+                    return ids.contains("s1") ? nil : ids
+                }
+                #expect(kept == ["s5", "s4", "s3", "s2"])
+            }
+        }
+    }
 }

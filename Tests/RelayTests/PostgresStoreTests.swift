@@ -84,6 +84,27 @@ import Testing
         }
     }
 
+    @Test func theAuditLogPagesFiltersAndPrunes() async throws {
+        try await Self.withStore { store, _ in
+            var events: [StoreEvent] = []
+            for (index, (user, device)) in [("alice", "robot-1"), ("bob", "robot-1"), ("alice", "robot-2"), ("bob", "robot-2")].enumerated() {
+                events.append(.sessionOpened(sessionID: "s\(index + 1)", userID: user, deviceID: device, at: Date(timeIntervalSince1970: Double(1000 * (index + 1)) + 0.25)))
+            }
+            // Two sessions at the same instant: the session id orders them.
+            events.append(.sessionOpened(sessionID: "s5", userID: "carol", deviceID: "robot-2", at: Date(timeIntervalSince1970: 4000.25)))
+            try await store.apply(events)
+            let first = try await store.auditLog(AuditQuery(limit: 2))
+            #expect(first.map(\.sessionID) == ["s5", "s4"])
+            let cursor = AuditQuery.Cursor(createdAt: first[1].createdAt.timeIntervalSince1970, sessionID: first[1].sessionID)
+            #expect(try await store.auditLog(AuditQuery(after: cursor, limit: 2)).map(\.sessionID) == ["s3", "s2"])
+            #expect(try await store.auditLog(AuditQuery(userID: "alice")).map(\.sessionID) == ["s3", "s1"])
+            #expect(try await store.auditLog(AuditQuery(deviceID: "robot-1", since: Date(timeIntervalSince1970: 1500))).map(\.sessionID) == ["s2"])
+            #expect(try await store.auditLog(AuditQuery(until: Date(timeIntervalSince1970: 2000.25))).map(\.sessionID) == ["s1"])
+            #expect(try await store.pruneAudit(createdBefore: Date(timeIntervalSince1970: 2500)) == 2)
+            #expect(try await store.auditLog(AuditQuery()).map(\.sessionID) == ["s5", "s4", "s3"])
+        }
+    }
+
     @Test func aDatabaseThatDoesNotAnswerIsAnErrorWithinTheDeadline() async throws {
         // Nothing listens on this port: the call fails, it does not hang.
         let store = try PostgresStore(url: "postgres://relay@127.0.0.1:9/none", callTimeout: .seconds(2), logger: Logger(label: "test-postgres"))

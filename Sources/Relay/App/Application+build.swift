@@ -152,6 +152,9 @@ public func buildRelay(
         ),
         metrics: metrics
     )
+    if let days = configuration.auditRetentionDays {
+        services.append(AuditRetention(store: store, days: days, interval: .seconds(3600), logger: logger))
+    }
     services.append(
         RevocationWatcher(store: store, switchboard: switchboard, interval: .milliseconds(configuration.registryPollMilliseconds), logger: logger)
     )

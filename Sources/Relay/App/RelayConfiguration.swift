@@ -90,6 +90,8 @@ public struct RelayConfiguration: Sendable {
     /// `RELAY_DB`: the SQLite store of contract §9.
     public var databasePath = "./relay.sqlite"
     public var auditFlushMilliseconds = 100
+    /// Days of sessions the audit log keeps; nil keeps them all.
+    public var auditRetentionDays: Int?
     public var outboxFlushMilliseconds = 5
     /// `RELAY_DATABASE_URL`: the store on PostgreSQL instead of the SQLite file.
     public var databaseURL: String?
@@ -278,6 +280,7 @@ public struct RelayConfiguration: Sendable {
         }
         databasePath = read.string("RELAY_DB") ?? databasePath
         auditFlushMilliseconds = read.int("RELAY_AUDIT_FLUSH_MS", in: 10...10_000) ?? auditFlushMilliseconds
+        auditRetentionDays = read.int("RELAY_AUDIT_RETENTION_DAYS", in: 1...36_500)
         outboxFlushMilliseconds = read.int("RELAY_OUTBOX_FLUSH_MS", in: 1...1000) ?? outboxFlushMilliseconds
         databaseURL = read.string("RELAY_DATABASE_URL")
         nodeHeartbeatMilliseconds = read.int("RELAY_NODE_HEARTBEAT_MS", in: 50...10000) ?? nodeHeartbeatMilliseconds

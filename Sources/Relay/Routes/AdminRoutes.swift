@@ -80,6 +80,10 @@ struct AdminRoutes: Sendable {
             context.logger.info("Device unrevoked by an operator", metadata: ["device.id": "\(deviceID)"])
             return .json(.object(["device": await views([updated])[0]]))
         }
+        admin.get("audit") { request, _ -> Response in
+            try authorize(request)
+            return try await audit(request)
+        }
         admin.get("sessions") { request, _ -> Response in
             try authorize(request)
             return .json(.object(["sessions": .array(try await sessions(id: nil))]))
@@ -170,6 +174,55 @@ struct AdminRoutes: Sendable {
                 "answered": .bool(session.answered),
             ])
         }
+    }
+
+    /// `GET /admin/audit?device_id=&user_id=&since=&until=&limit=&after=`: ended and live sessions,
+    /// newest first, a page at a time (`next` is the `after` of the following page, null at the end).
+    /// Times are ISO 8601 with milliseconds; `since` and `until` take ISO 8601 or Unix milliseconds.
+    private func audit(_ request: Request) async throws -> Response {
+        let parameters = request.uri.queryParameters
+        var query = AuditQuery(deviceID: parameters.get("device_id"), userID: parameters.get("user_id"))
+        if let limit = parameters.get("limit") {
+            guard let value = Int(limit), (1...1000).contains(value) else { throw RelayHTTPError(.badRequest, "limit must be an integer from 1 to 1000") }
+            query.limit = value
+        }
+        for (name, value) in [("since", parameters.get("since")), ("until", parameters.get("until"))] {
+            guard let value else { continue }
+            guard let time = Self.time(value) else {
+                throw RelayHTTPError(.badRequest, "\(name) must be an ISO 8601 time (2026-11-29T10:00:00Z) or Unix milliseconds")
+            }
+            if name == "since" { query.since = time } else { query.until = time }
+        }
+        if let after = parameters.get("after") {
+            guard let data = Base64URL.decode(Substring(after)), let text = String(data: data, encoding: .utf8),
+                let space = text.firstIndex(of: " "), let time = Double(text[..<space])
+            else { throw RelayHTTPError(.badRequest, "after must be the next value of a previous page") }
+            query.after = AuditQuery.Cursor(createdAt: time, sessionID: String(text[text.index(after: space)...]))
+        }
+        let entries = try await storeCall { () async throws(StoreError) in try await store.auditLog(query) }
+        let next: JSONValue =
+            entries.count == query.limit
+            ? entries.last.map { .string(Base64URL.encode(Array("\($0.createdAt.timeIntervalSince1970) \($0.sessionID)".utf8))) } ?? .null : .null
+        return .json(.object(["entries": .array(entries.map(Self.view)), "next": next]))
+    }
+
+    private static func view(_ entry: AuditEntry) -> JSONValue {
+        .object([
+            "session_id": .string(entry.sessionID),
+            "user_id": .string(entry.userID),
+            "device_id": .string(entry.deviceID),
+            "created_at": .preciseTime(entry.createdAt),
+            "answered_at": .preciseTime(entry.answeredAt),
+            "closed_at": .preciseTime(entry.closedAt),
+            "close_reason": entry.closeReason.map(JSONValue.string) ?? .null,
+            "closed_by": entry.closedBy.map(JSONValue.string) ?? .null,
+        ])
+    }
+
+    /// An ISO 8601 time, or Unix milliseconds.
+    private static func time(_ text: String) -> Date? {
+        if let milliseconds = Int64(text), milliseconds >= 0 { return Date(timeIntervalSince1970: Double(milliseconds) / 1000) }
+        return (try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(text)) ?? (try? Date.ISO8601FormatStyle().parse(text))
     }
 
     /// Store errors as HTTP answers.

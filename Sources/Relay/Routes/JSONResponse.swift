@@ -21,6 +21,11 @@ extension JSONValue {
         date.map { .string($0.formatted(.iso8601)) } ?? .null
     }
 
+    /// An ISO 8601 UTC time with milliseconds (`2026-11-21T20:00:00.123Z`), or null.
+    static func preciseTime(_ date: Date?) -> JSONValue {
+        date.map { .string(Date.ISO8601FormatStyle(includingFractionalSeconds: true).format($0)) } ?? .null
+    }
+
     static func int(_ value: Int) -> JSONValue {
         .number(Double(value))
     }

@@ -83,6 +83,8 @@ public struct AppTokenVerifier: Sendable {
             throw .algorithmNotAllowed(header.alg)
         }
         if let critical = header.crit { throw .unsupportedCritical(critical) }
+        // libjwt refuses any typ but JWT; say so, instead of "signature is invalid".
+        if let type = header.typ, type.uppercased() != "JWT" { throw .unsupportedType(type) }
         guard let key = key(for: algorithm, id: header.kid) else { throw .unknownKey }
 
         let decoded: (algorithm: JWTAlgorithm?, claimsJSON: String)
@@ -116,13 +118,13 @@ public struct AppTokenVerifier: Sendable {
                 throw .invalidClaims("\(name) must be a time in seconds since 1970, at most \(Int(Self.latestNumericDate))")
             }
         }
-        guard !claims.sub.isEmpty, claims.sub.utf8.count <= 256 else { throw .invalidClaims("sub must be a non-empty string of at most 256 bytes") }
+        guard !claims.sub.text.isEmpty, claims.sub.text.utf8.count <= 256 else { throw .invalidClaims("sub must be a non-empty string of at most 256 bytes") }
         guard now < claims.exp + leeway else { throw .expired }
         if let nbf = claims.nbf, now + leeway < nbf { throw .notYetValid }
         if let iat = claims.iat, iat > now + leeway { throw .issuedInFuture }
         if let issuer = configuration.issuer, claims.iss != issuer { throw .wrongIssuer }
         if let audience = configuration.audience, !(claims.aud?.values.contains(audience) ?? false) { throw .wrongAudience }
-        return AppIdentity(userID: claims.sub, expiresAt: claims.exp, devices: claims.devices.map(Set.init))
+        return AppIdentity(userID: claims.sub.text, expiresAt: claims.exp, devices: claims.devices.map(Set.init))
     }
 
     /// The key for `algorithm`'s family: the one named by `kid`, or without a `kid` the unnamed
@@ -152,17 +154,34 @@ public struct AppTokenVerifier: Sendable {
         var kid: String?
         /// Extensions the verifier must understand (RFC 7515 §4.1.11).
         var crit: [String]?
+        var typ: String?
     }
 
-    /// The claims the relay reads, decoded strictly: a string `exp` or a numeric `sub` is refused.
+    /// The claims the relay reads, decoded strictly: a string `exp` is refused; an integer `sub`
+    /// (some identity providers number their users) is read as its decimal text.
     private struct Claims: Decodable {
-        var sub: String
+        var sub: Subject
         var exp: Double
         var nbf: Double?
         var iat: Double?
         var iss: String?
         var aud: Audience?
         var devices: [String]?
+    }
+
+    private struct Subject: Decodable {
+        var text: String
+
+        init(from decoder: any Decoder) throws {
+            let container = try decoder.singleValueContainer()
+            if let text = try? container.decode(String.self) {
+                self.text = text
+            } else if let number = try? container.decode(Int64.self) {
+                self.text = String(number)
+            } else {
+                throw DecodingError.typeMismatch(String.self, .init(codingPath: decoder.codingPath, debugDescription: "sub is a string"))
+            }
+        }
     }
 
     private enum Audience: Decodable {

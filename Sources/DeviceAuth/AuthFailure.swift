@@ -51,6 +51,13 @@ public struct AuthFailure: Error, Sendable, Equatable, CustomStringConvertible {
             "App token header requires extensions the relay does not support (crit: \(names.joined(separator: ", ")))"
         )
     }
+    public static func unsupportedType(_ type: String) -> AuthFailure {
+        AuthFailure(
+            .unauthenticated,
+            reason: "unsupported_type",
+            "App token type (typ) '\(type.prefix(32))' is not accepted: the relay accepts typ JWT"
+        )
+    }
     public static let unknownKey = AuthFailure(.unauthenticated, reason: "unknown_key", "No configured key matches the app token's algorithm and kid")
     public static let badSignature = AuthFailure(.unauthenticated, reason: "bad_signature", "App token signature is invalid")
     public static let expired = AuthFailure(.unauthenticated, reason: "expired", "App token has expired")

@@ -161,12 +161,23 @@ import Testing
         #expect(try verifier().verify(farButValid, now: now).expiresAt == 253_402_300_799)
     }
 
+    @Test func aTokenTypeOtherThanJWTIsRefusedSayingSo() throws {
+        // OAuth access tokens (RFC 9068) carry typ at+jwt: refused with a reason, not as a bad signature.
+        let accessToken = try forge(header: ["alg": "HS256", "typ": "at+jwt"], claims: claims())
+        let refused = try #require(refusal(verifier(), accessToken))
+        #expect(refused == .unsupportedType("at+jwt") && refused.detail.contains("typ"))
+        let lowercase = try forge(header: ["alg": "HS256", "typ": "jwt"], claims: claims())
+        #expect(try verifier().verify(lowercase, now: now).userID == "alice")
+    }
+
     @Test func claimsOfTheWrongTypeAreRefused() throws {
         #expect(
             refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["exp": "\(Int(now) + 600)"])))
                 == .invalidClaims("exp has the wrong type")
         )
-        #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["sub": 42]))) == .invalidClaims("sub has the wrong type"))
+        // An integer sub (some identity providers number their users) is its decimal text; a fraction is not a user id.
+        #expect(try verifier().verify(try sign(.hs256, key: Self.secret, claims: claims(["sub": 42])), now: now).userID == "42")
+        #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["sub": 4.5]))) == .invalidClaims("sub has the wrong type"))
         #expect(
             refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["devices": "robot-1"])))
                 == .invalidClaims("devices has the wrong type")

@@ -66,9 +66,12 @@ public struct AppTokenVerifier: Sendable {
     }
 
     public let configuration: Configuration
+    /// Keys that change while the relay runs (a JWKS URL), beside the configured ones.
+    public let keyRing: KeyRing?
 
-    public init(configuration: Configuration) {
+    public init(configuration: Configuration, keyRing: KeyRing? = nil) {
         self.configuration = configuration
+        self.keyRing = keyRing
     }
 
     /// Verifies `token` at time `now` (Unix seconds).
@@ -131,13 +134,14 @@ public struct AppTokenVerifier: Sendable {
     /// key (or the only key) of that family.
     private func key(for algorithm: JWTAlgorithm, id: String?) -> [UInt8]? {
         let candidates: [(id: String?, bytes: [UInt8])]
+        let publicKeys = configuration.publicKeys + (keyRing?.keys ?? [])
         switch algorithm.family {
         case .hmac:
             candidates = configuration.secretKeys.map { ($0.id, $0.secret) }
         case .rsa:
-            candidates = configuration.publicKeys.filter { $0.kind == .rsa }.map { ($0.id, Array($0.pem.utf8)) }
+            candidates = publicKeys.filter { $0.kind == .rsa }.map { ($0.id, Array($0.pem.utf8)) }
         case .ec:
-            candidates = configuration.publicKeys.filter { $0.kind == .ec }.map { ($0.id, Array($0.pem.utf8)) }
+            candidates = publicKeys.filter { $0.kind == .ec }.map { ($0.id, Array($0.pem.utf8)) }
         }
         let chosen: [UInt8]?
         if let id {

@@ -91,6 +91,66 @@ public enum LibCrypto {
         }
     }
 
+    /// The PEM `PUBLIC KEY` of an RSA key given by its modulus and public exponent (big-endian
+    /// bytes, as a JWK's `n` and `e`), or nil when OpenSSL refuses them.
+    public static func rsaPublicKeyPEM(modulus: [UInt8], exponent: [UInt8]) -> String? {
+        guard let n = BN_bin2bn(modulus, Int32(modulus.count), nil) else { return nil }
+        defer { BN_free(n) }
+        guard let e = BN_bin2bn(exponent, Int32(exponent.count), nil) else { return nil }
+        defer { BN_free(e) }
+        return publicKeyPEM(type: "RSA") { builder in
+            guard OSSL_PARAM_BLD_push_BN(builder, relay_param_rsa_n, n) == 1, OSSL_PARAM_BLD_push_BN(builder, relay_param_rsa_e, e) == 1 else {
+                return nil
+            }
+            return OSSL_PARAM_BLD_to_param(builder)
+        }
+    }
+
+    /// The PEM `PUBLIC KEY` of an EC key on `group` (OpenSSL's name: prime256v1, secp384r1,
+    /// secp521r1) at the point (`x`, `y`), as a JWK gives them, or nil when it is not on the curve.
+    public static func ecPublicKeyPEM(group: String, x: [UInt8], y: [UInt8]) -> String? {
+        let point = [0x04] + x + y
+        return publicKeyPEM(type: "EC") { builder in
+            // The builder keeps pointers to the values until to_param copies them.
+            group.withCString { name in
+                point.withUnsafeBytes { bytes in
+                    guard OSSL_PARAM_BLD_push_utf8_string(builder, relay_param_group, name, 0) == 1,
+                        OSSL_PARAM_BLD_push_octet_string(builder, relay_param_public_key, bytes.baseAddress, bytes.count) == 1
+                    else { return nil }
+                    return OSSL_PARAM_BLD_to_param(builder)
+                }
+            }
+        }
+    }
+
+    /// A public key of `type` made from the parameters `build` pushes and turns into an array
+    /// (nil on failure), written as PEM.
+    private static func publicKeyPEM(type: String, build: (OpaquePointer) -> UnsafeMutablePointer<OSSL_PARAM>?) -> String? {
+        defer { ERR_clear_error() }
+        guard let builder = OSSL_PARAM_BLD_new() else { return nil }
+        defer { OSSL_PARAM_BLD_free(builder) }
+        guard let parameters = build(builder) else { return nil }
+        defer { OSSL_PARAM_free(parameters) }
+        guard let context = EVP_PKEY_CTX_new_from_name(nil, type, nil) else { return nil }
+        defer { EVP_PKEY_CTX_free(context) }
+        var key: OpaquePointer?
+        guard EVP_PKEY_fromdata_init(context) == 1, EVP_PKEY_fromdata(context, &key, relay_evp_pkey_public_key, parameters) == 1, let key else {
+            return nil
+        }
+        defer { EVP_PKEY_free(key) }
+        // A point not on the curve, or a key OpenSSL would not use, is no key.
+        guard let check = EVP_PKEY_CTX_new_from_pkey(nil, key, nil) else { return nil }
+        defer { EVP_PKEY_CTX_free(check) }
+        guard EVP_PKEY_public_check(check) == 1 else { return nil }
+        guard let bio = BIO_new(BIO_s_mem()) else { return nil }
+        defer { BIO_free(bio) }
+        guard PEM_write_bio_PUBKEY(bio, key) == 1 else { return nil }
+        var data: UnsafeMutablePointer<CChar>?
+        let length = relay_bio_get_mem_data(bio, &data)
+        guard let data, length > 0 else { return nil }
+        return String(decoding: UnsafeRawBufferPointer(start: data, count: length), as: UTF8.self)
+    }
+
     /// Empties OpenSSL's thread-local error queue, returning its first entry as text.
     @discardableResult
     public static func drainErrorQueue() -> String {

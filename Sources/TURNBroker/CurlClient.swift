@@ -61,6 +61,16 @@ public final class CurlClient: Sendable {
     /// POSTs `body` to `url` with `headers` (`Name: value` lines), within the configured total
     /// timeout from now.
     public func post(url: String, headers: [String], body: [UInt8]) async throws(Failure) -> Response {
+        try await transfer(url: url, headers: headers, body: body)
+    }
+
+    /// GETs `url` with `headers`, within the configured total timeout from now.
+    public func get(url: String, headers: [String]) async throws(Failure) -> Response {
+        try await transfer(url: url, headers: headers, body: nil)
+    }
+
+    /// One transfer: a POST of `body`, or a GET when it is nil.
+    private func transfer(url: String, headers: [String], body: [UInt8]?) async throws(Failure) -> Response {
         let deadline = ContinuousClock.now + .milliseconds(configuration.totalTimeoutMilliseconds)
         switch await slots.acquire(until: deadline) {
         case .acquired: break
@@ -114,7 +124,7 @@ private final class EasyHandle: @unchecked Sendable {
     func perform(
         url: String,
         headers: [String],
-        body: [UInt8],
+        body: [UInt8]?,
         configuration: CurlClient.Configuration
     ) -> Result<CurlClient.Response, CurlClient.Failure> {
         // Reset options but keep the connection cache.
@@ -132,16 +142,20 @@ private final class EasyHandle: @unchecked Sendable {
             _ = relay_curl_setopt_long(curl, CURLOPT_SSL_VERIFYHOST, 2)
             _ = relay_curl_setopt_long(curl, CURLOPT_CONNECTTIMEOUT_MS, configuration.connectTimeoutMilliseconds)
             _ = relay_curl_setopt_long(curl, CURLOPT_TIMEOUT_MS, configuration.totalTimeoutMilliseconds)
-            _ = relay_curl_setopt_long(curl, CURLOPT_POST, 1)
             _ = relay_curl_setopt_pointer(curl, CURLOPT_HTTPHEADER, UnsafeMutableRawPointer(headerList))
-            // COPYPOSTFIELDS copies the body (plain POSTFIELDS would not); its size goes first.
-            _ = relay_curl_setopt_long(curl, CURLOPT_POSTFIELDSIZE, body.count)
-            if body.isEmpty {
-                _ = relay_curl_setopt_string(curl, CURLOPT_COPYPOSTFIELDS, "")
-            } else {
-                _ = body.withUnsafeBufferPointer { bytes in
-                    relay_curl_setopt_pointer(curl, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress!))
+            if let body {
+                _ = relay_curl_setopt_long(curl, CURLOPT_POST, 1)
+                // COPYPOSTFIELDS copies the body (plain POSTFIELDS would not); its size goes first.
+                _ = relay_curl_setopt_long(curl, CURLOPT_POSTFIELDSIZE, body.count)
+                if body.isEmpty {
+                    _ = relay_curl_setopt_string(curl, CURLOPT_COPYPOSTFIELDS, "")
+                } else {
+                    _ = body.withUnsafeBufferPointer { bytes in
+                        relay_curl_setopt_pointer(curl, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress!))
+                    }
                 }
+            } else {
+                _ = relay_curl_setopt_long(curl, CURLOPT_HTTPGET, 1)
             }
             _ = relay_curl_setopt_write_function(curl) { pointer, size, count, userdata in
                 guard let pointer, let userdata else { return 0 }

@@ -185,7 +185,7 @@ import Testing
             Issue.record("configuration was accepted")
             return
         }
-        #expect(invalid.problems == ["RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY_FILE is required to verify app tokens"])
+        #expect(invalid.problems == ["RELAY_JWT_SECRET, RELAY_JWT_PUBLIC_KEY_FILE, RELAY_JWT_JWKS_FILE or RELAY_JWT_JWKS_URL is required to verify app tokens"])
     }
 
     @Test func allowedAlgorithmsNeedAKey() {

@@ -340,8 +340,10 @@ export class RelayClient {
     const resume = this._resumeFields();
     if (resume) query.push(`resume_token=${encodeURIComponent(resume.resume_token)}&last_seq=${resume.last_seq}`);
     const path = this.identity.device ? "/ws/device" : "/ws/app";
-    // A reconnect_url naming only another node (no path) gets this client's endpoint.
-    const other = this._goAwayUrl && new URL(this._goAwayUrl);
+    // A reconnect_url naming only another node (no path) gets this client's endpoint; one that
+    // is not a URL is ignored.
+    let other = null;
+    try { other = this._goAwayUrl ? new URL(this._goAwayUrl) : null; } catch { this._goAwayUrl = null; }
     const base = !other ? this.wsBase + path : other.pathname === "/" && !other.search ? other.origin.replace(/^http/, "ws") + path : this._goAwayUrl;
     this._goAwayUrl = null;
     let socket;

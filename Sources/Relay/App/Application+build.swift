@@ -46,7 +46,8 @@ public func buildRelay(
     dependencies: RelayDependencies = .init(),
     logger: Logger = Logger(label: "relay")
 ) async throws(StoreError) -> (application: some ApplicationProtocol, shutdown: ShutdownService, close: @Sendable () async -> Void) {
-    let verifier = AppTokenVerifier(configuration: configuration.tokens)
+    let ring = configuration.jwksURL.map { _ in KeyRing() }
+    let verifier = AppTokenVerifier(configuration: configuration.tokens, keyRing: ring)
     let metrics = RelayMetrics()
     let stores = try await RelayStores.open(configuration, logger: logger)
     let store = stores.registry
@@ -141,6 +142,19 @@ public func buildRelay(
         capacity: configuration.connectBurst,
         perSecond: Double(configuration.connectRatePerMinute) / 60
     )
+    var jwks: JWKSSource?
+    if let url = configuration.jwksURL, let ring {
+        var curl = CurlClient.Configuration()
+        curl.allowPlainHTTP = RelayConfiguration.isLoopbackHTTP(url)
+        curl.maxResponseBytes = 1 << 20
+        let client = CurlClient(configuration: curl)
+        services.append(CurlClientService(client: client))
+        let source = JWKSSource(url: url, ring: ring, client: client, logger: logger)
+        // The keys before the first app connects (a provider that does not answer is tried again).
+        await source.refresh()
+        services.append(source)
+        jwks = source
+    }
     let authenticator = ClientAuthenticator(
         tokens: verifier,
         devices: DeviceAuthenticator(
@@ -150,7 +164,8 @@ public func buildRelay(
             nonces: nonces,
             ledger: ledger
         ),
-        metrics: metrics
+        metrics: metrics,
+        jwks: jwks
     )
     if let days = configuration.auditRetentionDays {
         services.append(AuditRetention(store: store, days: days, interval: .seconds(3600), logger: logger))

@@ -103,6 +103,9 @@ public struct RelayConfiguration: Sendable {
     public var tls: ServerTLS?
     /// `RELAY_ADMIN_TOKEN`: without it `/admin/*` answers 404.
     public var adminToken: String?
+    /// An identity provider's JWK Set: app-token keys fetched at start, every 10 minutes, and
+    /// when a token names a key the relay lacks.
+    public var jwksURL: String?
     /// When set, a scrape of `/metrics` must present it as a bearer token.
     public var metricsToken: String?
     /// Set when nothing was configured and the relay made its own secrets.
@@ -181,7 +184,27 @@ public struct RelayConfiguration: Sendable {
             }
             publicKeys.append(key)
         }
+        if let path = read.string("RELAY_JWT_JWKS_FILE") {
+            if let data = FileManager.default.contents(atPath: path) {
+                do {
+                    let (keys, _) = try JSONWebKeySet.publicKeys(data)
+                    if keys.isEmpty { read.problem("RELAY_JWT_JWKS_FILE: '\(path)' has no RSA or EC signing key") }
+                    publicKeys += keys
+                } catch {
+                    read.problem("RELAY_JWT_JWKS_FILE: '\(path)' is \(error)")
+                }
+            } else {
+                read.problem("RELAY_JWT_JWKS_FILE: cannot read '\(path)'")
+            }
+        }
         tokens.publicKeys = publicKeys
+        if let url = read.string("RELAY_JWT_JWKS_URL") {
+            if url.lowercased().hasPrefix("https://") || Self.isLoopbackHTTP(url) {
+                jwksURL = url
+            } else {
+                read.problem("RELAY_JWT_JWKS_URL must be an https:// URL (http:// only on a loopback address)")
+            }
+        }
         tokens.leewaySeconds = Double(read.int("RELAY_JWT_LEEWAY_S", in: 0...300) ?? 30)
         tokens.issuer = read.string("RELAY_JWT_ISSUER")
         tokens.audience = read.string("RELAY_JWT_AUDIENCE")
@@ -306,8 +329,10 @@ public struct RelayConfiguration: Sendable {
             }
         }
 
-        let anyTokenKey = !secretKeys.isEmpty || !publicKeys.isEmpty
-        let nothingConfigured = read.absent(["RELAY_JWT_SECRET", "RELAY_JWT_SECRETS", "RELAY_JWT_PUBLIC_KEY_FILE", "RELAY_DEVICE_MASTER_KEY"])
+        let anyTokenKey = !secretKeys.isEmpty || !publicKeys.isEmpty || jwksURL != nil
+        let nothingConfigured = read.absent([
+            "RELAY_JWT_SECRET", "RELAY_JWT_SECRETS", "RELAY_JWT_PUBLIC_KEY_FILE", "RELAY_JWT_JWKS_FILE", "RELAY_JWT_JWKS_URL", "RELAY_DEVICE_MASTER_KEY",
+        ])
         if nothingConfigured && !allowsDevelopment {
             read.problem(
                 "nothing is configured: set RELAY_JWT_SECRET and RELAY_DEVICE_MASTER_KEY (see .env.example), or try the relay with made-up secrets: relay serve --dev"
@@ -322,9 +347,10 @@ public struct RelayConfiguration: Sendable {
             tokens.secretKeys = [.init(secret: Array(secrets.jwtSecret.utf8))]
             deviceMasterKey = secrets.deviceMasterKey
         } else if !anyTokenKey && read.problems.isEmpty {
-            read.problem("RELAY_JWT_SECRET or RELAY_JWT_PUBLIC_KEY_FILE is required to verify app tokens")
+            read.problem("RELAY_JWT_SECRET, RELAY_JWT_PUBLIC_KEY_FILE, RELAY_JWT_JWKS_FILE or RELAY_JWT_JWKS_URL is required to verify app tokens")
         }
-        if anyTokenKey || development != nil {
+        // (A JWKS URL's keys are known only once fetched.)
+        if (anyTokenKey || development != nil) && jwksURL == nil {
             let families = Set(tokens.algorithms.map(\.family))
             let keyed = Set((tokens.secretKeys.isEmpty ? [] : [JWTAlgorithm.Family.hmac]) + tokens.publicKeys.map { $0.kind == .rsa ? .rsa : .ec })
             if families.isDisjoint(with: keyed) && !tokens.algorithms.isEmpty {

@@ -11,11 +11,19 @@ struct ClientAuthenticator: Sendable {
     let tokens: AppTokenVerifier
     let devices: DeviceAuthenticator
     let metrics: RelayMetrics
+    /// The identity provider's key set, fetched again when a token names a key it lacks.
+    var jwks: JWKSSource? = nil
 
-    func app(_ request: Request, logger: Logger) throws(RelayHTTPError) -> AppIdentity {
+    func app(_ request: Request, logger: Logger) async throws(RelayHTTPError) -> AppIdentity {
         do throws(AuthFailure) {
             guard let token = Self.bearerToken(in: request) else { throw AuthFailure.missingToken }
-            return try tokens.verify(token, now: Date().timeIntervalSince1970)
+            do throws(AuthFailure) {
+                return try tokens.verify(token, now: Date().timeIntervalSince1970)
+            } catch .unknownKey where jwks != nil {
+                // The provider may have started signing with a new key: fetch its set, try once more.
+                guard await jwks?.refreshAfterMiss() == true else { throw AuthFailure.unknownKey }
+                return try tokens.verify(token, now: Date().timeIntervalSince1970)
+            }
         } catch {
             metrics.authFailed(error.reason)
             logger.info("App refused", metadata: ["auth.reason": "\(error.detail)"])

@@ -14,7 +14,7 @@ struct DevicesRoute: Sendable {
     let switchboard: Switchboard
 
     @Sendable func respond(_ request: Request, context: RelayRequestContext) async throws -> Response {
-        let identity = try authenticator.app(request, logger: context.logger)
+        let identity = try await authenticator.app(request, logger: context.logger)
         let entries: [DeviceEntry]
         do {
             let owned = try await store.devices(ownedBy: identity.userID)

@@ -14,7 +14,7 @@ struct TURNCredentialsRoute: Sendable {
     let limiter: FleetWideLimiter
 
     @Sendable func respond(_ request: Request, context: RelayRequestContext) async throws -> Response {
-        let identity = try authenticator.app(request, logger: context.logger)
+        let identity = try await authenticator.app(request, logger: context.logger)
         if case .denied(let retryAfter) = await limiter.take(identity.userID) {
             throw RelayHTTPError(
                 .tooManyRequests,

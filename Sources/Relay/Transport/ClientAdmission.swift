@@ -33,7 +33,7 @@ struct ClientAdmission: Sendable {
         let identity: ClientIdentity
         do throws(RelayHTTPError) {
             switch party {
-            case .app: identity = .app(try authenticator.app(request, logger: logger))
+            case .app: identity = .app(try await authenticator.app(request, logger: logger))
             case .device: identity = .device(try await authenticator.device(request, logger: logger))
             }
         } catch {

@@ -86,6 +86,8 @@ public actor RelayClient {
     /// The highest `peer_cseq` delivered, per session.
     private var peerCseqs: [String: Int] = [:]
     private var waiting: [String: CheckedContinuation<SessionCredentials, any Error>] = [:]
+    /// Each waiting request's timeout, cancelled when it is answered.
+    private var timers: [String: Task<Void, Never>] = [:]
     private var reconnectURL: EndpointURL?
     private var reconnectAfter: Duration?
     private var closing = false
@@ -193,8 +195,8 @@ public actor RelayClient {
         send("webrtc_request", fields)
         return try await withCheckedThrowingContinuation { continuation in
             waiting[requestID] = continuation
-            Task { [weak self] in
-                try? await Task.sleep(for: timeout)
+            timers[requestID] = Task { [weak self] in
+                guard (try? await Task.sleep(for: timeout)) != nil else { return }
                 await self?.answer(requestID, with: .failure(RelayClientError.timedOut))
             }
         }
@@ -445,6 +447,7 @@ public actor RelayClient {
     }
 
     private func answer(_ requestID: String, with result: Result<SessionCredentials, any Error>) {
+        timers.removeValue(forKey: requestID)?.cancel()
         waiting.removeValue(forKey: requestID)?.resume(with: result)
     }
 

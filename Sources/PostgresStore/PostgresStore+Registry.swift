@@ -59,19 +59,27 @@ extension PostgresStore: RelayRegistry {
     public func rotate(_ deviceID: String) async throws(StoreError) -> String {
         let secret = RelayStore.makeSecret()
         let revoked = try await transaction("rotating a secret") { connection -> Bool? in
-            let rows = try await connection.query("SELECT revoked_at FROM relay_device WHERE id = \(deviceID) FOR UPDATE", logger: self.logger)
-            var state: Bool?
-            for try await revokedAt in rows.decode(Double?.self) { state = revokedAt != nil }
-            guard state == false else { return state }
-            try await connection.query(
-                "UPDATE relay_device SET previous_secret = secret, secret = \(secret) WHERE id = \(deviceID)",
-                logger: self.logger
-            )
-            return false
+            let revoked = try await Self.isRevoked(deviceID, connection, logger: self.logger)
+            if revoked == false {
+                try await connection.query(
+                    "UPDATE relay_device SET previous_secret = secret, secret = \(secret) WHERE id = \(deviceID)",
+                    logger: self.logger
+                )
+            }
+            return revoked
         }
         guard let revoked else { throw .unknownDevice(deviceID) }
         if revoked { throw .deviceRevoked(deviceID) }
         return secret
+    }
+
+    /// Whether the device is revoked (its row locked for the rest of the transaction); nil when
+    /// it is not registered.
+    private static func isRevoked(_ deviceID: String, _ connection: PostgresConnection, logger: Logger) async throws -> Bool? {
+        let rows = try await connection.query("SELECT revoked_at FROM relay_device WHERE id = \(deviceID) FOR UPDATE", logger: logger)
+        var revoked: Bool?
+        for try await revokedAt in rows.decode(Double?.self) { revoked = revokedAt != nil }
+        return revoked
     }
 
     public func ungrant(_ deviceID: String, owner userID: String) async throws(StoreError) -> DeviceEntry {
@@ -94,12 +102,9 @@ extension PostgresStore: RelayRegistry {
 
     public func deleteDevice(_ deviceID: String) async throws(StoreError) {
         let state = try await transaction("deleting a device") { connection -> Bool? in
-            let rows = try await connection.query("SELECT revoked_at FROM relay_device WHERE id = \(deviceID) FOR UPDATE", logger: self.logger)
-            var state: Bool?
-            for try await revokedAt in rows.decode(Double?.self) { state = revokedAt != nil }
-            guard state == true else { return state }
-            try await connection.query("DELETE FROM relay_device WHERE id = \(deviceID)", logger: self.logger)
-            return true
+            let revoked = try await Self.isRevoked(deviceID, connection, logger: self.logger)
+            if revoked == true { try await connection.query("DELETE FROM relay_device WHERE id = \(deviceID)", logger: self.logger) }
+            return revoked
         }
         guard let state else { throw .unknownDevice(deviceID) }
         if !state { throw .deviceNotRevoked(deviceID) }

@@ -228,15 +228,21 @@ public final class RelayStore: Sendable {
         let secret = Self.makeSecret()
         let revoked = try await run {
             try await self.pool.write { db -> Bool? in
-                guard let revokedAt = try Row.fetchOne(db, sql: "SELECT revoked_at FROM device WHERE id = ?", arguments: [deviceID]) else { return nil }
-                if (revokedAt["revoked_at"] as Double?) != nil { return true }
-                try db.execute(sql: "UPDATE device SET previous_secret = secret, secret = ? WHERE id = ?", arguments: [secret, deviceID])
-                return false
+                let revoked = try Self.isRevoked(deviceID, in: db)
+                if revoked == false {
+                    try db.execute(sql: "UPDATE device SET previous_secret = secret, secret = ? WHERE id = ?", arguments: [secret, deviceID])
+                }
+                return revoked
             }
         }
         guard let revoked else { throw .unknownDevice(deviceID) }
         if revoked { throw .deviceRevoked(deviceID) }
         return secret
+    }
+
+    /// Whether the device is revoked; nil when it is not registered.
+    private static func isRevoked(_ deviceID: String, in db: Database) throws -> Bool? {
+        try Row.fetchOne(db, sql: "SELECT revoked_at FROM device WHERE id = ?", arguments: [deviceID]).map { ($0["revoked_at"] as Double?) != nil }
     }
 
     public func ungrant(_ deviceID: String, owner userID: String) async throws(StoreError) -> DeviceEntry {
@@ -264,10 +270,9 @@ public final class RelayStore: Sendable {
     public func deleteDevice(_ deviceID: String) async throws(StoreError) {
         let state = try await run {
             try await self.pool.write { db -> Bool? in
-                guard let row = try Row.fetchOne(db, sql: "SELECT revoked_at FROM device WHERE id = ?", arguments: [deviceID]) else { return nil }
-                guard (row["revoked_at"] as Double?) != nil else { return false }
-                try db.execute(sql: "DELETE FROM device WHERE id = ?", arguments: [deviceID])
-                return true
+                let revoked = try Self.isRevoked(deviceID, in: db)
+                if revoked == true { try db.execute(sql: "DELETE FROM device WHERE id = ?", arguments: [deviceID]) }
+                return revoked
             }
         }
         guard let state else { throw .unknownDevice(deviceID) }

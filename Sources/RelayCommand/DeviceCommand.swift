@@ -132,21 +132,11 @@ struct Device: AsyncParsableCommand {
 
     struct Ungrant: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Take a user (JWT sub) off a device's owners.")
-        @Argument(help: "The device id.") var deviceID: String
-        @Option(name: .customLong("owner"), help: "The user id to take off (repeat for several).") var owners: [String]
+        @OptionGroup var owners: OwnerOptions
         @OptionGroup var options: StoreOptions
 
-        func validate() throws {
-            guard !owners.isEmpty else { throw ValidationError("Name at least one --owner") }
-        }
-
         func run() async throws {
-            let store = try await options.open()
-            var entry: DeviceEntry?
-            for owner in owners {
-                entry = try await registry { () async throws(StoreError) in try await store.ungrant(deviceID, owner: owner) }
-            }
-            if options.json { printJSON(["device": entry?.json ?? [:]]) } else if let entry { print(Table.devices([entry])) }
+            try await owners.change(options) { store, deviceID, owner async throws(StoreError) in try await store.ungrant(deviceID, owner: owner) }
         }
     }
 
@@ -179,19 +169,32 @@ struct Device: AsyncParsableCommand {
 
     struct Grant: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Let a user (JWT sub) reach a device.")
-        @Argument(help: "The device id.") var deviceID: String
-        @Option(name: .customLong("owner"), help: "The user id to add (repeat for several).") var owners: [String]
+        @OptionGroup var owners: OwnerOptions
         @OptionGroup var options: StoreOptions
+
+        func run() async throws {
+            try await owners.change(options) { store, deviceID, owner async throws(StoreError) in try await store.grant(deviceID, owner: owner) }
+        }
+    }
+
+    /// A device and the `--owner`s that `grant` and `ungrant` add or take off.
+    struct OwnerOptions: ParsableArguments {
+        @Argument(help: "The device id.") var deviceID: String
+        @Option(name: .customLong("owner"), help: "A user id (repeat for several).") var owners: [String]
 
         func validate() throws {
             guard !owners.isEmpty else { throw ValidationError("Name at least one --owner") }
         }
 
-        func run() async throws {
+        /// Applies `change` for each owner, then prints the device as it ends up.
+        func change(
+            _ options: StoreOptions,
+            _ change: (any RelayRegistry, String, String) async throws(StoreError) -> DeviceEntry
+        ) async throws {
             let store = try await options.open()
             var entry: DeviceEntry?
             for owner in owners {
-                entry = try await registry { () async throws(StoreError) in try await store.grant(deviceID, owner: owner) }
+                entry = try await registry { () async throws(StoreError) in try await change(store, deviceID, owner) }
             }
             if options.json { printJSON(["device": entry?.json ?? [:]]) } else if let entry { print(Table.devices([entry])) }
         }

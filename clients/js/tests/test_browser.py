@@ -76,6 +76,18 @@ async def browser_on(relay_server: Relay) -> Chromium:
     return browser
 
 
+def run_in_page(relay_server: Relay, body: str, **constants):
+    """Runs the scenario `body` in a page of the relay; what it returned, decoded."""
+    async def in_page():
+        browser = await browser_on(relay_server)
+        try:
+            return json.loads(await browser.evaluate(scenario(body, **constants)))
+        finally:
+            await browser.close()
+
+    return run(in_page())
+
+
 async def robot(url: str, answers: list):
     """A device (the Python library) that offers on each request and collects what comes."""
     async with RelayClient.for_device(url, "robot-1", device_secret("robot-1")) as device:
@@ -151,10 +163,7 @@ def test_without_websockets_or_event_streams_the_link_long_polls(relay):
 
 
 def test_refused_credentials_stop_the_client_with_the_reason(relay):
-    async def scenario_run():
-        browser = await browser_on(relay)
-        try:
-            return json.loads(await browser.evaluate(scenario("""
+    app, device, live = run_in_page(relay, """
                 const outcomes = [];
                 for (const client of [RelayClient.app(location.origin, () => "not-a-token", options),
                                       RelayClient.device(location.origin, "robot-1", "not-the-secret", options)]) {
@@ -166,11 +175,7 @@ def test_refused_credentials_stop_the_client_with_the_reason(relay):
                 outcomes.push({ device: device.hello.resumed === false && device.transport });
                 device.close();
                 return JSON.stringify(outcomes);
-            """, SECRET=device_secret("robot-1"))))
-        finally:
-            await browser.close()
-
-    app, device, live = run(scenario_run())
+            """, SECRET=device_secret("robot-1"))
     assert app["refused"] and app["status"] == 401 and app["connects"] == 0, app
     assert device["refused"] and device["status"] == 401 and "signature" in device["detail"], device
     # A device connects from a browser too (its connect signed with WebCrypto).
@@ -209,10 +214,8 @@ def test_an_app_token_is_refreshed_before_it_expires():
     # No leeway: the relay closes an app's socket at `exp` without a fresh token (4001).
     relay = Relay(RELAY_JWT_LEEWAY_S="0")
 
-    async def scenario_run():
-        browser = await browser_on(relay)
-        try:
-            return json.loads(await browser.evaluate(scenario("""
+    try:
+        result = run_in_page(relay, """
                 // The page mints its own 4-second HS256 tokens (a test stands in for the app's backend).
                 const encoder = new TextEncoder();
                 const b64 = (bytes) => btoa(String.fromCharCode(...bytes)).replace(/\\+/g, "-").replace(/\\//g, "_").replace(/=+$/, "");
@@ -236,12 +239,7 @@ def test_an_app_token_is_refreshed_before_it_expires():
                 const result = { connects: client.connects, seconds: (Date.now() - started) / 1000, lines };
                 client.close();
                 return JSON.stringify(result);
-            """, JWT_SECRET=JWT_SECRET)))
-        finally:
-            await browser.close()
-
-    try:
-        result = run(scenario_run())
+            """, JWT_SECRET=JWT_SECRET)
     finally:
         relay.stop()
     # Still the first connection: the token went again with `auth` in time.
@@ -291,10 +289,8 @@ def test_retry_after_is_honoured_when_the_relay_refuses_for_a_while():
     # HTTP, learns Retry-After, and waits that long once instead of knocking again and again.
     relay = Relay(RELAY_CONNECT_BURST="1", RELAY_CONNECT_RATE_PER_MIN="20")
 
-    async def scenario_run():
-        browser = await browser_on(relay)
-        try:
-            return json.loads(await browser.evaluate(scenario("""
+    try:
+        result = run_in_page(relay, """
                 const device = RelayClient.device(location.origin, "robot-1", SECRET, options);
                 await device.start();
                 const dropped = Date.now();
@@ -304,12 +300,7 @@ def test_retry_after_is_honoured_when_the_relay_refuses_for_a_while():
                 const result = { waited: (Date.now() - dropped) / 1000, resumed: hello.resumed, transport: device.transport, lines };
                 device.close();
                 return JSON.stringify(result);
-            """, SECRET=device_secret("robot-1"))))
-        finally:
-            await browser.close()
-
-    try:
-        result = run(scenario_run())
+            """, SECRET=device_secret("robot-1"))
     finally:
         relay.stop()
     refusals = [line for line in result["lines"] if "connect refused (429" in line]
@@ -322,10 +313,7 @@ def test_perfect_negotiation_connects_two_peers_and_survives_an_ice_restart_glar
     # RTCPeerConnection bound by PerfectNegotiation (the app polite, the device not). The device's
     # data channel connects them; then both restart ICE at once (glare): the polite side rolls
     # back, the connection comes back with new ICE credentials, and data still flows.
-    async def scenario_run():
-        browser = await browser_on(relay)
-        try:
-            return json.loads(await browser.evaluate(scenario("""
+    result = run_in_page(relay, """
                 const until = async (check, what) => {
                   for (let i = 0; i < 300; i++) { if (check()) return; await new Promise((r) => setTimeout(r, 50)); }
                   throw new Error("timed out waiting for " + what);
@@ -367,11 +355,7 @@ def test_perfect_negotiation_connects_two_peers_and_survives_an_ice_restart_glar
                 app.close();
                 device.close();
                 return JSON.stringify(result);
-            """, TOKEN=app_token(), SECRET=device_secret("robot-1"))))
-        finally:
-            await browser.close()
-
-    result = run(scenario_run())
+            """, TOKEN=app_token(), SECRET=device_secret("robot-1"))
     assert result["received"] == ["app got one", "device got two"], result
     assert result["restarts"] == [1, 1] and result["states"] == ["connected", "connected"], result
     # webrtc_close closes both peer connections through their negotiation helpers.

@@ -3,7 +3,8 @@ import Foundation
 import OpenSSLCrypto
 
 /// Verifies app JWTs: algorithm allowlist, key chosen by algorithm family and `kid`, signature
-/// through libjwt, then strict claim checks with leeway.
+/// through libjwt (through OpenSSL for OAuth access tokens, `typ: at+jwt`, which libjwt 1.10
+/// refuses to read), then strict claim checks with leeway.
 ///
 /// libjwt 1.10 pins no algorithm, verifies nothing with an empty key and checks no claim, so
 /// every one of those steps happens here, in this order, before and after `jwt_decode`.
@@ -86,26 +87,55 @@ public struct AppTokenVerifier: Sendable {
             throw .algorithmNotAllowed(header.alg)
         }
         if let critical = header.crit { throw .unsupportedCritical(critical) }
-        // libjwt refuses any typ but JWT; say so, instead of "signature is invalid".
-        if let type = header.typ, type.uppercased() != "JWT" { throw .unsupportedType(type) }
+        guard let type = TokenType(header.typ) else { throw .unsupportedType(header.typ ?? "") }
         guard let key = key(for: algorithm, id: header.kid) else { throw .unknownKey }
 
-        let decoded: (algorithm: JWTAlgorithm?, claimsJSON: String)
-        do {
-            decoded = try LibJWT.decode(token, key: key)
-        } catch {
-            throw .badSignature
+        let claimsJSON: Data
+        switch type {
+        case .jwt:
+            let decoded: (algorithm: JWTAlgorithm?, claimsJSON: String)
+            do {
+                decoded = try LibJWT.decode(token, key: key)
+            } catch {
+                throw .badSignature
+            }
+            // libjwt verified with whatever algorithm the header named; make sure it is the one we checked.
+            guard decoded.algorithm == algorithm else { throw .badSignature }
+            claimsJSON = Data(decoded.claimsJSON.utf8)
+        case .accessToken:
+            // libjwt refuses this typ before verifying: OpenSSL checks the signature over the
+            // segments as sent, with the same key.
+            let signingInput = token[..<segments[1].endIndex]
+            guard let signature = Base64URL.decode(segments[2]),
+                JWSSignature.verify(algorithm, key: key, signingInput: signingInput, signature: Array(signature))
+            else { throw .badSignature }
+            guard let payload = Base64URL.decode(segments[1]) else { throw .invalidClaims("the payload is not base64url") }
+            claimsJSON = payload
         }
-        // libjwt verified with whatever algorithm the header named; make sure it is the one we checked.
-        guard decoded.algorithm == algorithm else { throw .badSignature }
 
         let claims: Claims
         do {
-            claims = try JSONDecoder().decode(Claims.self, from: Data(decoded.claimsJSON.utf8))
+            claims = try JSONDecoder().decode(Claims.self, from: claimsJSON)
         } catch {
             throw .invalidClaims(Self.describe(error))
         }
         return try check(claims, now: now)
+    }
+
+    /// The token types the relay reads (`typ`, compared without case as RFC 7515 §4.1.9 advises).
+    enum TokenType {
+        /// `JWT`, or no `typ`: verified by libjwt.
+        case jwt
+        /// An OAuth 2.0 access token (RFC 9068): `at+jwt` or `application/at+jwt`, verified by OpenSSL.
+        case accessToken
+
+        init?(_ typ: String?) {
+            switch typ?.lowercased() {
+            case nil, "jwt": self = .jwt
+            case "at+jwt", "application/at+jwt": self = .accessToken
+            default: return nil
+            }
+        }
     }
 
     /// The latest NumericDate a token may carry: the end of the year 9999. A time past it (a

@@ -55,7 +55,7 @@ public struct AuthFailure: Error, Sendable, Equatable, CustomStringConvertible {
         AuthFailure(
             .unauthenticated,
             reason: "unsupported_type",
-            "App token type (typ) '\(type.prefix(32))' is not accepted: the relay accepts typ JWT"
+            "App token type (typ) '\(type.prefix(32))' is not accepted: the relay accepts JWT and at+jwt"
         )
     }
     public static let unknownKey = AuthFailure(.unauthenticated, reason: "unknown_key", "No configured key matches the app token's algorithm and kid")

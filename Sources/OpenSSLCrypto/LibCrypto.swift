@@ -1,8 +1,9 @@
-/// OpenSSL's libcrypto behind one small Swift type: HMAC, SHA-1 and SHA-256, constant-time compare, random bytes.
+/// OpenSSL's libcrypto behind one small Swift type: HMAC, digests, signature verification, constant-time compare, random bytes, public keys.
 import CCrypto
 
-/// The relay's only door to OpenSSL's libcrypto: HMAC, constant-time comparison, random bytes
-/// and public-key inspection. No OpenSSL pointer leaves this type.
+/// The relay's only door to OpenSSL's libcrypto: HMAC, constant-time comparison, random bytes,
+/// public keys, and signature checks for the tokens libjwt cannot verify. No OpenSSL pointer
+/// leaves this type.
 public enum LibCrypto {
     /// HMAC-SHA256 of `message` under `key`.
     public static func hmacSHA256(key: some Collection<UInt8>, message: some Collection<UInt8>) -> [UInt8] {
@@ -12,6 +13,159 @@ public enum LibCrypto {
     /// HMAC-SHA1 of `message` under `key` (the TURN REST API's credential).
     public static func hmacSHA1(key: some Collection<UInt8>, message: some Collection<UInt8>) -> [UInt8] {
         hmac(EVP_sha1(), key: Array(key), message: Array(message))
+    }
+
+    /// A SHA-2 digest, as JWS algorithms name them by their size.
+    public enum SHA2: Sendable, Equatable {
+        case sha256
+        case sha384
+        case sha512
+
+        var evp: OpaquePointer? {
+            switch self {
+            case .sha256: EVP_sha256()
+            case .sha384: EVP_sha384()
+            case .sha512: EVP_sha512()
+            }
+        }
+    }
+
+    /// The HMAC of `message` under `key` with `digest`.
+    public static func hmac(_ digest: SHA2, key: [UInt8], message: some Collection<UInt8>) -> [UInt8] {
+        hmac(digest.evp, key: key, message: Array(message))
+    }
+
+    /// Whether `mac` is the HMAC of `message` under `key` with `digest`, compared in constant time.
+    public static func verifyHMAC(_ digest: SHA2, key: [UInt8], message: some Collection<UInt8>, mac: [UInt8]) -> Bool {
+        constantTimeEquals(hmac(digest, key: key, message: message), mac)
+    }
+
+    /// Whether `signature` is an RSASSA-PKCS1-v1_5 signature of `message` with `digest` by the
+    /// RSA key in `publicKeyPEM`.
+    public static func verifyRSA(_ digest: SHA2, publicKeyPEM: String, message: some Collection<UInt8>, signature: [UInt8]) -> Bool {
+        withPublicKey(pem: publicKeyPEM, kind: .rsa) { key in
+            verify(digest, key: key, message: Array(message), der: signature)
+        } ?? false
+    }
+
+    /// Whether `signature` (JWS's form: r then s, each as long as the curve's order) is an ECDSA
+    /// signature of `message` with `digest` by the EC key in `publicKeyPEM`. `curveBits` is the
+    /// size the algorithm requires (ES256 P-256, ES384 P-384, ES512 P-521): a key on another
+    /// curve does not verify.
+    public static func verifyECDSA(
+        _ digest: SHA2,
+        curveBits: Int,
+        publicKeyPEM: String,
+        message: some Collection<UInt8>,
+        signature: [UInt8]
+    ) -> Bool {
+        let half = (curveBits + 7) / 8
+        guard signature.count == 2 * half else { return false }
+        return withPublicKey(pem: publicKeyPEM, kind: .ec) { key -> Bool in
+            guard EVP_PKEY_get_bits(key) == Int32(curveBits), let der = ecdsaDER(r: signature.prefix(half), s: signature.suffix(half)) else {
+                return false
+            }
+            return verify(digest, key: key, message: Array(message), der: der)
+        } ?? false
+    }
+
+    /// An RSASSA-PKCS1-v1_5 signature of `message` with `digest` by the RSA key in
+    /// `privateKeyPEM`, or nil when that is no RSA private key. (Tools and tests make tokens with it.)
+    public static func signRSA(_ digest: SHA2, privateKeyPEM: String, message: some Collection<UInt8>) -> [UInt8]? {
+        withPrivateKey(pem: privateKeyPEM, kind: .rsa) { key in sign(digest, key: key, message: Array(message)) } ?? nil
+    }
+
+    /// An ECDSA signature of `message` with `digest` by the EC key in `privateKeyPEM`, in JWS's
+    /// form (r then s, each as long as the curve's order), or nil when that is no EC private key.
+    public static func signECDSA(_ digest: SHA2, privateKeyPEM: String, message: some Collection<UInt8>) -> [UInt8]? {
+        withPrivateKey(pem: privateKeyPEM, kind: .ec) { key -> [UInt8]? in
+            let half = (Int(EVP_PKEY_get_bits(key)) + 7) / 8
+            guard let der = sign(digest, key: key, message: Array(message)) else { return nil }
+            return der.withUnsafeBufferPointer { buffer -> [UInt8]? in
+                var cursor = buffer.baseAddress
+                guard let signature = d2i_ECDSA_SIG(nil, &cursor, der.count) else { return nil }
+                defer { ECDSA_SIG_free(signature) }
+                var raw = [UInt8](repeating: 0, count: 2 * half)
+                let written = raw.withUnsafeMutableBufferPointer { out in
+                    BN_bn2binpad(ECDSA_SIG_get0_r(signature), out.baseAddress, Int32(half)) == half
+                        && BN_bn2binpad(ECDSA_SIG_get0_s(signature), out.baseAddress! + half, Int32(half)) == half
+                }
+                return written ? raw : nil
+            }
+        } ?? nil
+    }
+
+    /// EVP_DigestSign: a DER signature (ECDSA) or a raw one (RSA PKCS#1 v1.5).
+    private static func sign(_ digest: SHA2, key: OpaquePointer, message: [UInt8]) -> [UInt8]? {
+        guard let context = EVP_MD_CTX_new() else { return nil }
+        defer { EVP_MD_CTX_free(context) }
+        var length = 0
+        guard EVP_DigestSignInit(context, nil, digest.evp, nil, key) == 1,
+            EVP_DigestSign(context, nil, &length, message, message.count) == 1
+        else { return nil }
+        var signature = [UInt8](repeating: 0, count: length)
+        guard EVP_DigestSign(context, &signature, &length, message, message.count) == 1 else { return nil }
+        return Array(signature.prefix(length))
+    }
+
+    /// Runs `body` with the private key in `pem` when it is of `kind`; nil otherwise.
+    private static func withPrivateKey<T>(pem: String, kind: PublicKeyKind, _ body: (OpaquePointer) -> T) -> T? {
+        withKey(pem: pem, kind: kind, read: { PEM_read_bio_PrivateKey($0, nil, nil, nil) }, body)
+    }
+
+    /// The DER `ECDSA-Sig-Value` of (r, s), which is what OpenSSL verifies.
+    private static func ecdsaDER(r: ArraySlice<UInt8>, s: ArraySlice<UInt8>) -> [UInt8]? {
+        guard let signature = ECDSA_SIG_new() else { return nil }
+        defer { ECDSA_SIG_free(signature) }
+        let r = Array(r)
+        let s = Array(s)
+        guard let rNumber = BN_bin2bn(r, Int32(r.count), nil) else { return nil }
+        guard let sNumber = BN_bin2bn(s, Int32(s.count), nil) else {
+            BN_free(rNumber)
+            return nil
+        }
+        // On success the signature owns both numbers.
+        guard ECDSA_SIG_set0(signature, rNumber, sNumber) == 1 else {
+            BN_free(rNumber)
+            BN_free(sNumber)
+            return nil
+        }
+        let length = i2d_ECDSA_SIG(signature, nil)
+        guard length > 0 else { return nil }
+        var der = [UInt8](repeating: 0, count: Int(length))
+        let written = der.withUnsafeMutableBufferPointer { buffer -> Int32 in
+            var cursor = buffer.baseAddress
+            return i2d_ECDSA_SIG(signature, &cursor)
+        }
+        return written == length ? der : nil
+    }
+
+    /// Runs `body` with the public key in `pem` when it is of `kind`; nil otherwise.
+    private static func withPublicKey<T>(pem: String, kind: PublicKeyKind, _ body: (OpaquePointer) -> T) -> T? {
+        withKey(pem: pem, kind: kind, read: { PEM_read_bio_PUBKEY($0, nil, nil, nil) }, body)
+    }
+
+    /// Runs `body` with the key `read` finds in `pem` when it is of `kind`; nil otherwise.
+    private static func withKey<T>(pem: String, kind: PublicKeyKind, read: (OpaquePointer) -> OpaquePointer?, _ body: (OpaquePointer) -> T) -> T? {
+        defer { ERR_clear_error() }
+        let bytes = Array(pem.utf8)
+        return bytes.withUnsafeBytes { raw -> T? in
+            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }
+            defer { BIO_free(bio) }
+            guard let key = read(bio) else { return nil }
+            defer { EVP_PKEY_free(key) }
+            let expected = kind == .rsa ? EVP_PKEY_RSA : EVP_PKEY_EC
+            guard EVP_PKEY_get_base_id(key) == expected else { return nil }
+            return body(key)
+        }
+    }
+
+    /// EVP_DigestVerify of a DER-encoded (ECDSA) or raw (RSA PKCS#1 v1.5) signature.
+    private static func verify(_ digest: SHA2, key: OpaquePointer, message: [UInt8], der: [UInt8]) -> Bool {
+        guard let context = EVP_MD_CTX_new() else { return false }
+        defer { EVP_MD_CTX_free(context) }
+        guard EVP_DigestVerifyInit(context, nil, digest.evp, nil, key) == 1 else { return false }
+        return EVP_DigestVerify(context, der, der.count, message, message.count) == 1
     }
 
     private static func hmac(_ digest: OpaquePointer?, key: [UInt8], message: [UInt8]) -> [UInt8] {

@@ -21,12 +21,13 @@ import Testing
         return claims
     }
 
-    /// A token with any header and payload, HMAC-SHA256-signed by hand (libjwt would refuse to make most of these).
-    func forge(header: [String: Any], claims: [String: Any], key: [UInt8] = secret) throws -> String {
-        let head = Base64URL.encode(try JSONSerialization.data(withJSONObject: header))
+    /// A token with any header and payload, signed with OpenSSL under `algorithm` (HS256 by
+    /// default; libjwt would refuse to make most of these).
+    func forge(header: [String: Any], claims: [String: Any], key: [UInt8] = secret, algorithm: JWTAlgorithm = .hs256) throws -> String {
+        let head = Base64URL.encode(try JSONSerialization.data(withJSONObject: header, options: .sortedKeys))
         let body = Base64URL.encode(try JSONSerialization.data(withJSONObject: claims))
-        let mac = LibCrypto.hmacSHA256(key: key, message: Array("\(head).\(body)".utf8))
-        return "\(head).\(body).\(Base64URL.encode(mac))"
+        let signature = try #require(JWSSignature.sign(algorithm, key: key, signingInput: "\(head).\(body)"))
+        return "\(head).\(body).\(Base64URL.encode(signature))"
     }
 
     func sign(_ algorithm: JWTAlgorithm, key: [UInt8], claims: [String: Any], kid: String? = nil) throws -> String {
@@ -161,11 +162,90 @@ import Testing
         #expect(try verifier().verify(farButValid, now: now).expiresAt == 253_402_300_799)
     }
 
-    @Test func aTokenTypeOtherThanJWTIsRefusedSayingSo() throws {
-        // OAuth access tokens (RFC 9068) carry typ at+jwt: refused with a reason, not as a bad signature.
-        let accessToken = try forge(header: ["alg": "HS256", "typ": "at+jwt"], claims: claims())
-        let refused = try #require(refusal(verifier(), accessToken))
-        #expect(refused == .unsupportedType("at+jwt") && refused.detail.contains("typ"))
+    /// Every algorithm with the key it needs: (private key or secret, the verifier's public key).
+    static let keysByAlgorithm: [(JWTAlgorithm, signing: [UInt8], publicPEM: String?)] = [
+        (.hs256, secret, nil), (.hs384, secret, nil), (.hs512, secret, nil),
+        (.rs256, Array(TestKeys.rsaPrivate.utf8), TestKeys.rsaPublic),
+        (.rs384, Array(TestKeys.rsaPrivate.utf8), TestKeys.rsaPublic),
+        (.rs512, Array(TestKeys.rsaPrivate.utf8), TestKeys.rsaPublic),
+        (.es256, Array(TestKeys.ecPrivate.utf8), TestKeys.ecPublic),
+        (.es384, Array(TestKeys.ecP384Private.utf8), TestKeys.ecP384Public),
+        (.es512, Array(TestKeys.ecP521Private.utf8), TestKeys.ecP521Public),
+    ]
+
+    /// A verifier that accepts every algorithm, with the secret and the four public keys.
+    func everyAlgorithmVerifier() throws -> AppTokenVerifier {
+        let pems = [TestKeys.rsaPublic, TestKeys.ecPublic, TestKeys.ecP384Public, TestKeys.ecP521Public]
+        let publicKeys = try pems.enumerated().map { index, pem in try #require(AppTokenVerifier.PublicKey(id: "k\(index)", pem: pem)) }
+        return verifier {
+            $0.algorithms = Set(JWTAlgorithm.allCases)
+            $0.publicKeys = publicKeys
+        }
+    }
+
+    /// The kid `everyAlgorithmVerifier` gives `pem`.
+    func keyID(_ pem: String?) -> String? {
+        pem.flatMap { [TestKeys.rsaPublic, TestKeys.ecPublic, TestKeys.ecP384Public, TestKeys.ecP521Public].firstIndex(of: $0) }.map { "k\($0)" }
+    }
+
+    @Test func oauthAccessTokensVerifyWithEveryAlgorithm() throws {
+        // RFC 9068's typ at+jwt, which libjwt 1.10 refuses to read: OpenSSL checks them. The
+        // same signer's typ JWT tokens go through libjwt, so both paths read the same signatures.
+        let verifier = try everyAlgorithmVerifier()
+        for (algorithm, signing, pem) in Self.keysByAlgorithm {
+            for typ in ["at+jwt", "application/at+jwt", "AT+JWT", "JWT"] {
+                var header: [String: Any] = ["alg": algorithm.rawValue, "typ": typ]
+                header["kid"] = keyID(pem)
+                let token = try forge(header: header, claims: claims(), key: signing, algorithm: algorithm)
+                #expect(refusal(verifier, token) == nil, "\(algorithm) \(typ)")
+                // One bit of the signature changed.
+                var bytes = Array(token.utf8)
+                let last = bytes.count - 2
+                bytes[last] = bytes[last] == UInt8(ascii: "A") ? UInt8(ascii: "B") : UInt8(ascii: "A")
+                #expect(refusal(verifier, String(decoding: bytes, as: UTF8.self)) == .badSignature, "\(algorithm) \(typ)")
+                // The same signature over other claims.
+                let parts = token.split(separator: ".")
+                let otherClaims = Base64URL.encode(try JSONSerialization.data(withJSONObject: claims(["sub": "mallory"])))
+                #expect(refusal(verifier, "\(parts[0]).\(otherClaims).\(parts[2])") == .badSignature, "\(algorithm) \(typ)")
+            }
+            // And what libjwt signs, OpenSSL verifies.
+            let json = String(decoding: try JSONSerialization.data(withJSONObject: claims()), as: UTF8.self)
+            let libjwtToken = try LibJWT.encode(algorithm: algorithm, key: signing, claimsJSON: json)
+            let parts = libjwtToken.split(separator: ".")
+            let key = pem.map { Array($0.utf8) } ?? signing
+            let signature = try #require(Base64URL.decode(parts[2]))
+            #expect(JWSSignature.verify(algorithm, key: key, signingInput: libjwtToken[..<parts[1].endIndex], signature: Array(signature)), "\(algorithm)")
+        }
+    }
+
+    @Test func oauthAccessTokensGetTheSameKeyAndClaimChecks() throws {
+        let verifier = try everyAlgorithmVerifier()
+        // HMAC keyed with the RSA public key's text: the HMAC family's key is the secret.
+        let confused = try forge(header: ["alg": "HS256", "typ": "at+jwt"], claims: claims(), key: Array(TestKeys.rsaPublic.utf8))
+        #expect(refusal(verifier, confused) == .badSignature)
+        // ES256 named with the P-384 key's kid, signed by that key: the curve is not ES256's.
+        let wrongCurve = try forge(
+            header: ["alg": "ES256", "typ": "at+jwt", "kid": "k2"], claims: claims(), key: Array(TestKeys.ecP384Private.utf8), algorithm: .es384)
+        #expect(refusal(verifier, wrongCurve) == .badSignature)
+        // An RS256 signature under an ES256 header naming the EC key.
+        let rsSigned = try forge(header: ["alg": "ES256", "typ": "at+jwt", "kid": "k1"], claims: claims(), key: Array(TestKeys.rsaPrivate.utf8), algorithm: .rs256)
+        #expect(refusal(verifier, rsSigned) == .badSignature)
+        // Claims are checked as for any token.
+        #expect(refusal(verifier, try forge(header: ["alg": "HS256", "typ": "at+jwt"], claims: claims(["exp": Int(now) - 600]))) == .expired)
+        #expect(
+            refusal(verifier, try forge(header: ["alg": "HS256", "typ": "at+jwt"], claims: claims(["exp": 1e300])))
+                == .invalidClaims("exp must be a time in seconds since 1970, at most 253402300799"))
+        #expect(refusal(verifier, try forge(header: ["alg": "HS256", "typ": "at+jwt"], claims: ["exp": Int(now) + 600])) == .invalidClaims("sub is required"))
+        let integerSubject = try forge(header: ["alg": "HS256", "typ": "at+jwt"], claims: claims(["sub": 1234]))
+        #expect(try verifier.verify(integerSubject, now: now).userID == "1234")
+    }
+
+    @Test func otherTokenTypesAreRefusedSayingSo() throws {
+        for typ in ["dpop+jwt", "JOSE", "secevent+jwt"] {
+            let token = try forge(header: ["alg": "HS256", "typ": typ], claims: claims())
+            let refused = try #require(refusal(verifier(), token))
+            #expect(refused == .unsupportedType(typ) && refused.detail.contains("typ") && refused.detail.contains("at+jwt"))
+        }
         let lowercase = try forge(header: ["alg": "HS256", "typ": "jwt"], claims: claims())
         #expect(try verifier().verify(lowercase, now: now).userID == "alice")
     }

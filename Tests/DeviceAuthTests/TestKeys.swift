@@ -57,4 +57,42 @@ enum TestKeys {
         m1bwpEXRGFy/3Sh1VAj7kYSfVZvEWNIa4ghD+IMFzx08j+QipnmFvtzLuQ==
         -----END PUBLIC KEY-----
         """
+
+    // P-384 and P-521, for ES384 and ES512.
+    static let ecP384Private = """
+        -----BEGIN PRIVATE KEY-----
+        MIG2AgEAMBAGByqGSM49AgEGBSuBBAAiBIGeMIGbAgEBBDD1xiBU+xSjH8GGOCV4
+        Ut8dWYIqp1A2ThkoZ4QxQnhIw8+nNZpYFPhVWUNRL2wH3hChZANiAASTdeTt8FTv
+        IcO1OiP5zw12MpnxUrjiTO2fgIlEZgiHI1ErcpvUFR1smw7P9zHPE9YK0Zt1QTb2
+        06n9U+mXMcSTMYR3H3WtPjLOGtKOw+yEmVeVodbwmkOxCYrFX5Sky2w=
+        -----END PRIVATE KEY-----
+        """
+
+    static let ecP384Public = """
+        -----BEGIN PUBLIC KEY-----
+        MHYwEAYHKoZIzj0CAQYFK4EEACIDYgAEk3Xk7fBU7yHDtToj+c8NdjKZ8VK44kzt
+        n4CJRGYIhyNRK3Kb1BUdbJsOz/cxzxPWCtGbdUE29tOp/VPplzHEkzGEdx91rT4y
+        zhrSjsPshJlXlaHW8JpDsQmKxV+UpMts
+        -----END PUBLIC KEY-----
+        """
+
+    static let ecP521Private = """
+        -----BEGIN PRIVATE KEY-----
+        MIHuAgEAMBAGByqGSM49AgEGBSuBBAAjBIHWMIHTAgEBBEIBE903M1F4/7D/iKyX
+        YrAcV7MYtXN5gY2e4QKj3I6XusxJmfXfbL7bfkxR+WBm3XArGWGImHkLhbw1Hb0L
+        Sg6EQS6hgYkDgYYABAAZIJGC+euci77Ta+vmrFEWnezEOr1qdtkHQ0+0m1/HRPaB
+        umFSSG5pIkdN8lA0S6x1ty2mzpd2Q91wzrZ3SOfn5gF0JAFFoNnvczqQ0SHqANQa
+        pivnzlUZoFb9QXvieWwo8IDLUdq9MfqhZXpmHgy2SP7wmEiLOfpOfdBtkvnCVZbN
+        uw==
+        -----END PRIVATE KEY-----
+        """
+
+    static let ecP521Public = """
+        -----BEGIN PUBLIC KEY-----
+        MIGbMBAGByqGSM49AgEGBSuBBAAjA4GGAAQAGSCRgvnrnIu+02vr5qxRFp3sxDq9
+        anbZB0NPtJtfx0T2gbphUkhuaSJHTfJQNEusdbctps6XdkPdcM62d0jn5+YBdCQB
+        RaDZ73M6kNEh6gDUGqYr585VGaBW/UF74nlsKPCAy1HavTH6oWV6Zh4Mtkj+8JhI
+        izn6Tn3QbZL5wlWWzbs=
+        -----END PUBLIC KEY-----
+        """
 }

@@ -36,9 +36,12 @@ struct TestFleet: Sendable {
             }
             return secrets
         }
+        // Beats of 400 ms: a node silent for 2 s (5 beats) is declared dead, short enough for the
+        // paused-node test and long enough that a node starved of CPU by the tests running
+        // beside it is not (at 200 ms one was, once, in a full local run).
         let environment = [
             "RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey, "RELAY_DATABASE_URL": url,
-            "RELAY_NODE_HEARTBEAT_MS": "200", "RELAY_RESUME_GRACE_S": "20", "RELAY_LOG_LEVEL": "debug", "RELAY_RATE_BURST": "1000", "RELAY_RATE_PER_S": "1000",
+            "RELAY_NODE_HEARTBEAT_MS": "400", "RELAY_RESUME_GRACE_S": "20", "RELAY_LOG_LEVEL": "debug", "RELAY_RATE_BURST": "1000", "RELAY_RATE_PER_S": "1000",
         ].merging(extra) { $1 }
         var nodes: [RelayProcess] = []
         for _ in 0..<count {

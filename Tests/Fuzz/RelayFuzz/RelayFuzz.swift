@@ -26,12 +26,14 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             _ = OutboundMessage(type, fields: fields).text(seq: 1)
         }
     case 1:
-        // App tokens (header, claims, libjwt).
+        // App tokens (header, claims, libjwt or OpenSSL by typ).
         _ = try? verifier.verify(text, now: 1_800_000_000)
     case 3:
-        // Token claims, validly signed: the claim checks, then the expiry rules every
-        // transport applies (the link's expiry and the socket's watch delay).
-        let header = Base64URL.encode(Array(#"{"alg":"HS256","typ":"JWT"}"#.utf8))
+        // Token claims, validly signed, as a JWT (libjwt) or an OAuth access token (OpenSSL) as
+        // the selector's next bit says: the claim checks, then the expiry rules every transport
+        // applies (the link's expiry and the socket's watch delay).
+        let type = (selector / 4) % 2 == 0 ? "JWT" : "at+jwt"
+        let header = Base64URL.encode(Array(#"{"alg":"HS256","typ":"\#(type)"}"#.utf8))
         let claims = Base64URL.encode(Array(text.utf8))
         let mac = LibCrypto.hmacSHA256(key: fuzzSecret, message: Array("\(header).\(claims)".utf8))
         if let identity = try? verifier.verify("\(header).\(claims).\(Base64URL.encode(mac))", now: 1_800_000_000) {

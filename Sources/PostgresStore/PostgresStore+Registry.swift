@@ -204,26 +204,26 @@ extension PostgresStore: RelayRegistry {
             for event in events {
                 switch event {
                 case .sessionOpened(let sessionID, let userID, let deviceID, let at):
-                    let created = at.timeIntervalSince1970
+                    let created = at.unixMilliseconds
                     try await connection.query(
                         """
-                        INSERT INTO relay_session_audit (session_id, user_id, device_id, created_at) VALUES (\(sessionID), \(userID), \(deviceID), \(created))
+                        INSERT INTO relay_session_audit (session_id, user_id, device_id, created_at_ms) VALUES (\(sessionID), \(userID), \(deviceID), \(created))
                         ON CONFLICT DO NOTHING
                         """,
                         logger: self.logger
                     )
                 case .sessionAnswered(let sessionID, let at):
-                    let answered = at.timeIntervalSince1970
+                    let answered = at.unixMilliseconds
                     try await connection.query(
-                        "UPDATE relay_session_audit SET answered_at = \(answered) WHERE session_id = \(sessionID) AND answered_at IS NULL",
+                        "UPDATE relay_session_audit SET answered_at_ms = \(answered) WHERE session_id = \(sessionID) AND answered_at_ms IS NULL",
                         logger: self.logger
                     )
                 case .sessionClosed(let sessionID, let at, let reason, let closedBy):
-                    let closed = at.timeIntervalSince1970
+                    let closed = at.unixMilliseconds
                     try await connection.query(
                         """
-                        UPDATE relay_session_audit SET closed_at = \(closed), close_reason = \(reason), closed_by = \(closedBy)
-                        WHERE session_id = \(sessionID) AND closed_at IS NULL
+                        UPDATE relay_session_audit SET closed_at_ms = \(closed), close_reason = \(reason), closed_by = \(closedBy)
+                        WHERE session_id = \(sessionID) AND closed_at_ms IS NULL
                         """,
                         logger: self.logger
                     )
@@ -258,42 +258,42 @@ extension PostgresStore: RelayRegistry {
     }
 
     public func pruneAudit(createdBefore time: Date) async throws(StoreError) -> Int {
-        let before = time.timeIntervalSince1970
+        let before = time.unixMilliseconds
         return try await call("pruning the audit log") {
-            try await self.client.query("DELETE FROM relay_session_audit WHERE created_at < \(before) RETURNING 1", logger: self.logger).collect().count
+            try await self.client.query("DELETE FROM relay_session_audit WHERE created_at_ms < \(before) RETURNING 1", logger: self.logger).collect().count
         }
     }
 
     public func auditLog(_ query: AuditQuery) async throws(StoreError) -> [AuditEntry] {
-        let since = query.since?.timeIntervalSince1970
-        let until = query.until?.timeIntervalSince1970
-        let afterTime = query.after?.createdAt
+        let since = query.since?.unixMilliseconds
+        let until = query.until?.unixMilliseconds
+        let afterTime = query.after?.createdAtMilliseconds
         let afterSession = query.after?.sessionID ?? ""
         return try await call("reading the audit log") {
             let rows = try await self.client.query(
                 """
-                SELECT session_id, user_id, device_id, created_at, answered_at, closed_at, close_reason, closed_by FROM relay_session_audit
+                SELECT session_id, user_id, device_id, created_at_ms, answered_at_ms, closed_at_ms, close_reason, closed_by FROM relay_session_audit
                 WHERE (\(query.deviceID)::text IS NULL OR device_id = \(query.deviceID))
                 AND (\(query.userID)::text IS NULL OR user_id = \(query.userID))
-                AND (\(since)::float8 IS NULL OR created_at >= \(since))
-                AND (\(until)::float8 IS NULL OR created_at < \(until))
-                AND (\(afterTime)::float8 IS NULL OR created_at < \(afterTime) OR (created_at = \(afterTime) AND session_id < \(afterSession)))
-                ORDER BY created_at DESC, session_id DESC LIMIT \(query.limit)
+                AND (\(since)::int8 IS NULL OR created_at_ms >= \(since))
+                AND (\(until)::int8 IS NULL OR created_at_ms < \(until))
+                AND (\(afterTime)::int8 IS NULL OR created_at_ms < \(afterTime) OR (created_at_ms = \(afterTime) AND session_id < \(afterSession)))
+                ORDER BY created_at_ms DESC, session_id DESC LIMIT \(query.limit)
                 """,
                 logger: self.logger
             )
             var entries: [AuditEntry] = []
             for try await (session, user, device, created, answered, closed, reason, by) in rows.decode(
-                (String, String, String, Double, Double?, Double?, String?, String?).self
+                (String, String, String, Int64, Int64?, Int64?, String?, String?).self
             ) {
                 entries.append(
                     AuditEntry(
                         sessionID: session,
                         userID: user,
                         deviceID: device,
-                        createdAt: Date(timeIntervalSince1970: created),
-                        answeredAt: answered.map(Date.init(timeIntervalSince1970:)),
-                        closedAt: closed.map(Date.init(timeIntervalSince1970:)),
+                        createdAt: Date(unixMilliseconds: created),
+                        answeredAt: answered.map(Date.init(unixMilliseconds:)),
+                        closedAt: closed.map(Date.init(unixMilliseconds:)),
                         closeReason: reason,
                         closedBy: by
                     )

@@ -181,11 +181,32 @@ extension PostgresStore {
                 "CREATE INDEX relay_inbox_waiting ON relay_inbox (node_id, seq) WHERE NOT taken",
             ]
         ),
+        (
+            "v6: audit times in integer milliseconds",
+            [
+                """
+                ALTER TABLE relay_session_audit
+                    ALTER COLUMN created_at TYPE bigint USING round(created_at * 1000)::bigint,
+                    ALTER COLUMN answered_at TYPE bigint USING round(answered_at * 1000)::bigint,
+                    ALTER COLUMN closed_at TYPE bigint USING round(closed_at * 1000)::bigint
+                """,
+                "ALTER TABLE relay_session_audit RENAME COLUMN created_at TO created_at_ms",
+                "ALTER TABLE relay_session_audit RENAME COLUMN answered_at TO answered_at_ms",
+                "ALTER TABLE relay_session_audit RENAME COLUMN closed_at TO closed_at_ms",
+                // Retention deletes and the unfiltered listing go by time alone.
+                "CREATE INDEX relay_session_audit_by_time ON relay_session_audit (created_at_ms)",
+            ]
+        ),
     ]
 
     /// Brings the database's schema up to date. Nodes starting together take turns (an
     /// advisory lock held by the migrating transaction).
     public func migrate() async throws(StoreError) {
+        try await migrate(through: Self.migrations.count)
+    }
+
+    /// Applies the migrations up to `version` (tests stop early to make an older database).
+    func migrate(through version: Int) async throws(StoreError) {
         // Once per start, and nodes starting together wait for each other: a longer bound.
         try await transaction("migrating the schema", within: .seconds(60)) { connection in
             try await connection.query("SELECT pg_advisory_xact_lock(\(Self.migrationLock))", logger: self.logger)
@@ -196,7 +217,7 @@ extension PostgresStore {
             {
                 applied = version
             }
-            for (index, migration) in Self.migrations.enumerated() where index + 1 > applied {
+            for (index, migration) in Self.migrations.enumerated() where index + 1 > applied && index + 1 <= version {
                 for statement in migration.sql {
                     try await connection.query(PostgresQuery(unsafeSQL: statement), logger: self.logger)
                 }

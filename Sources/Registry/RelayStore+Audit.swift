@@ -14,19 +14,19 @@ extension RelayStore {
                     switch event {
                     case .sessionOpened(let sessionID, let userID, let deviceID, let at):
                         try db.cachedStatement(
-                            sql: "INSERT OR IGNORE INTO session_audit (session_id, user_id, device_id, created_at) VALUES (?, ?, ?, ?)"
+                            sql: "INSERT OR IGNORE INTO session_audit (session_id, user_id, device_id, created_at_ms) VALUES (?, ?, ?, ?)"
                         ).execute(
-                            arguments: [sessionID, userID, deviceID, at.timeIntervalSince1970]
+                            arguments: [sessionID, userID, deviceID, at.unixMilliseconds]
                         )
                     case .sessionAnswered(let sessionID, let at):
-                        try db.cachedStatement(sql: "UPDATE session_audit SET answered_at = ? WHERE session_id = ? AND answered_at IS NULL").execute(
-                            arguments: [at.timeIntervalSince1970, sessionID]
+                        try db.cachedStatement(sql: "UPDATE session_audit SET answered_at_ms = ? WHERE session_id = ? AND answered_at_ms IS NULL").execute(
+                            arguments: [at.unixMilliseconds, sessionID]
                         )
                     case .sessionClosed(let sessionID, let at, let reason, let closedBy):
                         try db.cachedStatement(
-                            sql: "UPDATE session_audit SET closed_at = ?, close_reason = ?, closed_by = ? WHERE session_id = ? AND closed_at IS NULL"
+                            sql: "UPDATE session_audit SET closed_at_ms = ?, close_reason = ?, closed_by = ? WHERE session_id = ? AND closed_at_ms IS NULL"
                         ).execute(
-                            arguments: [at.timeIntervalSince1970, reason, closedBy, sessionID]
+                            arguments: [at.unixMilliseconds, reason, closedBy, sessionID]
                         )
                     case .deviceSeen(let deviceID, let at):
                         try db.cachedStatement(sql: "UPDATE device SET last_seen_at = max(coalesce(last_seen_at, 0), ?) WHERE id = ?").execute(
@@ -92,20 +92,20 @@ extension RelayStore {
             arguments += [userID]
         }
         if let since = query.since {
-            conditions.append("created_at >= ?")
-            arguments += [since.timeIntervalSince1970]
+            conditions.append("created_at_ms >= ?")
+            arguments += [since.unixMilliseconds]
         }
         if let until = query.until {
-            conditions.append("created_at < ?")
-            arguments += [until.timeIntervalSince1970]
+            conditions.append("created_at_ms < ?")
+            arguments += [until.unixMilliseconds]
         }
         if let after = query.after {
-            conditions.append("(created_at < ? OR (created_at = ? AND session_id < ?))")
-            arguments += [after.createdAt, after.createdAt, after.sessionID]
+            conditions.append("(created_at_ms < ? OR (created_at_ms = ? AND session_id < ?))")
+            arguments += [after.createdAtMilliseconds, after.createdAtMilliseconds, after.sessionID]
         }
         arguments += [query.limit]
         let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
-        let sql = "SELECT * FROM session_audit \(filter) ORDER BY created_at DESC, session_id DESC LIMIT ?"
+        let sql = "SELECT * FROM session_audit \(filter) ORDER BY created_at_ms DESC, session_id DESC LIMIT ?"
         let bound = arguments
         return try await run {
             try await self.pool.read { db in
@@ -114,9 +114,9 @@ extension RelayStore {
                         sessionID: row["session_id"],
                         userID: row["user_id"],
                         deviceID: row["device_id"],
-                        createdAt: Date(timeIntervalSince1970: row["created_at"]),
-                        answeredAt: (row["answered_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
-                        closedAt: (row["closed_at"] as Double?).map(Date.init(timeIntervalSince1970:)),
+                        createdAt: Date(unixMilliseconds: row["created_at_ms"]),
+                        answeredAt: (row["answered_at_ms"] as Int64?).map(Date.init(unixMilliseconds:)),
+                        closedAt: (row["closed_at_ms"] as Int64?).map(Date.init(unixMilliseconds:)),
                         closeReason: row["close_reason"],
                         closedBy: row["closed_by"]
                     )
@@ -128,7 +128,7 @@ extension RelayStore {
     public func pruneAudit(createdBefore time: Date) async throws(StoreError) -> Int {
         try await run {
             try await self.pool.write { db in
-                try db.execute(sql: "DELETE FROM session_audit WHERE created_at < ?", arguments: [time.timeIntervalSince1970])
+                try db.execute(sql: "DELETE FROM session_audit WHERE created_at_ms < ?", arguments: [time.unixMilliseconds])
                 return db.changesCount
             }
         }

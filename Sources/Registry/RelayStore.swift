@@ -67,7 +67,8 @@ public final class RelayStore: Sendable {
         }
     }
 
-    private static var migrator: DatabaseMigrator {
+    /// The store's migrations, in order (tests run them part of the way to make an older store).
+    static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1: devices, owners, session audit") { db in
             try db.execute(
@@ -116,6 +117,32 @@ public final class RelayStore: Sendable {
             )
         }
         registerLiveStateMigration(&migrator)
+        migrator.registerMigration("v5: audit times in integer milliseconds") { db in
+            // SQLite cannot change a column's type: a new table, the rows copied, the old one dropped.
+            try db.execute(
+                sql: """
+                    CREATE TABLE session_audit_ms (
+                        session_id TEXT PRIMARY KEY NOT NULL,
+                        user_id TEXT NOT NULL,
+                        device_id TEXT NOT NULL,
+                        created_at_ms INTEGER NOT NULL,
+                        answered_at_ms INTEGER,
+                        closed_at_ms INTEGER,
+                        close_reason TEXT,
+                        closed_by TEXT
+                    );
+                    INSERT INTO session_audit_ms
+                        SELECT session_id, user_id, device_id, CAST(round(created_at * 1000) AS INTEGER),
+                            CAST(round(answered_at * 1000) AS INTEGER), CAST(round(closed_at * 1000) AS INTEGER), close_reason, closed_by
+                        FROM session_audit;
+                    DROP TABLE session_audit;
+                    ALTER TABLE session_audit_ms RENAME TO session_audit;
+                    CREATE INDEX session_audit_by_device ON session_audit(device_id, created_at_ms);
+                    CREATE INDEX session_audit_by_user ON session_audit(user_id, created_at_ms);
+                    CREATE INDEX session_audit_by_time ON session_audit(created_at_ms);
+                    """
+            )
+        }
         return migrator
     }
 

@@ -68,11 +68,12 @@ public struct AuditEntry: Sendable, Equatable {
 public struct AuditQuery: Sendable, Equatable {
     /// Where a page ends: entries strictly older (in the order created_at, then session id).
     public struct Cursor: Sendable, Equatable {
-        public var createdAt: Double
+        /// The last entry's creation time, in Unix milliseconds (as the store keeps it).
+        public var createdAtMilliseconds: Int64
         public var sessionID: String
 
-        public init(createdAt: Double, sessionID: String) {
-            self.createdAt = createdAt
+        public init(createdAtMilliseconds: Int64, sessionID: String) {
+            self.createdAtMilliseconds = createdAtMilliseconds
             self.sessionID = sessionID
         }
     }
@@ -92,6 +93,15 @@ public struct AuditQuery: Sendable, Equatable {
         self.until = until
         self.after = after
         self.limit = limit
+    }
+}
+
+extension Date {
+    /// The time in whole Unix milliseconds: how the audit log stores its times.
+    public var unixMilliseconds: Int64 { Int64((timeIntervalSince1970 * 1000).rounded()) }
+
+    public init(unixMilliseconds: Int64) {
+        self.init(timeIntervalSince1970: Double(unixMilliseconds) / 1000)
     }
 }
 

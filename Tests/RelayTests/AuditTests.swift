@@ -1,7 +1,8 @@
 import DeviceAuth
 import Foundation
+import GRDB
 import HTTPTypes
-import Registry
+@testable import Registry
 import RelayTestSupport
 import Testing
 
@@ -192,6 +193,39 @@ import Testing
             #expect(try await relay.request(.get, "/admin/audit?since=yesterday", token: Self.adminToken).status == .badRequest)
             #expect(try await relay.request(.get, "/admin/audit?after=%25%25", token: Self.adminToken).status == .badRequest)
             #expect(try await relay.request(.get, "/admin/audit").status == .unauthorized)
+        }
+    }
+
+    /// A store from before audit times were integer milliseconds (they were float seconds) keeps
+    /// its entries, to the millisecond, when this version opens it.
+    @Test func auditTimesInSecondsBecomeMillisecondsWhenTheStoreIsOpened() async throws {
+        try await withTemporaryDirectory { directory in
+            let path = "\(directory)/relay.sqlite"
+            do {
+                let older = try DatabaseQueue(path: path)
+                try RelayStore.migrator.migrate(older, upTo: "v4: a restored link's boundary (contract §11)")
+                try await older.write { db in
+                    try db.execute(
+                        sql: """
+                            INSERT INTO session_audit (session_id, user_id, device_id, created_at, answered_at, closed_at, close_reason, closed_by)
+                            VALUES ('old-1', 'alice', 'robot-1', 1764000000.1234, 1764000001.5, NULL, NULL, NULL),
+                                   ('old-2', 'bob', 'robot-1', 1764000100.9996, NULL, 1764000200.25, 'normal', 'app')
+                            """
+                    )
+                }
+                try older.close()
+            }
+            let store = try RelayStore(path: path)
+            let entries = try await store.auditLog(AuditQuery())
+            #expect(entries.map(\.sessionID) == ["old-2", "old-1"])
+            #expect(entries.map(\.createdAt.unixMilliseconds) == [1_764_000_101_000, 1_764_000_000_123])
+            #expect(entries[1].answeredAt?.unixMilliseconds == 1_764_000_001_500 && entries[1].closedAt == nil)
+            #expect(entries[0].closedAt?.unixMilliseconds == 1_764_000_200_250 && entries[0].closeReason == "normal")
+            let columns = try await store.pool.read { db in
+                try Row.fetchAll(db, sql: "SELECT name, type FROM pragma_table_info('session_audit') WHERE name LIKE '%_at_ms' ORDER BY name")
+                    .map { "\($0["name"] as String) \($0["type"] as String)" }
+            }
+            #expect(columns == ["answered_at_ms INTEGER", "closed_at_ms INTEGER", "created_at_ms INTEGER"])
         }
     }
 

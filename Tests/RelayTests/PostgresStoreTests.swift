@@ -5,7 +5,7 @@ import HTTPTypes
 import HummingbirdTesting
 import Logging
 import NIOCore
-import PostgresStore
+@testable import PostgresStore
 import Registry
 import RelayTestSupport
 import Testing
@@ -95,13 +95,43 @@ import Testing
             try await store.apply(events)
             let first = try await store.auditLog(AuditQuery(limit: 2))
             #expect(first.map(\.sessionID) == ["s5", "s4"])
-            let cursor = AuditQuery.Cursor(createdAt: first[1].createdAt.timeIntervalSince1970, sessionID: first[1].sessionID)
+            let cursor = AuditQuery.Cursor(createdAtMilliseconds: first[1].createdAt.unixMilliseconds, sessionID: first[1].sessionID)
             #expect(try await store.auditLog(AuditQuery(after: cursor, limit: 2)).map(\.sessionID) == ["s3", "s2"])
             #expect(try await store.auditLog(AuditQuery(userID: "alice")).map(\.sessionID) == ["s3", "s1"])
             #expect(try await store.auditLog(AuditQuery(deviceID: "robot-1", since: Date(timeIntervalSince1970: 1500))).map(\.sessionID) == ["s2"])
             #expect(try await store.auditLog(AuditQuery(until: Date(timeIntervalSince1970: 2000.25))).map(\.sessionID) == ["s1"])
             #expect(try await store.pruneAudit(createdBefore: Date(timeIntervalSince1970: 2500)) == 2)
             #expect(try await store.auditLog(AuditQuery()).map(\.sessionID) == ["s5", "s4", "s3"])
+        }
+    }
+
+    /// A fleet's database from before audit times were integer milliseconds (schema v5, times in
+    /// float seconds) keeps its entries, to the millisecond, when a node of this version migrates it.
+    @Test func auditTimesInSecondsBecomeMillisecondsWhenTheSchemaIsMigrated() async throws {
+        let url = try await PostgresServer.running().createDatabase()
+        let store = try PostgresStore(url: url, logger: Logger(label: "test-postgres"))
+        try await store.whileRunning {
+            try await store.migrate(through: 5)
+            let database = String(url.split(separator: "/").last!)
+            _ = try await PostgresServer.running().sql(
+                """
+                INSERT INTO relay_session_audit (session_id, user_id, device_id, created_at, answered_at, closed_at, close_reason, closed_by)
+                VALUES ('old-1', 'alice', 'robot-1', 1764000000.1234, 1764000001.5, NULL, NULL, NULL),
+                       ('old-2', 'bob', 'robot-1', 1764000100.9996, NULL, 1764000200.25, 'normal', 'app')
+                """,
+                database: database
+            )
+            try await store.migrate()
+            let entries = try await store.auditLog(AuditQuery())
+            #expect(entries.map(\.sessionID) == ["old-2", "old-1"])
+            #expect(entries.map(\.createdAt.unixMilliseconds) == [1_764_000_101_000, 1_764_000_000_123])
+            #expect(entries[1].answeredAt?.unixMilliseconds == 1_764_000_001_500 && entries[1].closedAt == nil)
+            #expect(entries[0].closedAt?.unixMilliseconds == 1_764_000_200_250 && entries[0].closeReason == "normal")
+            let columns = try await PostgresServer.running().sql(
+                "SELECT string_agg(column_name || ' ' || data_type, ', ' ORDER BY column_name) FROM information_schema.columns WHERE table_name = 'relay_session_audit' AND column_name LIKE '%_at_ms'",
+                database: database
+            )
+            #expect(columns == "answered_at_ms bigint, closed_at_ms bigint, created_at_ms bigint")
         }
     }
 

@@ -195,14 +195,14 @@ struct AdminRoutes: Sendable {
         }
         if let after = parameters.get("after") {
             guard let data = Base64URL.decode(Substring(after)), let text = String(data: data, encoding: .utf8),
-                let space = text.firstIndex(of: " "), let time = Double(text[..<space])
+                let space = text.firstIndex(of: " "), let time = Int64(text[..<space])
             else { throw RelayHTTPError(.badRequest, "after must be the next value of a previous page") }
-            query.after = AuditQuery.Cursor(createdAt: time, sessionID: String(text[text.index(after: space)...]))
+            query.after = AuditQuery.Cursor(createdAtMilliseconds: time, sessionID: String(text[text.index(after: space)...]))
         }
         let entries = try await storeCall { () async throws(StoreError) in try await store.auditLog(query) }
         let next: JSONValue =
             entries.count == query.limit
-            ? entries.last.map { .string(Base64URL.encode(Array("\($0.createdAt.timeIntervalSince1970) \($0.sessionID)".utf8))) } ?? .null : .null
+            ? entries.last.map { .string(Base64URL.encode(Array("\($0.createdAt.unixMilliseconds) \($0.sessionID)".utf8))) } ?? .null : .null
         return .json(.object(["entries": .array(entries.map(Self.view)), "next": next]))
     }
 

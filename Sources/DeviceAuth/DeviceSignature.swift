@@ -42,7 +42,29 @@ public struct DeviceSignature: Sendable, Equatable {
 
     /// The signature of these parameters with `secret`, as lowercase hex.
     public static func mac(deviceID: String, timestampText: String, nonce: String, secret: String) -> String {
-        LibCrypto.hmacSHA256(key: Array(secret.utf8), message: Array(message(deviceID: deviceID, timestampText: timestampText, nonce: nonce).utf8)).hexString
+        macBytes(deviceID: deviceID, timestampText: timestampText, nonce: nonce, secret: secret).hexString
+    }
+
+    /// The signature of these parameters with `secret`, as its 32 bytes.
+    static func macBytes(deviceID: String, timestampText: String, nonce: String, secret: String) -> [UInt8] {
+        LibCrypto.hmacSHA256(key: Array(secret.utf8), message: Array(message(deviceID: deviceID, timestampText: timestampText, nonce: nonce).utf8))
+    }
+
+    /// `sig` as bytes (its form, 64 lowercase hex digits, was checked when it was parsed).
+    var signatureBytes: [UInt8] {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(32)
+        var high: UInt8?
+        for digit in signature.utf8 {
+            let value = digit >= 0x61 ? digit - 0x57 : digit &- 0x30
+            if let first = high {
+                bytes.append(first << 4 | value)
+                high = nil
+            } else {
+                high = value
+            }
+        }
+        return bytes
     }
 
     /// Signs the connection parameters with `secret`.
@@ -144,12 +166,12 @@ public struct DeviceAuthenticator: Sendable {
         } else {
             throw .unknownDevice
         }
-        let presented = Array(signature.signature.utf8)
+        let presented = signature.signatureBytes
         var matched = false
         for secret in record.secrets where !secret.isEmpty {
-            let expected = DeviceSignature.mac(deviceID: signature.deviceID, timestampText: signature.timestampText, nonce: signature.nonce, secret: secret)
+            let expected = DeviceSignature.macBytes(deviceID: signature.deviceID, timestampText: signature.timestampText, nonce: signature.nonce, secret: secret)
             // Non-short-circuiting on purpose: every secret is compared, whichever matches.
-            matched = LibCrypto.constantTimeEquals(Array(expected.utf8), presented) || matched
+            matched = LibCrypto.constantTimeEquals(expected, presented) || matched
         }
         guard matched else { throw .badDeviceSignature }
         guard !record.revoked else { throw .deviceRevoked }

@@ -220,6 +220,23 @@ public enum LibCrypto {
         return bytes
     }
 
+    /// A random (version 4) UUID in lowercase, from OpenSSL's CSPRNG. Foundation's `UUID()` on
+    /// Linux opens and reads `/dev/urandom` each time: three system calls on every connect.
+    public static func randomUUID() -> String {
+        var bytes = randomBytes(16)
+        bytes[6] = bytes[6] & 0x0F | 0x40
+        bytes[8] = bytes[8] & 0x3F | 0x80
+        let hex = bytes.hexString
+        let utf8 = Array(hex.utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(36)
+        for (index, byte) in utf8.enumerated() {
+            if index == 8 || index == 12 || index == 16 || index == 20 { out.append(UInt8(ascii: "-")) }
+            out.append(byte)
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
     /// The kind of public key a PEM document holds.
     public enum PublicKeyKind: Sendable, Equatable {
         case rsa
@@ -318,15 +335,20 @@ public enum LibCrypto {
 }
 
 extension Collection<UInt8> {
-    /// Lowercase hexadecimal.
+    /// Lowercase hexadecimal. Inlinable, so it is specialized where it is used (a device's
+    /// connect makes two).
+    @inlinable
     public var hexString: String {
-        let digits = Array("0123456789abcdef".utf8)
-        var out = [UInt8]()
-        out.reserveCapacity(count * 2)
-        for byte in self {
-            out.append(digits[Int(byte >> 4)])
-            out.append(digits[Int(byte & 0x0f)])
+        String(unsafeUninitializedCapacity: count * 2) { buffer in
+            var index = 0
+            for byte in self {
+                let high = byte >> 4
+                let low = byte & 0x0F
+                buffer[index] = high < 10 ? 0x30 + high : 0x57 + high
+                buffer[index + 1] = low < 10 ? 0x30 + low : 0x57 + low
+                index += 2
+            }
+            return index
         }
-        return String(decoding: out, as: UTF8.self)
     }
 }

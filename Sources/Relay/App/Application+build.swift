@@ -193,7 +193,7 @@ public func buildRelay(
                 token: query.get("resume_token").map(RequestField.present) ?? .absent,
                 lastSeq: query.get("last_seq").map { Int($0).map(RequestField.present) ?? .malformed } ?? .absent
             )
-            let identity = try await admission.admit(request, as: party, from: remoteIP, logger: logger)
+            let identity = try await admission.admit(request, query: query, as: party, from: remoteIP, logger: logger)
             let seed = try await switchboard.prepare(identity, resume: resume)
             return .accept { LinkSocket(connection: connection, identity: identity, resume: resume, seed: seed) }
         } catch {

@@ -2,6 +2,7 @@
 import DeviceAuth
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import Logging
 
 /// Authenticates apps (JWT from `Authorization: Bearer` or the `token` query parameter) and
@@ -14,9 +15,11 @@ struct ClientAuthenticator: Sendable {
     /// The identity provider's key set, fetched again when a token names a key it lacks.
     var jwks: JWKSSource? = nil
 
-    func app(_ request: Request, logger: Logger) async throws(RelayHTTPError) -> AppIdentity {
+    /// The app's identity; `query` is the request's query when the caller has parsed it already
+    /// (Hummingbird parses it again on every `queryParameters`).
+    func app(_ request: Request, query: FlatDictionary<Substring, Substring>? = nil, logger: Logger) async throws(RelayHTTPError) -> AppIdentity {
         do throws(AuthFailure) {
-            guard let token = Self.bearerToken(in: request) else { throw AuthFailure.missingToken }
+            guard let token = Self.bearerToken(in: request, query: query) else { throw AuthFailure.missingToken }
             do throws(AuthFailure) {
                 return try tokens.verify(token, now: Date().timeIntervalSince1970)
             } catch .unknownKey where jwks != nil {
@@ -31,8 +34,8 @@ struct ClientAuthenticator: Sendable {
         }
     }
 
-    func device(_ request: Request, logger: Logger) async throws(RelayHTTPError) -> DeviceRecord {
-        let query = request.uri.queryParameters
+    func device(_ request: Request, query: FlatDictionary<Substring, Substring>? = nil, logger: Logger) async throws(RelayHTTPError) -> DeviceRecord {
+        let query = query ?? request.uri.queryParameters
         do {
             let signature = try DeviceSignature { query.get($0) }
             return try await devices.authenticate(signature, now: Int(Date().timeIntervalSince1970))
@@ -45,13 +48,13 @@ struct ClientAuthenticator: Sendable {
     }
 
     /// The `Authorization: Bearer` token, else (for browsers) the `token` query parameter.
-    static func bearerToken(in request: Request, queryParameter: Bool = true) -> String? {
+    static func bearerToken(in request: Request, queryParameter: Bool = true, query: FlatDictionary<Substring, Substring>? = nil) -> String? {
         if let header = request.headers[.authorization] {
             let parts = header.split(separator: " ", maxSplits: 1)
             guard parts.count == 2, parts[0].lowercased() == "bearer" else { return nil }
             return parts[1].trimmingCharacters(in: .whitespaces)
         }
-        return queryParameter ? request.uri.queryParameters.get("token") : nil
+        return queryParameter ? (query ?? request.uri.queryParameters).get("token") : nil
     }
 }
 

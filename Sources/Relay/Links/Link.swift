@@ -648,7 +648,7 @@ struct LinkSeed: Sendable {
     let tokenHash: [UInt8]
 
     init() {
-        id = UUID().uuidString.lowercased()
+        id = LibCrypto.randomUUID()
         token = Base64URL.encode(LibCrypto.randomBytes(32))
         tokenHash = LibCrypto.sha256(Array(token.utf8))
     }

@@ -1,6 +1,7 @@
 /// One WebRTC call between an app link and a device link: its rules' state behind a lock, and its one timer.
 import Foundation
 import NIOCore
+import OpenSSLCrypto
 import Registry
 import RelayCore
 import Synchronization
@@ -44,7 +45,7 @@ public final class Session: Sendable {
     private let state: Mutex<State>
 
     /// A fresh session id.
-    static func makeID() -> String { UUID().uuidString.lowercased() }
+    static func makeID() -> String { LibCrypto.randomUUID() }
 
     init(id: String, app: any LinkEndpoint, device: any LinkEndpoint, setupTimeout: Duration, requestedAt: ContinuousClock.Instant = .now) {
         self.id = id

@@ -1,6 +1,7 @@
 /// One admission for every transport: the connection-attempt limit, the client's credentials, and what it asks to resume.
 import DeviceAuth
 import Hummingbird
+import HummingbirdCore
 import Logging
 import RelayCore
 
@@ -19,8 +20,14 @@ struct ClientAdmission: Sendable {
     let failures: RateLimiter
 
     /// The client, as `party`, from `address` (the edge's client address); a refusal is the
-    /// HTTP answer to give.
-    func admit(_ request: Request, as party: Party, from address: String?, logger: Logger) async throws(RelayHTTPError) -> ClientIdentity {
+    /// HTTP answer to give. `query` is the request's query, parsed once by the transport.
+    func admit(
+        _ request: Request,
+        query: FlatDictionary<Substring, Substring>,
+        as party: Party,
+        from address: String?,
+        logger: Logger
+    ) async throws(RelayHTTPError) -> ClientIdentity {
         let address = address ?? "unknown"
         if case .denied(let retryAfter) = failures.check(address) {
             logger.info("Too many failed authentications", metadata: ["client.ip": "\(address)"])
@@ -33,8 +40,8 @@ struct ClientAdmission: Sendable {
         let identity: ClientIdentity
         do throws(RelayHTTPError) {
             switch party {
-            case .app: identity = .app(try await authenticator.app(request, logger: logger))
-            case .device: identity = .device(try await authenticator.device(request, logger: logger))
+            case .app: identity = .app(try await authenticator.app(request, query: query, logger: logger))
+            case .device: identity = .device(try await authenticator.device(request, query: query, logger: logger))
             }
         } catch {
             if error.status == .unauthorized || error.status == .forbidden { _ = failures.take(address) }

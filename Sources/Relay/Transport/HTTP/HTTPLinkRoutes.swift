@@ -42,6 +42,7 @@ struct HTTPLinkRoutes: Sendable {
         let party: Party = query.get("device_id") != nil || query.get("sig") != nil ? .device : .app
         let identity = try await self.admission.admit(
             request,
+            query: query,
             as: party,
             from: request.headers[HTTPField.Name(ClientAddressing.header)!],
             logger: context.logger

@@ -226,15 +226,10 @@ public enum LibCrypto {
         var bytes = randomBytes(16)
         bytes[6] = bytes[6] & 0x0F | 0x40
         bytes[8] = bytes[8] & 0x3F | 0x80
-        let hex = bytes.hexString
-        let utf8 = Array(hex.utf8)
-        var out: [UInt8] = []
-        out.reserveCapacity(36)
-        for (index, byte) in utf8.enumerated() {
-            if index == 8 || index == 12 || index == 16 || index == 20 { out.append(UInt8(ascii: "-")) }
-            out.append(byte)
-        }
-        return String(decoding: out, as: UTF8.self)
+        var text = Array(bytes.hexString.utf8)
+        // 8-4-4-4-12, the dashes put in from the last one back.
+        for position in [20, 16, 12, 8] { text.insert(UInt8(ascii: "-"), at: position) }
+        return String(decoding: text, as: UTF8.self)
     }
 
     /// The kind of public key a PEM document holds.
@@ -245,21 +240,7 @@ public enum LibCrypto {
 
     /// Reads a PEM `PUBLIC KEY` and tells its kind, or nil when OpenSSL cannot read it as RSA or EC.
     public static func publicKeyKind(pem: String) -> PublicKeyKind? {
-        let bytes = Array(pem.utf8)
-        return bytes.withUnsafeBytes { raw -> PublicKeyKind? in
-            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { return nil }
-            defer { BIO_free(bio) }
-            guard let key = PEM_read_bio_PUBKEY(bio, nil, nil, nil) else {
-                _ = drainErrorQueue()
-                return nil
-            }
-            defer { EVP_PKEY_free(key) }
-            switch EVP_PKEY_get_base_id(key) {
-            case EVP_PKEY_RSA: return .rsa
-            case EVP_PKEY_EC: return .ec
-            default: return nil
-            }
-        }
+        withPublicKey(pem: pem, kind: .rsa) { _ in PublicKeyKind.rsa } ?? withPublicKey(pem: pem, kind: .ec) { _ in PublicKeyKind.ec }
     }
 
     /// The PEM `PUBLIC KEY` of an RSA key given by its modulus and public exponent (big-endian

@@ -122,6 +122,10 @@ import Testing
             #expect(metrics["relay_rate_limited_messages_total"] == Double(refused))
             #expect(metrics["relay_auth_failures_total{reason=\"bad_signature\"}"] == 1)
             #expect(metrics["relay_auth_failures_total{reason=\"bad_device_signature\"}"] == 1)
+            // Every refusal reason has its own series (one missing is counted as `other`).
+            for reason in ["unsupported_type", "device_nonces_exhausted", "nonces_unavailable"] {
+                #expect(metrics["relay_auth_failures_total{reason=\"\(reason)\"}"] == 0, "\(reason)")
+            }
             #expect(metrics["relay_turn_mints_total{provider=\"static\"}"] == 1)
             #expect(metrics["relay_turn_mint_seconds_count{provider=\"static\"}"] == 1)
         }

@@ -45,7 +45,8 @@ final class RelayMetrics: Sendable {
         "missing_token", "token_too_long", "malformed_token", "malformed_header", "unsupported_crit", "unsupported_type", "algorithm_not_allowed", "unknown_key", "bad_signature",
         "expired", "not_yet_valid", "issued_in_future", "wrong_issuer", "wrong_audience", "invalid_claims", "missing_device_parameters",
         "malformed_device_id", "malformed_nonce", "malformed_timestamp", "malformed_signature", "stale_timestamp", "unknown_device",
-        "bad_device_signature", "replayed_nonce", "device_revoked", "replay_cache_full", "registry_unavailable", "other",
+        "bad_device_signature", "replayed_nonce", "device_revoked", "device_nonces_exhausted", "replay_cache_full", "registry_unavailable",
+        "nonces_unavailable", "other",
     ]
 
     init(registry: PrometheusCollectorRegistry = PrometheusCollectorRegistry()) {

@@ -221,7 +221,7 @@ struct AdminRoutes: Sendable {
 
     /// An ISO 8601 time, or Unix milliseconds.
     private static func time(_ text: String) -> Date? {
-        if let milliseconds = Int64(text), milliseconds >= 0 { return Date(timeIntervalSince1970: Double(milliseconds) / 1000) }
+        if let milliseconds = Int64(text), milliseconds >= 0 { return Date(unixMilliseconds: milliseconds) }
         return (try? Date.ISO8601FormatStyle(includingFractionalSeconds: true).parse(text)) ?? (try? Date.ISO8601FormatStyle().parse(text))
     }
 

@@ -1,10 +1,10 @@
-/// Every shape of message the relay sent a test client, kept for scripts/protocol-check.
+/// Every shape of message the relay sent a test client, kept for scripts/checks/protocol-check.
 import Foundation
 import Synchronization
 
 /// Records one example of each shape (its `type` and its set of fields) of the messages the
 /// relay sends test clients, one JSON object per line in `.build/relay-messages.jsonl` (or
-/// `RELAY_MESSAGE_CATALOG`). `scripts/protocol-check` validates each against docs/asyncapi.yaml.
+/// `RELAY_MESSAGE_CATALOG`). `scripts/checks/protocol-check` validates each against docs/asyncapi.yaml.
 public enum MessageCatalog {
     private static let seen = Mutex<Set<String>>([])
     private static let path: String = {

@@ -97,6 +97,8 @@ public final class FleetMembership: Service, Sendable {
         // The relay stops as the service fails; a node that lost its links must not linger
         // serving sockets it no longer owns if that takes long: it ends (status 75, "try
         // again": a supervisor starts a new incarnation) after a short grace at the latest.
+        // Unstructured on purpose: a watchdog must outlive the service group it stops, and
+        // whatever in it may hang.
         Task.detached {
             try? await Task.sleep(for: .seconds(3))
             exit(75)

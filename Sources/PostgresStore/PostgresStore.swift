@@ -1,6 +1,7 @@
 /// The shared store on PostgreSQL: a connection pool, the schema's migrations, and a deadline on every call.
 import Foundation
 import Logging
+import NIOCore
 import NIOSSL
 import PostgresNIO
 import Registry
@@ -137,7 +138,8 @@ public final class PostgresStore: Service, Sendable {
             let location = location
             // The deadline does not wait for the call: a query on a connection the server has
             // just closed was seen to hang without end, ignoring cancellation (postgres-nio),
-            // and a task group would wait for it. The call is cancelled and left behind.
+            // and a task group would wait for it. The call is cancelled and left behind: it is
+            // an unstructured task because nothing may wait for it.
             return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
                 let once = Once()
                 let work = Task {
@@ -161,13 +163,13 @@ public final class PostgresStore: Service, Sendable {
                         }
                     }
                 }
-                let deadline = Task {
-                    guard (try? await Task.sleep(for: timeout)) != nil, once.claim() else { return }
+                // A timer on an event loop (not a task): it goes as soon as the call is answered
+                // (thousands of calls a second must not leave as many sleeping timers behind).
+                let deadline = PostgresClient.defaultEventLoopGroup.any().scheduleTask(in: TimeAmount(timeout)) {
+                    guard once.claim() else { return }
                     work.cancel()
                     continuation.resume(throwing: StoreError.unusable("PostgreSQL at \(location) did not answer within \(timeout) (\(what))"))
                 }
-                // It goes as soon as the call is answered (thousands of calls a second must not
-                // leave as many sleeping timers behind).
                 once.keep(deadline)
             }
         } catch let error as StoreError {
@@ -270,7 +272,7 @@ public final class PostgresStore: Service, Sendable {
 
 /// A flag the first of several racing tasks claims.
 final class Once: Sendable {
-    private let state = Mutex<(done: Bool, timer: Task<Void, Never>?)>((false, nil))
+    private let state = Mutex<(done: Bool, timer: Scheduled<Void>?)>((false, nil))
 
     /// True for the first caller only; the timer kept is cancelled then.
     func claim() -> Bool {
@@ -283,7 +285,7 @@ final class Once: Sendable {
     }
 
     /// A timer to cancel once claimed (at once if it was already).
-    func keep(_ timer: Task<Void, Never>) {
+    func keep(_ timer: Scheduled<Void>) {
         let done = state.withLock { state in
             if !state.done { state.timer = timer }
             return state.done

@@ -5,7 +5,6 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import DequeModule
 import Logging
 import NIOCore
 import NIOPosix
@@ -32,34 +31,6 @@ import RelayCore
 public actor RelayClient {
     public typealias TokenProvider = @Sendable () async throws -> String
 
-    /// Who connects: an app with a JWT (asked for at each connect and before `exp`), or a
-    /// device with its secret (each connect signed with a fresh nonce).
-    public enum Identity: Sendable {
-        case app(TokenProvider)
-        case device(id: String, secret: String)
-    }
-
-    public struct Options: Sendable {
-        /// The first delay before connecting again, doubled after each failure up to the maximum.
-        public var initialBackoff: Duration = .milliseconds(250)
-        public var maximumBackoff: Duration = .seconds(30)
-        /// An app's token is refreshed this long before its `exp`.
-        public var tokenRefreshMargin: Duration = .seconds(60)
-        /// The client acks after this many messages.
-        public var ackEvery = 16
-        /// What the client sends is paced to stay under the relay's per-link limit (contract §5:
-        /// 50 in a burst, 10/s by default), with a margin: over it the relay drops messages.
-        public var messageBurst = 40
-        public var messagesPerSecond = 9.0
-        public var connectTimeout: Duration = .seconds(10)
-        public var maxMessageSize = 1 << 20
-        /// For `wss://`: the TLS settings (default: the system's trust roots).
-        public var tls: TLSConfiguration?
-        public var logger = Logger(label: "relay-client")
-
-        public init() {}
-    }
-
     /// Everything the relay sends, in order, once. Ends when the client is closed; throws the
     /// `RelayClientError` that stopped it otherwise.
     public nonisolated let events: AsyncThrowingStream<RelayEvent, any Error>
@@ -69,7 +40,7 @@ public actor RelayClient {
     /// How many times a `hello` came (1 + resumes and new links).
     public private(set) var connects = 0
     /// Messages sent and not yet acked by the relay.
-    public var unacknowledged: Int { unacked.count }
+    public var unacknowledged: Int { sender.unacknowledged }
 
     private let output: AsyncThrowingStream<RelayEvent, any Error>.Continuation
     private let endpoint: EndpointURL
@@ -80,28 +51,22 @@ public actor RelayClient {
     private var socket: ClientWebSocket?
     private var lastSeq = 0
     private var ackedSeq = 0
-    private var cseq = 0
-    /// Numbered messages not acked yet, oldest first: (cseq, text).
-    private var unacked: [(Int, String)] = []
+    private var sender: ReliableSender
     /// The highest `peer_cseq` delivered, per session.
     private var peerCseqs: [String: Int] = [:]
-    private var waiting: [String: CheckedContinuation<SessionCredentials, any Error>] = [:]
-    /// Each waiting request's timeout, cancelled when it is answered.
-    private var timers: [String: Task<Void, Never>] = [:]
+    /// Session requests not answered yet: asked, answered before the asker waited, or waited for.
+    private var requests: [String: PendingRequest] = [:]
     private var reconnectURL: EndpointURL?
     private var reconnectAfter: Duration?
     private var closing = false
     private var stopped: RelayClientError?
     private var runner: Task<Void, Never>?
-    private var refresher: Task<Void, Never>?
     /// The `exp` of the app token sent last (unix seconds).
     private var tokenExpiry: Double?
     private var starting: CheckedContinuation<Void, any Error>?
     private var acknowledging: [CheckedContinuation<Void, Never>] = []
-    /// Frames waiting for the pace, oldest first, and the pace.
-    private var outgoing: Deque<String> = []
-    private var pace: TokenBucket<ContinuousClock.Instant>
-    private var pacing: Task<Void, Never>?
+    /// Wakes the pacer (frames wait for the pace).
+    private let paceSignal = WakeSignal()
 
     /// A client for the relay at `url` (`ws://`, `wss://`, or `http(s)://`; a path prefix is kept,
     /// the endpoint's path is added).
@@ -116,7 +81,7 @@ public actor RelayClient {
         self.endpoint = endpoint
         self.identity = identity
         self.options = options
-        self.pace = TokenBucket(burst: options.messageBurst, perSecond: options.messagesPerSecond)
+        self.sender = ReliableSender(burst: options.messageBurst, perSecond: options.messagesPerSecond)
         (events, output) = AsyncThrowingStream.makeStream(bufferingPolicy: .unbounded)
     }
 
@@ -139,6 +104,8 @@ public actor RelayClient {
         guard runner == nil else { return }
         try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
             starting = continuation
+            // The client's one unstructured task: a library has no service group to run in;
+            // everything else it does runs as this task's children.
             runner = Task { await self.run() }
         }
     }
@@ -146,7 +113,6 @@ public actor RelayClient {
     /// Ends the link: the socket closes (1000) and nothing is resumed; `events` ends.
     public func close() async {
         closing = true
-        refresher?.cancel()
         socket?.close()
         runner?.cancel()
         await runner?.value
@@ -160,7 +126,7 @@ public actor RelayClient {
 
     /// Returns once the relay has acked everything sent so far (or the client stopped).
     public func waitUntilAcknowledged() async {
-        guard !unacked.isEmpty, stopped == nil else { return }
+        guard sender.unacknowledged > 0, stopped == nil else { return }
         await withCheckedContinuation { acknowledging.append($0) }
     }
 
@@ -170,12 +136,7 @@ public actor RelayClient {
     /// next resume. It is kept until the relay acks it. Returns its `cseq`.
     @discardableResult
     public func send(_ type: String, _ fields: [String: JSONValue] = [:]) -> Int {
-        cseq += 1
-        var message = fields
-        message["type"] = .string(type)
-        message["cseq"] = .number(Double(cseq))
-        let text = JSONValue.object(message).serialized
-        unacked.append((cseq, text))
+        let (cseq, text) = sender.number(type, fields)
         if socket != nil { transmit(text) }
         return cseq
     }
@@ -192,59 +153,24 @@ public actor RelayClient {
         var fields: [String: JSONValue] = ["device_id": .string(deviceID), "request_id": .string(requestID)]
         if let ttl { fields["ttl"] = .number(Double(ttl)) }
         if let metadata { fields["metadata"] = .object(metadata) }
+        requests[requestID] = .asked
         send("webrtc_request", fields)
-        return try await withCheckedThrowingContinuation { continuation in
-            waiting[requestID] = continuation
-            timers[requestID] = Task { [weak self] in
-                guard (try? await Task.sleep(for: timeout)) != nil else { return }
-                await self?.answer(requestID, with: .failure(RelayClientError.timedOut))
+        // The answer and the timeout race as child tasks; the timeout answers the request.
+        return try await withThrowingTaskGroup(of: SessionCredentials?.self) { group in
+            group.addTask { try await self.answer(to: requestID) }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
             }
+            while let result = try await group.next() {
+                if let credentials = result {
+                    group.cancelAll()
+                    return credentials
+                }
+                answer(requestID, with: .failure(RelayClientError.timedOut))
+            }
+            throw RelayClientError.timedOut
         }
-    }
-
-    @discardableResult
-    public func sendOffer(session: String, sdp: String) -> Int {
-        send("webrtc_offer", ["session_id": .string(session), "sdp": .string(sdp)])
-    }
-
-    @discardableResult
-    public func sendAnswer(session: String, sdp: String) -> Int {
-        send("webrtc_answer", ["session_id": .string(session), "sdp": .string(sdp)])
-    }
-
-    /// One candidate, or nil for the end of candidates.
-    @discardableResult
-    public func sendICE(session: String, candidate: ICECandidate?) -> Int {
-        send("webrtc_ice", ["session_id": .string(session), "candidate": candidate?.json ?? .null])
-    }
-
-    /// A batch of candidates; `complete` when there are no more.
-    @discardableResult
-    public func sendICE(session: String, candidates: [ICECandidate], complete: Bool) -> Int {
-        send("webrtc_ice", ["session_id": .string(session), "candidates": .array(candidates.map(\.json)), "complete": .bool(complete)])
-    }
-
-    @discardableResult
-    public func closeSession(_ session: String, reason: String = "normal") -> Int {
-        send("webrtc_close", ["session_id": .string(session), "reason": .string(reason)])
-    }
-
-    /// A device declines a session instead of offering.
-    @discardableResult
-    public func reject(session: String, reason: String = "busy") -> Int {
-        send("webrtc_reject", ["session_id": .string(session), "reason": .string(reason)])
-    }
-
-    /// A device describes itself (`device_info`); send it again after `.linkReset`.
-    @discardableResult
-    public func describe(capabilities: [String: JSONValue]) -> Int {
-        send("device_info", ["capabilities": .object(capabilities)])
-    }
-
-    /// An app asks for the presence of devices (`device_status` events).
-    @discardableResult
-    public func watch(devices: [String]) -> Int {
-        send("watch", ["device_ids": .array(devices.map(JSONValue.string))])
     }
 
     // MARK: The link
@@ -315,8 +241,18 @@ public actor RelayClient {
         return (url, headers)
     }
 
-    /// Serves one socket until it ends; true when it got as far as a `hello`.
+    /// Serves one socket until it ends, with the pacer (and for an app, the token's refresher)
+    /// beside it as child tasks; true when it got as far as a `hello`.
     private func serve(_ socket: ClientWebSocket) async throws -> Bool {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { await self.sendAsPaced() }
+            if case .app(let token) = identity { group.addTask { await self.keepTokenFresh(token) } }
+            defer { group.cancelAll() }
+            return try await read(socket)
+        }
+    }
+
+    private func read(_ socket: ClientWebSocket) async throws -> Bool {
         defer {
             if closing || Task.isCancelled { socket.abort() }
         }
@@ -348,27 +284,23 @@ public actor RelayClient {
             logger.warning("the link could not be resumed; a new one starts")
             lastSeq = 0
             ackedSeq = 0
-            unacked.removeAll()
+            sender.forgetUnacked()
             wakeAcknowledging()
             peerCseqs.removeAll()
-            for requestID in waiting.keys { answer(requestID, with: .failure(RelayClientError.linkReset)) }
+            for requestID in requests.keys { answer(requestID, with: .failure(RelayClientError.linkReset)) }
             output.yield(.linkReset)
         }
         self.hello = hello
         connects += 1
         reconnectURL = nil
-        // What was not acked goes first, in order: a higher cseq ahead of a lower one would make
-        // that one a duplicate. What waited for the old socket is among it.
         self.socket = socket
-        outgoing = Deque(unacked.map(\.1))
-        pacing?.cancel()
-        pacing = nil
+        let resent = sender.unacknowledged
+        sender.resendUnacked()
         transmitWaiting()
-        logger.info("link \(hello.linkID) \(hello.resumed ? "resumed" : "opened")\(unacked.isEmpty ? "" : ", \(unacked.count) sent again")")
+        logger.info("link \(hello.linkID) \(hello.resumed ? "resumed" : "opened")\(resent == 0 ? "" : ", \(resent) sent again")")
         output.yield(.connected(hello))
         starting?.resume()
         starting = nil
-        scheduleRefresh()
     }
 
     private func receive(_ text: String) {
@@ -410,35 +342,31 @@ public actor RelayClient {
 
     /// Sends `text` on the current socket as the pace allows, after what is waiting.
     private func transmit(_ text: String) {
-        outgoing.append(text)
-        transmitWaiting()
+        sender.enqueue(text)
+        if sender.paceWait == nil { transmitWaiting() }
     }
 
+    /// Sends what the pace lets go now; wakes the pacer when some must wait.
     private func transmitWaiting() {
-        guard let socket, pacing == nil else { return }
-        while let text = outgoing.first {
-            let now = ContinuousClock.now
-            guard pace.take(now: now) else {
-                let wait = pace.durationUntilToken(at: now)
-                pacing = Task { [weak self] in
-                    try? await Task.sleep(for: wait)
-                    await self?.paced()
-                }
-                return
+        guard let socket else { return }
+        for frame in sender.release(now: .now) { socket.send(frame) }
+        if sender.paceWait != nil { paceSignal.raise() }
+    }
+
+    /// While a socket serves the link: sends what waited for the pace when the pace allows.
+    private func sendAsPaced() async {
+        while !Task.isCancelled {
+            if let wait = sender.paceWait {
+                try? await Task.sleep(for: wait)
+                if !Task.isCancelled { transmitWaiting() }
+            } else {
+                await paceSignal.wait()
             }
-            outgoing.removeFirst()
-            socket.send(text)
         }
     }
 
-    private func paced() {
-        pacing = nil
-        transmitWaiting()
-    }
-
     private func acked(through number: Int) {
-        unacked.removeFirst(unacked.prefix { $0.0 <= number }.count)
-        if unacked.isEmpty { wakeAcknowledging() }
+        if sender.acked(through: number) { wakeAcknowledging() }
     }
 
     private func wakeAcknowledging() {
@@ -446,40 +374,52 @@ public actor RelayClient {
         acknowledging.removeAll()
     }
 
+    /// A session request's answer: to whoever waits for it, or kept until it does.
     private func answer(_ requestID: String, with result: Result<SessionCredentials, any Error>) {
-        timers.removeValue(forKey: requestID)?.cancel()
-        waiting.removeValue(forKey: requestID)?.resume(with: result)
+        switch requests[requestID] {
+        case .waiting(let continuation):
+            requests[requestID] = nil
+            continuation.resume(with: result)
+        case .asked:
+            requests[requestID] = .answered(result)
+        case .answered, nil:
+            break
+        }
+    }
+
+    /// Waits for the answer to the session request `requestID`.
+    private func answer(to requestID: String) async throws -> SessionCredentials {
+        if case .answered(let result) = requests[requestID] {
+            requests[requestID] = nil
+            return try result.get()
+        }
+        guard requests[requestID] != nil else { throw stopped ?? RelayClientError.timedOut }
+        return try await withCheckedThrowingContinuation { requests[requestID] = .waiting($0) }
     }
 
     private func stop(_ error: RelayClientError) {
         guard stopped == nil else { return }
         stopped = error
-        refresher?.cancel()
-        pacing?.cancel()
         if error == .closed { output.finish() } else { output.finish(throwing: error) }
         starting?.resume(throwing: error)
         starting = nil
-        for requestID in waiting.keys { answer(requestID, with: .failure(error)) }
+        for requestID in requests.keys { answer(requestID, with: .failure(error)) }
         wakeAcknowledging()
     }
 
-    /// An app's token goes again with `auth` `tokenRefreshMargin` before its `exp`.
-    private func scheduleRefresh() {
-        guard case .app(let token) = identity, refresher == nil else { return }
-        let margin = options.tokenRefreshMargin
-        refresher = Task { [weak self] in
-            while !Task.isCancelled {
-                guard let expiry = await self?.tokenExpiry else { return }
-                let left = Duration.seconds(expiry - Date().timeIntervalSince1970) - margin
-                try? await Task.sleep(for: max(.seconds(1), left))
-                guard !Task.isCancelled else { return }
-                guard let fresh = try? await token() else {
-                    // The provider failed: ask again shortly (at `exp` the link resumes with a new token).
-                    try? await Task.sleep(for: .seconds(5))
-                    continue
-                }
-                await self?.refreshed(fresh)
+    /// While a socket serves an app's link: its token goes again with `auth`
+    /// `tokenRefreshMargin` before its `exp`.
+    private func keepTokenFresh(_ token: @escaping TokenProvider) async {
+        while !Task.isCancelled, let expiry = tokenExpiry {
+            let left = Duration.seconds(expiry - Date().timeIntervalSince1970) - options.tokenRefreshMargin
+            try? await Task.sleep(for: max(.seconds(1), left))
+            guard !Task.isCancelled else { return }
+            guard let fresh = try? await token() else {
+                // The provider failed: ask again shortly (at `exp` the link resumes with a new token).
+                try? await Task.sleep(for: .seconds(5))
+                continue
             }
+            refreshed(fresh)
         }
     }
 
@@ -488,64 +428,11 @@ public actor RelayClient {
         send("auth", ["token": .string(token)])
         logger.info("token refreshed")
     }
-
-    // MARK: Credentials
-
-    /// Contract §1.2: `device_id`, `ts`, a fresh nonce and `sig` = hex(HMAC-SHA256(secret, id\nts\nnonce)).
-    static func signedQuery(deviceID: String, secret: String, now: Int = Int(Date().timeIntervalSince1970)) -> String {
-        let nonce = randomHex(bytes: 16)
-        let signature = DeviceKey.hmacSHA256Hex(key: secret, message: "\(deviceID)\n\(now)\n\(nonce)")
-        return "device_id=\(percentEncoded(deviceID))&ts=\(now)&nonce=\(nonce)&sig=\(signature)"
-    }
-
-    /// The `exp` of a JWT (unverified: only to know when to refresh it).
-    static func expiry(of token: String) -> Double? {
-        let parts = token.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 3 else { return nil }
-        var base64 = String(parts[1]).replacing("-", with: "+").replacing("_", with: "/")
-        base64 += String(repeating: "=", count: (4 - base64.utf8.count % 4) % 4)
-        guard let data = Data(base64Encoded: base64), let claims = try? JSONParser.object(String(decoding: data, as: UTF8.self)),
-            case .number(let exp)? = claims["exp"]
-        else { return nil }
-        return exp
-    }
-
-    static func randomHex(bytes: Int) -> String {
-        var generator = SystemRandomNumberGenerator()
-        let digits = Array("0123456789abcdef")
-        return String((0..<bytes * 2).map { _ in digits[Int(generator.next() % 16)] })
-    }
-
-    static func percentEncoded(_ text: String) -> String {
-        var out = ""
-        for byte in text.utf8 {
-            switch byte {
-            case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-                UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
-                out.unicodeScalars.append(Unicode.Scalar(byte))
-            default:
-                out += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)
-            }
-        }
-        return out
-    }
 }
 
-/// The relay's URL could not be read as `ws(s)://` or `http(s)://` host[:port][/prefix].
-public struct InvalidRelayURL: Error, Sendable {
-    public var url: String
-}
-
-extension EndpointURL {
-    /// `other`'s host and scheme with `base`'s path (a `reconnect_url` naming only another node).
-    init(replacingHostOf base: EndpointURL, with other: EndpointURL) {
-        self = other
-        self.target = base.target
-    }
-}
-
-extension String {
-    fileprivate func leftPadded(to width: Int) -> String {
-        String(repeating: "0", count: max(0, width - count)) + self
-    }
+/// A session request between `webrtc_request` and its answer.
+private enum PendingRequest {
+    case asked
+    case answered(Result<SessionCredentials, any Error>)
+    case waiting(CheckedContinuation<SessionCredentials, any Error>)
 }

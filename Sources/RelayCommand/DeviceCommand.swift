@@ -25,7 +25,9 @@ struct Device: AsyncParsableCommand {
 
         /// The store a running relay with the same settings uses: PostgreSQL when a database URL
         /// is given, else the SQLite file.
-        func open() async throws -> any RelayRegistry {
+        /// Runs `body` on the store a running relay with the same settings uses: PostgreSQL
+        /// when a database URL is given (its pool runs for as long as `body` does), else the SQLite file.
+        func withStore(_ body: (any RelayRegistry) async throws -> Void) async throws {
             let reader = try settings.reader(command: "relay device")
             var url = databaseURL
             if url == nil, db == nil { url = reader.string(forKey: ["relay", "database", "url"]) }
@@ -33,15 +35,16 @@ struct Device: AsyncParsableCommand {
                 let store = try registry { () throws(StoreError) in
                     try PostgresStore(url: url, role: "relay-device", logger: Logger(label: "relay.device"))
                 }
-                // The pool runs for as long as the command does.
-                Task { await store.run() }
-                try await registry { () async throws(StoreError) in try await store.migrate() }
-                return store
+                try await store.whileRunning {
+                    try await registry { () async throws(StoreError) in try await store.migrate() }
+                    try await body(store)
+                }
+                return
             }
             var path = db
             if path == nil { path = reader.string(forKey: ["relay", "db"], default: "./relay.sqlite") }
             guard let path else { throw ExitCode(1) }
-            return try registry { () throws(StoreError) in try RelayStore(path: path) }
+            try await body(try registry { () throws(StoreError) in try RelayStore(path: path) })
         }
     }
 
@@ -53,15 +56,16 @@ struct Device: AsyncParsableCommand {
         @OptionGroup var options: StoreOptions
 
         func run() async throws {
-            let store = try await options.open()
-            let (entry, secret) = try await registry { () async throws(StoreError) in
-                try await store.addDevice(deviceID, owners: owners, label: label, now: Date())
-            }
-            if options.json {
-                printJSON(["device": entry.json, "secret": secret])
-            } else {
-                print(Table.devices([entry]))
-                print("\nSecret (shown only now; give it to the robot):\n\(secret)")
+            try await options.withStore { store in
+                let (entry, secret) = try await registry { () async throws(StoreError) in
+                    try await store.addDevice(deviceID, owners: owners, label: label, now: Date())
+                }
+                if options.json {
+                    printJSON(["device": entry.json, "secret": secret])
+                } else {
+                    print(Table.devices([entry]))
+                    print("\nSecret (shown only now; give it to the robot):\n\(secret)")
+                }
             }
         }
     }
@@ -71,12 +75,13 @@ struct Device: AsyncParsableCommand {
         @OptionGroup var options: StoreOptions
 
         func run() async throws {
-            let store = try await options.open()
-            let entries = try await registry { () async throws(StoreError) in try await store.devices() }
-            if options.json {
-                printJSON(["devices": entries.map(\.json)])
-            } else {
-                print(entries.isEmpty ? "No devices registered." : Table.devices(entries))
+            try await options.withStore { store in
+                let entries = try await registry { () async throws(StoreError) in try await store.devices() }
+                if options.json {
+                    printJSON(["devices": entries.map(\.json)])
+                } else {
+                    print(entries.isEmpty ? "No devices registered." : Table.devices(entries))
+                }
             }
         }
     }
@@ -89,11 +94,12 @@ struct Device: AsyncParsableCommand {
         @OptionGroup var options: StoreOptions
 
         func run() async throws {
-            let store = try await options.open()
-            guard let entry = try await registry({ () async throws(StoreError) in try await store.revoke(deviceID, now: Date()) }) else {
-                throw failure(.unknownDevice(deviceID))
+            try await options.withStore { store in
+                guard let entry = try await registry({ () async throws(StoreError) in try await store.revoke(deviceID, now: Date()) }) else {
+                    throw failure(.unknownDevice(deviceID))
+                }
+                if options.json { printJSON(["device": entry.json]) } else { print(Table.devices([entry])) }
             }
-            if options.json { printJSON(["device": entry.json]) } else { print(Table.devices([entry])) }
         }
     }
 
@@ -110,22 +116,23 @@ struct Device: AsyncParsableCommand {
         @OptionGroup var options: StoreOptions
 
         func run() async throws {
-            let store = try await options.open()
-            if finish {
-                try await registry { () async throws(StoreError) in try await store.dropPreviousSecret(deviceID) }
-                if options.json {
-                    printJSON(["device_id": deviceID, "secrets": 1])
-                } else {
-                    print("Only the newest secret of \(deviceID) is valid now.")
+            try await options.withStore { store in
+                if finish {
+                    try await registry { () async throws(StoreError) in try await store.dropPreviousSecret(deviceID) }
+                    if options.json {
+                        printJSON(["device_id": deviceID, "secrets": 1])
+                    } else {
+                        print("Only the newest secret of \(deviceID) is valid now.")
+                    }
+                    return
                 }
-                return
-            }
-            let secret = try await registry { () async throws(StoreError) in try await store.rotate(deviceID) }
-            if options.json {
-                printJSON(["device_id": deviceID, "secret": secret])
-            } else {
-                print("New secret for \(deviceID) (shown only now):\n\(secret)")
-                print("The previous secret stays valid until: relay device rotate \(deviceID) --finish")
+                let secret = try await registry { () async throws(StoreError) in try await store.rotate(deviceID) }
+                if options.json {
+                    printJSON(["device_id": deviceID, "secret": secret])
+                } else {
+                    print("New secret for \(deviceID) (shown only now):\n\(secret)")
+                    print("The previous secret stays valid until: relay device rotate \(deviceID) --finish")
+                }
             }
         }
     }
@@ -146,9 +153,10 @@ struct Device: AsyncParsableCommand {
         @OptionGroup var options: StoreOptions
 
         func run() async throws {
-            let store = try await options.open()
-            let entry = try await registry { () async throws(StoreError) in try await store.unrevoke(deviceID) }
-            if options.json { printJSON(["device": entry.json]) } else { print(Table.devices([entry])) }
+            try await options.withStore { store in
+                let entry = try await registry { () async throws(StoreError) in try await store.unrevoke(deviceID) }
+                if options.json { printJSON(["device": entry.json]) } else { print(Table.devices([entry])) }
+            }
         }
     }
 
@@ -161,9 +169,10 @@ struct Device: AsyncParsableCommand {
         @OptionGroup var options: StoreOptions
 
         func run() async throws {
-            let store = try await options.open()
-            try await registry { () async throws(StoreError) in try await store.deleteDevice(deviceID) }
-            if options.json { printJSON(["device_id": deviceID, "deleted": true]) } else { print("Deleted \(deviceID).") }
+            try await options.withStore { store in
+                try await registry { () async throws(StoreError) in try await store.deleteDevice(deviceID) }
+                if options.json { printJSON(["device_id": deviceID, "deleted": true]) } else { print("Deleted \(deviceID).") }
+            }
         }
     }
 
@@ -191,12 +200,13 @@ struct Device: AsyncParsableCommand {
             _ options: StoreOptions,
             _ change: (any RelayRegistry, String, String) async throws(StoreError) -> DeviceEntry
         ) async throws {
-            let store = try await options.open()
-            var entry: DeviceEntry?
-            for owner in owners {
-                entry = try await registry { () async throws(StoreError) in try await change(store, deviceID, owner) }
+            try await options.withStore { store in
+                var entry: DeviceEntry?
+                for owner in owners {
+                    entry = try await registry { () async throws(StoreError) in try await change(store, deviceID, owner) }
+                }
+                if options.json { printJSON(["device": entry?.json ?? [:]]) } else if let entry { print(Table.devices([entry])) }
             }
-            if options.json { printJSON(["device": entry?.json ?? [:]]) } else if let entry { print(Table.devices([entry])) }
         }
     }
 }

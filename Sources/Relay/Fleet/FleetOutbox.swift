@@ -1,6 +1,7 @@
 /// Messages for links other nodes serve, written to the fleet's store in batches behind the traffic.
 import Logging
 import Registry
+import RelayCore
 import ServiceLifecycle
 import Synchronization
 
@@ -19,7 +20,8 @@ final class FleetOutbox: Service, Sendable {
         var queued = 0
         var done = 0
         /// Who waits for everything queued before a point (that point's `queued`) to be done.
-        var waiting: [(upTo: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        var waiting: [(id: Int, upTo: Int, continuation: CheckedContinuation<Void, Never>)] = []
+        var waiters = 0
 
         /// `count` more messages are done; returns whoever waited for them.
         mutating func finish(_ count: Int) -> [CheckedContinuation<Void, Never>] {
@@ -59,22 +61,28 @@ final class FleetOutbox: Service, Sendable {
     /// `bound` while the store refuses them. A link handed to another node waits for this
     /// first: what its client sent here reaches the other party before what it sends there.
     func written(within bound: Duration = .seconds(2)) async {
-        let timer = Task {
-            guard (try? await Task.sleep(for: bound)) != nil else { return }
-            let all = pending.withLock { pending in
-                defer { pending.waiting.removeAll() }
-                return pending.waiting.map(\.continuation)
-            }
-            for continuation in all { continuation.resume() }
+        _ = await firstToFinish(timeout: bound) { await self.queuedSoFarDone() }
+    }
+
+    /// Returns once every message queued before the call is written or dropped, or on cancellation.
+    private func queuedSoFarDone() async {
+        let id = pending.withLock { pending in
+            pending.waiters += 1
+            return pending.waiters
         }
-        defer { timer.cancel() }
-        await withCheckedContinuation { continuation in
-            let ready = pending.withLock { pending in
-                if pending.done >= pending.queued { return true }
-                pending.waiting.append((pending.queued, continuation))
-                return false
+        await withTaskCancellationHandler {
+            await withCheckedContinuation { continuation in
+                let ready = pending.withLock { pending in
+                    if pending.done >= pending.queued || Task.isCancelled { return true }
+                    pending.waiting.append((id, pending.queued, continuation))
+                    return false
+                }
+                if ready { continuation.resume() }
             }
-            if ready { continuation.resume() }
+        } onCancel: {
+            pending.withLock { pending in
+                pending.waiting.firstIndex { $0.id == id }.map { pending.waiting.remove(at: $0).continuation }
+            }?.resume()
         }
     }
 

@@ -1,6 +1,7 @@
 /// The node's part in a fleet: reading the messages other nodes queued for its links, and taking over the links of nodes that stopped.
 import Logging
 import Registry
+import RelayCore
 import ServiceLifecycle
 import Synchronization
 
@@ -100,12 +101,8 @@ final class FleetService: Service, Sendable {
     /// every 5 s for every watched device (an announcement is a hint, as the doorbell is).
     private func tellWatchers() async {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
-            let timer = Task {
-                guard (try? await Task.sleep(for: .seconds(5))) != nil else { return }
-                self.presenceChanged("*")
-            }
-            try? await cancelWhenGracefulShutdown { await self.presenceBell.wait() }
-            timer.cancel()
+            let rung = (try? await cancelWhenGracefulShutdown { await self.presenceBell.wait(atMost: .seconds(5)) }) ?? true
+            if !rung { changedDevices.withLock { _ = $0.insert("*") } }
             let devices = changedDevices.withLock { devices in
                 defer { devices.removeAll() }
                 return devices
@@ -177,22 +174,17 @@ final class FleetService: Service, Sendable {
         }
     }
 
-    /// Returns when rung, or after `poll`.
+    /// Returns when rung, when links arrive, or after `poll`, whichever is first.
     private func rungOrPolled() async {
-        let timer = Task { [poll, bell] in
-            guard (try? await Task.sleep(for: poll)) != nil else { return }
-            bell.raise()
+        try? await cancelWhenGracefulShutdown { [poll, bell, fleet] in
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await bell.wait() }
+                group.addTask { await fleet.arrivals.signal.wait() }
+                group.addTask { try? await Task.sleep(for: poll) }
+                await group.next()
+                group.cancelAll()
+            }
         }
-        defer { timer.cancel() }
-        // Arrivals wake the reader too (not this task's cancellation when the reader woke for
-        // another reason: that would wake the next wait at once, and the reader would spin).
-        let arrivals = Task { [fleet, bell] in
-            await fleet.arrivals.signal.wait()
-            guard !Task.isCancelled else { return }
-            bell.raise()
-        }
-        defer { arrivals.cancel() }
-        try? await cancelWhenGracefulShutdown { await self.bell.wait() }
     }
 
     private func watchNodes() async {

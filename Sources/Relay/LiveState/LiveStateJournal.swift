@@ -1,6 +1,7 @@
 /// Writes the live links, their kept messages and the open sessions to the store behind the traffic, so the next process takes them over.
 import Logging
 import Registry
+import RelayCore
 import ServiceLifecycle
 import Synchronization
 

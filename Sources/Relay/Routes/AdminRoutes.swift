@@ -15,23 +15,26 @@ struct AdminRoutes: Sendable {
     let store: any RelayRegistry
     let switchboard: Switchboard
 
-    func register(on router: Router<RelayRequestContext>) {
-        let admin = router.group("admin")
-        admin.get("devices") { request, context -> Response in
-            try authorize(request)
+    /// The routes, mounted at `/admin`; each needs the admin token.
+    var routes: RouteCollection<RelayRequestContext> {
+        let admin = RouteCollection(context: RelayRequestContext.self)
+        admin.add(middleware: AdminAuthorization(token: token))
+        addDeviceRoutes(to: admin)
+        addSessionRoutes(to: admin)
+        return admin
+    }
+
+    /// The registry: list, add, show, revoke or delete, owners, secret rotation.
+    private func addDeviceRoutes(to admin: RouteCollection<RelayRequestContext>) {
+        admin.get("devices") { _, _ -> Response in
             let entries = try await storeCall { () async throws(StoreError) in try await store.devices() }
             return .json(.object(["devices": .array(await views(entries))]))
         }
-        admin.post("devices") { request, context -> Response in
-            try authorize(request)
-            return try await add(request, context: context)
-        }
-        admin.get("devices/:id") { request, context -> Response in
-            try authorize(request)
-            return .json(.object(["device": await views([try await entry(context)])[0]]))
+        admin.post("devices", use: add)
+        admin.get("devices/:id") { _, context -> Response in
+            .json(.object(["device": await views([try await entry(context)])[0]]))
         }
         admin.delete("devices/:id") { request, context -> Response in
-            try authorize(request)
             let deviceID = try await entry(context).deviceID
             if request.uri.queryParameters.get("purge") == "true" {
                 try await storeCall { () async throws(StoreError) in try await store.deleteDevice(deviceID) }
@@ -44,7 +47,6 @@ struct AdminRoutes: Sendable {
             return .json(.object(["device": await views(revoked.map { [$0] } ?? []).first ?? .null]))
         }
         admin.post("devices/:id/owners") { request, context -> Response in
-            try authorize(request)
             let deviceID = try await entry(context).deviceID
             let object = try await request.jsonObject(upTo: 4096, example: #"{"owner":"alice"}"#)
             guard let owner = object["owner"]?.stringValue, !owner.isEmpty, owner.utf8.count <= 256 else {
@@ -54,49 +56,43 @@ struct AdminRoutes: Sendable {
             return .json(.object(["device": await views([updated])[0]]))
         }
         admin.delete("devices/:id/owners/:owner") { request, context -> Response in
-            try authorize(request)
             let deviceID = try await entry(context).deviceID
             let owner = context.parameters.get("owner") ?? ""
             let updated = try await storeCall { () async throws(StoreError) in try await store.ungrant(deviceID, owner: owner) }
             return .json(.object(["device": await views([updated])[0]]))
         }
         admin.post("devices/:id/rotate") { request, context -> Response in
-            try authorize(request)
             let deviceID = try await entry(context).deviceID
             let secret = try await storeCall { () async throws(StoreError) in try await store.rotate(deviceID) }
             context.logger.info("Device secret rotated by an operator", metadata: ["device.id": "\(deviceID)"])
             return .json(.object(["device_id": .string(deviceID), "secret": .string(secret)]))
         }
         admin.post("devices/:id/rotate/finish") { request, context -> Response in
-            try authorize(request)
             let deviceID = try await entry(context).deviceID
             try await storeCall { () async throws(StoreError) in try await store.dropPreviousSecret(deviceID) }
             return .json(.object(["device": await views([try await entry(context)])[0]]))
         }
         admin.post("devices/:id/unrevoke") { request, context -> Response in
-            try authorize(request)
             let deviceID = try await entry(context).deviceID
             let updated = try await storeCall { () async throws(StoreError) in try await store.unrevoke(deviceID) }
             context.logger.info("Device unrevoked by an operator", metadata: ["device.id": "\(deviceID)"])
             return .json(.object(["device": await views([updated])[0]]))
         }
-        admin.get("audit") { request, _ -> Response in
-            try authorize(request)
-            return try await audit(request)
-        }
-        admin.get("sessions") { request, _ -> Response in
-            try authorize(request)
-            return .json(.object(["sessions": .array(try await sessions(id: nil))]))
+    }
+
+    /// The audit log, and live sessions: list, show, end.
+    private func addSessionRoutes(to admin: RouteCollection<RelayRequestContext>) {
+        admin.get("audit") { request, _ in try await audit(request) }
+        admin.get("sessions") { _, _ -> Response in
+            .json(.object(["sessions": .array(try await sessions(id: nil))]))
         }
         admin.get("sessions/:id") { request, context -> Response in
-            try authorize(request)
             guard let session = try await sessions(id: context.parameters.get("id") ?? "").first else {
                 throw RelayHTTPError(.notFound, "No live session with that id")
             }
             return .json(.object(["session": session]))
         }
         admin.delete("sessions/:id") { request, context -> Response in
-            try authorize(request)
             let id = context.parameters.get("id") ?? ""
             if let session = switchboard.table.session(id), session.keepsTimers || switchboard.table.fleet == nil {
                 switchboard.close(session, reason: .admin, by: .relay)
@@ -122,16 +118,8 @@ struct AdminRoutes: Sendable {
         }
     }
 
-    private func authorize(_ request: Request) throws {
-        guard let presented = ClientAuthenticator.bearerToken(in: request, queryParameter: false),
-            LibCrypto.constantTimeEquals(Array(presented.utf8), Array(token.utf8))
-        else {
-            throw RelayHTTPError(.unauthorized, "Admin routes need 'Authorization: Bearer <RELAY_ADMIN_TOKEN>'")
-        }
-    }
-
     /// `POST /admin/devices` `{"device_id","owners":[...],"label"}`: 201 with the secret, shown once.
-    private func add(_ request: Request, context: RelayRequestContext) async throws -> Response {
+    @Sendable private func add(_ request: Request, context: RelayRequestContext) async throws -> Response {
         let object = try await request.jsonObject(upTo: 16 * 1024, example: #"{"device_id":"robot-1","owners":["alice"]}"#)
         guard let deviceID = object["device_id"]?.stringValue else { throw RelayHTTPError(.badRequest, "device_id is required") }
         var owners: [String] = []
@@ -266,5 +254,20 @@ struct AdminRoutes: Sendable {
             "phase": .string(session.currentPhase == .open ? "open" : "reserved"),
             "answered": .bool(session.isAnswered),
         ])
+    }
+}
+
+/// `Authorization: Bearer <RELAY_ADMIN_TOKEN>` on every admin route, compared in constant time.
+struct AdminAuthorization: RouterMiddleware {
+    typealias Context = RelayRequestContext
+    let token: String
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        guard let presented = ClientAuthenticator.bearerToken(in: request, queryParameter: false),
+            LibCrypto.constantTimeEquals(Array(presented.utf8), Array(token.utf8))
+        else {
+            throw RelayHTTPError(.unauthorized, "Admin routes need 'Authorization: Bearer <RELAY_ADMIN_TOKEN>'")
+        }
+        return try await next(request, context)
     }
 }

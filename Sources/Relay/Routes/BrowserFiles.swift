@@ -7,7 +7,8 @@ import Hummingbird
 /// session with Perfect Negotiation, the robot's video with basic stats, hang up). Both are
 /// embedded in the binary at build time.
 enum BrowserFiles {
-    static func register(on router: Router<RelayRequestContext>) {
+    static var routes: RouteCollection<RelayRequestContext> {
+        let router = RouteCollection(context: RelayRequestContext.self)
         let script = ByteBuffer(bytes: BrowserClient.script)
         let demo = ByteBuffer(bytes: BrowserClient.demoPage)
         router.get("/client/relay-client.js") { _, _ in
@@ -16,5 +17,6 @@ enum BrowserFiles {
         router.get("/demo") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8", .cacheControl: "no-store"], body: .init(byteBuffer: demo))
         }
+        return router
     }
 }

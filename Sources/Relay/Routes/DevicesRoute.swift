@@ -13,6 +13,10 @@ struct DevicesRoute: Sendable {
     let store: any RelayRegistry
     let switchboard: Switchboard
 
+    var routes: RouteCollection<RelayRequestContext> {
+        RouteCollection(context: RelayRequestContext.self).get("/api/devices", use: respond)
+    }
+
     @Sendable func respond(_ request: Request, context: RelayRequestContext) async throws -> Response {
         let identity = try await authenticator.app(request, logger: context.logger)
         let entries: [DeviceEntry]

@@ -13,6 +13,10 @@ struct TURNCredentialsRoute: Sendable {
     /// Per user, fleet-wide in a fleet.
     let limiter: FleetWideLimiter
 
+    var routes: RouteCollection<RelayRequestContext> {
+        RouteCollection(context: RelayRequestContext.self).post("/api/turn/credentials", use: respond)
+    }
+
     @Sendable func respond(_ request: Request, context: RelayRequestContext) async throws -> Response {
         let identity = try await authenticator.app(request, logger: context.logger)
         if case .denied(let retryAfter) = await limiter.take(identity.userID) {

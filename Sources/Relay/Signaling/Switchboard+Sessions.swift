@@ -40,43 +40,8 @@ extension Switchboard {
         guard try await mayReach(identity, deviceID: deviceID, requestID: requestID) else {
             throw SignalingError(.unauthorized, "Not authorized", requestID: requestID)
         }
-        let session: Session
-        let reservation: Result<Session, SessionRefusal>
-        do throws(StoreError) {
-            reservation = try await table.reserveSession(
-                app: link,
-                deviceID: deviceID,
-                limits: SessionLimits(maxPerDevice: limits.maxSessionsPerDevice, maxPerApp: limits.maxSessionsPerApp),
-                setupTimeout: limits.setupTimeout,
-                requestedAt: requestedAt
-            )
-        } catch {
-            logger.error("Reserving a session failed", metadata: ["device.id": "\(deviceID)", "error": "\(error)"])
-            throw Self.storeUnavailable(requestID: requestID)
-        }
-        switch reservation {
-        case .success(let reserved):
-            session = reserved
-            journal.record(.sessionOpened(sessionID: session.id, userID: identity.userID, deviceID: deviceID, at: session.createdAt))
-        case .failure(.deviceOffline):
-            throw SignalingError(.deviceOffline, "Device offline", requestID: requestID)
-        case .failure(.deviceBusy(let limit)):
-            throw SignalingError(.deviceBusy, "Device busy: it already has \(limit) sessions", requestID: requestID)
-        case .failure(.appLimit(let limit)):
-            throw SignalingError(.rateLimited, "Too many sessions on this connection (at most \(limit))", requestID: requestID)
-        }
-
-        let document: CredentialDocument
-        do throws(TURNError) {
-            document = try await turn.mint(ttl: ttl ?? TURNLimits.defaultTTL, identifier: session.id)
-        } catch {
-            close(session, reason: .turnError, by: .relay)
-            logger.warning(
-                "Minting ICE servers failed",
-                metadata: ["session.id": "\(session.id)", "turn.provider": "\(turn.name)", "error": "\(error.detail)"]
-            )
-            throw SignalingError(.turnError, "TURN error: \(error.detail)", requestID: requestID)
-        }
+        let session = try await reserveSession(for: link, identity: identity, deviceID: deviceID, requestedAt: requestedAt, requestID: requestID)
+        let document = try await mintCredentials(for: session, ttl: ttl, requestID: requestID)
         let iceServers = JSONValue.raw(Self.encode(document))
         let opened = session.open(with: document, refreshIn: refreshDelay(document.ttl)) { stored in
             link.send(
@@ -115,6 +80,54 @@ extension Switchboard {
         metrics.sessionStarted()
         presenceMayHaveChanged(deviceID)
         logger.info("Session opened", metadata: sessionMetadata(session))
+    }
+
+    /// A place for the session on the device (contract §3.1: online, not busy, within the app's limit), audited as opened.
+    private func reserveSession(
+        for link: Link,
+        identity: AppIdentity,
+        deviceID: String,
+        requestedAt: ContinuousClock.Instant,
+        requestID: String?
+    ) async throws(SignalingError) -> Session {
+        let reservation: Result<Session, SessionRefusal>
+        do throws(StoreError) {
+            reservation = try await table.reserveSession(
+                app: link,
+                deviceID: deviceID,
+                limits: SessionLimits(maxPerDevice: limits.maxSessionsPerDevice, maxPerApp: limits.maxSessionsPerApp),
+                setupTimeout: limits.setupTimeout,
+                requestedAt: requestedAt
+            )
+        } catch {
+            logger.error("Reserving a session failed", metadata: ["device.id": "\(deviceID)", "error": "\(error)"])
+            throw Self.storeUnavailable(requestID: requestID)
+        }
+        switch reservation {
+        case .success(let session):
+            journal.record(.sessionOpened(sessionID: session.id, userID: identity.userID, deviceID: deviceID, at: session.createdAt))
+            return session
+        case .failure(.deviceOffline):
+            throw SignalingError(.deviceOffline, "Device offline", requestID: requestID)
+        case .failure(.deviceBusy(let limit)):
+            throw SignalingError(.deviceBusy, "Device busy: it already has \(limit) sessions", requestID: requestID)
+        case .failure(.appLimit(let limit)):
+            throw SignalingError(.rateLimited, "Too many sessions on this connection (at most \(limit))", requestID: requestID)
+        }
+    }
+
+    /// The session's ICE servers; a provider that fails closes the session (`turn_error`).
+    private func mintCredentials(for session: Session, ttl: Int?, requestID: String?) async throws(SignalingError) -> CredentialDocument {
+        do throws(TURNError) {
+            return try await turn.mint(ttl: ttl ?? TURNLimits.defaultTTL, identifier: session.id)
+        } catch {
+            close(session, reason: .turnError, by: .relay)
+            logger.warning(
+                "Minting ICE servers failed",
+                metadata: ["session.id": "\(session.id)", "turn.provider": "\(turn.name)", "error": "\(error.detail)"]
+            )
+            throw SignalingError(.turnError, "TURN error: \(error.detail)", requestID: requestID)
+        }
     }
 
     func sessionMetadata(_ session: Session) -> Logger.Metadata {

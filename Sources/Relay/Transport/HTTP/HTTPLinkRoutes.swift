@@ -25,11 +25,13 @@ struct HTTPLinkRoutes: Sendable {
 
     static let maxMessagesPerRequest = 100
 
-    func register(on router: Router<RelayRequestContext>) {
-        router.post("/api/link", use: open)
-        router.get("/api/link/events", use: events)
-        router.post("/api/link/send", use: send)
-        router.post("/api/link/poll", use: poll)
+    var routes: RouteCollection<RelayRequestContext> {
+        let routes = RouteCollection(context: RelayRequestContext.self)
+        routes.post("/api/link", use: open)
+        routes.get("/api/link/events", use: events)
+        routes.post("/api/link/send", use: send)
+        routes.post("/api/link/poll", use: poll)
+        return routes
     }
 
     // MARK: POST /api/link

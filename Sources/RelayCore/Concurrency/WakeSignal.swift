@@ -5,10 +5,12 @@ import Synchronization
 /// loop's next or current `wait` return; a loop that checks its work, finds none and waits never
 /// misses a raise that came in between. Cancelling the waiting task wakes it too (without
 /// raising the flag).
-final class WakeSignal: Sendable {
+public final class WakeSignal: Sendable {
     private let state = Mutex<(raised: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
 
-    func raise() {
+    public init() {}
+
+    public func raise() {
         state.withLock { state in
             state.raised = true
             defer { state.waiter = nil }
@@ -17,7 +19,7 @@ final class WakeSignal: Sendable {
     }
 
     /// Returns once raised since the last `wait` returned (or on cancellation).
-    func wait() async {
+    public func wait() async {
         await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let ready = state.withLock { state in
@@ -39,5 +41,30 @@ final class WakeSignal: Sendable {
                 return state.waiter
             }?.resume()
         }
+    }
+}
+
+extension WakeSignal {
+    /// Returns once raised, or after `timeout`: true when it was raised.
+    public func wait(atMost timeout: Duration) async -> Bool {
+        await firstToFinish(timeout: timeout) { await self.wait() }
+    }
+}
+
+/// Runs `operation` for at most `timeout` as a child task: true when it finished first, false
+/// when the time ran out (it is then cancelled, and must return promptly when cancelled).
+public func firstToFinish(timeout: Duration, _ operation: @escaping @Sendable () async -> Void) async -> Bool {
+    await withTaskGroup(of: Bool.self) { group in
+        group.addTask {
+            await operation()
+            return true
+        }
+        group.addTask {
+            try? await Task.sleep(for: timeout)
+            return false
+        }
+        let first = await group.next() ?? false
+        group.cancelAll()
+        return first
     }
 }

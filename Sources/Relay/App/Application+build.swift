@@ -152,7 +152,7 @@ private func relayRouter(
         TURNCredentialsRoute(
             authenticator: authenticator,
             turn: turn,
-            limiter: FleetWideLimiter(local: turnRequests, fleet: stores.fleet?.store, name: "turn_credentials")
+            limiter: stores.limit(turnRequests, name: "turn_credentials")
         ).routes
     )
     router.addRoutes(LinkUpgradeGate.plainRequests)

@@ -10,14 +10,14 @@ import ServiceLifecycle
 /// (`RELAY_OUTBOX_FLUSH_MS`), and in a fleet the messages bound for other nodes; with the table
 /// of this node's links and sessions they describe.
 struct RelayJournals: Sendable {
-    let table: LocalSessionTable
+    let table: any SessionTable
     let audit: StoreWriter
     let liveState: LiveStateJournal
     private let stores: RelayStores
     private let logger: Logger
 
     init(configuration: RelayConfiguration, stores: RelayStores, logger: Logger) {
-        let table = LocalSessionTable(fleet: stores.fleet)
+        let table = stores.table
         self.table = table
         self.audit = StoreWriter(store: stores.registry, interval: .milliseconds(configuration.auditFlushMilliseconds), logger: logger)
         self.liveState = LiveStateJournal(

@@ -12,7 +12,10 @@ struct RelayStores: Sendable {
     let live: any LiveStateStore
     /// This node's place in the fleet (a service: it keeps it, or stops the relay).
     var membership: FleetMembership?
-    var fleet: Fleet?
+    /// The table of links and sessions, its rules this process's alone or the fleet's.
+    let table: any SessionTable
+    /// This node's part in the fleet (nil: it runs alone).
+    var fleet: FleetSessionTable?
     /// Device nonces spent anywhere in the fleet.
     var nonces: (any NonceLedger)?
     /// Stops what runs beside the services.
@@ -21,7 +24,7 @@ struct RelayStores: Sendable {
     static func open(_ configuration: RelayConfiguration, logger: Logger) async throws(StoreError) -> RelayStores {
         guard let url = configuration.databaseURL else {
             let store = try RelayStore(path: configuration.databasePath)
-            return RelayStores(registry: store, live: store, membership: nil, fleet: nil, nonces: nil, close: {})
+            return RelayStores(registry: store, live: store, membership: nil, table: LocalSessionTable(), fleet: nil, nonces: nil, close: {})
         }
         let store = try PostgresStore(url: url, role: "relay", heartbeat: .milliseconds(configuration.nodeHeartbeatMilliseconds), logger: logger)
         // The pool runs from here until `close`: building reads the store already.
@@ -35,11 +38,13 @@ struct RelayStores: Sendable {
             throw error
         }
         logger.info("Using PostgreSQL", metadata: ["store": "\(store.location)", "node": "\(store.node)"])
+        let fleet = FleetSessionTable(store: store, outbox: FleetOutbox(store: store, logger: logger))
         return RelayStores(
             registry: store,
             live: store,
             membership: membership,
-            fleet: Fleet(store: store, outbox: FleetOutbox(store: store, logger: logger)),
+            table: fleet,
+            fleet: fleet,
             nonces: store
         ) {
             await membership.leave()
@@ -62,9 +67,15 @@ struct RelayStores: Sendable {
     /// In a fleet, the service that carries messages and presence between this node and the others.
     func fleetServices(switchboard: Switchboard, configuration: RelayConfiguration, logger: Logger) -> [any Service] {
         guard let fleet, let membership else { return [] }
-        let service = FleetService(fleet: fleet, switchboard: switchboard, heartbeat: .milliseconds(configuration.nodeHeartbeatMilliseconds), logger: logger)
+        let service = FleetService(node: fleet, switchboard: switchboard, heartbeat: .milliseconds(configuration.nodeHeartbeatMilliseconds), logger: logger)
         membership.doorbell.set { _ in service.ring() }
         membership.presence.set { service.presenceChanged($0) }
         return [service]
+    }
+
+    /// A per-key limit over `local`'s capacity: in a fleet, held fleet-wide in the shared store.
+    func limit(_ local: RateLimiter, name: String) -> any KeyedLimit {
+        guard let fleet else { return local }
+        return FleetWideLimiter(local: local, store: fleet.store, name: name)
     }
 }

@@ -5,15 +5,6 @@ import RelayCore
 import ServiceLifecycle
 import Synchronization
 
-/// What a node of a fleet needs to reach the others: the shared store, its outbox, and the
-/// queue of links arriving from other nodes.
-struct Fleet: Sendable {
-    let store: any FleetStore
-    let outbox: FleetOutbox
-    let arrivals = Arrivals()
-    var node: String { store.node }
-}
-
 /// Links arriving from other nodes (handed over, or taken over from a node that stopped),
 /// waiting to be restored by the inbox reader: it restores them between two reads, so the
 /// messages it read for them before they arrived (held meanwhile) reach them first and in order.
@@ -59,15 +50,16 @@ final class Arrivals: Sendable {
 /// for nodes that stopped (a graceful stop, a kill, a hang) and takes their links over: their
 /// clients resume here, their sessions go on.
 final class FleetService: Service, Sendable {
-    private let fleet: Fleet
+    /// This node's part in the fleet.
+    private let node: FleetSessionTable
     private let switchboard: Switchboard
     private let heartbeat: Duration
     private let poll: Duration
     private let logger: Logger
     private let bell = WakeSignal()
 
-    init(fleet: Fleet, switchboard: Switchboard, heartbeat: Duration, poll: Duration = .milliseconds(250), logger: Logger) {
-        self.fleet = fleet
+    init(node: FleetSessionTable, switchboard: Switchboard, heartbeat: Duration, poll: Duration = .milliseconds(250), logger: Logger) {
+        self.node = node
         self.switchboard = switchboard
         self.heartbeat = heartbeat
         self.poll = poll
@@ -122,12 +114,12 @@ final class FleetService: Service, Sendable {
         while !Task.isShuttingDownGracefully, !Task.isCancelled {
             await rungOrPolled()
             if taken > 0, ContinuousClock.now - tidied >= .seconds(1) {
-                try? await fleet.store.tidyInbox()
+                try? await node.store.tidyInbox()
                 (taken, tidied) = (0, .now)
             }
             if ContinuousClock.now - released >= .seconds(10) {
                 released = .now
-                if let count = try? await fleet.store.releaseStaleInbox(after: .seconds(30)), count > 0 {
+                if let count = try? await node.store.releaseStaleInbox(after: .seconds(30)), count > 0 {
                     logger.warning("Messages taken from the inbox but never delivered are taken again", metadata: ["messages": "\(count)"])
                 }
             }
@@ -135,9 +127,9 @@ final class FleetService: Service, Sendable {
                 var rows: [RemoteDelivery]
                 repeat {
                     await arrive(&strays)
-                    rows = try await fleet.store.takeInbox(limit: 1000)
+                    rows = try await node.store.takeInbox(limit: 1000)
                     taken += rows.count
-                    for stray in await switchboard.deliver(rows) {
+                    for stray in await switchboard.deliver(rows, in: node) {
                         strays[stray.linkID, default: (.now, [])].rows.append(stray)
                     }
                 } while rows.count == 1000
@@ -150,25 +142,25 @@ final class FleetService: Service, Sendable {
             }
             for (id, held) in strays where ContinuousClock.now - held.since >= .seconds(5) {
                 logger.warning("Dropped messages for a link that never arrived", metadata: ["link.id": "\(id)", "messages": "\(held.rows.count)"])
-                switchboard.dropStrays(held.rows)
+                switchboard.dropStrays(held.rows, in: node)
                 strays[id] = nil
             }
         }
         await arrive(&strays)
-        fleet.arrivals.close()
+        node.arrivals.close()
     }
 
     /// Restores the links that arrived, then hands them what was read for them before (a
     /// request for one from another node included: it moves on at once).
     private func arrive(_ strays: inout [String: (since: ContinuousClock.Instant, rows: [RemoteDelivery])]) async {
-        for (state, continuation) in fleet.arrivals.take() {
+        for (state, continuation) in node.arrivals.take() {
             let restored = switchboard.restore(state)
             if restored.links > 0 {
                 logger.info("Links arrived from other nodes", metadata: ["links": "\(restored.links)", "sessions": "\(restored.sessions)"])
             }
             for link in state.links {
                 guard let held = strays.removeValue(forKey: link.id) else { continue }
-                _ = await switchboard.deliver(held.rows)
+                _ = await switchboard.deliver(held.rows, in: node)
             }
             continuation.resume(returning: true)
         }
@@ -176,10 +168,10 @@ final class FleetService: Service, Sendable {
 
     /// Returns when rung, when links arrive, or after `poll`, whichever is first.
     private func rungOrPolled() async {
-        try? await cancelWhenGracefulShutdown { [poll, bell, fleet] in
+        try? await cancelWhenGracefulShutdown { [poll, bell, node] in
             await withTaskGroup(of: Void.self) { group in
                 group.addTask { await bell.wait() }
-                group.addTask { await fleet.arrivals.signal.wait() }
+                group.addTask { await node.arrivals.signal.wait() }
                 group.addTask { try? await Task.sleep(for: poll) }
                 await group.next()
                 group.cancelAll()
@@ -192,10 +184,10 @@ final class FleetService: Service, Sendable {
             try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.heartbeat) }
             guard !Task.isShuttingDownGracefully, !Task.isCancelled else { return }
             do {
-                let taken = try await fleet.store.takeOverStoppedNodes()
+                let taken = try await node.store.takeOverStoppedNodes()
                 guard !taken.links.isEmpty else { continue }
                 logger.warning("Taking over the links of a node that stopped", metadata: ["links": "\(taken.links.count)"])
-                await switchboard.arrive(taken, fleet: fleet)
+                await switchboard.arrive(taken, in: node)
             } catch {
                 logger.debug("Looking for stopped nodes failed", metadata: ["error": "\(error)"])
             }

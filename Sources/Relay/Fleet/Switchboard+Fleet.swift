@@ -1,4 +1,5 @@
 /// Messages other nodes of the fleet sent to this node's links, and the session events they carry.
+import DeviceAuth
 import Foundation
 import HTTPTypes
 import Logging
@@ -12,7 +13,7 @@ extension Switchboard {
     /// for a link that moved on follows it. A request for a link (its client resumed on another
     /// node) hands it over, with the messages after the request for it. Returns the messages
     /// for links not here (the caller holds them a while for a link on its way).
-    func deliver(_ rows: [RemoteDelivery]) async -> [RemoteDelivery] {
+    func deliver(_ rows: [RemoteDelivery], in fleet: FleetSessionTable) async -> [RemoteDelivery] {
         var strays: [RemoteDelivery] = []
         var carried = Set<Int64>()
         var moved: [String: Link] = [:]
@@ -26,13 +27,13 @@ extension Switchboard {
             if let seq = row.seq { done.append(seq) }
             if case .handover(let node, let epoch) = row.event.flatMap(SessionEvent.init(encoded:)) {
                 let later = rows[(index + 1)...].filter { $0.linkID == link.id }
-                if await handOver(link, to: node, asked: epoch, carrying: later) {
+                if await handOver(link, to: node, in: fleet, asked: epoch, carrying: later) {
                     carried.formUnion(later.compactMap(\.seq))
                     moved[link.id] = link
                 }
                 continue
             }
-            deliver(row, to: link)
+            deliver(row, to: link, in: fleet)
         }
         // Gone from the inbox with the live-state write that holds what they caused.
         liveState?.inboxDelivered(done)
@@ -40,15 +41,15 @@ extension Switchboard {
     }
 
     /// Messages held for links that never arrived: a session one would have opened closes back.
-    func dropStrays(_ rows: [RemoteDelivery]) {
+    func dropStrays(_ rows: [RemoteDelivery], in fleet: FleetSessionTable) {
         for row in rows {
-            if case .opened(let stored) = row.event.flatMap(SessionEvent.init(encoded:)) { refuseRemoteSession(stored) }
+            if case .opened(let stored) = row.event.flatMap(SessionEvent.init(encoded:)) { refuseRemoteSession(stored, in: fleet) }
         }
         liveState?.inboxDelivered(rows.compactMap(\.seq))
     }
 
     /// One message for a link of this node (or one that moved on: it follows it).
-    private func deliver(_ row: RemoteDelivery, to link: Link) {
+    private func deliver(_ row: RemoteDelivery, to link: Link, in fleet: FleetSessionTable) {
         if link.forward(row) { return }
         let event = row.event.flatMap(SessionEvent.init(encoded:))
         if case .fromLink = event {
@@ -61,20 +62,26 @@ extension Switchboard {
             }
             return
         }
-        if let event, !apply(event, to: link) { return }
+        if let event, !apply(event, to: link, in: fleet) { return }
         link.send(OutboundMessage(type: row.type, openBody: row.openBody))
     }
 
     /// Hands `link` to `node`, where its client resumed: what it keeps, and its sessions whose
     /// timers this node kept, are written for that node with the link's new owner in one
     /// transaction; then this node's copies of its sessions reach it there. True once moved.
-    func handOver(_ link: Link, to node: String, asked epoch: Int64? = nil, carrying later: [RemoteDelivery] = []) async -> Bool {
+    func handOver(
+        _ link: Link,
+        to node: String,
+        in fleet: FleetSessionTable,
+        asked epoch: Int64? = nil,
+        carrying later: [RemoteDelivery] = []
+    ) async -> Bool {
         // A request this node made itself came back with the links it took over from the node
         // it asked: the link is where it was wanted. A request made before the link last moved
         // is stale: the node that made it no longer waits for it (its client went elsewhere).
-        guard let fleet = table.fleet, node != fleet.node else { return false }
+        guard node != fleet.store.node else { return false }
         if let epoch {
-            guard let row = try? await fleet.store.link(id: link.id), row.owner == fleet.node, row.epoch == epoch else {
+            guard let row = try? await fleet.store.link(id: link.id), row.owner == fleet.store.node, row.epoch == epoch else {
                 logger.debug("A stale request for a link was ignored", metadata: ["link.id": "\(link.id)", "node": "\(node)"])
                 return false
             }
@@ -97,81 +104,101 @@ extension Switchboard {
             link.abortMove()
             return false
         }
-        let remote = RemoteLink(id: link.id, principal: link.principal, outbox: fleet.outbox)
-        table.unregister(link)
-        presence.unwatch(link)
+        let remote = fleet.remote(link.id, principal: link.principal)
+        var copies: [Session] = []
         for session in sessions {
+            // A party that stays here keeps a copy of the session that reaches the link there.
+            let stays = session.peer(of: link).flatMap { table.serves($0) ? $0 : nil }
             session.discard()
             table.remove(session)
-            // A party that stays here keeps a copy of the session that reaches the link there.
-            guard let other = session.peer(of: link) as? Link, let row = rows[session.id],
+            guard let other = stays, let row = rows[session.id],
                 let copy = Session(
                     restoring: row,
                     app: link.party == .app ? remote : other,
                     device: link.party == .device ? remote : other,
+                    keepsTimers: link.party == .app,
                     setupTimeout: limits.setupTimeout,
                     clock: WallClock()
-                ),
-                table.adopt(copy)
+                )
             else { continue }
-            armTimer(copy)
+            copies.append(copy)
         }
+        table.unregister(link)
+        presence.unwatch(link)
+        for copy in copies where table.adopt(copy) { armTimer(copy) }
         link.finishMove(to: remote)
         logger.info("Link handed over to the node its client resumed on", metadata: ["link.id": "\(link.id)", "node": "\(node)"])
         return true
+    }
+
+    /// Before a transport is admitted on this node (`SessionTable.prepare`): a link resumed here
+    /// that another node has is brought here; a device that does not resume a link of this node
+    /// gets a fresh link claimed fleet-wide (contract §4's replace rule across nodes: the link it
+    /// replaces, wherever it is, closes with 4002); an app's fresh link is written for the fleet
+    /// (its next request may land on another node). Nil for a resume this node can serve.
+    func prepare(_ identity: ClientIdentity, resume: ResumeRequest?, in fleet: FleetSessionTable) async throws(RelayHTTPError) -> LinkSeed? {
+        let (party, principal) = identity.partyAndPrincipal
+        if let resume, !table.links(of: party, principal: principal).contains(where: { $0.accepts(resumeToken: resume.token) }) {
+            // The link may be on another node: it comes here first (contract §11).
+            await bringHere(resumeToken: resume.token, party: party, principal: principal, in: fleet)
+        }
+        if let resume, table.links(of: party, principal: principal).contains(where: { $0.accepts(resumeToken: resume.token) }) {
+            return nil
+        }
+        let seed = LinkSeed()
+        guard case .device(let record) = identity else {
+            guard case .app(let app) = identity else { return nil }
+            do throws(StoreError) {
+                try await fleet.store.registerLink(
+                    StoredLink(
+                        id: seed.id,
+                        tokenHash: seed.tokenHash,
+                        party: Party.app.rawValue,
+                        principal: app.userID,
+                        tokenValidUntil: app.expiresAt + limits.tokenLeeway,
+                        tokenExpiresAt: app.expiresAt,
+                        tokenDevices: app.devices.map { Array($0).sorted() },
+                        attached: true
+                    )
+                )
+            } catch {
+                logger.error("Writing an app's new link failed", metadata: ["user.id": "\(app.userID)", "error": "\(error)"])
+                throw RelayHTTPError.storeUnavailable
+            }
+            return seed
+        }
+        do throws(StoreError) {
+            let replaced = try await fleet.store.claimDevice(
+                StoredLink(id: seed.id, tokenHash: seed.tokenHash, party: Party.device.rawValue, principal: record.deviceID, attached: true)
+            )
+            if let replaced, replaced.node != fleet.store.node {
+                logger.info("Device connected again; its older link on another node is replaced", metadata: ["device.id": "\(record.deviceID)", "link.id": "\(replaced.linkID)"])
+            }
+        } catch {
+            logger.error("Claiming a device's link failed", metadata: ["device.id": "\(record.deviceID)", "error": "\(error)"])
+            throw RelayHTTPError.storeUnavailable
+        }
+        return seed
     }
 
     /// Brings the link a client resumes with (`resumeToken`, as `party` of `principal`) to this
     /// node when another node of the fleet has it: handed over by a node that runs, taken over
     /// from one that stopped. Returns once it is here, or it cannot be (the client then starts
     /// afresh, as after any resume that cannot be served).
-    func bringHere(resumeToken: String, party: Party, principal: String) async {
-        guard let fleet = table.fleet,
-            let row = try? await fleet.store.link(tokenHash: LibCrypto.sha256(Array(resumeToken.utf8))),
+    private func bringHere(resumeToken: String, party: Party, principal: String, in fleet: FleetSessionTable) async {
+        guard let row = try? await fleet.store.link(tokenHash: LibCrypto.sha256(Array(resumeToken.utf8))),
             row.party == party.rawValue, row.principal == principal
         else { return }
-        await bringHere(row, fleet: fleet)
+        await bringHere(row, in: fleet)
     }
 
-    /// The same for an HTTP fallback's request naming its link and token (contract §7: the link
-    /// follows the request; a token that does not match moves nothing).
-    func bringHere(linkID: String, resumeToken: String) async {
-        guard let fleet = table.fleet, table.link(id: linkID) == nil,
-            let row = try? await fleet.store.link(tokenHash: LibCrypto.sha256(Array(resumeToken.utf8))), row.linkID == linkID
-        else { return }
-        await bringHere(row, fleet: fleet)
-    }
-
-    /// Contract §7 in a fleet: `POST /api/link/send` for a link another node serves queues the
-    /// messages for that node, which handles them as from the link (its rate limit and errors
-    /// apply there). How many were queued; nil when no node serves it (the caller answers as
-    /// for any unknown link). Throws 401 for a token that is not the link's.
-    func forward(_ messages: [JSONValue], toLink linkID: String, resumeToken: String) async throws(RelayHTTPError) -> Int? {
-        guard let fleet = table.fleet else { return nil }
-        let row: FleetLinkRow?
-        do throws(StoreError) {
-            row = try await fleet.store.link(tokenHash: LibCrypto.sha256(Array(resumeToken.utf8)))
-        } catch {
-            throw RelayHTTPError.storeUnavailable
-        }
-        guard let row, row.owner != fleet.node, row.ownerRuns else { return nil }
-        guard row.linkID == linkID else { throw RelayHTTPError(.unauthorized, "resume_token does not match this link") }
-        let event = SessionEvent.fromLink.encoded
-        do throws(StoreError) {
-            try await fleet.store.send(messages.map { RemoteDelivery(linkID: linkID, type: "from_link", openBody: $0.serialized, event: event) })
-        } catch {
-            throw RelayHTTPError.storeUnavailable
-        }
-        return messages.count
-    }
-
-    private func bringHere(_ found: FleetLinkRow, fleet: Fleet) async {
+    func bringHere(_ found: FleetLinkRow, in fleet: FleetSessionTable) async {
         var row: FleetLinkRow? = found
         let deadline = ContinuousClock.now + .seconds(8)
         var asked: Int64?
         while let current = row, table.link(id: current.linkID) == nil, ContinuousClock.now < deadline {
-            if current.owner == fleet.node {
-                if let state = try? await fleet.store.liveState(ofLink: current.linkID) { await arrive(state, fleet: fleet) }
+            if current.owner == fleet.store.node {
+                if let state = try? await fleet.store.liveState(ofLink: current.linkID) { await arrive(state, in: fleet) }
                 return
             }
             if let owner = current.owner, current.ownerRuns {
@@ -183,7 +210,7 @@ extension Switchboard {
             } else if let taken = try? await fleet.store.takeOverStoppedNodes(), !taken.links.isEmpty {
                 // Its node stopped: this node takes that node's links over now.
                 logger.warning("Taking over the links of a node that stopped", metadata: ["links": "\(taken.links.count)", "node": "\(current.owner ?? "none")"])
-                await arrive(taken, fleet: fleet)
+                await arrive(taken, in: fleet)
             } else {
                 try? await Task.sleep(for: .milliseconds(50))
             }
@@ -199,27 +226,28 @@ extension Switchboard {
 
     /// Links (and their sessions) from another node: the inbox reader restores them between two
     /// reads, so what it read for them first reaches them first; once it stopped, here.
-    func arrive(_ state: StoredLiveState, fleet: Fleet) async {
+    func arrive(_ state: StoredLiveState, in fleet: FleetSessionTable) async {
         if !(await fleet.arrivals.restore(state)) { _ = restore(state) }
     }
 
     /// Applies a session event to `link`'s session copy; whether the message that carried it
     /// is still to be delivered.
-    private func apply(_ event: SessionEvent, to link: Link) -> Bool {
+    private func apply(_ event: SessionEvent, to link: Link, in fleet: FleetSessionTable) -> Bool {
         switch event {
         case .opened(let stored):
-            guard link.party == .device, link.session(stored.id) == nil, let fleet = table.fleet else { return false }
+            guard link.party == .device, link.session(stored.id) == nil else { return false }
             guard
                 let session = Session(
                     restoring: stored,
-                    app: RemoteLink(id: stored.appLink, principal: stored.userID, outbox: fleet.outbox),
+                    app: fleet.remote(stored.appLink, principal: stored.userID),
                     device: link,
+                    keepsTimers: true,
                     setupTimeout: limits.setupTimeout,
                     clock: WallClock()
                 ),
                 table.adopt(session)
             else {
-                refuseRemoteSession(stored)
+                refuseRemoteSession(stored, in: fleet)
                 return false
             }
             // This node keeps the session's timers and its row from now on.
@@ -259,8 +287,7 @@ extension Switchboard {
 
     /// A session another node opened for a device link that is no longer here: the app hears
     /// it closed, and its row goes.
-    private func refuseRemoteSession(_ stored: StoredSession) {
-        guard let fleet = table.fleet else { return }
+    private func refuseRemoteSession(_ stored: StoredSession, in fleet: FleetSessionTable) {
         let close = OutboundMessage(
             "webrtc_close",
             [
@@ -269,7 +296,7 @@ extension Switchboard {
                 "by": .string(SessionCloser.relay.rawValue),
             ]
         )
-        RemoteLink(id: stored.appLink, principal: stored.userID, outbox: fleet.outbox)
+        fleet.remote(stored.appLink, principal: stored.userID)
             .send(close, event: .closed(sessionID: stored.id, reason: SessionCloseReason.peerDisconnected.rawValue, by: SessionCloser.relay.rawValue))
         liveState?.sessionEnded(stored.id)
     }

@@ -52,20 +52,30 @@ final class RateLimiter: Sendable {
     }
 }
 
-/// A per-key limit that holds across a fleet (CLUSTER_DESIGN §10): in a fleet, each take is one
-/// statement on the shared store's bucket for the key, whichever node the request lands on;
-/// alone, or while the store cannot answer, this process's own buckets (N nodes then allow up
-/// to N times as much, rather than refusing everyone).
-struct FleetWideLimiter: Sendable {
+/// A per-key limit as a route takes it: this process's buckets (`RateLimiter`), or one that
+/// holds across a fleet (`FleetWideLimiter`), chosen in assembly.
+protocol KeyedLimit: Sendable {
+    /// Takes a token for `key`, or says when one is back.
+    func admit(_ key: String) async -> RateLimiter.Decision
+}
+
+extension RateLimiter: KeyedLimit {
+    func admit(_ key: String) async -> RateLimiter.Decision { take(key) }
+}
+
+/// A per-key limit that holds across a fleet (CLUSTER_DESIGN §10): each take is one statement
+/// on the shared store's bucket for the key, whichever node the request lands on; while the
+/// store cannot answer, this process's own buckets (N nodes then allow up to N times as much,
+/// rather than refusing everyone).
+struct FleetWideLimiter: KeyedLimit {
     let local: RateLimiter
-    let fleet: (any FleetStore)?
+    let store: any FleetStore
     /// Names the limit among the others in the shared store.
     let name: String
 
-    func take(_ key: String) async -> RateLimiter.Decision {
-        guard let fleet else { return local.take(key) }
+    func admit(_ key: String) async -> RateLimiter.Decision {
         do throws(StoreError) {
-            if let retryAfter = try await fleet.takeQuota("\(name):\(key)", capacity: local.capacity, perSecond: local.perSecond) {
+            if let retryAfter = try await store.takeQuota("\(name):\(key)", capacity: local.capacity, perSecond: local.perSecond) {
                 return .denied(retryAfterSeconds: retryAfter)
             }
             return .allowed

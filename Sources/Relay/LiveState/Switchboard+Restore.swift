@@ -59,7 +59,14 @@ extension Switchboard {
             let app = party(record.appLink, principal: record.userID, restored: restored, in: stored)
             let device = party(record.deviceLink, principal: record.deviceID, restored: restored, in: stored)
             guard let app, let device,
-                let session = Session(restoring: record, app: app, device: device, setupTimeout: limits.setupTimeout, clock: clock),
+                let session = Session(
+                    restoring: record,
+                    app: app,
+                    device: device,
+                    keepsTimers: restored.contains(record.deviceLink),
+                    setupTimeout: limits.setupTimeout,
+                    clock: clock
+                ),
                 table.adopt(session)
             else {
                 // A party's link did not survive (or the row is unreadable): the session is over;
@@ -85,13 +92,9 @@ extension Switchboard {
         return (links, sessions)
     }
 
-    /// A restored session's party: a link restored with it, or one served elsewhere. A link
-    /// this node served already is reached through the store too, as its copy of the session
-    /// reaches the restored one: what each party sent before the move and after it takes one
-    /// path, and keeps its order.
+    /// A restored session's party: a link restored with it, or one the table reaches elsewhere.
     private func party(_ linkID: String, principal: String, restored: Set<String>, in stored: StoredLiveState) -> (any LinkEndpoint)? {
         if restored.contains(linkID) { return table.link(id: linkID) }
-        guard let fleet = table.fleet, stored.elsewhere[linkID] != nil || table.link(id: linkID) != nil else { return nil }
-        return RemoteLink(id: linkID, principal: principal, outbox: fleet.outbox)
+        return table.partyElsewhere(linkID, principal: principal, in: stored)
     }
 }

@@ -60,12 +60,11 @@ final class PresenceBoard: Sendable {
         }
     }
 
-    /// Something about `deviceID` may have changed: its watchers hear the new status if it did.
-    func changed(_ deviceID: String, status: (String) -> Status) {
+    /// Something about `deviceID` may have changed: its watchers hear the new status if it did
+    /// (`status` nil: it is not known here yet, nothing is sent).
+    func changed(_ deviceID: String, status: (String) -> Status?) {
         watchers.update(deviceID) { entry in
-            guard var current = entry else { return }
-            let now = status(deviceID)
-            guard now != current.last else { return }
+            guard var current = entry, let now = status(deviceID), now != current.last else { return }
             current.last = now
             for link in current.links.values { send(now, of: deviceID, to: link) }
             entry = current

@@ -27,21 +27,16 @@ extension Switchboard {
         }
     }
 
-    /// Something about `deviceID` may have changed: its watchers hear of it. In a fleet the
-    /// store tells every node once the change is written (`FleetService`), this one included.
+    /// Something about `deviceID` may have changed: its watchers hear of it, at once when the
+    /// table knows (alone), else when the store tells every node the change is written (a
+    /// fleet: `FleetService`), this one included.
     func presenceMayHaveChanged(_ deviceID: String) {
-        guard table.fleet == nil else { return }
-        presence.changed(deviceID, status: status(of:))
+        presence.changed(deviceID) { [table] in table.presenceNow(of: $0) }
     }
 
-    /// Devices' presence: this node's, or in a fleet the fleet's (offline when the store does
-    /// not answer).
+    /// Devices' presence as the table knows it (offline when its store does not answer).
     func statuses(of deviceIDs: [String]) async -> [String: PresenceBoard.Status] {
-        guard let fleet = table.fleet else {
-            return Dictionary(uniqueKeysWithValues: deviceIDs.map { ($0, status(of: $0)) })
-        }
-        let presence = (try? await fleet.store.presence(of: deviceIDs)) ?? [:]
-        return presence.mapValues { PresenceBoard.Status(online: $0.online, sessions: $0.sessions) }
+        await table.presence(of: deviceIDs).mapValues(\.status)
     }
 
     /// Tells watchers of `deviceIDs` (every watched device with `*`) the fleet's current status.

@@ -94,24 +94,14 @@ struct AdminRoutes: Sendable {
         }
         admin.delete("sessions/:id") { request, context -> Response in
             let id = context.parameters.get("id") ?? ""
-            if let session = switchboard.table.session(id), session.keepsTimers || switchboard.table.fleet == nil {
+            if let session = switchboard.table.session(id), session.keepsTimers {
                 switchboard.close(session, reason: .admin, by: .relay)
-            } else if let fleet = switchboard.table.fleet,
-                let held = try await storeCall({ () async throws(StoreError) in try await fleet.store.sessions(id: id) }).first
-            {
-                // Held by another node (the one serving its device): that node ends it.
-                try await storeCall { () async throws(StoreError) in
-                    try await fleet.store.request(
-                        RemoteDelivery(
-                            linkID: held.deviceLink,
-                            type: "end",
-                            openBody: "",
-                            event: SessionEvent.ending(sessionID: id, reason: SessionCloseReason.admin.rawValue).encoded
-                        )
-                    )
-                }
             } else {
-                throw RelayHTTPError(.notFound, "No live session with that id")
+                // Held by another node (the one serving its device): that node ends it.
+                let asked = try await storeCall { () async throws(StoreError) in
+                    try await switchboard.table.endElsewhere(sessionID: id, reason: .admin)
+                }
+                guard asked else { throw RelayHTTPError(.notFound, "No live session with that id") }
             }
             context.logger.info("Session ended by an operator", metadata: ["session.id": "\(id)"])
             return .json(.object(["session_id": .string(id), "closed": .bool(true)]))
@@ -146,13 +136,9 @@ struct AdminRoutes: Sendable {
         return entry
     }
 
-    /// Live sessions (every one, or the one with `id`): this node's, or in a fleet the fleet's.
+    /// Live sessions (every one, or the one with `id`), as the table knows them.
     private func sessions(id: String?) async throws -> [JSONValue] {
-        guard let fleet = switchboard.table.fleet else {
-            let sessions = id.map { switchboard.table.session($0).map { [$0] } ?? [] } ?? switchboard.table.allSessions
-            return sessions.sorted { $0.createdAt < $1.createdAt }.map(view)
-        }
-        return try await storeCall { () async throws(StoreError) in try await fleet.store.sessions(id: id) }.map { session in
+        try await storeCall { () async throws(StoreError) in try await switchboard.table.liveSessions(id: id) }.map { session in
             .object([
                 "session_id": .string(session.id),
                 "user_id": .string(session.userID),
@@ -243,17 +229,6 @@ struct AdminRoutes: Sendable {
             fields["secrets"] = .int(entry.secrets.count)
             return .object(fields)
         }
-    }
-
-    private func view(_ session: Session) -> JSONValue {
-        .object([
-            "session_id": .string(session.id),
-            "user_id": .string(session.userID),
-            "device_id": .string(session.deviceID),
-            "created_at": .time(session.createdAt),
-            "phase": .string(session.currentPhase == .open ? "open" : "reserved"),
-            "answered": .bool(session.isAnswered),
-        ])
     }
 }
 

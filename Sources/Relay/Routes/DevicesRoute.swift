@@ -38,21 +38,13 @@ struct DevicesRoute: Sendable {
 }
 
 extension Switchboard {
-    /// Devices as `GET /api/devices` and the admin API show them (presence fleet-wide in a fleet).
+    /// Devices as `GET /api/devices` and the admin API show them (presence as the table knows it).
     func presenceViews(of deviceIDs: [String], entries: [String: DeviceEntry]) async -> [String: JSONValue] {
-        var fleetPresence: [String: FleetPresence] = [:]
-        if let fleet = table.fleet { fleetPresence = (try? await fleet.store.presence(of: deviceIDs)) ?? [:] }
+        let found = await table.presence(of: deviceIDs)
         var views: [String: JSONValue] = [:]
         for deviceID in deviceIDs {
-            let status: PresenceBoard.Status
-            var capabilities = presence.sighting(deviceID)?.capabilities
-            if table.fleet != nil {
-                let found = fleetPresence[deviceID]
-                status = .init(online: found?.online ?? false, sessions: found?.sessions ?? 0)
-                capabilities = found?.capabilities.map(JSONValue.raw) ?? capabilities
-            } else {
-                status = self.status(of: deviceID)
-            }
+            let status = found[deviceID]?.status ?? .init(online: false, sessions: 0)
+            let capabilities = found[deviceID]?.capabilities ?? presence.sighting(deviceID)?.capabilities
             let entry = entries[deviceID]
             let lastSeen = status.online ? Date() : [presence.sighting(deviceID)?.lastSeenAt, entry?.lastSeenAt].compactMap { $0 }.max()
             var fields: [String: JSONValue] = [

@@ -11,7 +11,7 @@ struct TURNCredentialsRoute: Sendable {
     let authenticator: ClientAuthenticator
     let turn: any TURNProvider
     /// Per user, fleet-wide in a fleet.
-    let limiter: FleetWideLimiter
+    let limiter: any KeyedLimit
 
     var routes: RouteCollection<RelayRequestContext> {
         RouteCollection(context: RelayRequestContext.self).post("/api/turn/credentials", use: respond)
@@ -19,7 +19,7 @@ struct TURNCredentialsRoute: Sendable {
 
     @Sendable func respond(_ request: Request, context: RelayRequestContext) async throws -> Response {
         let identity = try await authenticator.app(request, logger: context.logger)
-        if case .denied(let retryAfter) = await limiter.take(identity.userID) {
+        if case .denied(let retryAfter) = await limiter.admit(identity.userID) {
             throw RelayHTTPError(
                 .tooManyRequests,
                 "Too many TURN credential requests; retry in \(retryAfter) s",

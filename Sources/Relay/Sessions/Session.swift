@@ -47,10 +47,18 @@ public final class Session: Sendable {
     /// A fresh session id.
     static func makeID() -> String { LibCrypto.randomUUID() }
 
-    init(id: String, app: any LinkEndpoint, device: any LinkEndpoint, setupTimeout: Duration, requestedAt: ContinuousClock.Instant = .now) {
+    init(
+        id: String,
+        app: any LinkEndpoint,
+        device: any LinkEndpoint,
+        keepsTimers: Bool,
+        setupTimeout: Duration,
+        requestedAt: ContinuousClock.Instant = .now
+    ) {
         self.id = id
         self.app = app
         self.device = device
+        self.keepsTimers = keepsTimers
         self.createdAt = Date()
         self.requestedAt = requestedAt
         self.state = Mutex(State(machine: Machine(setupTimeout: setupTimeout)))
@@ -58,7 +66,14 @@ public final class Session: Sendable {
 
     /// An open session a previous process left in the store, between its restored links; its
     /// deadlines (Unix seconds there) become instants of this process's clock.
-    init?(restoring stored: StoredSession, app: any LinkEndpoint, device: any LinkEndpoint, setupTimeout: Duration, clock: WallClock) {
+    init?(
+        restoring stored: StoredSession,
+        app: any LinkEndpoint,
+        device: any LinkEndpoint,
+        keepsTimers: Bool,
+        setupTimeout: Duration,
+        clock: WallClock
+    ) {
         var credentials: [Machine.Minted] = []
         for credential in stored.credentials {
             guard let document = try? JSONDecoder().decode(CredentialDocument.self, from: Data(credential.document.utf8)) else { return nil }
@@ -67,6 +82,7 @@ public final class Session: Sendable {
         self.id = stored.id
         self.app = app
         self.device = device
+        self.keepsTimers = keepsTimers
         self.createdAt = Date(timeIntervalSince1970: stored.createdAt)
         self.requestedAt = clock.instant(stored.createdAt)
         let open = Machine.Open(
@@ -82,11 +98,9 @@ public final class Session: Sendable {
     }
 
     /// This node runs the session's timers, revokes its credentials and keeps its row: the
-    /// device's link is here (in a fleet, the other party's node keeps a copy that routes).
-    var keepsTimers: Bool { device is Link }
-
-    /// The parties served by this node.
-    var localParties: [Link] { [app, device].compactMap { $0 as? Link } }
+    /// device's link is served here (in a fleet, the other party's node keeps a copy that
+    /// routes). Whoever makes the session knows where its device is.
+    let keepsTimers: Bool
 
     /// Adds to `batch` the session as the store is to keep it: open (by the node keeping its
     /// timers), or gone once closed (a reserved session is not stored by this).
@@ -132,6 +146,19 @@ public final class Session: Sendable {
                     expiresAt: clock.wall(minted.expiresAt)
                 )
             }
+        )
+    }
+
+    /// The session as operators see it (`GET /admin/sessions`).
+    var operatorView: FleetSession {
+        FleetSession(
+            id: id,
+            userID: userID,
+            deviceID: deviceID,
+            deviceLink: device.id,
+            createdAt: createdAt.timeIntervalSince1970,
+            opened: currentPhase == .open,
+            answered: isAnswered
         )
     }
 

@@ -1,62 +1,154 @@
-/// The live links and sessions of this process: the facts in the store seam (`LocalStore`), the objects that route messages beside them.
+/// The session table: the port through which the switchboard finds and reserves links and sessions, with the objects of this node beside its store's facts.
+import DeviceAuth
 import Foundation
 import Registry
 import RelayCore
-import Synchronization
 
-/// The table of live links and sessions: the one interface the rest of the relay uses to find
-/// a device's link, reserve and find sessions, and forget them. The facts (which link is a
-/// device's live one, which sessions exist and between whom, the capacity rule) are values in a
-/// `LinkDirectory` and `SessionStore`; beside them this process keeps the `Link` and `Session`
-/// objects that route messages, by id.
+/// The port the switchboard, the routes and the live state use for links and sessions. Two
+/// implementations, chosen once in assembly: `LocalSessionTable` (a relay that runs alone, its
+/// facts in this process) and `FleetSessionTable` (a node of a fleet on PostgreSQL, where the
+/// rules hold fleet-wide). What is the same for both (this node's `Link` and `Session` objects
+/// that route messages) is `here`; what differs is what the rest of the relay asks the port,
+/// never whether there is a fleet.
 protocol SessionTable: Sendable {
-    /// This process's node.
-    var node: NodeID { get }
-    /// The fleet this node is part of (nil: it runs alone).
-    var fleet: Fleet? { get }
-    /// Makes `link` live. For a device, returns the link it replaces, if any.
-    func register(_ link: Link) -> Link?
-    /// Records whether a transport serves `link` (a device then may take new sessions).
-    func setAttached(_ link: Link)
-    /// Forgets `link` if it is still the live one for its principal.
-    func unregister(_ link: Link)
-    /// The links a resume by `principal` may be for (an app user may have several).
-    func links(of party: Party, principal: String) -> [Link]
-    /// The live link with this id (HTTP fallback requests name their link).
-    func link(id: String) -> Link?
-    /// Every link (for shutdown).
-    var allLinks: [Link] { get }
-    /// Reserves a session between `app` and the live link of `deviceID`, within the limits
-    /// (in a fleet, the device's link and the limits are the fleet's).
+    /// This node's links and sessions.
+    var here: NodeSessions { get }
+
+    /// Reserves a session between `app` and the live link of `deviceID`, within the limits.
     func reserveSession(app: Link, deviceID: String, limits: SessionLimits, setupTimeout: Duration, requestedAt: ContinuousClock.Instant)
         async throws(StoreError) -> Result<Session, SessionRefusal>
-    /// Records that a reserved session opened (its parties were told).
-    func opened(_ session: Session)
-    /// Takes in an open session restored from the store or opened by another node, between its
-    /// links (those of this node restored); false when one of them ended meanwhile.
-    func adopt(_ session: Session) -> Bool
-    /// Removes a session from the table and from both parties.
-    func remove(_ session: Session)
-    /// The session with `id`, whoever its parties are (for operators).
-    func session(_ id: String) -> Session?
-    /// Every session (for operators).
-    var allSessions: [Session] { get }
-    /// Live links by kind and sessions, for health and metrics.
-    var counts: (apps: Int, devices: Int, sessions: Int) { get }
+
+    /// Before a transport is admitted: a link the client resumes that another node has is
+    /// brought here; the fresh link the client will get is claimed where every node sees it
+    /// (the seed to make it from). Nil when nothing is to be claimed.
+    func prepare(_ identity: ClientIdentity, resume: ResumeRequest?, on switchboard: Switchboard) async throws(RelayHTTPError) -> LinkSeed?
+    /// An HTTP fallback's request names its link (contract §7): a link another node has follows it here.
+    func bringHere(linkID: String, resumeToken: String, on switchboard: Switchboard) async
+    /// `POST /api/link/send` for a link another node serves: queued for that node, which handles
+    /// them as from the link. How many were queued; nil when no other node serves it.
+    func forward(_ messages: [JSONValue], toLink linkID: String, resumeToken: String) async throws(RelayHTTPError) -> Int?
+
+    /// The devices' presence (offline when the store does not answer); capabilities when the
+    /// store keeps them.
+    func presence(of deviceIDs: [String]) async -> [String: DevicePresence]
+    /// What watchers of `deviceID` are to hear at once after it may have changed; nil when the
+    /// store tells every node itself once the change is written.
+    func presenceNow(of deviceID: String) -> PresenceBoard.Status?
+    /// Keeps a device's `device_info` where every node reads presence.
+    func describe(deviceID: String, linkID: String, capabilities: JSONValue) async throws(StoreError)
+
+    /// Live sessions as operators see them (every one, or the one with `id`), oldest first.
+    func liveSessions(id: String?) async throws(StoreError) -> [FleetSession]
+    /// Asks the node that holds session `id` (and keeps its timers) to end it; false when no
+    /// other node holds it.
+    func endElsewhere(sessionID: String, reason: SessionCloseReason) async throws(StoreError) -> Bool
+
+    /// A restored session's party that is not restored with it: a link another node serves
+    /// (nil: none, the session is over).
+    func partyElsewhere(_ linkID: String, principal: String, in stored: StoredLiveState) -> (any LinkEndpoint)?
+    /// Whether this node lost its place (another node took its links over): its drain is moot.
+    var isFenced: Bool { get }
 }
 
-/// The `SessionTable` of a relay that runs alone: the facts in a `LocalStore`, the objects in
-/// hash-sharded maps (no global lock on the per-message path, which touches only the two links'
-/// own state).
+/// A device's presence as the store knows it.
+struct DevicePresence: Sendable, Equatable {
+    var status: PresenceBoard.Status
+    /// Its last `device_info` (nil: the store keeps none; this node's sighting tells).
+    var capabilities: JSONValue?
+}
+
+/// What is the same whichever the store: this node's objects, by id.
+extension SessionTable {
+    var node: NodeID { here.node }
+    /// Makes `link` live. For a device, returns the link it replaces, if any.
+    func register(_ link: Link) -> Link? { here.register(link) }
+    /// Records whether a transport serves `link` (a device then may take new sessions).
+    func setAttached(_ link: Link) { here.setAttached(link) }
+    /// Forgets `link` if it is still the live one for its principal.
+    func unregister(_ link: Link) { here.unregister(link) }
+    /// The links a resume by `principal` may be for (an app user may have several).
+    func links(of party: Party, principal: String) -> [Link] { here.links(of: party, principal: principal) }
+    /// The live link with this id (HTTP fallback requests name their link).
+    func link(id: String) -> Link? { here.link(id: id) }
+    /// Every link (for shutdown).
+    var allLinks: [Link] { here.allLinks }
+    /// Records that a reserved session opened (its parties were told).
+    func opened(_ session: Session) { here.opened(session) }
+    /// Takes in an open session restored from the store or opened by another node, between its
+    /// parties; false when one of those served here ended meanwhile.
+    func adopt(_ session: Session) -> Bool { here.adopt(session) }
+    /// Removes a session from the table and from its parties served here.
+    func remove(_ session: Session) { here.remove(session) }
+    /// The session with `id` this node holds.
+    func session(_ id: String) -> Session? { here.session(id) }
+    /// Every session this node holds.
+    var allSessions: [Session] { here.allSessions }
+    /// Whether `party` is a link this node serves (its messages are queued here, not sent on).
+    func serves(_ party: any LinkEndpoint) -> Bool { here.serves(party) }
+    /// Live links by kind and sessions, for health and metrics.
+    var counts: (apps: Int, devices: Int, sessions: Int) { here.counts }
+}
+
+/// The `SessionTable` of a relay that runs alone: every fact is this process's, so nothing is
+/// elsewhere and presence is known at once.
 final class LocalSessionTable: SessionTable {
+    let here = NodeSessions(node: .local)
+
+    init() {}
+
+    func reserveSession(app: Link, deviceID: String, limits: SessionLimits, setupTimeout: Duration, requestedAt: ContinuousClock.Instant)
+        async throws(StoreError) -> Result<Session, SessionRefusal>
+    {
+        let id = Session.makeID()
+        switch here.store.reserve(sessionID: id, app: app.address, userID: app.principal, deviceID: deviceID, limits: limits) {
+        case .failure(let refusal):
+            return .failure(refusal)
+        case .success(let record):
+            guard let device = here.link(id: record.device.linkID) else {
+                here.forget(id)
+                return .failure(.deviceOffline)
+            }
+            return here.place(Session(id: id, app: app, device: device, keepsTimers: true, setupTimeout: setupTimeout, requestedAt: requestedAt))
+        }
+    }
+
+    func prepare(_ identity: ClientIdentity, resume: ResumeRequest?, on switchboard: Switchboard) async throws(RelayHTTPError) -> LinkSeed? { nil }
+
+    func bringHere(linkID: String, resumeToken: String, on switchboard: Switchboard) async {}
+
+    func forward(_ messages: [JSONValue], toLink linkID: String, resumeToken: String) async throws(RelayHTTPError) -> Int? { nil }
+
+    func presence(of deviceIDs: [String]) async -> [String: DevicePresence] {
+        Dictionary(uniqueKeysWithValues: deviceIDs.map { ($0, DevicePresence(status: here.status(of: $0), capabilities: nil)) })
+    }
+
+    func presenceNow(of deviceID: String) -> PresenceBoard.Status? { here.status(of: deviceID) }
+
+    /// The presence board keeps what this node's devices described.
+    func describe(deviceID: String, linkID: String, capabilities: JSONValue) async throws(StoreError) {}
+
+    func liveSessions(id: String?) async throws(StoreError) -> [FleetSession] {
+        let sessions = id.map { here.session($0).map { [$0] } ?? [] } ?? here.allSessions
+        return sessions.sorted { $0.createdAt < $1.createdAt }.map(\.operatorView)
+    }
+
+    func endElsewhere(sessionID: String, reason: SessionCloseReason) async throws(StoreError) -> Bool { false }
+
+    func partyElsewhere(_ linkID: String, principal: String, in stored: StoredLiveState) -> (any LinkEndpoint)? { nil }
+
+    var isFenced: Bool { false }
+}
+
+/// This node's links and sessions: the facts in a `LocalStore`, the objects that route
+/// messages beside them in hash-sharded maps (no global lock on the per-message path, which
+/// touches only the two links' own state).
+final class NodeSessions: Sendable {
     let store: LocalStore
-    let fleet: Fleet?
     private let links = ShardedMap<String, Link>()
     private let sessions = ShardedMap<String, Session>()
 
-    init(fleet: Fleet? = nil) {
-        self.store = LocalStore(node: fleet.map { NodeID(rawValue: $0.node) } ?? .local)
-        self.fleet = fleet
+    init(node: NodeID) {
+        self.store = LocalStore(node: node)
     }
 
     var node: NodeID { store.node }
@@ -87,72 +179,37 @@ final class LocalSessionTable: SessionTable {
 
     var allLinks: [Link] { links.values }
 
-    func reserveSession(app: Link, deviceID: String, limits: SessionLimits, setupTimeout: Duration, requestedAt: ContinuousClock.Instant)
-        async throws(StoreError) -> Result<Session, SessionRefusal>
-    {
-        let id = Session.makeID()
-        let device: any LinkEndpoint
-        var deviceNode = node
-        if let fleet {
-            // The fleet's rule, in one transaction of the shared store.
-            switch try await fleet.store.reserveSession(
-                id,
-                app: app.storedRecord,
-                deviceID: deviceID,
-                createdAt: Date().timeIntervalSince1970,
-                maxPerDevice: limits.maxPerDevice,
-                maxPerApp: limits.maxPerApp
-            ) {
-            case .deviceOffline: return .failure(.deviceOffline)
-            case .deviceBusy: return .failure(.deviceBusy(limit: limits.maxPerDevice))
-            case .appLimit: return .failure(.appLimit(limit: limits.maxPerApp))
-            case .reserved(let link) where link.node != fleet.node:
-                device = RemoteLink(id: link.linkID, principal: deviceID, outbox: fleet.outbox)
-                deviceNode = NodeID(rawValue: link.node)
-            case .reserved(let link):
-                guard let local = links[link.linkID] else {
-                    try? await fleet.store.forgetSession(id)
-                    return .failure(.deviceOffline)
-                }
-                device = local
-            }
-            store.update(id) { record in
-                record = SessionRecord(
-                    id: id,
-                    app: app.address,
-                    device: LinkAddress(node: deviceNode, linkID: device.id),
-                    userID: app.principal,
-                    deviceID: deviceID,
-                    phase: .reserved
-                )
-            }
-        } else {
-            switch store.reserve(sessionID: id, app: app.address, userID: app.principal, deviceID: deviceID, limits: limits) {
-            case .failure(let refusal): return .failure(refusal)
-            case .success(let record):
-                guard let local = links[record.device.linkID] else {
-                    _ = store.update(id) { $0 = nil }
-                    return .failure(.deviceOffline)
-                }
-                device = local
-            }
-        }
-        let session = Session(id: id, app: app, device: device, setupTimeout: setupTimeout, requestedAt: requestedAt)
-        // The links' own lists are for routing; the store has already enforced the limits. A
-        // link that ended meanwhile refuses to join: the device went offline.
+    func serves(_ party: any LinkEndpoint) -> Bool {
+        links[party.id] === party
+    }
+
+    /// The parties of `session` this node serves.
+    func servedParties(of session: Session) -> [Link] {
+        let parties: [any LinkEndpoint] = [session.app, session.device]
+        return parties.compactMap { party in links[party.id].flatMap { $0 === party ? $0 : nil } }
+    }
+
+    /// A session reserved by the store's rule joins its parties served here and the table;
+    /// `deviceOffline` (and the reservation forgotten) when one ended meanwhile. The links' own
+    /// lists are for routing; the store has enforced the limits already.
+    func place(_ session: Session) -> Result<Session, SessionRefusal> {
         guard join(session) else {
-            _ = store.update(id) { $0 = nil }
-            if let fleet { try? await fleet.store.forgetSession(id) }
+            forget(session.id)
             return .failure(.deviceOffline)
         }
-        sessions.update(id) { $0 = session }
+        sessions.update(session.id) { $0 = session }
         return .success(session)
     }
 
-    /// Adds the session to its parties of this node; false (and none joined) when one ended.
+    /// Forgets a reservation that did not become a session.
+    func forget(_ sessionID: String) {
+        store.update(sessionID) { $0 = nil }
+    }
+
+    /// Adds the session to its parties served here; false (and none joined) when one ended.
     private func join(_ session: Session) -> Bool {
         var joined: [Link] = []
-        for link in session.localParties {
+        for link in servedParties(of: session) {
             guard link.join(session, limit: .max) else {
                 for party in joined { party.leave(session) }
                 return false
@@ -185,11 +242,11 @@ final class LocalSessionTable: SessionTable {
     }
 
     func remove(_ session: Session) {
-        _ = store.update(session.id) { $0 = nil }
+        forget(session.id)
         sessions.update(session.id) { current in
             if current === session { current = nil }
         }
-        for link in session.localParties { link.leave(session) }
+        for link in servedParties(of: session) { link.leave(session) }
     }
 
     func session(_ id: String) -> Session? {
@@ -199,48 +256,12 @@ final class LocalSessionTable: SessionTable {
     var allSessions: [Session] { sessions.values }
 
     var counts: (apps: Int, devices: Int, sessions: Int) { store.counts }
-}
 
-/// A dictionary split into independently locked shards, so unrelated keys never contend.
-final class ShardedMap<Key: Hashable & Sendable, Value: Sendable>: Sendable {
-    private final class Shard: Sendable {
-        let map = Mutex<[Key: Value]>([:])
-    }
-
-    private let shards: [Shard]
-
-    init(shardCount: Int = 16) {
-        shards = (0..<shardCount).map { _ in Shard() }
-    }
-
-    private func shard(_ key: Key) -> Shard {
-        shards[Int(UInt(bitPattern: key.hashValue) % UInt(shards.count))]
-    }
-
-    subscript(key: Key) -> Value? {
-        shard(key).map.withLock { $0[key] }
-    }
-
-    /// Reads and changes the value for `key` under its shard's lock.
-    @discardableResult
-    func update<Result: Sendable>(_ key: Key, _ body: (inout Value?) -> Result) -> Result {
-        shard(key).map.withLock { map in
-            var value = map[key]
-            let result = body(&value)
-            map[key] = value
-            return result
+    /// A device's presence on this node: a detached (reconnecting) device is offline.
+    func status(of deviceID: String) -> PresenceBoard.Status {
+        guard let link = links(of: .device, principal: deviceID).first, link.isAttached else {
+            return .init(online: false, sessions: 0)
         }
-    }
-
-    var count: Int {
-        shards.reduce(0) { total, shard in total + shard.map.withLock { $0.count } }
-    }
-
-    var keys: [Key] {
-        shards.flatMap { shard in shard.map.withLock { Array($0.keys) } }
-    }
-
-    var values: [Value] {
-        shards.flatMap { shard in shard.map.withLock { Array($0.values) } }
+        return .init(online: true, sessions: link.sessions.count { $0.currentPhase == .open })
     }
 }

@@ -20,62 +20,13 @@ extension Switchboard {
         var resumed: Bool
     }
 
-    /// Before a transport is admitted, what the fleet must do first: a link resumed here that
-    /// another node has is brought here; a device that does not resume a link of this node gets
-    /// a fresh link claimed fleet-wide (contract §4's replace rule across nodes: the link it
-    /// replaces, wherever it is, closes with 4002); an app's fresh link is written for the
-    /// fleet (its next request may land on another node). Nil when nothing is to be claimed
-    /// (no fleet, a resume this node can serve). Refused (503) once the relay drains: bringing a
-    /// link from another node takes a while, and the drain may have begun meanwhile.
+    /// Before a transport is admitted, what the table must do first (`SessionTable.prepare`: a
+    /// link another node has brought here, a fresh link claimed where every node sees it).
+    /// Refused (503) once the relay drains: bringing a link from another node takes a while,
+    /// and the drain may have begun meanwhile.
     func prepare(_ identity: ClientIdentity, resume: ResumeRequest?) async throws(RelayHTTPError) -> LinkSeed? {
-        let seed = try await prepareInFleet(identity, resume: resume)
+        let seed = try await table.prepare(identity, resume: resume, on: self)
         if isDraining { throw RelayHTTPError.restarting }
-        return seed
-    }
-
-    private func prepareInFleet(_ identity: ClientIdentity, resume: ResumeRequest?) async throws(RelayHTTPError) -> LinkSeed? {
-        guard let fleet = table.fleet else { return nil }
-        let (party, principal) = identity.partyAndPrincipal
-        if let resume, !table.links(of: party, principal: principal).contains(where: { $0.accepts(resumeToken: resume.token) }) {
-            // The link may be on another node: it comes here first (contract §11).
-            await bringHere(resumeToken: resume.token, party: party, principal: principal)
-        }
-        if let resume, table.links(of: party, principal: principal).contains(where: { $0.accepts(resumeToken: resume.token) }) {
-            return nil
-        }
-        let seed = LinkSeed()
-        guard case .device(let record) = identity else {
-            guard case .app(let app) = identity else { return nil }
-            do throws(StoreError) {
-                try await fleet.store.registerLink(
-                    StoredLink(
-                        id: seed.id,
-                        tokenHash: seed.tokenHash,
-                        party: Party.app.rawValue,
-                        principal: app.userID,
-                        tokenValidUntil: app.expiresAt + limits.tokenLeeway,
-                        tokenExpiresAt: app.expiresAt,
-                        tokenDevices: app.devices.map { Array($0).sorted() },
-                        attached: true
-                    )
-                )
-            } catch {
-                logger.error("Writing an app's new link failed", metadata: ["user.id": "\(app.userID)", "error": "\(error)"])
-                throw RelayHTTPError.storeUnavailable
-            }
-            return seed
-        }
-        do throws(StoreError) {
-            let replaced = try await fleet.store.claimDevice(
-                StoredLink(id: seed.id, tokenHash: seed.tokenHash, party: Party.device.rawValue, principal: record.deviceID, attached: true)
-            )
-            if let replaced, replaced.node != fleet.node {
-                logger.info("Device connected again; its older link on another node is replaced", metadata: ["device.id": "\(record.deviceID)", "link.id": "\(replaced.linkID)"])
-            }
-        } catch {
-            logger.error("Claiming a device's link failed", metadata: ["device.id": "\(record.deviceID)", "error": "\(error)"])
-            throw RelayHTTPError.storeUnavailable
-        }
         return seed
     }
 
@@ -212,14 +163,6 @@ extension Switchboard {
         presenceMayHaveChanged(link.principal)
     }
 
-    /// A device's presence as watchers see it: a detached (reconnecting) device is offline.
-    func status(of deviceID: String) -> PresenceBoard.Status {
-        guard let link = table.links(of: .device, principal: deviceID).first, link.isAttached else {
-            return .init(online: false, sessions: 0)
-        }
-        return .init(online: true, sessions: link.sessions.count { $0.currentPhase == .open })
-    }
-
     /// Contract §9: a revoked device's live link ends at once; its sessions close with
     /// `device_revoked` and its socket with 1008.
     func revoke(deviceID: String) {
@@ -246,7 +189,7 @@ extension Switchboard {
     func shutdown(drain configured: Duration) async {
         draining.store(true, ordering: .relaxed)
         // A node the fleet declared dead lost its links already: nothing to wait for.
-        let drain = table.fleet?.store.isFenced == true ? .zero : configured
+        let drain = table.isFenced ? .zero : configured
         let links = table.allLinks
         logger.info("Shutting down: telling clients to go away", metadata: ["links": "\(links.count)"])
         for link in links { goAwayIfDraining(link) }

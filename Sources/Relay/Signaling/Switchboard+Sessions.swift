@@ -188,7 +188,7 @@ extension Switchboard {
             ]
         )
         let event = SessionEvent.closed(sessionID: session.id, reason: reason.rawValue, by: closer.rawValue)
-        for party in [session.app, session.device] where !fromAnotherNode || party is Link {
+        for party in [session.app, session.device] where !fromAnotherNode || table.serves(party) {
             party.send(message, event: event)
         }
         logger.info("Session closed", metadata: metadata)

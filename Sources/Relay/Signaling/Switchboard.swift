@@ -236,13 +236,12 @@ final class Switchboard: Sendable {
         case .deviceInfo(let capabilities):
             guard link.party == .device else { throw SignalingError(.badRequest, "device_info is for devices", requestID: requestID) }
             presence.describe(link.principal, capabilities: capabilities)
-            if let fleet = table.fleet {
-                return .pending { [logger] in
-                    do throws(StoreError) {
-                        try await fleet.store.describe(deviceID: link.principal, linkID: link.id, capabilities: capabilities.serialized)
-                    } catch {
-                        logger.warning("Recording a device's capabilities failed", metadata: ["device.id": "\(link.principal)", "error": "\(error)"])
-                    }
+            // Kept where every node reads presence before the link's next message is taken.
+            return .pending { [table, logger] in
+                do throws(StoreError) {
+                    try await table.describe(deviceID: link.principal, linkID: link.id, capabilities: capabilities)
+                } catch {
+                    logger.warning("Recording a device's capabilities failed", metadata: ["device.id": "\(link.principal)", "error": "\(error)"])
                 }
             }
         }

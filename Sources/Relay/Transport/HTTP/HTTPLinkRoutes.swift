@@ -146,7 +146,7 @@ struct HTTPLinkRoutes: Sendable {
         let body = try await request.jsonObject(upTo: Self.bodyLimit(maxMessageBytes))
         let messages = try Self.messages(body["messages"], maxMessageBytes: maxMessageBytes)
         if let id = body["link_id"]?.stringValue, let token = body["resume_token"]?.stringValue, switchboard.table.link(id: id) == nil,
-            let forwarded = try await switchboard.forward(messages, toLink: id, resumeToken: token)
+            let forwarded = try await switchboard.table.forward(messages, toLink: id, resumeToken: token)
         {
             // The link waits on another node (its event stream or poll is there): the messages
             // go to that node, which handles them as from the link (and answers errors on it).
@@ -210,7 +210,7 @@ struct HTTPLinkRoutes: Sendable {
     private func authenticatedLink(id: String?, token: String?) async throws -> Link {
         guard let id, let token else { throw RelayHTTPError(.badRequest, "link_id and resume_token are required") }
         // In a fleet, the link follows the request that names it.
-        if switchboard.table.link(id: id) == nil { await switchboard.bringHere(linkID: id, resumeToken: token) }
+        if switchboard.table.link(id: id) == nil { await switchboard.table.bringHere(linkID: id, resumeToken: token, on: switchboard) }
         guard let link = switchboard.table.link(id: id), !link.isEnded else {
             throw RelayHTTPError(.notFound, "Unknown link: open one with POST /api/link")
         }

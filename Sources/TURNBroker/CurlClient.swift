@@ -1,6 +1,7 @@
 /// libcurl behind one small Swift type: bounded HTTPS transfers on a thread pool.
 import CCurl
 import DequeModule
+import NIOCore
 import NIOPosix
 import Synchronization
 
@@ -214,9 +215,8 @@ private final class Slots: Sendable {
             defer { state.nextID += 1 }
             return state.nextID
         }
-        // Only a call that has to wait gets a timer.
-        let giveUp = Task { [self] in
-            try? await Task.sleep(until: deadline, clock: .continuous)
+        // Only a call that has to wait gets a timer: an event loop's, a task of none.
+        let giveUp = MultiThreadedEventLoopGroup.singleton.any().scheduleTask(in: TimeAmount(max(deadline - .now, .zero))) { [self] in
             let waiter = state.withLock { state -> CheckedContinuation<Outcome, Never>? in
                 guard let index = state.waiting.firstIndex(where: { $0.id == id }) else { return nil }
                 return state.waiting.remove(at: index).continuation

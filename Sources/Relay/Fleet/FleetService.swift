@@ -103,7 +103,14 @@ final class FleetService: Service, Sendable {
         }
     }
 
+    /// Reads the inbox until the service stops; what a message sent through another node
+    /// leaves to await (a session request waiting for its ICE servers) runs as a child task
+    /// of the reader.
     private func readInbox() async {
+        await withDiscardingTaskGroup { group in await readInbox(into: &group) }
+    }
+
+    private func readInbox(into group: inout DiscardingTaskGroup) async {
         var failing = false
         // Messages for links not here (yet): held a few seconds for a link on its way.
         var strays: [String: (since: ContinuousClock.Instant, rows: [RemoteDelivery])] = [:]
@@ -126,14 +133,14 @@ final class FleetService: Service, Sendable {
             do {
                 var rows: [RemoteDelivery]
                 repeat {
-                    await arrive(&strays)
+                    await arrive(&strays, &group)
                     rows = try await node.store.takeInbox(limit: 1000)
                     taken += rows.count
-                    for stray in await switchboard.deliver(rows, in: node) {
+                    for stray in await switchboard.deliver(rows, in: node, beside: { work in group.addTask { await work() } }) {
                         strays[stray.linkID, default: (.now, [])].rows.append(stray)
                     }
                 } while rows.count == 1000
-                await arrive(&strays)
+                await arrive(&strays, &group)
                 if failing { logger.info("Reading messages from other nodes works again") }
                 failing = false
             } catch {
@@ -146,13 +153,16 @@ final class FleetService: Service, Sendable {
                 strays[id] = nil
             }
         }
-        await arrive(&strays)
+        await arrive(&strays, &group)
         node.arrivals.close()
     }
 
     /// Restores the links that arrived, then hands them what was read for them before (a
     /// request for one from another node included: it moves on at once).
-    private func arrive(_ strays: inout [String: (since: ContinuousClock.Instant, rows: [RemoteDelivery])]) async {
+    private func arrive(
+        _ strays: inout [String: (since: ContinuousClock.Instant, rows: [RemoteDelivery])],
+        _ group: inout DiscardingTaskGroup
+    ) async {
         for (state, continuation) in node.arrivals.take() {
             let restored = switchboard.restore(state)
             if restored.links > 0 {
@@ -160,7 +170,7 @@ final class FleetService: Service, Sendable {
             }
             for link in state.links {
                 guard let held = strays.removeValue(forKey: link.id) else { continue }
-                _ = await switchboard.deliver(held.rows, in: node)
+                _ = await switchboard.deliver(held.rows, in: node, beside: { work in group.addTask { await work() } })
             }
             continuation.resume(returning: true)
         }

@@ -11,9 +11,15 @@ extension Switchboard {
     /// Hands messages other nodes queued for this node's links to them, in order. A message
     /// that carries a session event is applied to this node's copy of the session first; one
     /// for a link that moved on follows it. A request for a link (its client resumed on another
-    /// node) hands it over, with the messages after the request for it. Returns the messages
-    /// for links not here (the caller holds them a while for a link on its way).
-    func deliver(_ rows: [RemoteDelivery], in fleet: FleetSessionTable) async -> [RemoteDelivery] {
+    /// node) hands it over, with the messages after the request for it. What a message sent
+    /// through another node leaves to await goes to `beside` (the inbox reader runs it as a
+    /// child task). Returns the messages for links not here (the caller holds them a while for
+    /// a link on its way).
+    func deliver(
+        _ rows: [RemoteDelivery],
+        in fleet: FleetSessionTable,
+        beside: (@escaping @Sendable () async -> Void) -> Void
+    ) async -> [RemoteDelivery] {
         var strays: [RemoteDelivery] = []
         var carried = Set<Int64>()
         var moved: [String: Link] = [:]
@@ -33,7 +39,7 @@ extension Switchboard {
                 }
                 continue
             }
-            deliver(row, to: link, in: fleet)
+            if let work = deliver(row, to: link, in: fleet) { beside(work) }
         }
         // Gone from the inbox with the live-state write that holds what they caused.
         liveState?.inboxDelivered(done)
@@ -48,22 +54,24 @@ extension Switchboard {
         liveState?.inboxDelivered(rows.compactMap(\.seq))
     }
 
-    /// One message for a link of this node (or one that moved on: it follows it).
-    private func deliver(_ row: RemoteDelivery, to link: Link, in fleet: FleetSessionTable) {
-        if link.forward(row) { return }
+    /// One message for a link of this node (or one that moved on: it follows it); what it
+    /// leaves to await, if anything.
+    private func deliver(_ row: RemoteDelivery, to link: Link, in fleet: FleetSessionTable) -> (@Sendable () async -> Void)? {
+        if link.forward(row) { return nil }
         let event = row.event.flatMap(SessionEvent.init(encoded:))
         if case .fromLink = event {
             // Sent by the link's client through another node (contract §7).
             if let message = try? JSONParser.object(row.openBody) {
                 switch receive(message: .object(message), from: link) {
                 case .refused, .handled: break
-                case .pending(let work), .alongside(let work): Task { await work() }
+                case .pending(let work), .alongside(let work): return work
                 }
             }
-            return
+            return nil
         }
-        if let event, !apply(event, to: link, in: fleet) { return }
+        if let event, !apply(event, to: link, in: fleet) { return nil }
         link.send(OutboundMessage(type: row.type, openBody: row.openBody))
+        return nil
     }
 
     /// Hands `link` to `node`, where its client resumed: what it keeps, and its sessions whose

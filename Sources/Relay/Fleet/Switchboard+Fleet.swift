@@ -296,16 +296,7 @@ extension Switchboard {
     /// A session another node opened for a device link that is no longer here: the app hears
     /// it closed, and its row goes.
     private func refuseRemoteSession(_ stored: StoredSession, in fleet: FleetSessionTable) {
-        let close = OutboundMessage(
-            "webrtc_close",
-            [
-                "session_id": .string(stored.id),
-                "reason": .string(SessionCloseReason.peerDisconnected.rawValue),
-                "by": .string(SessionCloser.relay.rawValue),
-            ]
-        )
-        fleet.remote(stored.appLink, principal: stored.userID)
-            .send(close, event: .closed(sessionID: stored.id, reason: SessionCloseReason.peerDisconnected.rawValue, by: SessionCloser.relay.rawValue))
+        tellClosed(stored.id, reason: .peerDisconnected, by: .relay, to: [fleet.remote(stored.appLink, principal: stored.userID)])
         liveState?.sessionEnded(stored.id)
     }
 }

@@ -72,20 +72,16 @@ extension Switchboard {
                 // A party's link did not survive (or the row is unreadable): the session is over;
                 // a party that did survive hears it.
                 liveState?.sessionEnded(record.id)
-                journal.record(.sessionClosed(sessionID: record.id, at: Date(), reason: SessionCloseReason.peerDisconnected.rawValue, closedBy: "relay"))
-                let close = OutboundMessage(
-                    "webrtc_close",
-                    ["session_id": .string(record.id), "reason": .string(SessionCloseReason.peerDisconnected.rawValue), "by": .string("relay")]
+                journal.record(
+                    .sessionClosed(sessionID: record.id, at: Date(), reason: SessionCloseReason.peerDisconnected.rawValue, closedBy: SessionCloser.relay.rawValue)
                 )
-                for survivor in [app, device].compactMap({ $0 }) {
-                    survivor.send(close, event: .closed(sessionID: record.id, reason: SessionCloseReason.peerDisconnected.rawValue, by: "relay"))
-                }
+                tellClosed(record.id, reason: .peerDisconnected, by: .relay, to: [app, device].compactMap { $0 })
                 continue
             }
             armTimer(session)
             // A party that was not taken over hears that the one taken over waits for its client.
             for party in [session.app, session.device] where !restored.contains(party.id) {
-                party.send(OutboundMessage("peer_status", ["session_id": .string(session.id), "status": .string("reconnecting")]))
+                party.send(ServerMessage.peerStatus(sessionID: session.id, status: .reconnecting).outbound)
             }
             sessions += 1
         }

@@ -72,12 +72,7 @@ final class PresenceBoard: Sendable {
     }
 
     private func send(_ status: Status, of deviceID: String, to link: Link) {
-        link.send(
-            OutboundMessage(
-                "device_status",
-                ["device_id": .string(deviceID), "online": .bool(status.online), "sessions": .number(Double(status.sessions))]
-            )
-        )
+        link.send(ServerMessage.deviceStatus(deviceID: deviceID, online: status.online, sessions: status.sessions).outbound)
     }
 
     // MARK: Sightings

@@ -85,7 +85,7 @@ extension Switchboard {
     /// coming from another node, when `go_away` went out) hears it too, after its `hello`.
     private func goAwayIfDraining(_ link: Link) {
         guard isDraining else { return }
-        link.send(OutboundMessage("go_away", ["reconnect_after_ms": .number(Double(Int.random(in: 1000...5000)))]))
+        link.send(ServerMessage.goAway(reconnectAfterMilliseconds: Int.random(in: 1000...5000)).outbound)
     }
 
     /// Attaches a new transport to an existing link (a resume, or the next poll or event stream
@@ -97,7 +97,7 @@ extension Switchboard {
         guard let (generation, previous) = link.attach(resumingAfter: lastSeq, dropTransport: dropTransport) else { return nil }
         if previous == .detached {
             table.setAttached(link)
-            announce(link, status: "connected")
+            announce(link, status: .connected)
             deviceSeen(link)
         }
         return generation
@@ -134,7 +134,7 @@ extension Switchboard {
             end(link)
         case .detached:
             table.setAttached(link)
-            announce(link, status: "reconnecting")
+            announce(link, status: .reconnecting)
             deviceSeen(link)
             logger.debug("Link detached", metadata: ["link.id": "\(link.id)", "link.party": "\(link.party.rawValue)"])
         }
@@ -175,9 +175,9 @@ extension Switchboard {
     }
 
     /// Tells the other party of each of the link's sessions that the link is `status`.
-    func announce(_ link: Link, status: String) {
+    func announce(_ link: Link, status: ServerMessage.PeerStatus) {
         for session in link.sessions where session.currentPhase == .open {
-            session.peer(of: link)?.send(OutboundMessage("peer_status", ["session_id": .string(session.id), "status": .string(status)]))
+            session.peer(of: link)?.send(ServerMessage.peerStatus(sessionID: session.id, status: status).outbound)
         }
     }
 

@@ -44,27 +44,9 @@ extension Switchboard {
         let document = try await mintCredentials(for: session, ttl: ttl, requestID: requestID)
         let iceServers = JSONValue.raw(Self.encode(document))
         let opened = session.open(with: document, refreshIn: refreshDelay(document.ttl)) { stored in
-            link.send(
-                OutboundMessage(
-                    "webrtc_credentials",
-                    [
-                        "session_id": .string(session.id),
-                        "device_id": .string(deviceID),
-                        "ice_servers": iceServers,
-                        "request_id": requestID.map(JSONValue.string),
-                    ]
-                )
-            )
+            link.send(ServerMessage.credentials(sessionID: session.id, deviceID: deviceID, iceServers: iceServers, requestID: requestID).outbound)
             session.device.send(
-                OutboundMessage(
-                    "webrtc_request",
-                    [
-                        "session_id": .string(session.id),
-                        "user_id": .string(identity.userID),
-                        "ice_servers": iceServers,
-                        "metadata": metadata,
-                    ]
-                ),
+                ServerMessage.request(sessionID: session.id, userID: identity.userID, iceServers: iceServers, metadata: metadata).outbound,
                 // The device's node takes the session up (and keeps its timers) before the request.
                 event: .opened(stored)
             )
@@ -178,20 +160,17 @@ extension Switchboard {
             metrics.sessionEnded(reason: reason.rawValue, by: closer.rawValue)
         }
         presenceMayHaveChanged(session.deviceID)
-        let message = OutboundMessage(
-            "webrtc_close",
-            [
-                "session_id": .string(session.id),
-                "reason": .string(reason.rawValue),
-                "by": .string(closer.rawValue),
-                "detail": detail.map(JSONValue.string),
-            ]
-        )
-        let event = SessionEvent.closed(sessionID: session.id, reason: reason.rawValue, by: closer.rawValue)
-        for party in [session.app, session.device] where !fromAnotherNode || table.serves(party) {
-            party.send(message, event: event)
-        }
+        let parties: [any LinkEndpoint] = [session.app, session.device]
+        tellClosed(session.id, reason: reason, by: closer, detail: detail, to: parties.filter { !fromAnotherNode || table.serves($0) })
         logger.info("Session closed", metadata: metadata)
+    }
+
+    /// Tells `parties` the session ended (`webrtc_close`); a party on another node hears it
+    /// after that node's copy of the session closed too. Every cause of a close ends here.
+    func tellClosed(_ sessionID: String, reason: SessionCloseReason, by closer: SessionCloser, detail: String? = nil, to parties: [any LinkEndpoint]) {
+        let message = ServerMessage.close(sessionID: sessionID, reason: reason, by: closer, detail: detail).outbound
+        let event = SessionEvent.closed(sessionID: sessionID, reason: reason.rawValue, by: closer.rawValue)
+        for party in parties { party.send(message, event: event) }
     }
 
     /// Revokes credentials off the caller's path: a close never waits on the TURN provider.
@@ -241,10 +220,7 @@ extension Switchboard {
             }
             return
         }
-        let message = OutboundMessage(
-            "ice_servers_refresh",
-            ["session_id": .string(session.id), "ice_servers": .raw(Self.encode(fresh))]
-        )
+        let message = ServerMessage.iceServersRefresh(sessionID: session.id, iceServers: .raw(Self.encode(fresh))).outbound
         let delivered = session.refreshed(with: fresh, refreshIn: refreshDelay(fresh.ttl)) {
             session.app.send(message)
             session.device.send(message)

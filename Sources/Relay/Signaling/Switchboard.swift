@@ -225,7 +225,7 @@ final class Switchboard: Sendable {
             close(session, reason: .rejected, by: .device, detail: reason)
 
         case .ping:
-            link.send(OutboundMessage("pong", ["request_id": requestID.map(JSONValue.string)]))
+            link.send(ServerMessage.pong(requestID: requestID).outbound)
 
         case .ack(let seq):
             link.acknowledge(through: seq)

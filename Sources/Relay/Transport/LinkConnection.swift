@@ -13,17 +13,13 @@ struct LinkConnection: Sendable {
 
     /// The first message on every new connection (contract §4), without `seq`.
     func hello(_ link: Link, resumed: Bool) -> OutboundMessage {
-        OutboundMessage(
-            "hello",
-            [
-                "link_id": .string(link.id),
-                "resume_token": .string(link.resumeToken),
-                "heartbeat_ms": .number(Double(heartbeatMilliseconds)),
-                "resume_grace_ms": .number(Double(resumeGraceMilliseconds)),
-                "resumed": .bool(resumed),
-                // Contract §11: what the client re-sends starts after this.
-                "acked_cseq": resumed ? .int(link.announceAck()) : nil,
-            ]
-        )
+        ServerMessage.hello(
+            linkID: link.id,
+            resumeToken: link.resumeToken,
+            heartbeatMilliseconds: heartbeatMilliseconds,
+            resumeGraceMilliseconds: resumeGraceMilliseconds,
+            resumed: resumed,
+            ackedCSeq: resumed ? link.announceAck() : nil
+        ).outbound
     }
 }

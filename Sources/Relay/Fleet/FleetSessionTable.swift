@@ -5,7 +5,6 @@ import HTTPTypes
 import OpenSSLCrypto
 import Registry
 import RelayCore
-import Synchronization
 
 /// The `SessionTable` of a node of a fleet on PostgreSQL: which link is a device's live one,
 /// the session limits and presence are the shared store's, whichever node a client lands on;

@@ -1,4 +1,5 @@
 /// What the store has of one link, and what to hand it next: pure rules the link runs under its lock.
+import DeviceAuth
 import Registry
 import RelayCore
 
@@ -88,5 +89,27 @@ struct StoredLinkMarks: Sendable {
         guard !frames.isEmpty else { return 0 }
         batch.snapshot?[id] = frames.map { StoredMessage(seq: $0.seq, text: $0.text) }
         return frames.reduce(0) { $0 + $1.text.utf8.count }
+    }
+}
+
+extension StoredLink {
+    /// The row of a link whose rules are `machine`, as the store keeps it.
+    init(id: String, tokenHash: [UInt8], party: Party, principal: String, machine: Link.Machine, app: AppIdentity?) {
+        self.init(
+            id: id,
+            tokenHash: tokenHash,
+            party: party.rawValue,
+            principal: principal,
+            tokenValidUntil: machine.tokenValidUntil,
+            tokenExpiresAt: app?.expiresAt,
+            tokenDevices: app?.devices.map { $0.sorted() },
+            attached: machine.isAttached,
+            // What a node the link moves to drops as duplicates: what was handled here for good.
+            // A message still being handled as the move begins (a transport reads on its own
+            // thread) counts as not taken: its client sends it again there, and if it got through
+            // here too, the receiving client ignores its repeated peer_cseq.
+            cseq: machine.client.done,
+            restoredThrough: machine.restoredThrough
+        )
     }
 }

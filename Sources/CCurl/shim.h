@@ -16,6 +16,10 @@ typedef size_t (*relay_curl_write_callback)(char *ptr, size_t size, size_t nmemb
 static inline CURLcode relay_curl_setopt_write_function(CURL *handle, relay_curl_write_callback callback) {
     return curl_easy_setopt(handle, CURLOPT_WRITEFUNCTION, callback);
 }
+typedef int (*relay_curl_xferinfo_callback)(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow);
+static inline CURLcode relay_curl_setopt_xferinfo_function(CURL *handle, relay_curl_xferinfo_callback callback) {
+    return curl_easy_setopt(handle, CURLOPT_XFERINFOFUNCTION, callback);
+}
 static inline CURLcode relay_curl_getinfo_long(CURL *handle, CURLINFO info, long *value) {
     return curl_easy_getinfo(handle, info, value);
 }

@@ -108,6 +108,7 @@ public struct CloudflareProvider: TURNProvider {
                 switch error {
                 case .timedOut: failure = TURNError(.upstreamTimedOut, "Cloudflare API timed out")
                 case .overloaded: throw TURNError(.upstreamFailed, "Cloudflare API error: too many requests in flight")
+                case .cancelled: throw TURNError(.upstreamFailed, "Cloudflare API call cancelled")
                 case .transport(let detail): failure = TURNError(.upstreamFailed, "Cloudflare API error: \(detail)")
                 }
             }

@@ -35,6 +35,9 @@ public final class CurlClient: Sendable {
         case timedOut
         case transport(String)
         case overloaded
+        /// The calling task was cancelled: the transfer was aborted (within about a second,
+        /// libcurl's progress interval on an idle connection).
+        case cancelled
     }
 
     public let configuration: Configuration
@@ -72,6 +75,7 @@ public final class CurlClient: Sendable {
 
     /// One transfer: a POST of `body`, or a GET when it is nil.
     private func transfer(url: String, headers: [String], body: [UInt8]?) async throws(Failure) -> Response {
+        guard !Task.isCancelled else { throw .cancelled }
         let deadline = ContinuousClock.now + .milliseconds(configuration.totalTimeoutMilliseconds)
         switch await slots.acquire(until: deadline) {
         case .acquired: break
@@ -86,9 +90,14 @@ public final class CurlClient: Sendable {
         transfer.connectTimeoutMilliseconds = min(transfer.connectTimeoutMilliseconds, leftMilliseconds)
         let handle = idleHandles.withLock { $0.popLast() } ?? EasyHandle()
         let result: Result<Response, Failure>
+        let cancelled = CancelFlag()
         do {
-            result = try await pool.runIfActive { [transfer] in
-                handle.perform(url: url, headers: headers, body: body, configuration: transfer)
+            result = try await withTaskCancellationHandler {
+                try await pool.runIfActive { [transfer] in
+                    handle.perform(url: url, headers: headers, body: body, configuration: transfer, cancelled: cancelled)
+                }
+            } onCancel: {
+                cancelled.raise()
             }
         } catch {
             throw .transport("transfer pool stopped")
@@ -126,7 +135,8 @@ private final class EasyHandle: @unchecked Sendable {
         url: String,
         headers: [String],
         body: [UInt8]?,
-        configuration: CurlClient.Configuration
+        configuration: CurlClient.Configuration,
+        cancelled: CancelFlag
     ) -> Result<CurlClient.Response, CurlClient.Failure> {
         // Reset options but keep the connection cache.
         curl_easy_reset(curl)
@@ -134,7 +144,7 @@ private final class EasyHandle: @unchecked Sendable {
         for header in headers { headerList = curl_slist_append(headerList, header) }
         defer { curl_slist_free_all(headerList) }
         let sink = Sink(limit: configuration.maxResponseBytes)
-        let code: CURLcode = withExtendedLifetime(sink) {
+        let code: CURLcode = withExtendedLifetime((sink, cancelled)) {
             _ = relay_curl_setopt_string(curl, CURLOPT_URL, url)
             _ = relay_curl_setopt_long(curl, CURLOPT_NOSIGNAL, 1)
             _ = relay_curl_setopt_long(curl, CURLOPT_FOLLOWLOCATION, 0)
@@ -168,6 +178,13 @@ private final class EasyHandle: @unchecked Sendable {
                 return length
             }
             _ = relay_curl_setopt_pointer(curl, CURLOPT_WRITEDATA, Unmanaged.passUnretained(sink).toOpaque())
+            // Called about once a second even on an idle connection: a nonzero answer aborts.
+            _ = relay_curl_setopt_long(curl, CURLOPT_NOPROGRESS, 0)
+            _ = relay_curl_setopt_xferinfo_function(curl) { userdata, _, _, _, _ in
+                guard let userdata else { return 0 }
+                return Unmanaged<CancelFlag>.fromOpaque(userdata).takeUnretainedValue().isRaised ? 1 : 0
+            }
+            _ = relay_curl_setopt_pointer(curl, CURLOPT_XFERINFODATA, Unmanaged.passUnretained(cancelled).toOpaque())
             return curl_easy_perform(curl)
         }
         switch code {
@@ -177,10 +194,19 @@ private final class EasyHandle: @unchecked Sendable {
             return .success(.init(status: status, body: sink.bytes))
         case CURLE_OPERATION_TIMEDOUT:
             return .failure(.timedOut)
+        case CURLE_ABORTED_BY_CALLBACK where cancelled.isRaised:
+            return .failure(.cancelled)
         default:
             return .failure(.transport(String(cString: curl_easy_strerror(code))))
         }
     }
+}
+
+/// Set once the task waiting for a transfer is cancelled; read by libcurl's progress callback.
+private final class CancelFlag: Sendable {
+    private let raised = Atomic(false)
+    var isRaised: Bool { raised.load(ordering: .relaxed) }
+    func raise() { raised.store(true, ordering: .relaxed) }
 }
 
 /// A counting semaphore with a bounded waiting line whose waiters give up at their deadline.

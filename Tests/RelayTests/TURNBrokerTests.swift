@@ -310,3 +310,32 @@ extension CloudflareTURNTests {
         #expect(MessageLimits.ttlRange == TURNLimits.ttlRange)
     }
 }
+
+/// The relay's libcurl client, on its own against a local upstream.
+@Suite(.timeLimit(.minutes(1))) struct CurlClientTests {
+    /// Shutdown cancels what is still waiting on an upstream: a cancelled call ends its transfer
+    /// and says so, rather than holding its thread until the upstream's timeout.
+    @Test func aCancelledCallAbortsItsTransferToAHangingUpstream() async throws {
+        let fake = FakeCloudflareTURN()
+        fake.script(.hang)
+        try await fake.run { baseURL in
+            var configuration = CurlClient.Configuration()
+            configuration.allowPlainHTTP = true
+            configuration.totalTimeoutMilliseconds = 120_000
+            let client = CurlClient(configuration: configuration)
+            let call = Task { () async -> CurlClient.Failure? in
+                do throws(CurlClient.Failure) {
+                    _ = try await client.post(url: "\(baseURL)/turn/keys/k/credentials/generate-ice-servers", headers: [], body: [])
+                    return nil
+                } catch {
+                    return error
+                }
+            }
+            var arrivals = fake.arrivingRequests.makeAsyncIterator()
+            _ = await arrivals.next()
+            call.cancel()
+            #expect(await call.value == .cancelled)
+            try await client.shutdown()
+        }
+    }
+}

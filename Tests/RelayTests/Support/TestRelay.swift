@@ -19,7 +19,6 @@ struct TestRelay: Sendable {
     static let masterKey = "test-master-key-test-master-key-00"
 
     let port: Int
-    let http: any TestClientProtocol
     /// The relay's store, opened a second time as the `relay device` commands do.
     let store: RelayStore
 
@@ -51,7 +50,7 @@ struct TestRelay: Sendable {
             // Bounded: a relay that never finishes shutting down fails this test, not the run.
             try await withDeadline(.seconds(100), "the test relay to run and shut down") {
                 try await app.test(.live) { client in
-                    try await body(TestRelay(port: client.port!, http: client, store: store))
+                    try await body(TestRelay(port: client.port!, store: store))
                 }
             }
         }
@@ -91,15 +90,15 @@ struct TestRelay: Sendable {
 
     /// The body of `GET /healthz`.
     func healthz() async throws -> String {
-        try await http.execute(uri: "/healthz", method: .get) { response in
-            #expect(response.status == .ok)
-            return String(buffer: response.body)
-        }
+        let response = try await execute("/healthz", method: .get)
+        #expect(response.status == .ok)
+        return response.body
     }
 
     /// A plain GET, for its status and body.
     func get(_ pathAndQuery: String) async throws -> (status: HTTPResponse.Status, body: String) {
-        try await http.execute(uri: pathAndQuery, method: .get) { ($0.status, String(buffer: $0.body)) }
+        let response = try await execute(pathAndQuery, method: .get)
+        return (response.status, response.body)
     }
 
     /// An HTTP request with an optional bearer token and JSON body; the answer's status and JSON.
@@ -112,10 +111,8 @@ struct TestRelay: Sendable {
         var headers: HTTPFields = [:]
         if let token { headers[.authorization] = "Bearer \(token)" }
         if body != nil { headers[.contentType] = "application/json" }
-        return try await http.execute(uri: path, method: method, headers: headers, body: body.map { ByteBuffer(string: $0) }) { response in
-            let json = (try? JSONSerialization.jsonObject(with: Data(String(buffer: response.body).utf8)) as? [String: Any]) ?? [:]
-            return (response.status, json)
-        }
+        let response = try await execute(path, method: method, headers: headers, body: body)
+        return (response.status, Self.json(response.body))
     }
 
     /// `POST /api/turn/credentials` with `token` (none: no Authorization header) and `body`.
@@ -123,15 +120,33 @@ struct TestRelay: Sendable {
     {
         var headers: HTTPFields = [.contentType: "application/json"]
         if let token { headers[.authorization] = "Bearer \(token)" }
-        return try await http.execute(
-            uri: "/api/turn/credentials",
-            method: .post,
-            headers: headers,
-            body: body.map { ByteBuffer(string: $0) }
-        ) { response in
-            let json = (try? JSONSerialization.jsonObject(with: Data(String(buffer: response.body).utf8)) as? [String: Any]) ?? [:]
-            return (response.status, response.headers, json)
+        let response = try await execute("/api/turn/credentials", method: .post, headers: headers, body: body)
+        return (response.status, response.headers, Self.json(response.body))
+    }
+
+    /// One request on a connection of its own, as a backend's client makes them: the relay
+    /// closes a connection whose first request has not come within its request timeout (10 s),
+    /// so none is kept across a test's steps.
+    func execute(
+        _ pathAndQuery: String,
+        method: HTTPRequest.Method,
+        headers: HTTPFields = [:],
+        body: String? = nil
+    ) async throws -> (status: HTTPResponse.Status, headers: HTTPFields, body: String) {
+        let client = TestClient(host: "127.0.0.1", port: port, configuration: .init(timeout: .seconds(30)))
+        client.connect()
+        do {
+            let response = try await client.execute(.init(pathAndQuery, method: method, headers: headers, body: body.map { ByteBuffer(string: $0) }))
+            try? await client.shutdown()
+            return (response.status, response.headers, response.body.map { String(buffer: $0) } ?? "")
+        } catch {
+            try? await client.shutdown()
+            throw error
         }
+    }
+
+    static func json(_ body: String) -> [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]) ?? [:]
     }
 
     /// A WebSocket upgrade request sent as plain HTTP on a connection of its own (a refused

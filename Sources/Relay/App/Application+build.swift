@@ -55,6 +55,7 @@ public func buildRelay(
     let nonces = try await journals.nonceCache(configuration: configuration, ledger: stores.nonces)
     let configured = dependencies.turn.map { ($0, [any Service]()) } ?? configuration.turnProvider(metrics: metrics, logger: logger)
     let turn = ObservedTURNProvider(configured.0, probeEvery: .seconds(configuration.turnProbeSeconds), factory: metrics.metricsFactory)
+    let errands = Errands()
     let switchboard = Switchboard(
         table: journals.table,
         turn: turn,
@@ -65,6 +66,7 @@ public func buildRelay(
         liveState: journals.liveState,
         metrics: metrics,
         refreshDelay: dependencies.refreshDelay,
+        errands: errands,
         logger: logger
     )
     try await journals.takeOver(into: switchboard)
@@ -97,7 +99,8 @@ public func buildRelay(
     )
     let sockets = OpenSockets()
     // In the order they start; they stop in the reverse order (the stores' own last, after the last write).
-    var services: [any Service] = stores.services + journals.services + configured.1 + [turn]
+    // The errands stop after the server and the drain, before the TURN provider and the journals.
+    var services: [any Service] = stores.services + journals.services + configured.1 + [turn, errands]
     services += stores.fleetServices(switchboard: switchboard, configuration: configuration, logger: logger)
     services += jwks?.services ?? []
     services += journals.periodicServices(configuration: configuration, switchboard: switchboard) + [sockets]

@@ -50,6 +50,8 @@ import TURNBroker
             liveState: LiveStateJournal(store: store, interval: .seconds(3600), links: { table.allLinks }, logger: logger),
             metrics: RelayMetrics(),
             refreshDelay: { _ in .seconds(3600) },
+            // Not run: nothing measured here waits on anything slow.
+            errands: Errands(),
             logger: logger
         )
         let deviceAdmission = switchboard.admit(.device(DeviceRecord(deviceID: "bench-robot", secrets: [])), resume: nil, dropTransport: {})

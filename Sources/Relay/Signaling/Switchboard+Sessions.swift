@@ -177,7 +177,7 @@ extension Switchboard {
     func revokeLater(_ documents: [CredentialDocument]) {
         guard !documents.isEmpty else { return }
         let turn = turn
-        Task {
+        errands.run {
             for document in documents { await turn.revoke(document) }
         }
     }
@@ -204,7 +204,7 @@ extension Switchboard {
             close(session, reason: .setupTimeout, by: .relay)
         case .mint(let ttl):
             armTimer(session)
-            Task { await refresh(session, ttl: ttl) }
+            errands.run { [self] in await refresh(session, ttl: ttl) }
         }
     }
 

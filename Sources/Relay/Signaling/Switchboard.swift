@@ -43,6 +43,8 @@ final class Switchboard: Sendable {
     let metrics: RelayMetrics
     /// How long after minting a session's credentials (of the given ttl) to mint fresh ones.
     let refreshDelay: @Sendable (Int) -> Duration
+    /// Where work off a caller's path runs (ICE servers being minted, credentials revoked).
+    let errands: Errands
     let logger: Logger
 
     init(
@@ -55,8 +57,10 @@ final class Switchboard: Sendable {
         liveState: LiveStateJournal?,
         metrics: RelayMetrics,
         refreshDelay: @escaping @Sendable (Int) -> Duration,
+        errands: Errands,
         logger: Logger
     ) {
+        self.errands = errands
         self.journal = journal
         self.liveState = liveState
         self.metrics = metrics
@@ -159,7 +163,7 @@ final class Switchboard: Sendable {
             await work()
             return true
         case .alongside(let work):
-            Task { await work() }
+            errands.run(work)
             return true
         }
     }

@@ -89,7 +89,7 @@ final class LinkSocket: WebSocketEndpoint {
         case .refused, .handled:
             return
         case .alongside(let beside):
-            Task(executorPreference: EventLoopTaskExecutor(eventLoop)) { await beside() }
+            switchboard.errands.run(on: EventLoopTaskExecutor(eventLoop), beside)
             return
         case .pending(let pending):
             work = pending
@@ -98,7 +98,7 @@ final class LinkSocket: WebSocketEndpoint {
         let this = NIOLoopBound(self, eventLoop: socket.channel.eventLoop)
         // On the socket's own event loop: what the work does between its waits costs no hop
         // to another thread and back.
-        Task(executorPreference: EventLoopTaskExecutor(eventLoop)) {
+        switchboard.errands.run(on: EventLoopTaskExecutor(eventLoop)) {
             await work()
             eventLoop.execute { this.value.finishedWaiting() }
         }

@@ -8,9 +8,7 @@ import Logging
 import NIOCore
 import Registry
 import Relay
-import ServiceLifecycle
 import SystemPackage
-import UnixSignals
 
 @main
 struct RelayCommand: AsyncParsableCommand {
@@ -127,24 +125,13 @@ struct Serve: AsyncParsableCommand {
                 "relay.store": "\(configuration.databaseURL == nil ? "sqlite" : "postgresql")",
             ]
         )
-        let relay = try await exitingOnStoreError(configuration) { () async throws(StoreError) in
-            try await buildRelay(configuration: configuration, logger: logger)
-        }
-        // Shut down in reverse order: the drain (go_away, 1001) first, then the server.
-        let services = ServiceGroup(
-            configuration: .init(
-                services: [.init(service: relay.application), .init(service: relay.shutdown)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            )
-        )
         do {
-            try await services.run()
-        } catch {
-            await relay.close()
-            throw error
+            try await runRelay(configuration: configuration, logger: logger)
+        } catch let error as StoreError {
+            // A store that cannot be opened (or a fleet that lost this node) stops it with one line.
+            printError("relay: \(error) (\(configuration.databaseURL == nil ? "RELAY_DB" : "RELAY_DATABASE_URL"))")
+            throw ExitCode(1)
         }
-        await relay.close()
     }
 
     private func printDevelopmentBanner(_ secrets: RelayConfiguration.DevelopmentSecrets, configuration: RelayConfiguration) {
@@ -176,16 +163,6 @@ struct Serve: AsyncParsableCommand {
             \(rule)
             """
         )
-    }
-}
-
-/// A store that cannot be opened stops start-up with one line.
-private func exitingOnStoreError<T>(_ configuration: RelayConfiguration, _ body: () async throws(StoreError) -> T) async throws -> T {
-    do {
-        return try await body()
-    } catch {
-        printError("relay: \(error) (\(configuration.databaseURL == nil ? "RELAY_DB" : "RELAY_DATABASE_URL"))")
-        throw ExitCode(1)
     }
 }
 

@@ -10,6 +10,7 @@ import Registry
 import RelayCore
 import RelayWebSocket
 import ServiceLifecycle
+import UnixSignals
 import TURNBroker
 
 /// What the application is built from besides its configuration: the parts tests and other
@@ -29,28 +30,47 @@ public struct RelayDependencies: Sendable {
     }
 }
 
-/// Builds the relay application (tests run it as is).
+/// Builds the relay application on the embedded store (tests run it as is). A node of a
+/// PostgreSQL fleet runs with `runRelay`, which keeps the database's pool running around it.
 public func buildApplication(
     configuration: RelayConfiguration,
     dependencies: RelayDependencies = .init(),
     logger: Logger = Logger(label: "relay")
 ) async throws(StoreError) -> some ApplicationProtocol {
-    try await buildRelay(configuration: configuration, dependencies: dependencies, logger: logger).application
+    guard configuration.databaseURL == nil else {
+        throw StoreError.unusable("an application built in-process runs on the embedded store; a PostgreSQL node runs with runRelay")
+    }
+    return try await buildRelay(configuration: configuration, stores: .embedded(configuration), dependencies: dependencies, logger: logger).application
 }
 
-/// Builds the relay: its stores, routes, authentication, the switchboard and the server, the
-/// service that drains links on shutdown, and what to stop once every service has stopped (the
-/// PostgreSQL pool, which the services use until their last write). Only wiring: each part is
-/// made by its own type from its part of the configuration.
-public func buildRelay(
+/// Runs the relay until SIGTERM or SIGINT stops it and its drain is over (`relay serve`): its
+/// stores around everything, then its services, the drain (`go_away`, 1001) stopping first.
+public func runRelay(configuration: RelayConfiguration, logger: Logger) async throws {
+    try await RelayStores.withStores(configuration, logger: logger) { stores in
+        let relay = try await buildRelay(configuration: configuration, stores: stores, logger: logger)
+        let services = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: relay.application), .init(service: relay.shutdown)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await services.run()
+    }
+}
+
+/// Builds the relay on `stores`: its routes, authentication, the switchboard and the server,
+/// and the service that drains links on shutdown. Only wiring: each part is made by its own
+/// type from its part of the configuration.
+func buildRelay(
     configuration: RelayConfiguration,
+    stores: RelayStores,
     dependencies: RelayDependencies = .init(),
-    logger: Logger = Logger(label: "relay")
-) async throws(StoreError) -> (application: some ApplicationProtocol, shutdown: ShutdownService, close: @Sendable () async -> Void) {
+    logger: Logger
+) async throws(StoreError) -> (application: some ApplicationProtocol, shutdown: ShutdownService) {
     let ring = configuration.jwksURL.map { _ in KeyRing() }
     let verifier = AppTokenVerifier(configuration: configuration.tokens, keyRing: ring)
     let metrics = RelayMetrics()
-    let stores = try await RelayStores.open(configuration, logger: logger)
     let journals = RelayJournals(configuration: configuration, stores: stores, logger: logger)
     let nonces = try await journals.nonceCache(configuration: configuration, ledger: stores.nonces)
     let configured = dependencies.turn.map { ($0, [any Service]()) } ?? configuration.turnProvider(metrics: metrics, logger: logger)
@@ -117,7 +137,7 @@ public func buildRelay(
         onServerRunning: { _ in SystemdNotification.send("READY=1\nSTATUS=listening") },
         logger: logger
     )
-    return (application, ShutdownService(switchboard: switchboard, drain: .seconds(configuration.shutdownDrainSeconds)), stores.close)
+    return (application, ShutdownService(switchboard: switchboard, drain: .seconds(configuration.shutdownDrainSeconds)))
 }
 
 /// Every HTTP route of the relay (the WebSocket upgrades are the server channel's: `LinkUpgradeGate`).

@@ -18,44 +18,39 @@ struct RelayStores: Sendable {
     var fleet: FleetSessionTable?
     /// Device nonces spent anywhere in the fleet.
     var nonces: (any NonceLedger)?
-    /// Stops what runs beside the services.
-    let close: @Sendable () async -> Void
 
-    static func open(_ configuration: RelayConfiguration, logger: Logger) async throws(StoreError) -> RelayStores {
-        guard let url = configuration.databaseURL else {
-            let store = try RelayStore(path: configuration.databasePath)
-            return RelayStores(registry: store, live: store, membership: nil, table: LocalSessionTable(), fleet: nil, nonces: nil, close: {})
-        }
+    /// The embedded store alone (SQLite at `RELAY_DB`).
+    static func embedded(_ configuration: RelayConfiguration) throws(StoreError) -> RelayStores {
+        let store = try RelayStore(path: configuration.databasePath)
+        return RelayStores(registry: store, live: store, membership: nil, table: LocalSessionTable(), fleet: nil, nonces: nil)
+    }
+
+    /// Runs `body` on the stores the configuration names: the embedded store, or PostgreSQL,
+    /// whose pool runs as a child task for exactly as long as `body` (building the relay reads
+    /// the store before any service runs, and the services write to it until the last one
+    /// stopped); this node joins the fleet first and leaves it last. When `body` ends, the
+    /// pool stops: at once, or within its connect timeout (3 s) if PostgreSQL is away.
+    static func withStores<T: Sendable>(
+        _ configuration: RelayConfiguration,
+        logger: Logger,
+        _ body: (RelayStores) async throws -> T
+    ) async throws -> T {
+        guard let url = configuration.databaseURL else { return try await body(embedded(configuration)) }
         let store = try PostgresStore(url: url, role: "relay", heartbeat: .milliseconds(configuration.nodeHeartbeatMilliseconds), logger: logger)
-        // The pool runs from here until `close`: building reads the store already.
-        let pool = Task { await store.run() }
-        let membership = FleetMembership(store: store, address: "\(configuration.host):\(configuration.port)", logger: logger)
-        do throws(StoreError) {
+        return try await store.whileRunning {
+            let membership = FleetMembership(store: store, address: "\(configuration.host):\(configuration.port)", logger: logger)
             try await store.migrate()
             try await membership.join()
-        } catch {
-            pool.cancel()
-            throw error
-        }
-        logger.info("Using PostgreSQL", metadata: ["store": "\(store.location)", "node": "\(store.node)"])
-        let fleet = FleetSessionTable(store: store, outbox: FleetOutbox(store: store, logger: logger))
-        return RelayStores(
-            registry: store,
-            live: store,
-            membership: membership,
-            table: fleet,
-            fleet: fleet,
-            nonces: store
-        ) {
-            await membership.leave()
-            pool.cancel()
-            // The pool stops at once unless it is connecting to a database that is away: then
-            // the process does not wait for it.
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask { await pool.value }
-                group.addTask { try? await Task.sleep(for: .seconds(3)) }
-                await group.next()
-                group.cancelAll()
+            logger.info("Using PostgreSQL", metadata: ["store": "\(store.location)", "node": "\(store.node)"])
+            let fleet = FleetSessionTable(store: store, outbox: FleetOutbox(store: store, logger: logger))
+            let stores = RelayStores(registry: store, live: store, membership: membership, table: fleet, fleet: fleet, nonces: store)
+            do {
+                let result = try await body(stores)
+                await membership.leave()
+                return result
+            } catch {
+                await membership.leave()
+                throw error
             }
         }
     }

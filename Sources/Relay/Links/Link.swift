@@ -195,10 +195,12 @@ public final class Link: LinkEndpoint {
     func send(_ message: OutboundMessage, event: SessionEvent?) {
         metrics.sent(message.type)
         let moved: RemoteLink? = change { state, effects in
-            switch state.relocation.offer((message, event)) {
-            case .here: break
-            case .held: return nil
-            case .follow(let remote): return remote
+            if state.relocation.isMoving {
+                switch state.relocation.offer((message, event)) {
+                case .here: break
+                case .held: return nil
+                case .follow(let remote): return remote
+                }
             }
             let action = state.machine.offer { message.text(seq: $0) }
             guard action != .discarded else { return nil }

@@ -23,19 +23,19 @@ public enum LinkRelocation<Message, Destination> {
     }
 
     /// Whether a move is under way or done: the link takes nothing more from its client here.
-    public var isMoving: Bool {
+    @inlinable public var isMoving: Bool {
         if case .staying = self { return false }
         return true
     }
 
     /// Where the link moved, once it did.
-    public var destination: Destination? {
+    @inlinable public var destination: Destination? {
         if case .moved(let destination) = self { return destination }
         return nil
     }
 
     /// `message` is sent to the link: where it goes (held ones are kept here).
-    public mutating func offer(_ message: Message) -> Disposition {
+    @inlinable public mutating func offer(_ message: Message) -> Disposition {
         switch self {
         case .staying:
             return .here
@@ -49,14 +49,14 @@ public enum LinkRelocation<Message, Destination> {
     }
 
     /// A move begins; false when one is already under way or done.
-    public mutating func begin() -> Bool {
+    @inlinable public mutating func begin() -> Bool {
         guard case .staying = self else { return false }
         self = .underway([])
         return true
     }
 
     /// The move failed: the link stays; what waited, in order, is to go here.
-    public mutating func abort() -> [Message] {
+    @inlinable public mutating func abort() -> [Message] {
         guard case .underway(let waiting) = self else { return [] }
         self = .staying
         return waiting
@@ -65,12 +65,14 @@ public enum LinkRelocation<Message, Destination> {
     /// The move is done: what waited, in order, is to go to `destination`, before anything
     /// offered from now on (send it before another offer can see `.follow`). Nil when no move
     /// was under way.
-    public mutating func finish(at destination: Destination) -> [Message]? {
+    @inlinable public mutating func finish(at destination: Destination) -> [Message]? {
         guard case .underway(let waiting) = self else { return nil }
         self = .moved(destination)
         return waiting
     }
 }
 
+// Inlinable: a link offers every message it is sent here first (the hot path), and a generic
+// type's methods called from another module are otherwise not specialized.
 extension LinkRelocation: Sendable where Message: Sendable, Destination: Sendable {}
 extension LinkRelocation.Disposition: Sendable where Message: Sendable, Destination: Sendable {}

@@ -67,11 +67,15 @@ public struct AppTokenVerifier: Sendable {
     }
 
     public let configuration: Configuration
+    /// The configured public keys (from files), which a reload replaces; they start as the
+    /// configuration's.
+    public let publicKeys: KeyRing
     /// Keys that change while the relay runs (a JWKS URL), beside the configured ones.
     public let keyRing: KeyRing?
 
     public init(configuration: Configuration, keyRing: KeyRing? = nil) {
         self.configuration = configuration
+        self.publicKeys = KeyRing(configuration.publicKeys)
         self.keyRing = keyRing
     }
 
@@ -164,7 +168,7 @@ public struct AppTokenVerifier: Sendable {
     /// key (or the only key) of that family.
     private func key(for algorithm: JWTAlgorithm, id: String?) -> [UInt8]? {
         let candidates: [(id: String?, bytes: [UInt8])]
-        let publicKeys = configuration.publicKeys + (keyRing?.keys ?? [])
+        let publicKeys = self.publicKeys.keys + (keyRing?.keys ?? [])
         switch algorithm.family {
         case .hmac:
             candidates = configuration.secretKeys.map { ($0.id, $0.secret) }

@@ -90,6 +90,9 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup var settings: SettingsOptions
 
     func run() async throws {
+        // Until its reloader traps it, a SIGHUP (logrotate, a closed terminal) must not end the
+        // relay: ignored from the first step (the reloader's trap keeps it ignored).
+        signal(SIGHUP, SIG_IGN)
         var overrides: [String: String] = [:]
         if let host { overrides["RELAY_HOST"] = host }
         if let port { overrides["RELAY_PORT"] = String(port) }

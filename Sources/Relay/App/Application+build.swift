@@ -124,7 +124,8 @@ func buildRelay(
     services += stores.fleetServices(switchboard: switchboard, configuration: configuration, logger: logger)
     services += jwks?.services ?? []
     services += journals.periodicServices(configuration: configuration, switchboard: switchboard) + [sockets]
-    if let tls = configuration.tls { services.append(TLSReloader(tls: tls, logger: logger)) }
+    let keyFiles = configuration.publicKeyFiles.isEmpty ? nil : (files: configuration.publicKeyFiles, keys: verifier.publicKeys)
+    services.append(HangupReloader(tls: configuration.tls, keyFiles: keyFiles, jwks: jwks?.source, logger: logger))
     let application = Application(
         router: router,
         server: RelayServer.builder(

@@ -106,6 +106,8 @@ public struct RelayConfiguration: Sendable {
     /// An identity provider's JWK Set: app-token keys fetched at start, every 10 minutes, and
     /// when a token names a key the relay lacks.
     public var jwksURL: String?
+    /// Where the app-token public keys are read from, at start and on SIGHUP.
+    var publicKeyFiles = PublicKeyFiles()
     /// When set, a scrape of `/metrics` must present it as a bearer token.
     public var metricsToken: String?
     /// Set when nothing was configured and the relay made its own secrets.
@@ -172,31 +174,12 @@ public struct RelayConfiguration: Sendable {
             }
         }
         tokens.secretKeys = secretKeys
-        var publicKeys: [AppTokenVerifier.PublicKey] = []
-        for (kid, path) in read.keyed("RELAY_JWT_PUBLIC_KEY_FILE", isSecret: false) {
-            guard let pem = try? String(contentsOfFile: path, encoding: .utf8) else {
-                read.problem("RELAY_JWT_PUBLIC_KEY_FILE: cannot read '\(path)'")
-                continue
-            }
-            guard let key = AppTokenVerifier.PublicKey(id: kid, pem: pem) else {
-                read.problem("RELAY_JWT_PUBLIC_KEY_FILE: '\(path)' is not a PEM RSA or EC public key")
-                continue
-            }
-            publicKeys.append(key)
-        }
-        if let path = read.string("RELAY_JWT_JWKS_FILE") {
-            if let data = FileManager.default.contents(atPath: path) {
-                do {
-                    let (keys, _) = try JSONWebKeySet.publicKeys(data)
-                    if keys.isEmpty { read.problem("RELAY_JWT_JWKS_FILE: '\(path)' has no RSA or EC signing key") }
-                    publicKeys += keys
-                } catch {
-                    read.problem("RELAY_JWT_JWKS_FILE: '\(path)' is \(error)")
-                }
-            } else {
-                read.problem("RELAY_JWT_JWKS_FILE: cannot read '\(path)'")
-            }
-        }
+        publicKeyFiles = PublicKeyFiles(
+            pemFiles: read.keyed("RELAY_JWT_PUBLIC_KEY_FILE", isSecret: false).map { (kid: $0.0, path: $0.1) },
+            jwksFile: read.string("RELAY_JWT_JWKS_FILE")
+        )
+        let (publicKeys, keyProblems) = publicKeyFiles.read()
+        for problem in keyProblems { read.problem(problem) }
         tokens.publicKeys = publicKeys
         if let url = read.string("RELAY_JWT_JWKS_URL") {
             if url.lowercased().hasPrefix("https://") || Self.isLoopbackHTTP(url) {

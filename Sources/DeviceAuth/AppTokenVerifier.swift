@@ -155,13 +155,13 @@ public struct AppTokenVerifier: Sendable {
                 throw .invalidClaims("\(name) must be a time in seconds since 1970, at most \(Int(Self.latestNumericDate))")
             }
         }
-        guard !claims.sub.text.isEmpty, claims.sub.text.utf8.count <= 256 else { throw .invalidClaims("sub must be a non-empty string of at most 256 bytes") }
+        guard !claims.sub.isEmpty, claims.sub.utf8.count <= 256 else { throw .invalidClaims("sub must be a non-empty string of at most 256 bytes") }
         guard now < claims.exp + leeway else { throw .expired }
         if let nbf = claims.nbf, now + leeway < nbf { throw .notYetValid }
         if let iat = claims.iat, iat > now + leeway { throw .issuedInFuture }
         if let issuer = configuration.issuer, claims.iss != issuer { throw .wrongIssuer }
         if let audience = configuration.audience, !(claims.aud?.values.contains(audience) ?? false) { throw .wrongAudience }
-        return AppIdentity(userID: claims.sub.text, expiresAt: claims.exp, devices: claims.devices.map(Set.init))
+        return AppIdentity(userID: claims.sub, expiresAt: claims.exp, devices: claims.devices.map(Set.init))
     }
 
     /// The key for `algorithm`'s family: the one named by `kid`, or without a `kid` the unnamed
@@ -195,31 +195,17 @@ public struct AppTokenVerifier: Sendable {
         var typ: String?
     }
 
-    /// The claims the relay reads, decoded strictly: a string `exp` is refused; an integer `sub`
-    /// (some identity providers number their users) is read as its decimal text.
+    /// The claims the relay reads, decoded strictly: a string `exp` is refused, and so is a
+    /// `sub` that is not a string (RFC 7519 §4.1.2: a StringOrURI; a number would be a second
+    /// spelling of a user id, `42` beside `"42"`).
     private struct Claims: Decodable {
-        var sub: Subject
+        var sub: String
         var exp: Double
         var nbf: Double?
         var iat: Double?
         var iss: String?
         var aud: Audience?
         var devices: [String]?
-    }
-
-    private struct Subject: Decodable {
-        var text: String
-
-        init(from decoder: any Decoder) throws {
-            let container = try decoder.singleValueContainer()
-            if let text = try? container.decode(String.self) {
-                self.text = text
-            } else if let number = try? container.decode(Int64.self) {
-                self.text = String(number)
-            } else {
-                throw DecodingError.typeMismatch(String.self, .init(codingPath: decoder.codingPath, debugDescription: "sub is a string"))
-            }
-        }
     }
 
     private enum Audience: Decodable {
@@ -246,6 +232,8 @@ public struct AppTokenVerifier: Sendable {
     private static func describe(_ error: any Error) -> String {
         switch error {
         case DecodingError.keyNotFound(let key, _): "\(key.stringValue) is required"
+        case DecodingError.typeMismatch(_, let context) where context.codingPath.map(\.stringValue) == ["sub"]:
+            "sub must be a string (RFC 7519 StringOrURI)"
         case DecodingError.typeMismatch(_, let context), DecodingError.valueNotFound(_, let context):
             "\(context.codingPath.map(\.stringValue).joined(separator: ".")) has the wrong type"
         default: "not a JSON object"

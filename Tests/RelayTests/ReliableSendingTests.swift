@@ -85,6 +85,12 @@ import Testing
                 let error = try await device.next("error")
                 #expect(error["code"] as? String == "bad_request" && error["message"] as? String == "cseq must be a positive integer")
             }
+            // Past 2^53 - 1 a JSON number is no longer exact: refused, naming the bound.
+            for tooLarge: Any in [9_007_199_254_740_992.0, 1e300] {
+                try device.send(["type": "webrtc_ice", "session_id": sessionID, "candidate": NSNull(), "cseq": tooLarge])
+                let error = try await device.next("error")
+                #expect(error["code"] as? String == "bad_request" && error["message"] as? String == "cseq must be at most 9007199254740991 (2^53 - 1)")
+            }
             try await app.expectNothingPending()
 
             // A resume says what was acked.

@@ -36,6 +36,8 @@ public struct ClientEnvelope: Sendable {
     public var message: ClientMessage
     public var requestID: String?
     public var cseq: Int?
+    /// The highest `cseq` a client may send (2^53 - 1, the largest integer every JSON reader keeps exactly).
+    public static let maxCSeq = 9_007_199_254_740_991.0
 }
 
 /// The error codes of contract §3.6.
@@ -118,8 +120,13 @@ extension ClientEnvelope {
         let fields = Fields(object: object, requestID: requestID)
         var cseq: Int?
         if let value = object["cseq"] {
-            guard let number = value.intValue, number > 0 else { throw fields.error("cseq must be a positive integer") }
-            cseq = number
+            guard case .number(let number) = value, number.rounded() == number, number > 0 else {
+                throw fields.error("cseq must be a positive integer")
+            }
+            // JSON numbers are exact up to 2^53 - 1 in every client language (RFC 8259 §6):
+            // past it, two numbers a client meant as different could arrive as one.
+            guard number <= Self.maxCSeq else { throw fields.error("cseq must be at most 9007199254740991 (2^53 - 1)") }
+            cseq = Int(number)
         }
         self.cseq = cseq
         guard let type = object["type"] else { throw fields.error("type is required") }

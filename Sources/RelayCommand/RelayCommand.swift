@@ -16,7 +16,7 @@ struct RelayCommand: AsyncParsableCommand {
         commandName: "relay",
         abstract: "WebRTC signaling relay between mobile apps and robots.",
         version: "relay \(RelayBuild.description)",
-        subcommands: [Serve.self, Device.self, Token.self, SignURL.self],
+        subcommands: [Serve.self, Device.self, Token.self, SignURL.self, Config.self],
         defaultSubcommand: Serve.self
     )
 
@@ -51,7 +51,15 @@ struct SettingsOptions: ParsableArguments {
     /// differently, a missing `--env-file`, or a `RELAY_*` key that is no setting stops the
     /// command with one line per problem (exit 78).
     func reader(command: String, overrides: [String: String] = [:]) throws -> ConfigReader {
-        let environment = ProcessInfo.processInfo.environment
+        var environment = ProcessInfo.processInfo.environment
+        let links = environment.filter { RelayConfiguration.isServiceLink($0.key, value: $0.value) }.keys.sorted()
+        if !links.isEmpty {
+            for name in links { environment[name] = nil }
+            printError(
+                "\(command): warning: ignoring Kubernetes service-link variables (a Service named relay...): \(links.joined(separator: ", "))"
+                    + " (set enableServiceLinks: false in the pod spec to drop them)"
+            )
+        }
         var fromFile: [(name: String, value: String)] = []
         var problems: [String] = []
         let path = envFile ?? ".env"
@@ -71,7 +79,7 @@ struct SettingsOptions: ParsableArguments {
         }
         var providers: [any ConfigProvider] = []
         if !overrides.isEmpty { providers.append(EnvironmentVariablesProvider(environmentVariables: overrides)) }
-        providers.append(EnvironmentVariablesProvider())
+        providers.append(EnvironmentVariablesProvider(environmentVariables: environment))
         providers.append(EnvironmentVariablesProvider(environmentVariables: Dictionary(fromFile, uniquingKeysWith: { _, last in last })))
         return ConfigReader(providers: providers)
     }
@@ -166,6 +174,29 @@ struct Serve: AsyncParsableCommand {
             \(rule)
             """
         )
+    }
+}
+
+/// `relay config check`: the settings as `serve` would read them, without serving.
+struct Config: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Check the relay's settings.", subcommands: [Check.self])
+
+    struct Check: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Read the settings as serve does: one line per problem and exit 78, or say they are valid."
+        )
+
+        @OptionGroup var settings: SettingsOptions
+
+        func run() async throws {
+            do {
+                _ = try RelayConfiguration(reader: try settings.reader(command: "relay config check"))
+            } catch let invalid as RelayConfiguration.Invalid {
+                for problem in invalid.problems { printError("relay config check: \(problem)") }
+                throw ExitCode(78)
+            }
+            print("relay config check: the settings are valid")
+        }
     }
 }
 

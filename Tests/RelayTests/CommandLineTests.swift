@@ -97,6 +97,41 @@ import Testing
         )
     }
 
+    /// What Kubernetes puts in every pod of a namespace with a Service named `relay`.
+    static let serviceLinks = [
+        "RELAY_SERVICE_HOST": "10.96.0.12", "RELAY_SERVICE_PORT": "8080", "RELAY_SERVICE_PORT_HTTP": "8080",
+        "RELAY_PORT": "tcp://10.96.0.12:8080", "RELAY_PORT_8080_TCP": "tcp://10.96.0.12:8080", "RELAY_PORT_8080_TCP_PROTO": "tcp",
+        "RELAY_PORT_8080_TCP_PORT": "8080", "RELAY_PORT_8080_TCP_ADDR": "10.96.0.12",
+    ]
+
+    /// Issue "The edge, third round", 6: a pod beside a Service named `relay` starts, saying once
+    /// what it ignored; a misspelt setting is still named with its likely meaning.
+    @Test func kubernetesServiceLinksAreIgnoredWithOneWarningAndAMisspeltSettingIsNot() async throws {
+        let secrets = ["RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey]
+        let valid = try await Self.relay(["config", "check"], environment: secrets.merging(Self.serviceLinks) { old, _ in old })
+        #expect(valid.status == 0, "\(valid.stderr)")
+        #expect(valid.stdout == "relay config check: the settings are valid\n")
+        let warnings = valid.stderr.split(separator: "\n")
+        #expect(warnings.count == 1 && warnings[0].hasPrefix("relay config check: warning: ignoring Kubernetes service-link variables"), "\(valid.stderr)")
+        #expect(Self.serviceLinks.keys.allSatisfy { warnings.first?.contains($0) == true })
+
+        var misspelt = secrets.merging(Self.serviceLinks) { old, _ in old }
+        misspelt["RELAY_JWT_SECRT"] = TestRelay.jwtSecret
+        let refused = try await Self.relay(["config", "check"], environment: misspelt)
+        #expect(refused.status == 78)
+        #expect(refused.stderr.contains("relay config check: configuration: RELAY_JWT_SECRT is not a setting of the relay (did you mean RELAY_JWT_SECRET?)"))
+        // A RELAY_PORT that is a number is the setting, and a wrong one is still refused.
+        let port = try await Self.relay(["config", "check"], environment: secrets.merging(["RELAY_PORT": "http"]) { old, _ in old })
+        #expect(port.status == 78 && port.stderr.contains("RELAY_PORT must be an integer from 0 to 65535 (got 'http')"))
+
+        // The relay itself starts beside them (its port from the flag: RELAY_PORT is a link here).
+        let relay = try await RelayProcess.start(
+            binary: Self.relayBinary, environment: secrets.merging(Self.serviceLinks) { old, _ in old }, arguments: ["--port", "0"]
+        )
+        defer { relay.kill() }
+        #expect(relay.recentLog.contains("relay: warning: ignoring Kubernetes service-link variables"))
+    }
+
     @Test func aStoreThatCannotBeOpenedStopsStartUpWithOneLine() async throws {
         try await withTemporaryDirectory { directory in
             // A file where the store's directory should be.

@@ -26,6 +26,22 @@ extension RelayConfiguration {
         }
     }
 
+    /// Whether `name=value` is one of the variables Kubernetes puts in every pod of a namespace
+    /// with a Service whose name starts with `relay` (`relay`, `relay-signal`, ...): the
+    /// service's address (`RELAY_SERVICE_HOST`, `RELAY_SERVICE_PORT`, `RELAY_SERVICE_PORT_<name>`)
+    /// and its Docker-style links (`RELAY_PORT=tcp://10.96.0.12:8080`, `RELAY_PORT_8080_TCP`,
+    /// with `_PROTO`, `_PORT`, `_ADDR`). They are no settings: the relay ignores them (with one
+    /// warning); a `RELAY_PORT` that is a number is the setting.
+    public static func isServiceLink(_ name: String, value: String) -> Bool {
+        guard name.hasPrefix("RELAY") else { return false }
+        if name.hasSuffix("_PORT"), ["tcp://", "udp://", "sctp://"].contains(where: value.hasPrefix) { return true }
+        return name.wholeMatch(of: serviceLink) != nil
+    }
+
+    nonisolated(unsafe) private static let serviceLink = try! Regex(
+        #"RELAY(_[A-Z0-9_]+)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT_[0-9]+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)"#
+    )
+
     /// Levenshtein distance between two keys.
     static func editDistance(_ a: String, _ b: String) -> Int {
         let a = Array(a.utf8), b = Array(b.utf8)

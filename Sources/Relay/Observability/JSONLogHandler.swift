@@ -17,9 +17,6 @@ public struct JSONLogHandler: LogHandler {
     public var logLevel: Logger.Level = .info
     private let label: String
 
-    /// Lines from many threads, each written whole.
-    private static let output = Mutex(())
-
     public init(label: String) {
         self.label = label
     }
@@ -49,17 +46,7 @@ public struct JSONLogHandler: LogHandler {
             value.write(to: &line)
         }
         line += "}\n"
-        Self.output.withLock { _ in
-            var bytes = Array(line.utf8)
-            bytes.withUnsafeMutableBytes { buffer in
-                var written = 0
-                while written < buffer.count {
-                    let count = write(2, buffer.baseAddress! + written, buffer.count - written)
-                    if count <= 0 { break }
-                    written += count
-                }
-            }
-        }
+        StandardError.write(line)
     }
 
     private static func json(_ value: Logger.MetadataValue) -> JSONValue {
@@ -72,7 +59,27 @@ public struct JSONLogHandler: LogHandler {
     }
 
     /// Now, as RFC 3339 UTC with milliseconds.
-    private static func timestamp() -> String {
+    static func timestamp() -> String {
         Date.ISO8601FormatStyle(includingFractionalSeconds: true).format(Date())
+    }
+}
+
+/// The process's standard error, where every log line goes: each line written whole, whichever
+/// thread logs it.
+enum StandardError {
+    private static let output = Mutex(())
+
+    static func write(_ line: String) {
+        output.withLock { _ in
+            var bytes = Array(line.utf8)
+            bytes.withUnsafeMutableBytes { buffer in
+                var written = 0
+                while written < buffer.count {
+                    let count = Glibc.write(2, buffer.baseAddress! + written, buffer.count - written)
+                    if count <= 0 { break }
+                    written += count
+                }
+            }
+        }
     }
 }

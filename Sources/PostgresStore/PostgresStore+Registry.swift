@@ -303,7 +303,7 @@ extension PostgresStore: RelayRegistry {
         }
     }
 
-    public func check() async throws(StoreError) {
-        _ = try await call("checking the store") { try await self.client.query("SELECT 1", logger: self.logger).collect() }
+    public func check(within timeout: Duration) async throws(StoreError) {
+        _ = try await call("checking the store", within: timeout) { try await self.client.query("SELECT 1", logger: self.logger).collect() }
     }
 }

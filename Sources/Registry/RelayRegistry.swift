@@ -43,7 +43,7 @@ public protocol RelayRegistry: DeviceDirectory, Sendable {
     /// Device nonces spent and still live at `now` (Unix seconds).
     func liveNonces(now: Int) async throws(StoreError) -> [(deviceID: String, nonce: String, expiresAt: Int)]
     /// Throws when the store cannot be used (for `/readyz`).
-    func check() async throws(StoreError)
+    func check(within timeout: Duration) async throws(StoreError)
 }
 
 /// Where the relay keeps its live links, their kept messages and its open sessions, so the next

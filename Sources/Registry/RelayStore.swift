@@ -149,7 +149,8 @@ public final class RelayStore: Sendable {
     /// Throws when the store cannot be read (for `/readyz`): through the open connections, and
     /// through a fresh one, so a file deleted or replaced under the relay is noticed (the open
     /// connections would go on reading the old one).
-    public func check() async throws(StoreError) {
+    /// (A local file answers at once or fails: `timeout` does not apply.)
+    public func check(within timeout: Duration) async throws(StoreError) {
         try await run { try await self.pool.read { db in _ = try Int.fetchOne(db, sql: "SELECT count(*) FROM device") } }
         try await run {
             var configuration = Configuration()

@@ -140,7 +140,7 @@ import Testing
         let store = try PostgresStore(url: "postgres://relay@127.0.0.1:9/none", callTimeout: .seconds(2), logger: Logger(label: "test-postgres"))
         try await store.whileRunning {
             let start = ContinuousClock.now
-            await #expect(throws: StoreError.self) { try await store.check() }
+            await #expect(throws: StoreError.self) { try await store.check(within: .seconds(5)) }
             #expect(ContinuousClock.now - start < .seconds(5))
         }
     }
@@ -169,6 +169,41 @@ import Testing
         #expect(revoked.status == 0, "\(revoked.stderr)")
         #expect(try await Self.next("webrtc_close", on: app)["reason"] as? String == "device_revoked")
         #expect(try await device.closeCode() == 1008)
+    }
+
+    /// Issue "The edge, third round", 5: with PostgreSQL hanging (its processes stopped: open
+    /// connections stay, nothing answers), `/readyz` still answers within a second, 503 with the
+    /// store as the reason, and 200 once it answers again; `/healthz` stays 200.
+    @Test func readinessAnswersWithinASecondWhilePostgreSQLHangs() async throws {
+        let server = try await PostgresServer.startPrivate()
+        do {
+            let url = try await server.createDatabase()
+            let environment = ["RELAY_JWT_SECRET": TestRelay.jwtSecret, "RELAY_DEVICE_MASTER_KEY": TestRelay.masterKey, "RELAY_DATABASE_URL": url]
+            let relay = try await RelayProcess.start(binary: CommandLineTests.relayBinary, environment: environment)
+            defer { relay.kill() }
+            // A probe's own timeout (Kubernetes' default is 1 s), with a little room for the loopback.
+            let probe = TestClient(host: "127.0.0.1", port: relay.port, configuration: .init(timeout: .milliseconds(1500)))
+            probe.connect()
+            #expect(try await probe.get("/readyz").status == .ok)
+            server.freeze()
+            for _ in 0..<3 {
+                let ready = try await probe.get("/readyz")
+                #expect(ready.status == .serviceUnavailable)
+                #expect(String(buffer: ready.body ?? ByteBuffer()).contains("store"), "\(String(buffer: ready.body ?? ByteBuffer()))")
+                #expect(try await probe.get("/healthz").status == .ok)
+            }
+            server.thaw()
+            _ = try await eventually("the relay to be ready again", timeout: .seconds(30)) {
+                try await probe.get("/readyz").status == .ok ? true : nil
+            }
+            #expect(relay.process.isRunning)
+            try? await probe.shutdown()
+        } catch {
+            server.thaw()
+            await server.shutdown()
+            throw error
+        }
+        await server.shutdown()
     }
 
     @Test func whilePostgreSQLIsDownCallsKeepRelayingNewDevicesWaitAndEverythingResumesAfter() async throws {

@@ -35,7 +35,9 @@ struct ProbeRoutes: Sendable {
 
     @Sendable func readiness(_ request: Request, context: RelayRequestContext) async -> Response {
         var problems: [String] = []
-        do { try await store.check() } catch { problems.append("store: \(error)") }
+        // Within a second whatever the store does (a probe's own timeout is often 1 s): a
+        // store that hangs is unready, with its reason, not a probe that times out.
+        do { try await store.check(within: .milliseconds(800)) } catch { problems.append("store: \(error)") }
         if switchboard.isDraining { problems.append("shutting down") }
         if let failure = journal.failure { problems.append("store: writing failed: \(failure)") }
         if let failure = liveState.failure { problems.append("store: writing live state failed: \(failure)") }

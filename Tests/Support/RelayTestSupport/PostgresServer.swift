@@ -145,6 +145,26 @@ public final class PostgresServer: Sendable {
         if shared { Self.runningPID = 0 }
     }
 
+    /// Freezes the server: SIGSTOP to the postmaster (first, so it forks no one new) and every
+    /// backend. Connections stay open and nothing answers, as when its host hangs or the
+    /// network drops every packet. `thaw()` lets it go on.
+    public func freeze() {
+        guard let pid = postmaster.withLock({ $0?.processIdentifier }) else { return }
+        kill(pid, SIGSTOP)
+        for child in Self.children(of: pid) { kill(child, SIGSTOP) }
+    }
+
+    public func thaw() {
+        guard let pid = postmaster.withLock({ $0?.processIdentifier }) else { return }
+        for child in Self.children(of: pid) { kill(child, SIGCONT) }
+        kill(pid, SIGCONT)
+    }
+
+    private static func children(of pid: Int32) -> [Int32] {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(pid)/children", encoding: .utf8)) ?? ""
+        return text.split(separator: " ").compactMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
+
     /// A fresh, empty database; its URL.
     public func createDatabase() async throws -> String {
         let name = "relay_test_" + UUID().uuidString.lowercased().replacingOccurrences(of: "-", with: "")

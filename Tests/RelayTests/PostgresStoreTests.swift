@@ -140,7 +140,7 @@ import Testing
         let store = try PostgresStore(url: "postgres://relay@127.0.0.1:9/none", callTimeout: .seconds(2), logger: Logger(label: "test-postgres"))
         try await store.whileRunning {
             let start = ContinuousClock.now
-            await #expect(throws: StoreError.self) { try await store.check(within: .seconds(5)) }
+            await #expect(throws: StoreError.self) { try await store.check(within: .seconds(2)) }
             #expect(ContinuousClock.now - start < .seconds(5))
         }
     }

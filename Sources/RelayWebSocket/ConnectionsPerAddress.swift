@@ -2,17 +2,23 @@
 import NIOCore
 import Synchronization
 
-/// Counts open connections per remote IP address. A connection over the cap is closed as soon as
-/// it is accepted, before a byte of it is read; addresses in `exempt` (trusted proxies, which
-/// carry many clients each) are not counted.
+/// Counts open connections per remote IP address. A connection over the cap is not served: it
+/// is answered 429 (`OverCapRefusal`) and closed, and `refused` is told; addresses in `exempt`
+/// (trusted proxies, which carry many clients each) are not counted.
 public final class ConnectionsPerAddress: Sendable {
     public let limit: Int
     private let exempt: @Sendable (String) -> Bool
+    private let refused: @Sendable () -> Void
     private let open = Mutex<[String: Int]>([:])
 
-    public init(limit: Int, exempt: @escaping @Sendable (String) -> Bool = { _ in false }) {
+    public init(
+        limit: Int,
+        exempt: @escaping @Sendable (String) -> Bool = { _ in false },
+        refused: @escaping @Sendable () -> Void = {}
+    ) {
         self.limit = limit
         self.exempt = exempt
+        self.refused = refused
     }
 
     /// Counts `channel` against its address until it closes; false (and nothing counted) when
@@ -25,7 +31,10 @@ public final class ConnectionsPerAddress: Sendable {
             open[address] = count + 1
             return true
         }
-        guard admitted else { return false }
+        guard admitted else {
+            refused()
+            return false
+        }
         channel.closeFuture.whenComplete { [self] _ in
             self.open.withLock { open in
                 let count = open[address, default: 1] - 1

@@ -99,9 +99,14 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
 
     public func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         guard connections.admit(channel) else {
-            // Over its address's cap: closed before anything is read. (Failing the setup instead
-            // would reach the server's accept loop as an error.)
-            channel.close(promise: nil)
+            // Over its address's cap: answered 429 and closed, nothing served. (Failing the setup
+            // instead would reach the server's accept loop as an error.)
+            do {
+                if let tls { try channel.pipeline.syncOperations.addHandler(tls.handler()) }
+                try channel.pipeline.syncOperations.addHandlers(OverCapRefusal.handlers(limit: connections.limit))
+            } catch {
+                channel.close(promise: nil)
+            }
             return channel.eventLoop.makeSucceededFuture(Value(upgradeResult: channel.eventLoop.makeFailedFuture(ChannelError.inputClosed), channel: channel))
         }
         return channel.eventLoop.makeCompletedFuture {
@@ -178,11 +183,15 @@ public struct WebSocketServerChannel: ServerChildChannel, HTTPChannelHandler {
 }
 
 /// The open WebSockets. At a graceful shutdown it closes each (1001) that nothing else closed,
-/// and returns once all are gone (each closes at most `closeTimeout` after its close frame).
+/// and returns once all are gone: a socket whose client has not answered its close frame within
+/// `cut` (one that never reads, say) is closed there and then, so no client holds the process up.
 public final class OpenSockets: Service, Sendable {
     private let open = Mutex<[ObjectIdentifier: (channel: any Channel, connection: NIOLoopBound<WebSocketConnection>)]>([:])
+    private let cut: Duration
 
-    public init() {}
+    public init(cut: Duration = .milliseconds(300)) {
+        self.cut = cut
+    }
 
     func add(_ channel: any Channel, _ connection: NIOLoopBound<WebSocketConnection>) {
         let key = ObjectIdentifier(channel as AnyObject)
@@ -193,8 +202,13 @@ public final class OpenSockets: Service, Sendable {
     public func run() async throws {
         try? await gracefulShutdown()
         let sockets = open.withLock { Array($0.values) }
+        let cut = TimeAmount(cut)
         for socket in sockets {
-            socket.channel.eventLoop.execute { socket.connection.value.close(.goingAway, reason: "Server shutting down") }
+            let channel = socket.channel
+            channel.eventLoop.execute {
+                socket.connection.value.close(.goingAway, reason: "Server shutting down")
+                channel.eventLoop.scheduleTask(in: cut) { channel.close(promise: nil) }
+            }
         }
         for socket in sockets { try? await socket.channel.closeFuture.get() }
     }

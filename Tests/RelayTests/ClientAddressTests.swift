@@ -8,16 +8,22 @@ import RelayWebSocket
 import Testing
 
 /// Limits keyed on who the client is (issue "The edge", 6): connections per device or user,
-/// failed authentications per address, and the address a trusted proxy gives.
+/// failed authentications per address and claimed device id (never refusing a valid credential:
+/// issue "The edge, third round", 4), and the address a trusted proxy gives.
 @Suite(.timeLimit(.minutes(1))) struct ClientAddressTests {
     /// The status line of an upgrade request sent on a fresh connection (after `prefix`, a
     /// PROXY protocol header say), with `headers` added.
-    static func upgrade(_ relay: TestRelay, _ pathAndQuery: String, headers: String = "", prefix: [UInt8] = []) async throws -> String {
-        let client = try RawConnection.open(port: relay.port)
+    static func upgrade(_ relay: TestRelay, _ pathAndQuery: String, headers: String = "", prefix: [UInt8] = [], source: String? = nil) async throws -> String {
+        let client = try RawConnection.open(port: relay.port, source: source)
         try client.send(prefix)
         let answer = try await client.request(RawFrame.upgradeRequest(port: relay.port, pathAndQuery: pathAndQuery, headers: headers))
         // ("\r\n" is one Character in Swift.)
         return String(answer.prefix { $0 != "\r\n" })
+    }
+
+    /// The status line of a device's upgrade, signed with `secret` (nil: its own), from `source`.
+    static func deviceUpgrade(_ relay: TestRelay, _ deviceID: String, secret: String?, from source: String) async throws -> String {
+        try await upgrade(relay, "/ws/device?" + relay.deviceQuery(deviceID, secret: secret), source: source)
     }
 
     static func proxyV2(_ source: [UInt8]) -> [UInt8] {
@@ -56,11 +62,34 @@ import Testing
             for _ in 0..<2 { _ = try await relay.app("alice").hello }
             #expect(try await Self.upgrade(relay, "/ws/app?token=\(relay.appToken("alice"))") == "HTTP/1.1 429 Too Many Requests")
             _ = try await relay.app("bob").hello
-            // Failures count against the address: past them even a valid token waits.
+            // Failures count against the address: past them the next failure waits ...
             for _ in 0..<3 { #expect(try await Self.upgrade(relay, "/ws/app?token=not-a-token") == "HTTP/1.1 401 Unauthorized") }
-            let refused = try await relay.upgrade("/ws/app?token=\(relay.appToken("carol"))")
+            let refused = try await relay.upgrade("/ws/app?token=not-a-token")
             #expect(refused.status == .tooManyRequests)
             #expect(refused.detail?.hasPrefix("Too many failed authentications from this address; retry in") == true)
+            // ... and a valid token from the same address is let in: others' failures are not its own.
+            #expect(try await Self.upgrade(relay, "/ws/app?token=\(relay.appToken("carol"))") == "HTTP/1.1 101 Switching Protocols")
+            let device = try await relay.device("robot-1")
+            _ = device.hello
+        }
+    }
+
+    @Test func aMisconfiguredRobotIsThrottledWhereverItComesFromAndLocksNobodyOut() async throws {
+        try await TestRelay.run(["RELAY_AUTH_FAILURE_BURST": "2", "RELAY_AUTH_FAILURES_PER_MIN": "1"]) { relay in
+            // robot-7 signs with a stale secret, from an address it shares with other robots.
+            let stale = "a-secret-it-no-longer-has"
+            var answers: [String] = []
+            for _ in 0..<2 { answers.append(try await Self.deviceUpgrade(relay, "robot-7", secret: stale, from: "127.0.0.5")) }
+            // Its failures count against the device id it claims, from any address ...
+            answers.append(try await Self.deviceUpgrade(relay, "robot-7", secret: stale, from: "127.0.0.6"))
+            // ... and against the address, whose next failure for another id waits too ...
+            answers.append(try await Self.deviceUpgrade(relay, "robot-8", secret: "wrong", from: "127.0.0.5"))
+            // ... but not against another address (the refused attempt took nothing there).
+            answers.append(try await Self.deviceUpgrade(relay, "robot-8", secret: "wrong", from: "127.0.0.6"))
+            // Every valid robot behind the shared address gets in, robot-7 too once it signs right.
+            answers.append(try await Self.deviceUpgrade(relay, "robot-9", secret: nil, from: "127.0.0.5"))
+            answers.append(try await Self.deviceUpgrade(relay, "robot-7", secret: nil, from: "127.0.0.5"))
+            #expect(answers.map { $0.split(separator: " ")[1] } == ["401", "401", "429", "429", "401", "101", "101"])
         }
     }
 
@@ -73,21 +102,22 @@ import Testing
             }
             let token = relay.appToken()
             // The client 198.51.100.7 (the rightmost hop not trusted) has failed too often ...
-            #expect(try await Self.upgrade(relay, "/ws/app?token=\(token)", headers: "X-Forwarded-For: 198.51.100.7\r\n") == "HTTP/1.1 429 Too Many Requests")
+            #expect(try await Self.upgrade(relay, "/ws/app?token=bad", headers: "X-Forwarded-For: 198.51.100.7\r\n") == "HTTP/1.1 429 Too Many Requests")
             // ... over HTTP links too, and the edge's own header cannot be forged to escape it ...
             let link = try RawConnection.open(port: relay.port)
             let answer = try link.exchange(
-                "POST /api/link HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \(token)\r\nX-Forwarded-For: 198.51.100.7\r\n"
+                "POST /api/link HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer bad\r\nX-Forwarded-For: 198.51.100.7\r\n"
                     + "Relay-Client-Address: 192.0.2.1\r\nContent-Length: 0\r\n\r\n"
             )
             #expect(answer.head.hasPrefix("HTTP/1.1 429"), "\(answer.head)")
-            // ... while another client behind the same proxy gets in.
-            #expect(try await Self.upgrade(relay, "/ws/app?token=\(token)", headers: "X-Forwarded-For: 198.51.100.8\r\n") == "HTTP/1.1 101 Switching Protocols")
+            // ... while its valid token gets in, and another client's failure behind the same proxy is its own.
+            #expect(try await Self.upgrade(relay, "/ws/app?token=\(token)", headers: "X-Forwarded-For: 198.51.100.7\r\n") == "HTTP/1.1 101 Switching Protocols")
+            #expect(try await Self.upgrade(relay, "/ws/app?token=bad", headers: "X-Forwarded-For: 198.51.100.8\r\n") == "HTTP/1.1 401 Unauthorized")
         }
         try await TestRelay.run(limits) { relay in
             // Not a trusted proxy: X-Forwarded-For is whatever the client wrote, and ignored.
             for _ in 0..<2 { _ = try await Self.upgrade(relay, "/ws/app?token=bad", headers: "X-Forwarded-For: 198.51.100.7\r\n") }
-            let answer = try await Self.upgrade(relay, "/ws/app?token=\(relay.appToken())", headers: "X-Forwarded-For: 198.51.100.8\r\n")
+            let answer = try await Self.upgrade(relay, "/ws/app?token=bad", headers: "X-Forwarded-For: 198.51.100.8\r\n")
             #expect(answer == "HTTP/1.1 429 Too Many Requests")
         }
     }
@@ -99,13 +129,15 @@ import Testing
             let failed = try await Self.upgrade(relay, "/ws/app?token=bad", prefix: v1)
             #expect(failed == "HTTP/1.1 401 Unauthorized")
             // The same client through version 2 of the protocol: its failure counts.
-            let sameClient = try await Self.upgrade(relay, "/ws/app?token=\(token)", prefix: Self.proxyV2([198, 51, 100, 7]))
+            let sameClient = try await Self.upgrade(relay, "/ws/app?token=bad", prefix: Self.proxyV2([198, 51, 100, 7]))
             #expect(sameClient == "HTTP/1.1 429 Too Many Requests")
-            // Another client through the proxy gets in, with either version.
-            let another = try await Self.upgrade(relay, "/ws/app?token=\(token)", prefix: Self.proxyV2([198, 51, 100, 8]))
-            #expect(another == "HTTP/1.1 101 Switching Protocols")
+            // Another client through the proxy has a budget of its own, with either version.
+            let another = try await Self.upgrade(relay, "/ws/app?token=bad", prefix: Self.proxyV2([198, 51, 100, 8]))
+            #expect(another == "HTTP/1.1 401 Unauthorized")
             let other = Array("PROXY TCP4 198.51.100.9 127.0.0.1 5555 80\r\n".utf8)
-            #expect(try await Self.upgrade(relay, "/ws/app?token=\(token)", prefix: other) == "HTTP/1.1 101 Switching Protocols")
+            #expect(try await Self.upgrade(relay, "/ws/app?token=bad", prefix: other) == "HTTP/1.1 401 Unauthorized")
+            // The client that failed still gets in with a valid token.
+            #expect(try await Self.upgrade(relay, "/ws/app?token=\(token)", prefix: v1) == "HTTP/1.1 101 Switching Protocols")
         }
     }
 }

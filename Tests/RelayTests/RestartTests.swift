@@ -105,8 +105,9 @@ import Testing
 
     @Test(arguments: Backend.allCases)
     func aGracefulRestartKeepsTheCallAndBothPartiesResumeItOnTheNextProcess(_ backend: Backend) async throws {
-        // A drain long enough for what this test does during it on a loaded machine.
-        try await Self.withStore(backend, ["RELAY_SHUTDOWN_DRAIN_S": "3"]) { backing in
+        // A drain long enough for what this test does during it on a loaded machine (nobody
+        // leaves: the relay waits all of it).
+        try await Self.withStore(backend, ["RELAY_SHUTDOWN_DRAIN_S": "5"]) { backing in
             let environment = backing.environment
             let store = backing.registry
             let secret = try await store.addDevice("robot-1", owners: ["alice"], label: "", now: Date()).secret

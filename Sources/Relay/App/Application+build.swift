@@ -131,7 +131,8 @@ func buildRelay(
         server: RelayServer.builder(
             configuration: configuration,
             gate: LinkUpgradeGate.gate(switchboard: switchboard, admission: admission, connection: connection),
-            sockets: sockets
+            sockets: sockets,
+            metrics: metrics
         ),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "relay"),
         services: services,

@@ -90,6 +90,12 @@ extension Link {
         wakeWriter { $0.machine.requestClose(.init(code: code, reason: reason)) }
     }
 
+    /// Drops the current transport now, whatever it has not written (a client that never reads
+    /// at a shutdown): what its client has not acked stays kept for the resume.
+    func cutTransport() {
+        change { state, effects in state.hooks.dropTransport(into: &effects) }
+    }
+
     /// The transport of `generation` takes its frames itself, on its own event loop: `drain` is
     /// called (once per batch, from whichever thread offers) and answers with `takePushed`.
     /// When a newer transport replaces it, `drain` is called once more and `takePushed` says so.

@@ -24,6 +24,7 @@ final class RelayMetrics: Sendable {
     private let duplicateMessages: CoreMetrics.Counter
     private let authFailures: [String: CoreMetrics.Counter]
     private let storeDroppedEvents: CoreMetrics.Counter
+    private let connectionsRefused: [String: CoreMetrics.Counter]
     /// The dropped events counted so far (the journal keeps a running total).
     private let droppedCounted = Mutex(0)
 
@@ -41,6 +42,8 @@ final class RelayMetrics: Sendable {
         "normal", "rejected", "setup_timeout", "peer_disconnected", "device_revoked", "admin", "shutdown", "turn_error", "other",
     ]
     static let closers = ["app", "device", "relay"]
+    /// Why a TCP connection was answered and closed before it was served.
+    static let connectionRefusals = ["per_address_cap"]
     static let authReasons = [
         "missing_token", "token_too_long", "malformed_token", "malformed_header", "unsupported_crit", "unsupported_type", "algorithm_not_allowed", "unknown_key", "bad_signature",
         "expired", "not_yet_valid", "issued_in_future", "wrong_issuer", "wrong_audience", "invalid_claims", "missing_device_parameters",
@@ -94,6 +97,11 @@ final class RelayMetrics: Sendable {
             }
         )
         storeDroppedEvents = CoreMetrics.Counter(label: "relay_store_dropped_events_total", factory: factory)
+        connectionsRefused = Dictionary(
+            uniqueKeysWithValues: Self.connectionRefusals.map {
+                ($0, CoreMetrics.Counter(label: "relay_connections_refused_total", dimensions: [("reason", $0)], factory: factory))
+            }
+        )
         CoreMetrics.Gauge(
             label: "relay_build_info",
             dimensions: [("version", RelayBuild.version), ("revision", RelayBuild.revision)],
@@ -143,6 +151,11 @@ final class RelayMetrics: Sendable {
         sessionsEnded[closer]?[reason]?.increment()
     }
 
+    /// A connection refused before it was served (`connectionRefusals`).
+    func connectionRefused(_ reason: String) {
+        connectionsRefused[reason]?.increment()
+    }
+
     func authFailed(_ reason: String) {
         (authFailures[reason] ?? authFailures["other"])?.increment()
     }
@@ -183,6 +196,7 @@ final class RelayMetrics: Sendable {
         "relay_rate_limited_messages_total": "Messages dropped by the per-link rate limit.",
         "relay_duplicate_messages_total": "Messages a client sent again (same cseq) and the relay dropped.",
         "relay_auth_failures_total": "Refused app tokens and device signatures, by reason.",
+        "relay_connections_refused_total": "TCP connections answered and closed before they were served, by reason (per_address_cap: RELAY_MAX_CONNECTIONS_PER_IP).",
         "relay_store_dropped_events_total": "Audit events and device sightings dropped because the store's write queue was full.",
         "relay_turn_mints_total": "ICE server credentials minted, by provider.",
         "relay_turn_mint_errors_total": "ICE server mints that failed or timed out, by provider.",

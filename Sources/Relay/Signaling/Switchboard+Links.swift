@@ -203,11 +203,13 @@ extension Switchboard {
             }
             link.close(code: RelayCloseCode.goingAway, reason: "Relay shutting down")
         }
-        // Let the writers put the close frames out.
-        let closing = ContinuousClock.now + .seconds(2)
+        // Let the writers put the close frames out, and clients answer them; then cut what is
+        // still attached, so a client that never reads holds nobody up.
+        let closing = ContinuousClock.now + .milliseconds(300)
         while ContinuousClock.now < closing, table.allLinks.contains(where: \.isAttached) {
             try? await Task.sleep(for: .milliseconds(20))
         }
+        for link in table.allLinks where link.isAttached { link.cutTransport() }
         // With a journal, its last write (when the services stop, after this) keeps them all.
         if liveState == nil {
             for link in table.allLinks { end(link) }

@@ -6,17 +6,19 @@ import Logging
 import RelayCore
 
 /// How a client gets onto a link, decided the same way for a WebSocket upgrade and for
-/// `POST /api/link` (contract §1, §4, §5): an address that failed to authenticate too often is
-/// refused before anything is checked; then the app's token or the device's signature is
-/// checked (a failure counts against the address); then connections are limited per
-/// authenticated device or user, so many robots behind one NAT (or every client behind one
-/// proxy) do not share one budget. A resume request is read with the same rules wherever the
-/// transport carries it.
+/// `POST /api/link` (contract §1, §4, §5): the app's token or the device's signature is checked
+/// first, and a valid one is never refused for what other clients did (robots on a cellular
+/// network share carrier-grade NAT addresses with strangers). A failing attempt counts against
+/// its address and, for a device, against the device id it claims; once either has failed too
+/// often, its next failing attempts are answered 429 with `Retry-After` instead of 401. Then
+/// connections are limited per authenticated device or user, so many robots behind one NAT (or
+/// every client behind one proxy) do not share one budget. A resume request is read with the
+/// same rules wherever the transport carries it.
 struct ClientAdmission: Sendable {
     let authenticator: ClientAuthenticator
     /// Connections per device id or user id.
     let attempts: RateLimiter
-    /// Failed authentications per client address.
+    /// Failed authentications per client address and per claimed device id.
     let failures: RateLimiter
 
     /// The client, as `party`, from `address` (the edge's client address); a refusal is the
@@ -29,14 +31,6 @@ struct ClientAdmission: Sendable {
         logger: Logger
     ) async throws(RelayHTTPError) -> ClientIdentity {
         let address = address ?? "unknown"
-        if case .denied(let retryAfter) = failures.check(address) {
-            logger.info("Too many failed authentications", metadata: ["client.ip": "\(address)"])
-            throw RelayHTTPError(
-                .tooManyRequests,
-                "Too many failed authentications from this address; retry in \(retryAfter) s",
-                headers: [.retryAfter: String(retryAfter)]
-            )
-        }
         let identity: ClientIdentity
         do throws(RelayHTTPError) {
             switch party {
@@ -44,8 +38,8 @@ struct ClientAdmission: Sendable {
             case .device: identity = .device(try await authenticator.device(request, query: query, logger: logger))
             }
         } catch {
-            if error.status == .unauthorized || error.status == .forbidden { _ = failures.take(address) }
-            throw error
+            guard error.status == .unauthorized || error.status == .forbidden else { throw error }
+            throw failed(error, keys: Self.failureKeys(party: party, query: query, address: address), logger: logger)
         }
         let (key, who) = identity.limitKey
         if case .denied(let retryAfter) = attempts.take(key) {
@@ -53,6 +47,34 @@ struct ClientAdmission: Sendable {
             throw RelayHTTPError(.tooManyRequests, "Too many connections for this \(who); retry in \(retryAfter) s", headers: [.retryAfter: String(retryAfter)])
         }
         return identity
+    }
+
+    /// A failed authentication: `refusal` itself while each of `keys` has failures to spare
+    /// (taking one from each), else 429 with the longest wait.
+    private func failed(_ refusal: RelayHTTPError, keys: [(key: String, what: String)], logger: Logger) -> RelayHTTPError {
+        let exhausted = keys.compactMap { key -> (what: String, retryAfter: Int)? in
+            guard case .denied(let retryAfter) = failures.check(key.key) else { return nil }
+            return (key.what, retryAfter)
+        }
+        guard let longest = exhausted.max(by: { $0.retryAfter < $1.retryAfter }) else {
+            for key in keys { _ = failures.take(key.key) }
+            return refusal
+        }
+        logger.info("Too many failed authentications", metadata: ["client.key": "\(keys.map(\.key).joined(separator: " "))"])
+        return RelayHTTPError(
+            .tooManyRequests,
+            "Too many failed authentications from this \(longest.what); retry in \(longest.retryAfter) s",
+            headers: [.retryAfter: String(longest.retryAfter)]
+        )
+    }
+
+    /// What a failing attempt counts against: its address, and the device id a device claims.
+    private static func failureKeys(party: Party, query: FlatDictionary<Substring, Substring>, address: String) -> [(key: String, what: String)] {
+        var keys = [(key: "address:" + address, what: "address")]
+        if party == .device, let deviceID = query.get("device_id"), DeviceSignature.isValidDeviceID(deviceID) {
+            keys.append((key: "device:" + deviceID, what: "device id"))
+        }
+        return keys
     }
 }
 

@@ -27,11 +27,15 @@ public final class RawConnection: @unchecked Sendable {
 
     deinit { Glibc.close(fd) }
 
-    /// Connects to `127.0.0.1:port`, from `source` when given (another loopback address).
-    public static func open(port: Int, source: String? = nil) throws -> RawConnection {
+    /// Connects to `127.0.0.1:port`, from `source` when given (another loopback address), with a
+    /// receive buffer of `receiveBuffer` bytes when given (a client that never reads fills it soon).
+    public static func open(port: Int, source: String? = nil, receiveBuffer: Int32? = nil) throws -> RawConnection {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw Failure(call: "socket", code: errno) }
         let connection = RawConnection(fd: fd)
+        if var size = receiveBuffer {
+            guard setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) == 0 else { throw Failure(call: "setsockopt", code: errno) }
+        }
         if let source {
             var local = address(source, port: 0)
             let bound = withUnsafePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }

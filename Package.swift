@@ -74,7 +74,7 @@ let package = Package(
         .target(
             name: "Registry",
             dependencies: [
-                "DeviceAuth", "OpenSSLCrypto",
+                "DeviceAuth", "OpenSSLCrypto", "RelayCore",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -86,7 +86,7 @@ let package = Package(
         .target(
             name: "PostgresStore",
             dependencies: [
-                "DeviceAuth", "OpenSSLCrypto", "Registry",
+                "DeviceAuth", "OpenSSLCrypto", "Registry", "RelayCore",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),

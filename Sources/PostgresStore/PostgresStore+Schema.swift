@@ -197,6 +197,14 @@ extension PostgresStore {
                 "CREATE INDEX relay_session_audit_by_time ON relay_session_audit (created_at_ms)",
             ]
         ),
+        (
+            "v7: control leases and e-stops (contract §12)",
+            [
+                // One row per device ever driven, logged (not UNLOGGED): its epoch must never go
+                // back, not even after a crash of PostgreSQL.
+                "CREATE TABLE relay_control (device_id text PRIMARY KEY, record text NOT NULL)"
+            ]
+        ),
     ]
 
     /// Brings the database's schema up to date. Nodes starting together take turns (an

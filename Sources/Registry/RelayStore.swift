@@ -143,6 +143,7 @@ public final class RelayStore: Sendable {
                     """
             )
         }
+        registerControlMigration(&migrator)
         return migrator
     }
 

@@ -248,6 +248,11 @@ final class Switchboard: Sendable {
                     logger.warning("Recording a device's capabilities failed", metadata: ["device.id": "\(link.principal)", "error": "\(error)"])
                 }
             }
+
+        case .controlAcquire, .controlRenew, .controlRelease, .control, .estop, .estopAck, .estopClear:
+            // Contract §12 is read (`ControlLeaseMachine`, `ControlLedger`) but not yet served:
+            // until the lease is wired here, these are answered as before it existed.
+            throw SignalingError(.badRequest, "Unknown message type '\(envelope.message.type)'", requestID: requestID)
         }
         return .handled
     }

@@ -13,6 +13,15 @@ public enum ClientMessage: Sendable {
     case auth(token: String)
     case watch(deviceIDs: [String])
     case deviceInfo(capabilities: JSONValue)
+    /// Contract §12: the control lease, commands through the relay, and the e-stop lane.
+    case controlAcquire(sessionID: String, ttlMilliseconds: Int?, takeover: Bool)
+    case controlRenew(sessionID: String, leaseID: String)
+    case controlRelease(sessionID: String, leaseID: String)
+    case control(sessionID: String, epoch: Int64, data: JSONValue)
+    /// `device_id` is required of an app; a device raises or clears its own.
+    case estop(deviceID: String?, reason: String?)
+    case estopAck(estopID: String)
+    case estopClear(deviceID: String?)
 
     /// The message's `type`, as the client spelled it.
     public var type: String {
@@ -26,6 +35,13 @@ public enum ClientMessage: Sendable {
         case .auth: "auth"
         case .watch: "watch"
         case .deviceInfo: "device_info"
+        case .controlAcquire: "control_acquire"
+        case .controlRenew: "control_renew"
+        case .controlRelease: "control_release"
+        case .control: "control"
+        case .estop: "estop"
+        case .estopAck: "estop_ack"
+        case .estopClear: "estop_clear"
         }
     }
 }
@@ -49,6 +65,16 @@ public enum ErrorCode: String, Sendable {
     case unknownSession = "unknown_session"
     case turnError = "turn_error"
     case rateLimited = "rate_limited"
+    /// Contract §12: someone else drives.
+    case controlHeld = "control_held"
+    /// Contract §12: the sender's role may not (drive, take over, clear).
+    case forbidden
+    /// Contract §12: an e-stop is raised.
+    case estopped
+    /// Contract §12: the lease named is no longer held.
+    case controlLost = "control_lost"
+    /// Contract §12: a command not from the holder with the current epoch.
+    case notController = "not_controller"
 }
 
 /// An error answered on the link; the socket stays open.
@@ -177,14 +203,11 @@ extension ClientEnvelope {
         case "auth":
             message = .auth(token: try fields.string("token"))
         case "watch":
-            guard case .array(let values)? = object["device_ids"], values.count <= MessageLimits.watchedDevices else {
-                throw fields.error("device_ids must be an array of at most \(MessageLimits.watchedDevices) device ids")
-            }
-            let ids = values.compactMap(\.stringValue)
-            guard ids.count == values.count else { throw fields.error("device_ids must hold strings") }
-            message = .watch(deviceIDs: ids)
+            message = .watch(deviceIDs: try fields.deviceIDs())
         case "device_info":
             message = .deviceInfo(capabilities: try fields.smallObject("capabilities", required: true)!)
+        case "control_acquire", "control_renew", "control_release", "control", "estop", "estop_ack", "estop_clear":
+            message = try fields.control(type)
         default:
             throw fields.error("Unknown message type '\(type.prefix(64))'")
         }
@@ -281,5 +304,72 @@ private struct Fields {
             checked["usernameFragment"] = fragment
         }
         return .object(checked)
+    }
+}
+
+extension MessageLimits {
+    /// A lease's ttl a `control_acquire` may ask for, in milliseconds (contract §12).
+    public static let controlTTLMilliseconds = 200...60_000
+    public static let leaseIDLength = 64
+    public static let estopIDLength = 64
+}
+
+extension Fields {
+    /// The messages of contract §12.
+    func control(_ type: String) throws(SignalingError) -> ClientMessage {
+        switch type {
+        case "control_acquire":
+            let sessionID = try sessionID()
+            var ttl: Int?
+            if let value = object["ttl_ms"], value != .null {
+                guard let milliseconds = value.intValue, MessageLimits.controlTTLMilliseconds.contains(milliseconds) else {
+                    let range = MessageLimits.controlTTLMilliseconds
+                    throw error("ttl_ms must be an integer from \(range.lowerBound) to \(range.upperBound)", sessionID: sessionID)
+                }
+                ttl = milliseconds
+            }
+            var takeover = false
+            if let value = object["takeover"], value != .null {
+                guard case .bool(let flag) = value else { throw error("takeover must be true or false", sessionID: sessionID) }
+                takeover = flag
+            }
+            return .controlAcquire(sessionID: sessionID, ttlMilliseconds: ttl, takeover: takeover)
+        case "control_renew", "control_release":
+            let sessionID = try sessionID()
+            let leaseID = try identifier("lease_id", maxLength: MessageLimits.leaseIDLength, sessionID: sessionID)
+            return type == "control_renew" ? .controlRenew(sessionID: sessionID, leaseID: leaseID) : .controlRelease(sessionID: sessionID, leaseID: leaseID)
+        case "control":
+            let sessionID = try sessionID()
+            guard let number = object["epoch"]?.intValue, number >= 0 else { throw error("epoch must be a non-negative integer", sessionID: sessionID) }
+            guard let data = try smallObject("data", required: true) else { throw error("data is required", sessionID: sessionID) }
+            return .control(sessionID: sessionID, epoch: Int64(number), data: data)
+        case "estop":
+            let deviceID = try object["device_id"] == nil ? nil : string("device_id", maxBytes: 256)
+            return .estop(deviceID: deviceID, reason: try optionalString("reason", maxLength: MessageLimits.reasonLength, sessionID: nil))
+        case "estop_ack":
+            return .estopAck(estopID: try identifier("estop_id", maxLength: MessageLimits.estopIDLength, sessionID: nil))
+        default:
+            let deviceID = try object["device_id"] == nil ? nil : string("device_id", maxBytes: 256)
+            return .estopClear(deviceID: deviceID)
+        }
+    }
+
+    /// `watch`'s `device_ids`: an array of at most `MessageLimits.watchedDevices` strings.
+    func deviceIDs() throws(SignalingError) -> [String] {
+        guard case .array(let values)? = object["device_ids"], values.count <= MessageLimits.watchedDevices else {
+            throw error("device_ids must be an array of at most \(MessageLimits.watchedDevices) device ids")
+        }
+        let ids = values.compactMap(\.stringValue)
+        guard ids.count == values.count else { throw error("device_ids must hold strings") }
+        return ids
+    }
+
+    /// A required id of 1 to `maxLength` characters.
+    func identifier(_ name: String, maxLength: Int, sessionID: String?) throws(SignalingError) -> String {
+        guard let value = object[name] else { throw error("\(name) is required", sessionID: sessionID) }
+        guard let id = value.stringValue, (1...maxLength).contains(id.count) else {
+            throw error("\(name) must be a string of 1 to \(maxLength) characters", sessionID: sessionID)
+        }
+        return id
     }
 }

@@ -53,7 +53,7 @@ let package = Package(
         .target(
             name: "DeviceAuth",
             dependencies: [
-                "CJWT", "OpenSSLCrypto",
+                "CJWT", "OpenSSLCrypto", "RelayCore",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -176,7 +176,7 @@ let package = Package(
         .executableTarget(
             name: "RelayCommand",
             dependencies: [
-                "Relay", "Registry", "PostgresStore",
+                "Relay", "RelayCore", "Registry", "PostgresStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Configuration", package: "swift-configuration"),
@@ -259,7 +259,7 @@ let package = Package(
         ),
         .testTarget(
             name: "DeviceAuthTests",
-            dependencies: ["DeviceAuth", "OpenSSLCrypto"],
+            dependencies: ["DeviceAuth", "OpenSSLCrypto", "RelayCore"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

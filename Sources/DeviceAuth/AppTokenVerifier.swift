@@ -1,6 +1,7 @@
 /// Verifies an app's JWT: length cap, header checks, libjwt with the expected key, strict claims.
 import Foundation
 import OpenSSLCrypto
+import RelayCore
 
 /// Verifies app JWTs: algorithm allowlist, key chosen by algorithm family and `kid`, signature
 /// through libjwt (through OpenSSL for OAuth access tokens, `typ: at+jwt`, which libjwt 1.10
@@ -161,7 +162,11 @@ public struct AppTokenVerifier: Sendable {
         if let iat = claims.iat, iat > now + leeway { throw .issuedInFuture }
         if let issuer = configuration.issuer, claims.iss != issuer { throw .wrongIssuer }
         if let audience = configuration.audience, !(claims.aud?.values.contains(audience) ?? false) { throw .wrongAudience }
-        return AppIdentity(userID: claims.sub, expiresAt: claims.exp, devices: claims.devices.map(Set.init))
+        let role = try claims.control.map { (name: String) throws(AuthFailure) -> ControlRole in
+            guard let role = ControlRole(rawValue: name) else { throw .invalidClaims("control must be observe, drive or supervise") }
+            return role
+        }
+        return AppIdentity(userID: claims.sub, expiresAt: claims.exp, devices: claims.devices.map(Set.init), controlRole: role ?? .drive)
     }
 
     /// The key for `algorithm`'s family: the one named by `kid`, or without a `kid` the unnamed
@@ -206,6 +211,8 @@ public struct AppTokenVerifier: Sendable {
         var iss: String?
         var aud: Audience?
         var devices: [String]?
+        /// Contract §12's role: `observe`, `drive` or `supervise`.
+        var control: String?
     }
 
     private enum Audience: Decodable {
@@ -251,17 +258,20 @@ public struct AppTokenSigner: Sendable {
         self.keyID = keyID
     }
 
-    /// An HS256 token for `userID`, valid from `now` for `lifetime` seconds, granting `devices` when given.
+    /// An HS256 token for `userID`, valid from `now` for `lifetime` seconds, granting `devices`
+    /// and the `control` role when given.
     public func token(
         userID: String,
         devices: [String]?,
         now: Double,
         lifetime: Double,
         issuer: String? = nil,
-        audience: String? = nil
+        audience: String? = nil,
+        control: ControlRole? = nil
     ) throws -> String {
         var claims: [String: Any] = ["sub": userID, "iat": Int(now), "exp": Int(now + lifetime)]
         if let devices { claims["devices"] = devices }
+        if let control { claims["control"] = control.rawValue }
         if let issuer { claims["iss"] = issuer }
         if let audience { claims["aud"] = audience }
         let json = String(decoding: try JSONSerialization.data(withJSONObject: claims, options: [.sortedKeys]), as: UTF8.self)

@@ -8,6 +8,7 @@ import Logging
 import NIOCore
 import Registry
 import Relay
+import RelayCore
 import SystemPackage
 
 @main
@@ -208,10 +209,16 @@ struct Token: AsyncParsableCommand {
     @Option(help: "Lifetime in seconds.") var ttl: Int = 3600
     @Option(help: "Sign with this secret instead of RELAY_JWT_SECRET.") var secret: String?
     @Option(help: "Put this kid in the token's header.") var kid: String?
+    @Option(help: "The control role (claim control): observe, drive or supervise; none: drive.") var control: String?
     @OptionGroup var settings: SettingsOptions
 
     func run() async throws {
         let reader = try settings.reader(command: "relay token")
+        let role = control.flatMap(ControlRole.init(rawValue:))
+        guard control == nil || role != nil else {
+            printError("relay token: --control must be observe, drive or supervise")
+            throw ExitCode(2)
+        }
         guard let secret = secret ?? reader.string(forKey: ["relay", "jwt", "secret"], isSecret: true), !secret.isEmpty else {
             printError("relay token: RELAY_JWT_SECRET is not set (in the environment or .env); pass --secret")
             throw ExitCode(2)
@@ -230,7 +237,8 @@ struct Token: AsyncParsableCommand {
             now: Date().timeIntervalSince1970,
             lifetime: Double(ttl),
             issuer: reader.string(forKey: ["relay", "jwt", "issuer"]),
-            audience: reader.string(forKey: ["relay", "jwt", "audience"])
+            audience: reader.string(forKey: ["relay", "jwt", "audience"]),
+            control: role
         )
         print(token)
     }

@@ -1,5 +1,6 @@
 import Foundation
 import OpenSSLCrypto
+import RelayCore
 import Testing
 
 @testable import DeviceAuth
@@ -248,6 +249,24 @@ import Testing
         }
         let lowercase = try forge(header: ["alg": "HS256", "typ": "jwt"], claims: claims())
         #expect(try verifier().verify(lowercase, now: now).userID == "alice")
+    }
+
+    @Test func theControlClaimGivesTheRoleAndDriveWhenAbsent() throws {
+        // Contract §12: observe, drive (the default) or supervise; anything else is refused.
+        #expect(try verifier().verify(try sign(.hs256, key: Self.secret, claims: claims()), now: now).controlRole == .drive)
+        for role in ControlRole.allCases {
+            let token = try sign(.hs256, key: Self.secret, claims: claims(["control": role.rawValue]))
+            #expect(try verifier().verify(token, now: now).controlRole == role)
+        }
+        for wrong: Any in ["pilot", "Supervise", ""] {
+            #expect(
+                refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["control": wrong])))
+                    == .invalidClaims("control must be observe, drive or supervise"), "\(wrong)")
+        }
+        #expect(refusal(verifier(), try sign(.hs256, key: Self.secret, claims: claims(["control": 2]))) == .invalidClaims("control has the wrong type"))
+        // The signer the tests and `relay token` use writes it.
+        let signed = try AppTokenSigner(secret: Self.secret).token(userID: "alice", devices: nil, now: now, lifetime: 60, control: .supervise)
+        #expect(try verifier().verify(signed, now: now).controlRole == .supervise)
     }
 
     @Test func claimsOfTheWrongTypeAreRefused() throws {

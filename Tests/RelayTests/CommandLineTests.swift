@@ -1,5 +1,6 @@
 import DeviceAuth
 import Foundation
+import RelayCore
 import RelayTestSupport
 import Testing
 
@@ -62,6 +63,18 @@ import Testing
             let (_, request) = try await relay.openSession(app: app, device: device)
             #expect(request["user_id"] as? String == "alice")
         }
+    }
+
+    @Test func tokenWritesTheControlRoleAndRefusesAnUnknownOne() async throws {
+        let environment = ["RELAY_JWT_SECRET": TestRelay.jwtSecret]
+        let token = try await Self.relay(["token", "--sub", "carol", "--control", "supervise"], environment: environment)
+        #expect(token.status == 0)
+        let verifier = AppTokenVerifier(configuration: .init(secretKeys: [.init(secret: Array(TestRelay.jwtSecret.utf8))]))
+        let identity = try verifier.verify(token.stdout.trimmingCharacters(in: .whitespacesAndNewlines), now: Date().timeIntervalSince1970)
+        #expect(identity.userID == "carol" && identity.controlRole == .supervise)
+        let wrong = try await Self.relay(["token", "--sub", "carol", "--control", "pilot"], environment: environment)
+        #expect(wrong.status == 2)
+        #expect(wrong.stderr.contains("--control must be observe, drive or supervise"))
     }
 
     @Test func signURLWithTheDevicesOwnSecretMatchesTheContract() async throws {

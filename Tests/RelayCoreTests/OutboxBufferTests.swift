@@ -153,4 +153,35 @@ import Testing
         let replay = buffer.takeUnsent()
         #expect(!afterFour && afterFive && replay.map(\.seq) == [6, 7])
     }
+
+    @Test func aMessagePutAheadGoesBeforeEveryUnsentOneAndSeqsStayInOrder() {
+        var buffer = Self.filled(3)
+        _ = buffer.takeUnsent()
+        // 4..6 wait unsent; the e-stop goes ahead of them as 4, they become 5..7.
+        for _ in 0..<3 { _ = buffer.append(Self.frame) }
+        let (from, overBound) = buffer.appendAhead { #"{"type":"estop","seq":\#($0)}"# }
+        #expect(from == 4 && !overBound)
+        let sent = buffer.takeUnsent()
+        #expect(sent.map(\.seq) == [4, 5, 6, 7])
+        #expect(sent.map(\.text) == [#"{"type":"estop","seq":4}"#, Self.frame(5), Self.frame(6), Self.frame(7)])
+        // What comes next follows, and a resume replays the new numbering.
+        _ = buffer.append(Self.frame)
+        #expect(buffer.takeUnsent().map(\.seq) == [8])
+        let resumed = buffer.rewind(resumingAfter: 3)
+        #expect(resumed)
+        #expect(buffer.takeUnsent().map(\.seq) == [4, 5, 6, 7, 8])
+    }
+
+    @Test func aMessagePutAheadOfNothingIsTheNextAndAFullBufferSaysTheReaderIsTooSlow() {
+        var buffer = Self.filled(2)
+        _ = buffer.takeUnsent()
+        let ahead = buffer.appendAhead { #"{"type":"estop","seq":\#($0)}"# }
+        #expect(ahead.renumberedFrom == 3)
+        #expect(buffer.takeUnsent().map(\.seq) == [3])
+        // Four unsent of at most four: the reader is too slow (its owner drops the transport).
+        var full = Self.filled(4, maxMessages: 4)
+        let (from, overBound) = full.appendAhead { #"{"type":"estop","seq":\#($0)}"# }
+        #expect(from == 1 && overBound)
+        #expect(full.keptCount.messages == 4)
+    }
 }

@@ -85,6 +85,41 @@ public struct OutboxBuffer: Sendable {
         unsentBytes += bytes
         nextSeq += 1
         let overBound = unsentOverBound
+        dropPastBounds()
+        return overBound
+    }
+
+    /// Numbers a message ahead of every unsent one (contract §12: an e-stop jumps the queue):
+    /// (O(unsent messages), bounded by `maxMessages`)
+    /// it takes the seq of the first unsent message, and each unsent message moves one seq on.
+    /// No transport was handed those, so the client sees seqs in order as ever; what was handed
+    /// out keeps its seq. Returns the first seq renumbered (a store holding the kept messages
+    /// writes them again from there) and whether the unsent messages are past the bounds.
+    public mutating func appendAhead(_ text: (Int) -> String) -> (renumberedFrom: Int, overBound: Bool) {
+        let seq = max(sendCursor, kept.first?.seq ?? nextSeq)
+        let unsent = kept.firstIndex { $0.seq >= seq } ?? kept.endIndex
+        var moved = [Frame(seq: seq, text: text(seq))]
+        for frame in kept[unsent...] {
+            moved.append(Frame(seq: frame.seq + 1, text: OutboundMessage.renumbered(frame.text, to: frame.seq + 1)))
+        }
+        let before = kept[unsent...].reduce(0) { $0 + $1.text.utf8.count }
+        let after = moved.reduce(0) { $0 + $1.text.utf8.count }
+        kept.removeSubrange(unsent...)
+        kept.append(contentsOf: moved)
+        keptBytes += after - before
+        unsentBytes += after - before
+        nextSeq += 1
+        let overBound = unsentOverBound
+        dropPastBounds()
+        return (seq, overBound)
+    }
+
+    /// Past the bounds the oldest kept messages go, sent or not (with unsent ones among them
+    /// the owner drops the transport: `unsentOverBound` said so). A message put ahead may be
+    /// one of them: what must reach the client whatever happens (an e-stop) is kept by its
+    /// owner too and sent again on the resume.
+    @inlinable
+    mutating func dropPastBounds() {
         while kept.count > maxMessages || keptBytes > maxBytes, let oldest = kept.popFirst() {
             let bytes = oldest.text.utf8.count
             keptBytes -= bytes
@@ -93,7 +128,6 @@ public struct OutboxBuffer: Sendable {
                 sendCursor = oldest.seq + 1
             }
         }
-        return overBound
     }
 
     @inlinable

@@ -5,8 +5,8 @@ import RelayWebSocket
 
 /// The server child channel every connection gets: the first request decides (an upgrade goes
 /// through `gate`), with the HTTP limits, the per-address connection cap (not for a trusted
-/// proxy, which carries many clients; a connection over it is answered 429 and counted), the client address as the edge gives it, and TLS when
-/// configured.
+/// proxy, which carries many clients; a connection over it is answered 429 and counted), the
+/// client address as the edge gives it, and TLS when configured.
 enum RelayServer {
     static func builder(configuration: RelayConfiguration, gate: UpgradeGate, sockets: OpenSockets, metrics: RelayMetrics) -> HTTPServerBuilder {
         let addressing = configuration.addressing

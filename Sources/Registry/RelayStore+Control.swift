@@ -10,18 +10,18 @@ extension RelayStore: ControlLedger {
     }
 
     public func control(of deviceID: String) async throws(StoreError) -> ControlLeaseMachine {
-        let text = try await run {
-            try await self.pool.read { db in try String.fetchOne(db, sql: "SELECT record FROM device_control WHERE device_id = ?", arguments: [deviceID]) }
-        }
-        return try ControlRecordText.decode(text)
+        try await run { try await self.pool.read { db in try Self.control(of: deviceID, in: db) } }
+    }
+
+    private static func control(of deviceID: String, in db: Database) throws -> ControlLeaseMachine {
+        try ControlRecordText.decode(try String.fetchOne(db, sql: "SELECT record FROM device_control WHERE device_id = ?", arguments: [deviceID]))
     }
 
     public func updateControl<T: Sendable>(of deviceID: String, _ event: @escaping @Sendable (inout ControlLeaseMachine) -> T) async throws(StoreError) -> T {
         // One write transaction: SQLite runs one at a time, across processes too.
         try await run {
             try await self.pool.write { db -> T in
-                let text = try String.fetchOne(db, sql: "SELECT record FROM device_control WHERE device_id = ?", arguments: [deviceID])
-                var machine = try ControlRecordText.decode(text)
+                var machine = try Self.control(of: deviceID, in: db)
                 let decided = event(&machine)
                 try db.execute(
                     sql: "INSERT INTO device_control (device_id, record) VALUES (?, ?) ON CONFLICT (device_id) DO UPDATE SET record = excluded.record",

@@ -90,24 +90,26 @@ public struct OutboxBuffer: Sendable {
     }
 
     /// Numbers a message ahead of every unsent one (contract §12: an e-stop jumps the queue):
-    /// (O(unsent messages), bounded by `maxMessages`)
-    /// it takes the seq of the first unsent message, and each unsent message moves one seq on.
-    /// No transport was handed those, so the client sees seqs in order as ever; what was handed
-    /// out keeps its seq. Returns the first seq renumbered (a store holding the kept messages
-    /// writes them again from there) and whether the unsent messages are past the bounds.
+    /// it takes the seq of the first unsent message, and each unsent message moves one seq on
+    /// (O(unsent messages), at most `maxMessages`). No transport was handed those, so the client
+    /// sees seqs in order as ever; what was handed out keeps its seq. Returns the first seq
+    /// renumbered (a store holding the kept messages writes them again from there) and whether
+    /// the unsent messages are past the bounds.
     public mutating func appendAhead(_ text: (Int) -> String) -> (renumberedFrom: Int, overBound: Bool) {
         let seq = max(sendCursor, kept.first?.seq ?? nextSeq)
         let unsent = kept.firstIndex { $0.seq >= seq } ?? kept.endIndex
-        var moved = [Frame(seq: seq, text: text(seq))]
+        let ahead = Frame(seq: seq, text: text(seq))
+        var moved = [ahead]
+        var added = ahead.text.utf8.count
         for frame in kept[unsent...] {
-            moved.append(Frame(seq: frame.seq + 1, text: OutboundMessage.renumbered(frame.text, to: frame.seq + 1)))
+            let renumbered = Frame(seq: frame.seq + 1, text: OutboundMessage.renumbered(frame.text, to: frame.seq + 1))
+            added += renumbered.text.utf8.count - frame.text.utf8.count
+            moved.append(renumbered)
         }
-        let before = kept[unsent...].reduce(0) { $0 + $1.text.utf8.count }
-        let after = moved.reduce(0) { $0 + $1.text.utf8.count }
         kept.removeSubrange(unsent...)
         kept.append(contentsOf: moved)
-        keptBytes += after - before
-        unsentBytes += after - before
+        keptBytes += added
+        unsentBytes += added
         nextSeq += 1
         let overBound = unsentOverBound
         dropPastBounds()
